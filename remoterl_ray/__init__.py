@@ -1,0 +1,55 @@
+"""remoterl-ray: remote reinforcement learning on Ray.
+
+Simulators dial out to a relay over WebSocket; trainers call
+``remoterl_ray.init(role="trainer")`` and keep their Gymnasium code.
+"""
+
+from .api import current_session, init, is_initialized, shutdown
+from .protocol.errors import (
+    AuthenticationError,
+    EnvClosedError,
+    ErrorCode,
+    FrameTooLargeError,
+    InvalidActionError,
+    NoSimulatorError,
+    ProtocolError,
+    ProtocolVersionError,
+    RegistrationRefusedError,
+    RelayUnavailableError,
+    RemoteEnvError,
+    RemoteRLError,
+    RemoteTimeoutError,
+    SimulatorLostError,
+    UnknownEnvError,
+    UnsupportedError,
+)
+from .trainer.remote_env import RemoteEnv
+from .trainer.remote_vector_env import RemoteVectorEnv
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "EnvClosedError",
+    "ErrorCode",
+    "FrameTooLargeError",
+    "InvalidActionError",
+    "NoSimulatorError",
+    "ProtocolError",
+    "ProtocolVersionError",
+    "RegistrationRefusedError",
+    "RelayUnavailableError",
+    "RemoteEnv",
+    "RemoteEnvError",
+    "RemoteRLError",
+    "RemoteTimeoutError",
+    "RemoteVectorEnv",
+    "SimulatorLostError",
+    "UnknownEnvError",
+    "UnsupportedError",
+    "__version__",
+    "current_session",
+    "init",
+    "is_initialized",
+    "shutdown",
+]

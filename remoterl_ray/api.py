@@ -1,0 +1,121 @@
+"""Layer 7: the public ``init`` / ``shutdown``."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from typing import Literal
+
+from .config import (
+    ENV_CONNECT_TIMEOUT,
+    ENV_SIMULATOR_WAIT,
+    ENV_TIMEOUT,
+    resolve_api_key,
+    resolve_relay_url,
+    resolve_seconds,
+)
+from .simulator.allowlist import allowed_modules_from_env
+from .simulator.host import SimulatorHost, run_simulator
+from .trainer.gym_patch import patch_gymnasium
+from .trainer.patching import Patcher
+from .trainer.session import TrainerSession, TrainerSettings
+
+log = logging.getLogger("remoterl")
+
+_lock = threading.RLock()
+_session: TrainerSession | None = None
+_patcher = Patcher()
+_atexit_registered = False
+
+
+def init(
+    api_key: str | None = None,
+    role: Literal["trainer", "simulator"] = "trainer",
+    *,
+    num_workers: int = 1,
+    num_env_runners: int = 2,
+    relay_url: str | None = None,
+    allow_modules: list[str] | None = None,
+    timeout: float | None = None,
+    connect_timeout: float | None = None,
+    simulator_wait: float | None = None,
+) -> bool:
+    """Connect this process to a relay as a trainer or a simulator.
+
+    Trainer: returns True once connected and at least one simulator of the
+    workspace is online (waiting up to ``simulator_wait`` seconds for
+    ``num_workers`` of them), False if the relay or any simulator cannot be
+    reached in time; raises ``AuthenticationError`` (a ``RuntimeError``) if the
+    relay rejects the key. From then on ``gymnasium.make``/``make_vec`` return
+    remote envs, each simulator hosting at most ``num_env_runners`` envs of
+    this trainer while there are enough simulators (with fewer, the envs are
+    spread over those there are).
+
+    Simulator: blocks serving envs until Ctrl-C / SIGTERM, reconnecting with
+    backoff whenever the relay goes away, then returns True. ``allow_modules``
+    (plus ``REMOTERL_ALLOW_MODULES``) lists the modules whose entry points
+    mirrored registrations may import.
+    """
+    if role not in ("trainer", "simulator"):
+        raise ValueError(f"role must be 'trainer' or 'simulator', got {role!r}")
+    if num_workers < 1 or num_env_runners < 1:
+        raise ValueError("num_workers and num_env_runners must be at least 1")
+    api_key = resolve_api_key(api_key)
+    relay_url = resolve_relay_url(relay_url)
+    if role == "simulator":
+        modules = list(allow_modules or []) + allowed_modules_from_env()
+        run_simulator(SimulatorHost(relay_url, api_key, allow_modules=modules))
+        return True
+    settings = TrainerSettings(
+        relay_url=relay_url,
+        api_key=api_key,
+        num_workers=num_workers,
+        num_env_runners=num_env_runners,
+        timeout=resolve_seconds(timeout, ENV_TIMEOUT, 60.0),
+        connect_timeout=resolve_seconds(connect_timeout, ENV_CONNECT_TIMEOUT, 10.0),
+        simulator_wait=resolve_seconds(simulator_wait, ENV_SIMULATOR_WAIT, 10.0),
+    )
+    return _init_trainer(settings)
+
+
+def _init_trainer(settings: TrainerSettings) -> bool:
+    global _session, _atexit_registered
+    with _lock:
+        shutdown()
+        session = TrainerSession(settings)
+        if session.connect() is None:
+            log.warning("remoterl: relay at %s is unreachable", settings.relay_url)
+            return False
+        online = session.wait_for_simulators(settings.num_workers, settings.simulator_wait)
+        if online == 0:
+            log.warning("remoterl: no simulator came online within %.0fs", settings.simulator_wait)
+            session.close()
+            return False
+        if online < settings.num_workers:
+            log.warning("remoterl: %d of %d simulators online; going on with those", online, settings.num_workers)
+        _session = session
+        patch_gymnasium(session, _patcher)
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        return True
+
+
+def shutdown() -> None:
+    """Restore every patched function and close the connection. Idempotent."""
+    global _session
+    with _lock:
+        _patcher.restore()
+        if _session is not None:
+            _session.close()
+            _session = None
+
+
+def current_session() -> TrainerSession | None:
+    """The active trainer session, for integrations; None when not initialized."""
+    return _session
+
+
+def is_initialized() -> bool:
+    return _session is not None

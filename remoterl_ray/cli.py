@@ -1,0 +1,104 @@
+"""The ``remoterl`` command: relay, simulator, demo."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from .config import DEFAULT_RELAY_URL, ENV_API_KEY, ENV_RELAY_URL
+from .protocol.errors import RemoteRLError
+from .protocol.frames import DEFAULT_MAX_FRAME
+
+app = typer.Typer(
+    name="remoterl",
+    help="Remote reinforcement learning: run a relay, serve simulators, or try the demo.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+
+
+@app.command()
+def relay(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key: Annotated[
+        Optional[list[str]], typer.Option("--api-key", help="An accepted API key (repeat for several).")
+    ] = None,
+    open_mode: Annotated[
+        bool, typer.Option("--open", help="Accept any key (each its own workspace) and no key at all.")
+    ] = False,
+    max_frame: Annotated[int, typer.Option(help="Largest frame payload in bytes.")] = DEFAULT_MAX_FRAME,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the embedded relay (no Ray needed)."""
+    from .relay.app import RelayConfig
+    from .relay.auth import StaticKeys
+    from .relay.server import run_relay
+
+    _logging(verbose)
+    keys = list(api_key or [])
+    if not keys and not open_mode:
+        raise typer.BadParameter("give at least one --api-key, or --open to accept any key", param_hint="--api-key")
+    typer.echo(f"remoterl relay on ws://{host}:{port} ({'open mode' if open_mode else f'{len(keys)} key(s)'})")
+    run_relay(RelayConfig(keys=StaticKeys(keys, open_mode=open_mode), max_frame=max_frame), host=host, port=port)
+
+
+@app.command()
+def simulator(
+    relay_url: Annotated[
+        str, typer.Option("--relay", envvar=ENV_RELAY_URL, help="Relay URL (ws:// or wss://).")
+    ] = DEFAULT_RELAY_URL,
+    api_key: Annotated[Optional[str], typer.Option(envvar=ENV_API_KEY, help="API key (or set REMOTERL_API_KEY).")] = None,
+    allow: Annotated[
+        Optional[list[str]], typer.Option("--allow", help="Module whose entry points trainers may register.")
+    ] = None,
+    max_envs: Annotated[int, typer.Option(help="Most envs this simulator hosts at once.")] = 256,
+    name: Annotated[Optional[str], typer.Option(help="Name shown on the relay (default host:pid).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve environments to trainers until Ctrl-C / SIGTERM."""
+    from .simulator.allowlist import allowed_modules_from_env
+    from .simulator.host import SimulatorHost, run_simulator
+
+    _logging(verbose)
+    modules = list(allow or []) + allowed_modules_from_env()
+    host = SimulatorHost(relay_url, api_key, allow_modules=modules, max_envs=max_envs, name=name)
+    typer.echo(f"remoterl simulator {host.name} -> {relay_url} (allow: {', '.join(modules) or 'registry only'})")
+    try:
+        run_simulator(host)
+    except RemoteRLError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def demo(
+    envs: Annotated[int, typer.Option(help="Envs in the remote vector env.")] = 16,
+    simulators: Annotated[int, typer.Option(help="Simulator processes to start.")] = 2,
+    steps: Annotated[int, typer.Option(help="Vector steps to take.")] = 2000,
+    env_id: Annotated[str, typer.Option("--env", help="Gymnasium env id.")] = "CartPole-v1",
+) -> None:
+    """Start a relay and simulators locally, then step a remote vector env."""
+    from .demo import run_demo
+
+    run_demo(env_id=env_id, num_envs=envs, num_simulators=simulators, steps=steps)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

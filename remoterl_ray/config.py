@@ -1,0 +1,36 @@
+"""Where settings come from: explicit arguments first, then environment variables."""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_RELAY_URL = "ws://127.0.0.1:8000"
+
+ENV_API_KEY = "REMOTERL_API_KEY"
+ENV_RELAY_URL = "REMOTERL_RELAY_URL"
+ENV_TIMEOUT = "REMOTERL_TIMEOUT"
+ENV_CONNECT_TIMEOUT = "REMOTERL_CONNECT_TIMEOUT"
+ENV_SIMULATOR_WAIT = "REMOTERL_SIMULATOR_WAIT"
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    return api_key or os.environ.get(ENV_API_KEY) or None
+
+
+def resolve_relay_url(relay_url: str | None) -> str:
+    return relay_url or os.environ.get(ENV_RELAY_URL) or DEFAULT_RELAY_URL
+
+
+def resolve_seconds(value: float | None, env_var: str, default: float) -> float:
+    """A positive number of seconds from ``value``, else ``env_var``, else ``default``."""
+    if value is None:
+        raw = os.environ.get(env_var)
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{env_var} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"timeouts must be positive, got {value}")
+    return float(value)

@@ -1,0 +1,172 @@
+"""Start a relay and simulators as local subprocesses (demo, examples, tests, bench).
+
+Each is a real ``remoterl`` process talking real WebSockets on 127.0.0.1; every
+wait here is bounded and raises with the process's output when it runs out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .config import ENV_API_KEY
+from .relay.auth import OPEN_WORKSPACE, workspace_for_key
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalProcess:
+    """A child process whose output goes to a temp file (shown when it fails)."""
+
+    args: list[str]
+    env: dict[str, str] | None = None
+    popen: subprocess.Popen[bytes] = field(init=False)
+    log: IO[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="remoterl-", suffix=".log", delete=False)
+        self.popen = subprocess.Popen(
+            self.args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        self.log.flush()
+        with open(self.log.name, "rb") as fh:
+            return fh.read().decode(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout)
+        self.log.close()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL at once: a crash, as far as its peers can tell."""
+        if self.alive():
+            self.popen.kill()
+            self.popen.wait(10)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "remoterl_ray", *args]
+
+
+@dataclass
+class LocalRelay:
+    process: LocalProcess
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stats(self, timeout: float = 5.0) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.http_url}/v1/stats", timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def peers(self, api_key: str | None, role: str) -> list[dict[str, Any]]:
+        workspace = workspace_for_key(api_key) if api_key else OPEN_WORKSPACE
+        ws = self.stats()["workspaces"].get(workspace, {})
+        return list(ws.get(f"{role}s", []))
+
+    def wait_for(self, api_key: str | None, role: str, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Wait until exactly ``count`` peers of ``role`` are online in the key's workspace."""
+        deadline = time.monotonic() + timeout
+        while True:
+            peers = self.peers(api_key, role)
+            if len(peers) == count:
+                return peers
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(peers)} {role}s online after {timeout}s, wanted {count}")
+            if not self.process.alive():
+                raise RuntimeError(f"relay exited:\n{self.process.output()}")
+            time.sleep(0.05)
+
+    def stop(self) -> int | None:
+        return self.process.stop()
+
+
+def wait_http(url: str, process: LocalProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1.0):
+                return
+        except OSError:
+            if not process.alive():
+                raise RuntimeError(f"process exited before serving {url}:\n{process.output()}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} not up after {timeout}s:\n{process.output()}") from None
+            time.sleep(0.05)
+
+
+def start_relay(
+    *,
+    api_keys: Sequence[str] = (),
+    open_mode: bool = False,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+    timeout: float = 30.0,
+) -> LocalRelay:
+    port = port or free_port(host)
+    args = _cli("relay", "--host", host, "--port", str(port), *extra_args)
+    for key in api_keys:
+        args += ["--api-key", key]
+    if open_mode:
+        args.append("--open")
+    relay = LocalRelay(LocalProcess(args), host, port)
+    wait_http(f"{relay.http_url}/healthz", relay.process, timeout)
+    return relay
+
+
+def start_simulator(
+    relay_url: str,
+    api_key: str | None,
+    *,
+    allow: Sequence[str] = (),
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> LocalProcess:
+    """A simulator subprocess; the key travels in its environment, not its argv."""
+    args = _cli("simulator", "--relay", relay_url, *extra_args)
+    for module in allow:
+        args += ["--allow", module]
+    child_env = dict(os.environ, **(env or {}))
+    child_env.pop(ENV_API_KEY, None)
+    if api_key:
+        child_env[ENV_API_KEY] = api_key
+    return LocalProcess(args, env=child_env)

@@ -1,0 +1,175 @@
+"""Stable error codes and the typed exceptions a trainer re-raises.
+
+Every error that crosses the wire carries ``code`` (one of :class:`ErrorCode`,
+never renamed once released), a human ``message`` and, when it came from a
+Python exception on the far side, ``remote_type`` (that exception's class
+name). :func:`error_from_wire` turns such a record back into the matching
+exception class, so user code can ``except UnknownEnvError`` and the like.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+
+class ErrorCode(str, Enum):
+    """Wire error codes. Values are part of the protocol: append, never rename."""
+
+    BAD_FRAME = "bad_frame"  # not a binary frame, short header, unknown kind
+    BAD_PAYLOAD = "bad_payload"  # payload could not be decoded / wrong shape of message
+    FRAME_TOO_LARGE = "frame_too_large"
+    PROTOCOL_VERSION = "protocol_version"
+    BAD_HELLO = "bad_hello"
+    AUTH_FAILED = "auth_failed"
+    NO_SIMULATOR = "no_simulator"
+    CAPACITY = "capacity"
+    UNKNOWN_CHANNEL = "unknown_channel"
+    SIMULATOR_GONE = "simulator_gone"
+    RELAY_GONE = "relay_gone"
+    UNKNOWN_ENV = "unknown_env"
+    UNKNOWN_OP = "unknown_op"
+    INVALID_ACTION = "invalid_action"
+    REGISTER_REFUSED = "register_refused"
+    ENV_CLOSED = "env_closed"
+    ENV_ERROR = "env_error"
+    TIMEOUT = "timeout"
+    UNSUPPORTED = "unsupported"
+
+
+class RemoteRLError(RuntimeError):
+    """Base of every remoterl error; a ``RuntimeError`` so callers can catch broadly."""
+
+    default_code: ErrorCode = ErrorCode.ENV_ERROR
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: ErrorCode | str | None = None,
+        remote_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = ErrorCode(code) if code is not None else self.default_code
+        self.remote_type = remote_type
+
+    def __str__(self) -> str:
+        where = f" (remote {self.remote_type})" if self.remote_type else ""
+        return f"[{self.code.value}] {self.message}{where}"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"code": self.code.value, "message": self.message, "remote_type": self.remote_type}
+
+
+class ProtocolError(RemoteRLError):
+    """The peer sent something the protocol does not allow."""
+
+    default_code = ErrorCode.BAD_FRAME
+
+
+class FrameTooLargeError(ProtocolError):
+    default_code = ErrorCode.FRAME_TOO_LARGE
+
+
+class ProtocolVersionError(ProtocolError):
+    default_code = ErrorCode.PROTOCOL_VERSION
+
+
+class AuthenticationError(RemoteRLError):
+    """The relay rejected the API key."""
+
+    default_code = ErrorCode.AUTH_FAILED
+
+
+class NoSimulatorError(RemoteRLError):
+    """No simulator of this workspace is online (or none has room)."""
+
+    default_code = ErrorCode.NO_SIMULATOR
+
+
+class SimulatorLostError(RemoteRLError):
+    """The simulator hosting an env went away (or the relay did)."""
+
+    default_code = ErrorCode.SIMULATOR_GONE
+
+
+class RelayUnavailableError(SimulatorLostError):
+    """The relay cannot be reached or the connection to it dropped."""
+
+    default_code = ErrorCode.RELAY_GONE
+
+
+class UnknownEnvError(RemoteRLError):
+    default_code = ErrorCode.UNKNOWN_ENV
+
+
+class InvalidActionError(RemoteRLError, ValueError):
+    default_code = ErrorCode.INVALID_ACTION
+
+
+class RegistrationRefusedError(RemoteRLError):
+    """A mirrored ``gym.register`` was refused (allowlist, or a callable entry point)."""
+
+    default_code = ErrorCode.REGISTER_REFUSED
+
+
+class EnvClosedError(RemoteRLError):
+    """A call on an env (or channel) that was already closed."""
+
+    default_code = ErrorCode.ENV_CLOSED
+
+
+class RemoteEnvError(RemoteRLError):
+    """The environment itself raised on the simulator."""
+
+    default_code = ErrorCode.ENV_ERROR
+
+
+class RemoteTimeoutError(RemoteRLError, TimeoutError):
+    default_code = ErrorCode.TIMEOUT
+
+
+class UnsupportedError(RemoteRLError):
+    default_code = ErrorCode.UNSUPPORTED
+
+
+_CLASS_BY_CODE: dict[ErrorCode, type[RemoteRLError]] = {
+    ErrorCode.BAD_FRAME: ProtocolError,
+    ErrorCode.BAD_PAYLOAD: ProtocolError,
+    ErrorCode.BAD_HELLO: ProtocolError,
+    ErrorCode.UNKNOWN_OP: ProtocolError,
+    ErrorCode.FRAME_TOO_LARGE: FrameTooLargeError,
+    ErrorCode.PROTOCOL_VERSION: ProtocolVersionError,
+    ErrorCode.AUTH_FAILED: AuthenticationError,
+    ErrorCode.NO_SIMULATOR: NoSimulatorError,
+    ErrorCode.CAPACITY: NoSimulatorError,
+    ErrorCode.UNKNOWN_CHANNEL: EnvClosedError,
+    ErrorCode.ENV_CLOSED: EnvClosedError,
+    ErrorCode.SIMULATOR_GONE: SimulatorLostError,
+    ErrorCode.RELAY_GONE: RelayUnavailableError,
+    ErrorCode.UNKNOWN_ENV: UnknownEnvError,
+    ErrorCode.INVALID_ACTION: InvalidActionError,
+    ErrorCode.REGISTER_REFUSED: RegistrationRefusedError,
+    ErrorCode.ENV_ERROR: RemoteEnvError,
+    ErrorCode.TIMEOUT: RemoteTimeoutError,
+    ErrorCode.UNSUPPORTED: UnsupportedError,
+}
+
+
+def error_from_wire(record: Any) -> RemoteRLError:
+    """Build the typed exception for an error record received from a peer.
+
+    A record that is not a well-formed error becomes a ``ProtocolError`` rather
+    than raising while handling another error.
+    """
+    if not isinstance(record, dict):
+        return ProtocolError(f"malformed error record: {type(record).__name__}")
+    try:
+        code = ErrorCode(record.get("code"))
+    except ValueError:
+        code = ErrorCode.ENV_ERROR
+    message = str(record.get("message", ""))
+    remote_type = record.get("remote_type")
+    cls = _CLASS_BY_CODE.get(code, RemoteRLError)
+    return cls(message, code=code, remote_type=str(remote_type) if remote_type else None)

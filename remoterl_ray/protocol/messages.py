@@ -1,0 +1,117 @@
+"""Control messages between a peer and the relay (frame kind CONTROL).
+
+These are the only payloads the relay decodes. Each is a msgpack map with an
+``op`` field; pydantic validates them so a malformed message becomes a coded
+``bad_payload``/``bad_hello`` error instead of a crash.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from . import codec
+from .errors import ErrorCode, ProtocolError
+from .frames import PROTOCOL_VERSION, Kind, Op, pack
+
+Role = Literal["trainer", "simulator"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Hello(_Message):
+    """First frame of every connection."""
+
+    op: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    role: Role
+    api_key: str | None = Field(default=None, max_length=512)
+    name: str = Field(default="", max_length=200)
+    capabilities: list[str] = Field(default_factory=list, max_length=64)
+    max_envs: int = Field(default=256, ge=1, le=65536)  # simulators: most envs it will host
+
+
+class Welcome(_Message):
+    op: Literal["welcome"] = "welcome"
+    protocol: int = PROTOCOL_VERSION
+    peer_id: str
+    workspace: str
+    simulators: int = 0  # simulators of the workspace online now
+    max_frame: int
+    capabilities: list[str] = Field(default_factory=list)
+
+
+class Open(_Message):
+    """Trainer asks for ``envs`` envs spread with at most ``per_simulator`` per simulator."""
+
+    op: Literal["open"] = "open"
+    envs: int = Field(ge=1, le=65536)
+    per_simulator: int = Field(default=2, ge=1, le=65536)
+
+
+class Shard(_Message):
+    channel: int
+    envs: int
+    simulator: str
+
+
+class Opened(_Message):
+    op: Literal["opened"] = "opened"
+    shards: list[Shard]
+
+
+class Release(_Message):
+    """Trainer is done with these channels."""
+
+    op: Literal["release"] = "release"
+    channels: list[int] = Field(max_length=65536)
+
+
+class Detach(_Message):
+    """Relay tells a simulator that a channel's trainer is gone."""
+
+    op: Literal["detach"] = "detach"
+    channel: int
+
+
+class Simulators(_Message):
+    """Relay tells trainers how many simulators their workspace has online."""
+
+    op: Literal["simulators"] = "simulators"
+    count: int
+
+
+ControlMessage = Annotated[
+    Union[Hello, Welcome, Open, Opened, Release, Detach, Simulators], Field(discriminator="op")
+]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(ControlMessage)
+
+
+def parse_control(payload: bytes | memoryview) -> Any:
+    """Decode and validate a CONTROL payload; raises ``ProtocolError`` (bad_payload)."""
+    data = codec.unpackb(payload)
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise ProtocolError(
+            f"invalid control message: {where or 'message'}: {first.get('msg', exc)}",
+            code=ErrorCode.BAD_PAYLOAD,
+        ) from None
+
+
+def encode_control(message: _Message) -> bytes:
+    return codec.packb(message.model_dump())
+
+
+def control_frame(message: _Message, seq: int = 0) -> bytes:
+    return pack(Kind.CONTROL, Op.NONE, 0, seq, encode_control(message))
+
+
+def error_frame(error: dict[str, Any], *, op: int = Op.NONE, channel: int = 0, seq: int = 0) -> bytes:
+    """An ERROR frame carrying a ``RemoteRLError.to_wire()`` record."""
+    return pack(Kind.ERROR, op, channel, seq, codec.packb(error))

@@ -1,0 +1,193 @@
+"""Layer 3: the relay as an ASGI app (FastAPI), shared by the embedded relay
+and the Ray Serve deployment.
+
+Routes:
+  ``/ws``        the WebSocket every trainer and simulator dials;
+  ``/healthz``   liveness;
+  ``/v1/stats``  who is online and their byte/step counters (no payloads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+
+from fastapi import FastAPI, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from ..protocol.errors import (
+    AuthenticationError,
+    ErrorCode,
+    FrameTooLargeError,
+    ProtocolError,
+    ProtocolVersionError,
+    RemoteRLError,
+)
+from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, SUPPORTED_VERSIONS, Kind, Op, unpack_header
+from ..protocol.messages import Hello, Open, Release, Welcome, control_frame, error_frame, parse_control
+from .auth import KeyStore
+from .switchboard import Peer, Switchboard
+
+log = logging.getLogger("remoterl.relay")
+
+# WebSocket close codes (RFC 6455 section 7.4.1).
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_POLICY = 1008
+
+
+@dataclass
+class RelayConfig:
+    keys: KeyStore
+    max_frame: int = DEFAULT_MAX_FRAME
+    hello_timeout: float = 10.0
+    max_protocol_errors: int = 100  # per connection, then it is cut off
+
+
+class _Refused(Exception):
+    def __init__(self, error: RemoteRLError, close_code: int) -> None:
+        self.error = error
+        self.close_code = close_code
+
+
+def create_app(config: RelayConfig) -> FastAPI:
+    app = FastAPI(title="remoterl relay", docs_url=None, redoc_url=None)
+    board = Switchboard()
+    app.state.switchboard = board
+    app.state.relay_config = config
+    peer_ids = itertools.count(1)
+    instance = secrets.token_hex(3)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, object]:
+        return {"ok": True, "pid": os.getpid()}
+
+    @app.get("/v1/stats")
+    async def stats() -> dict[str, object]:
+        return board.stats()
+
+    async def send_bytes(ws: WebSocket, data: bytes) -> None:
+        await ws.send({"type": "websocket.send", "bytes": data})
+
+    async def greet(ws: WebSocket) -> Peer:
+        try:
+            message = await asyncio.wait_for(ws.receive(), config.hello_timeout)
+        except asyncio.TimeoutError:
+            raise _Refused(ProtocolError("no hello received in time", code=ErrorCode.BAD_HELLO), CLOSE_POLICY) from None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        data = message.get("bytes")
+        if data is None:
+            raise _Refused(ProtocolError("the hello must be a binary frame", code=ErrorCode.BAD_HELLO), CLOSE_PROTOCOL_ERROR)
+        try:
+            header = unpack_header(data)
+            if header.kind != Kind.CONTROL:
+                raise ProtocolError("the first frame must be a CONTROL hello")
+            hello = parse_control(memoryview(data)[HEADER_SIZE:])
+            if not isinstance(hello, Hello):
+                raise ProtocolError(f"the first message must be a hello, not {hello.op!r}")
+        except ProtocolError as exc:
+            raise _Refused(ProtocolError(exc.message, code=ErrorCode.BAD_HELLO), CLOSE_PROTOCOL_ERROR) from None
+        if hello.protocol not in SUPPORTED_VERSIONS:
+            raise _Refused(
+                ProtocolVersionError(
+                    f"protocol version {hello.protocol} is not supported; this relay speaks {sorted(SUPPORTED_VERSIONS)}"
+                ),
+                CLOSE_PROTOCOL_ERROR,
+            )
+        workspace = config.keys.workspace_of(hello.api_key)
+        if workspace is None:
+            why = "an API key is required by this relay" if not hello.api_key else "API key rejected by the relay"
+            raise _Refused(AuthenticationError(why), CLOSE_POLICY)
+        return Peer(
+            id=f"{hello.role[0]}-{instance}-{next(peer_ids)}",
+            role=hello.role,
+            workspace=workspace,
+            name=hello.name,
+            send_raw=lambda frame: send_bytes(ws, frame),
+            max_envs=hello.max_envs if hello.role == "simulator" else 0,
+        )
+
+    async def handle_control(peer: Peer, seq: int, payload: memoryview) -> None:
+        message = parse_control(payload)
+        if peer.role != "trainer" or not isinstance(message, (Open, Release)):
+            raise ProtocolError(f"unexpected control message {message.op!r} from a {peer.role}", code=ErrorCode.BAD_PAYLOAD)
+        if isinstance(message, Open):
+            await peer.send(control_frame(board.open(peer, message), seq))
+        else:
+            await board.release(peer, message.channels)
+
+    async def report(peer: Peer, error: RemoteRLError, op: int, channel: int, seq: int) -> None:
+        peer.protocol_errors += 1
+        await peer.send(error_frame(error.to_wire(), op=op, channel=channel, seq=seq))
+
+    @app.websocket("/ws")
+    async def relay_socket(ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            peer = await greet(ws)
+        except _Refused as refused:
+            await send_bytes(ws, error_frame(refused.error.to_wire()))
+            await ws.close(refused.close_code, refused.error.message[:120])
+            return
+        except WebSocketDisconnect:
+            return
+        simulators = await board.join(peer)
+        try:
+            await peer.send(
+                control_frame(
+                    Welcome(peer_id=peer.id, workspace=peer.workspace, simulators=simulators, max_frame=config.max_frame)
+                )
+            )
+            await pump(ws, peer)
+        finally:
+            await board.leave(peer)
+
+    async def pump(ws: WebSocket, peer: Peer) -> None:
+        """The hot loop: one iteration per frame the peer sends."""
+        unpack = HEADER.unpack_from
+        max_frame = config.max_frame + HEADER_SIZE
+        while True:
+            message = await ws.receive()
+            data = message.get("bytes")
+            if data is None:
+                if message["type"] == "websocket.disconnect":
+                    return
+                await report(peer, ProtocolError("text frames are not part of the protocol"), 0, 0, 0)
+            else:
+                size = len(data)
+                peer.bytes_in += size
+                peer.frames_in += 1
+                try:
+                    if size < HEADER_SIZE:
+                        raise ProtocolError(f"frame of {size} bytes is shorter than the header")
+                    kind, op, channel, seq = unpack(data)
+                    if size > max_frame:
+                        raise FrameTooLargeError(
+                            f"frame of {size - HEADER_SIZE} bytes exceeds the limit of {config.max_frame}"
+                        )
+                    if kind == Kind.REQUEST or kind == Kind.RESPONSE or kind == Kind.ERROR:
+                        if op > Op.RENDER:
+                            raise ProtocolError(f"unknown op {op}", code=ErrorCode.UNKNOWN_OP)
+                        await board.forward(peer, data, kind, op, channel, seq)
+                    elif kind == Kind.CONTROL:
+                        await handle_control(peer, seq, memoryview(data)[HEADER_SIZE:])
+                    else:
+                        raise ProtocolError(f"unknown frame kind {kind}")
+                except RemoteRLError as exc:
+                    op_, channel_, seq_ = (op, channel, seq) if size >= HEADER_SIZE else (0, 0, 0)
+                    await report(peer, exc, op_, channel_, seq_)
+                    if isinstance(exc, FrameTooLargeError) and peer.role == "simulator":
+                        # Fail the trainer's request now instead of letting it time out.
+                        route = board.channels.get(channel_)
+                        if route is not None and route.simulator is peer:
+                            await route.trainer.send(error_frame(exc.to_wire(), op=op_, channel=channel_, seq=seq_))
+            if peer.protocol_errors > config.max_protocol_errors:
+                await ws.close(CLOSE_POLICY, "too many protocol errors")
+                return
+
+    return app
+

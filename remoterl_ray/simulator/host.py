@@ -1,0 +1,156 @@
+"""Layer 5: the simulator process. Dials out to the relay and serves envs.
+
+Single-threaded on purpose: requests are handled in arrival order in the
+calling thread (Gymnasium envs are rarely thread-safe), while the websockets
+library's own thread keeps the heartbeat going during long steps. When the
+relay goes away, every hosted env is closed (its channels died with the
+relay) and the host reconnects with capped exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..protocol import codec
+from ..protocol.errors import (
+    ErrorCode,
+    ProtocolError,
+    RelayUnavailableError,
+    RemoteEnvError,
+    RemoteRLError,
+)
+from ..protocol.frames import HEADER_SIZE, Kind, pack, unpack_header
+from ..protocol.messages import Detach, Hello, error_frame, parse_control
+from ..transport import RelayConnection
+from .allowlist import Allowlist
+from .hosted import EnvTable, remote_type_of
+
+log = logging.getLogger("remoterl.simulator")
+
+POLL_SECONDS = 0.25  # how often an idle simulator checks for a stop request
+
+
+class SimulatorHost:
+    def __init__(
+        self,
+        relay_url: str,
+        api_key: str | None,
+        *,
+        allow_modules: list[str] | tuple[str, ...] = (),
+        max_envs: int = 256,
+        name: str | None = None,
+    ) -> None:
+        self.relay_url = relay_url
+        self.api_key = api_key
+        self.table = EnvTable(Allowlist(allow_modules), max_envs)
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.max_envs = max_envs
+        self.connections = 0  # how many times we have connected (tests read it)
+        self.connected = threading.Event()
+
+    def hello(self) -> Hello:
+        return Hello(role="simulator", api_key=self.api_key, name=self.name, max_envs=self.max_envs)
+
+    def serve(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set. Raises ``AuthenticationError`` for a bad key."""
+        while not stop.is_set():
+            conn = RelayConnection.open_with_backoff(
+                self.relay_url, self.hello(), deadline=None, stop=stop, timeout=5.0
+            )
+            if conn is None:
+                break
+            self.connections += 1
+            self.connected.set()
+            log.info("simulator %s connected to %s (workspace %s)", self.name, self.relay_url, conn.welcome.workspace)
+            try:
+                self._serve_connection(conn, stop)
+            except RelayUnavailableError as exc:
+                log.warning("lost the relay (%s); reconnecting", exc)
+            finally:
+                self.connected.clear()
+                self.table.close_all()
+                conn.close()
+
+    def _serve_connection(self, conn: RelayConnection, stop: threading.Event) -> None:
+        while not stop.is_set():
+            frame = conn.recv(POLL_SECONDS)
+            if frame is not None:
+                self.handle(conn, frame)
+
+    def handle(self, conn: RelayConnection, frame: bytes) -> None:
+        try:
+            kind, op, channel, seq = unpack_header(frame)
+        except ProtocolError as exc:
+            log.warning("dropping malformed frame from the relay: %s", exc)
+            return
+        payload = memoryview(frame)[HEADER_SIZE:]
+        if kind == Kind.REQUEST:
+            conn.send(self._answer(conn, op, channel, seq, payload))
+        elif kind == Kind.CONTROL:
+            try:
+                message = parse_control(payload)
+            except ProtocolError as exc:
+                log.warning("dropping malformed control message: %s", exc)
+                return
+            if isinstance(message, Detach):
+                self.table.close(message.channel)
+        elif kind == Kind.ERROR:
+            log.warning("relay reported an error on channel %s: %s", channel, codec.unpackb(payload))
+
+    def _answer(self, conn: RelayConnection, op: int, channel: int, seq: int, payload: memoryview) -> bytes:
+        try:
+            result = self.table.handle(op, channel, codec.unpackb(payload))
+            body = codec.packb(result)
+            if len(body) > conn.max_frame:
+                raise RemoteRLError(
+                    f"answer of {len(body)} bytes exceeds the relay's frame limit of {conn.max_frame}",
+                    code=ErrorCode.FRAME_TOO_LARGE,
+                )
+            return pack(Kind.RESPONSE, op, channel, seq, body)
+        except RemoteRLError as exc:
+            error: dict[str, Any] = exc.to_wire()
+        except Exception as exc:  # the env raised: report it, keep serving
+            error = RemoteEnvError(str(exc), remote_type=remote_type_of(exc)).to_wire()
+        return error_frame(error, op=op, channel=channel, seq=seq)
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGINT/SIGTERM while inside; restore the handlers after.
+
+    Only the main thread may install signal handlers; elsewhere this is a no-op
+    and the caller stops the host through ``stop`` directly.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("received signal %s; stopping", signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_simulator(host: SimulatorHost, stop: threading.Event | None = None) -> None:
+    """Block serving envs until Ctrl-C / SIGTERM (or ``stop``)."""
+    stop = stop or threading.Event()
+    started = time.monotonic()
+    with stop_on_signals(stop):
+        host.serve(stop)
+    log.info("simulator stopped after %.1fs", time.monotonic() - started)

@@ -1,0 +1,78 @@
+"""Split batched actions into per-simulator shards and join shard results back.
+
+A remote vector env of N envs is hosted as contiguous shards [a, b), one per
+simulator. Batched values follow Gymnasium's ``batch_space`` layout: arrays
+with a leading env axis for fundamental spaces, dicts/tuples of batches for
+Dict/Tuple spaces, and tuples of items for the rest (Text, Sequence, OneOf).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+_ARRAY_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def slice_batch(space: spaces.Space, batch: Any, start: int, stop: int) -> Any:
+    """``batch[start:stop]`` along the env axis, for a batch of ``space`` samples."""
+    if isinstance(space, _ARRAY_SPACES):
+        return np.asarray(batch)[start:stop]
+    if isinstance(space, spaces.Dict):
+        return {key: slice_batch(sub, batch[key], start, stop) for key, sub in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(slice_batch(sub, part, start, stop) for sub, part in zip(space.spaces, batch))
+    return tuple(batch[start:stop])
+
+
+def concat_batches(space: spaces.Space, parts: list[Any]) -> Any:
+    """Join shard batches of ``space`` samples in shard order."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(space, _ARRAY_SPACES):
+        return np.concatenate(parts, axis=0)
+    if isinstance(space, spaces.Dict):
+        return {key: concat_batches(sub, [p[key] for p in parts]) for key, sub in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(concat_batches(sub, [p[i] for p in parts]) for i, sub in enumerate(space.spaces))
+    return tuple(item for part in parts for item in part)
+
+
+def concat_arrays(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def merge_infos(infos: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
+    """Join shard info dicts (Gymnasium's ``key`` + ``_key`` mask layout).
+
+    A key that only some shards report gets the same filler Gymnasium's own
+    ``VectorEnv._add_info`` uses for envs without it: zeros for numeric
+    arrays, None for object arrays, and a False mask.
+    """
+    if len(infos) == 1:
+        return infos[0]
+    total = sum(sizes)
+    offsets = np.cumsum([0, *sizes])
+    keys: list[str] = []
+    for info in infos:
+        keys.extend(k for k in info if k not in keys)
+    out: dict[str, Any] = {}
+    for key in keys:
+        present = [(i, info[key]) for i, info in enumerate(infos) if key in info]
+        if all(isinstance(v, dict) for _, v in present):
+            out[key] = merge_infos([info.get(key, {}) for info in infos], sizes)
+            continue
+        sample = np.asarray(present[0][1])
+        if sample.ndim == 0:  # not in the batched layout: keep the first shard's value
+            out[key] = present[0][1]
+            continue
+        if sample.dtype == object:
+            merged = np.full((total, *sample.shape[1:]), None, dtype=object)
+        else:
+            merged = np.zeros((total, *sample.shape[1:]), dtype=sample.dtype)
+        for i, value in present:
+            merged[offsets[i] : offsets[i + 1]] = value
+        out[key] = merged
+    return out

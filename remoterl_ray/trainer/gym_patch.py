@@ -1,0 +1,104 @@
+"""While a trainer is initialized, Gymnasium's ``make``, ``make_vec`` and
+``register`` build remote envs and mirror registrations to simulators.
+
+Code that imported ``make`` by name before ``init`` (``from gymnasium import
+make``) keeps the local function: patch targets are module attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium
+import gymnasium.envs
+import gymnasium.envs.registration as registration
+from gymnasium.envs.registration import EnvSpec
+
+from ..protocol import codec
+from ..protocol.errors import RegistrationRefusedError, UnsupportedError
+from .patching import Patcher
+from .remote_env import RemoteEnv
+from .remote_vector_env import RemoteVectorEnv
+from .session import Registration, TrainerSession
+
+_MODULES = (gymnasium, gymnasium.envs, registration)
+_ORIGINAL_MAKE = registration.make
+_ORIGINAL_MAKE_VEC = registration.make_vec
+_ORIGINAL_REGISTER = registration.register
+
+
+def _env_id(id: str | EnvSpec) -> str:
+    if isinstance(id, EnvSpec):
+        return id.id
+    if not isinstance(id, str):
+        raise TypeError(f"env id must be a string or EnvSpec, got {type(id).__name__}")
+    return id
+
+
+def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
+    def make(id: str | EnvSpec, max_episode_steps: int | None = None, disable_env_checker: bool | None = None, **kwargs: Any) -> RemoteEnv:
+        if max_episode_steps is not None:
+            kwargs["max_episode_steps"] = max_episode_steps
+        if disable_env_checker is not None:
+            kwargs["disable_env_checker"] = disable_env_checker
+        return RemoteEnv(session, _env_id(id), **kwargs)
+
+    def make_vec(
+        id: str | EnvSpec,
+        num_envs: int = 1,
+        vectorization_mode: Any = None,
+        vector_kwargs: dict[str, Any] | None = None,
+        wrappers: Any = None,
+        **kwargs: Any,
+    ) -> RemoteVectorEnv:
+        if wrappers:
+            raise UnsupportedError(
+                "make_vec(wrappers=...) takes callables, which cannot be sent to a simulator; "
+                "wrap the returned vector env with Gymnasium's vector wrappers instead"
+            )
+        return RemoteVectorEnv(
+            session, _env_id(id), num_envs, vectorization_mode=vectorization_mode, vector_kwargs=vector_kwargs, **kwargs
+        )
+
+    def register(
+        id: str,
+        entry_point: Any = None,
+        reward_threshold: float | None = None,
+        nondeterministic: bool = False,
+        max_episode_steps: int | None = None,
+        order_enforce: bool = True,
+        disable_env_checker: bool = False,
+        additional_wrappers: tuple[Any, ...] = (),
+        vector_entry_point: Any = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if entry_point is not None and not isinstance(entry_point, str):
+            raise RegistrationRefusedError(
+                f"gym.register({id!r}, entry_point={entry_point!r}) cannot be mirrored to simulators: "
+                "a callable entry point is code, and code never travels. Pass it as a "
+                "'module:attr' string (e.g. entry_point='my_pkg.envs:MyEnv') and allow that "
+                "module on the simulator with --allow my_pkg"
+            )
+        spec = {
+            "reward_threshold": reward_threshold,
+            "nondeterministic": nondeterministic,
+            "max_episode_steps": max_episode_steps,
+            "order_enforce": order_enforce,
+            "disable_env_checker": disable_env_checker,
+        }
+        if entry_point is not None:
+            codec.packb(kwargs or {})  # refuse unsendable kwargs now, not at make time
+        _ORIGINAL_REGISTER(
+            id,
+            entry_point=entry_point,
+            additional_wrappers=additional_wrappers,
+            vector_entry_point=vector_entry_point,
+            kwargs=kwargs,
+            **spec,
+        )
+        if entry_point is not None:
+            session.registrations[id] = Registration(id, entry_point, dict(kwargs or {}), spec)
+
+    patcher.replace(_MODULES, "make", _ORIGINAL_MAKE, make)
+    patcher.replace(_MODULES, "make_vec", _ORIGINAL_MAKE_VEC, make_vec)
+    patcher.replace(_MODULES, "register", _ORIGINAL_REGISTER, register)

@@ -1,0 +1,54 @@
+"""``RemoteEnv``: a real ``gymnasium.Env`` whose env lives on a simulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+from ..protocol.frames import Op
+from .session import TrainerSession
+from .shards import Shards
+
+
+class RemoteEnv(gym.Env):
+    """One env hosted by one simulator, created with the same id and kwargs
+    as ``gym.make`` would use locally (wrappers such as TimeLimit and
+    OrderEnforcing run on the simulator, exactly as they would here)."""
+
+    def __init__(self, session: TrainerSession, env_id: str, **kwargs: Any) -> None:
+        self._remote = Shards(session, env_id, 1, {"kwargs": kwargs}, vector=False)
+        description = self._remote.description
+        self.observation_space = self._remote.observation_space
+        self.action_space = self._remote.action_space
+        self.metadata = dict(description.get("metadata") or {})
+        self.render_mode = description.get("render_mode")
+        self.spec = self._remote.spec()
+
+    @property
+    def channel(self) -> int:
+        return self._remote.channels[0]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        super().reset(seed=seed)  # keeps self.np_random consistent with a local env
+        obs, info = self._remote.request(Op.RESET, [{"seed": seed, "options": options}])[0]
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self._remote.request(Op.STEP, [action])[0]
+        return obs, reward, terminated, truncated, info
+
+    def render(self) -> Any:
+        return self._remote.request(Op.RENDER, [None])[0]
+
+    def close(self) -> None:
+        remote = getattr(self, "_remote", None)
+        if remote is not None:
+            remote.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._remote.closed
+
+    def __repr__(self) -> str:
+        return f"<RemoteEnv {self._remote.env_id} channel={self.channel}>"

@@ -1,0 +1,109 @@
+"""``RemoteVectorEnv``: a real ``gymnasium.vector.VectorEnv`` spread over simulators.
+
+Envs [0, N) are split into contiguous shards, one per simulator; each vector
+step sends exactly one frame per shard, all at once, then gathers the
+answers as they come. Each shard is a ``SyncVectorEnv`` on its simulator
+(unless ``vectorization_mode`` is given), so for the same seeds and actions
+the results equal a local ``gym.make_vec(..., vectorization_mode="sync")``,
+including Gymnasium's default NEXT_STEP autoreset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from ..protocol.frames import Op
+from .batching import concat_arrays, concat_batches, merge_infos, slice_batch
+from .session import TrainerSession
+from .shards import Shards
+
+
+class RemoteVectorEnv(VectorEnv):
+    def __init__(
+        self,
+        session: TrainerSession,
+        env_id: str,
+        num_envs: int,
+        *,
+        vectorization_mode: str | None = None,
+        vector_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        make_arg = {"kwargs": kwargs, "vectorization_mode": vectorization_mode, "vector_kwargs": vector_kwargs or {}}
+        self._remote = Shards(session, env_id, num_envs, make_arg, vector=True)
+        description = self._remote.description
+        self.num_envs = num_envs
+        self.single_observation_space = self._remote.observation_space
+        self.single_action_space = self._remote.action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.metadata = dict(description.get("metadata") or {})
+        self.metadata.setdefault("autoreset_mode", AutoresetMode.NEXT_STEP)
+        if isinstance(self.metadata["autoreset_mode"], str):
+            self.metadata["autoreset_mode"] = AutoresetMode(self.metadata["autoreset_mode"])
+        self.render_mode = description.get("render_mode")
+        self.spec = self._remote.spec()
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        return list(self._remote.sizes)
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        bounds = self._remote.bounds
+        if len(bounds) == 1:
+            seeds: list[Any] = [seed]
+        elif seed is None:
+            seeds = [None] * len(bounds)
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [[int(seed) + i for i in range(a, b)] for a, b in bounds]
+        else:
+            if len(seed) != self.num_envs:
+                raise ValueError(f"expected {self.num_envs} seeds, got {len(seed)}")
+            seeds = [list(seed[a:b]) for a, b in bounds]
+        shard_options = [self._shard_options(options, a, b) for a, b in bounds]
+        if isinstance(seed, (int, np.integer)):
+            super().reset(seed=int(seed))  # keeps self.np_random as a local vector env has it
+        results = self._remote.request(Op.RESET, [{"seed": s, "options": o} for s, o in zip(seeds, shard_options)])
+        obs = concat_batches(self.single_observation_space, [r[0] for r in results])
+        return obs, merge_infos([r[1] for r in results], self._remote.sizes)
+
+    def _shard_options(self, options: dict[str, Any] | None, start: int, stop: int) -> dict[str, Any] | None:
+        if not options or "reset_mask" not in options or len(self._remote.bounds) == 1:
+            return options
+        return {**options, "reset_mask": np.asarray(options["reset_mask"])[start:stop]}
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        bounds = self._remote.bounds
+        if len(bounds) == 1:
+            parts = [actions]
+        else:
+            parts = [slice_batch(self.single_action_space, actions, a, b) for a, b in bounds]
+        results = self._remote.request(Op.STEP, parts)
+        obs = concat_batches(self.single_observation_space, [r[0] for r in results])
+        rewards = concat_arrays([r[1] for r in results])
+        terminations = concat_arrays([r[2] for r in results])
+        truncations = concat_arrays([r[3] for r in results])
+        infos = merge_infos([r[4] for r in results], self._remote.sizes)
+        return obs, rewards, terminations, truncations, infos
+
+    def render(self) -> tuple[Any, ...] | None:
+        frames = self._remote.request_all(Op.RENDER)
+        if all(f is None for f in frames):
+            return None
+        return tuple(frame for shard in frames if shard is not None for frame in shard)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        remote = getattr(self, "_remote", None)
+        if remote is not None:
+            remote.close()
+
+    def __repr__(self) -> str:
+        return f"<RemoteVectorEnv {self._remote.env_id} num_envs={self.num_envs} shards={self._remote.sizes}>"

@@ -1,0 +1,157 @@
+"""Layer 6: the trainer's session with the relay.
+
+Owns the connection, knows how many simulators are online, asks the relay
+for channels, and creates remote envs on simulators (mirroring registrations
+first). ``RemoteEnv`` and ``RemoteVectorEnv`` are thin views over it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol import codec
+from ..protocol.errors import ProtocolError, RelayUnavailableError, RemoteRLError
+from ..protocol.frames import Kind, Op
+from ..protocol.messages import (
+    Hello,
+    Open,
+    Opened,
+    Release,
+    Shard,
+    Simulators,
+    control_frame,
+    encode_control,
+    parse_control,
+)
+from ..transport import RelayConnection
+
+log = logging.getLogger("remoterl.trainer")
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    relay_url: str
+    api_key: str | None
+    num_workers: int = 1
+    num_env_runners: int = 2
+    timeout: float = 60.0  # per request (step, reset, ...)
+    make_timeout: float = 120.0  # creating envs may load heavy simulators
+    connect_timeout: float = 10.0
+    simulator_wait: float = 10.0
+
+
+@dataclass
+class Registration:
+    """A mirrored ``gym.register`` call, sent to simulators before a make."""
+
+    id: str
+    entry_point: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"id": self.id, "entry_point": self.entry_point, "kwargs": self.kwargs, "spec": self.spec}
+
+
+class TrainerSession:
+    def __init__(self, settings: TrainerSettings) -> None:
+        self.settings = settings
+        self.registrations: dict[str, Registration] = {}
+        self.simulators = 0
+        self._conn: RelayConnection | None = None
+        self._lock = threading.Lock()
+
+    # -- connection -------------------------------------------------------
+
+    def _on_control(self, message: Any) -> None:
+        if isinstance(message, Simulators):
+            self.simulators = message.count
+
+    def connect(self, timeout: float | None = None) -> RelayConnection | None:
+        """Connect (retrying until ``timeout``); None if the relay is unreachable."""
+        timeout = self.settings.connect_timeout if timeout is None else timeout
+        conn = RelayConnection.open_with_backoff(
+            self.settings.relay_url,
+            Hello(role="trainer", api_key=self.settings.api_key),
+            deadline=time.monotonic() + timeout,
+            timeout=min(timeout, 10.0) or 1.0,
+            on_control=self._on_control,
+        )
+        if conn is not None:
+            self.simulators = conn.welcome.simulators
+            self._conn = conn
+        return conn
+
+    @property
+    def conn(self) -> RelayConnection:
+        """The live connection; reconnects once if the relay dropped it."""
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                if self.connect() is None:
+                    raise RelayUnavailableError(f"cannot reach the relay at {self.settings.relay_url}")
+            assert self._conn is not None
+            return self._conn
+
+    def wait_for_simulators(self, count: int, timeout: float) -> int:
+        conn = self.conn
+        conn.wait_until(lambda: self.simulators >= count, timeout)
+        return self.simulators
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # -- env lifecycle ----------------------------------------------------
+
+    def create(self, env_id: str, num_envs: int, make_arg: dict[str, Any], *, vector: bool) -> list[tuple[Shard, dict[str, Any]]]:
+        """Open channels for ``num_envs`` envs and make them on the simulators.
+
+        Returns each shard with the simulator's description of its env
+        (spaces, metadata, spec). On any failure every channel is released.
+        """
+        conn = self.conn
+        request = Open(envs=num_envs, per_simulator=self.settings.num_env_runners)
+        reply = conn.call([(Kind.CONTROL, Op.NONE, 0, encode_control(request))], self.settings.timeout)[0]
+        if reply.error is not None:
+            raise reply.error
+        opened = parse_control(reply.payload)
+        if not isinstance(opened, Opened):
+            raise ProtocolError(f"relay answered an open with {opened.op!r}")
+        shards = opened.shards
+        try:
+            requests = []
+            registration = self.registrations.get(env_id)
+            for shard in shards:
+                if registration is not None:
+                    requests.append((Kind.REQUEST, Op.REGISTER, shard.channel, codec.packb(registration.to_wire())))
+                arg = dict(make_arg, id=env_id)
+                if vector:
+                    arg["num_envs"] = shard.envs
+                requests.append((Kind.REQUEST, Op.MAKE_VEC if vector else Op.MAKE, shard.channel, codec.packb(arg)))
+            replies = conn.call(requests, self.settings.make_timeout)
+            for reply in replies:  # registration errors come first, then make errors
+                reply.value()
+            descriptions = [r.value() for r in replies if r.op in (Op.MAKE, Op.MAKE_VEC)]
+        except BaseException:
+            self.release(conn, [s.channel for s in shards], close_first=True)
+            raise
+        return list(zip(shards, descriptions))
+
+    def release(self, conn: RelayConnection, channels: list[int], *, close_first: bool = False) -> None:
+        """Close the envs on ``channels`` (best effort) and give the channels back."""
+        if conn.closed or not channels:
+            return
+        live = [ch for ch in channels if ch not in conn.lost_channels]
+        try:
+            if close_first and live:
+                requests = [(Kind.REQUEST, Op.CLOSE, ch, codec.packb(None)) for ch in live]
+                conn.call(requests, min(self.settings.timeout, 10.0))
+            conn.send(control_frame(Release(channels=channels)))
+        except RemoteRLError as exc:
+            log.debug("releasing channels %s: %s", channels, exc)

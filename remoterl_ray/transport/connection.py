@@ -1,0 +1,380 @@
+"""Layer 2: one client connection to the relay, used by trainers and simulators.
+
+Built on the ``websockets`` synchronous client, because Gymnasium's API is
+synchronous: a caller sends and then waits for its answers in its own thread,
+with no event-loop hop. The library's background thread answers WebSocket
+pings (our heartbeat) even while the caller is busy in a long env step.
+
+Several requests can be in flight: each has a sequence id; :meth:`call` sends
+a batch and gathers the answers in any order. When several threads call at
+once, one of them reads the socket at a time (leader/follower) and hands
+every other thread its answer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.sync.client import ClientConnection, connect
+
+from ..protocol import codec
+from ..protocol.errors import (
+    FrameTooLargeError,
+    ProtocolError,
+    RelayUnavailableError,
+    RemoteRLError,
+    RemoteTimeoutError,
+    error_from_wire,
+)
+from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE, MAX_SEQ, Kind, Op, pack, unpack_header
+from ..protocol.messages import Hello, Welcome, control_frame, parse_control
+
+log = logging.getLogger("remoterl.transport")
+
+def endpoint(relay_url: str) -> str:
+    """``ws://host:port[/prefix]`` -> the relay's WebSocket endpoint ``.../ws``."""
+    parts = urlsplit(relay_url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"relay URL must start with ws:// or wss://, got {relay_url!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/ws"):
+        path += "/ws"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+@dataclass
+class Reply:
+    """One answer to a request: a RESPONSE payload, or the error it raised."""
+
+    kind: int
+    op: int
+    channel: int
+    payload: memoryview | None = None
+    error: RemoteRLError | None = None
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        assert self.payload is not None
+        return codec.unpackb(self.payload)
+
+
+@dataclass
+class _Slot:
+    channel: int
+    reply: Reply | None = None
+
+
+@dataclass
+class Counters:
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    frames_sent: int = 0
+    frames_received: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class RelayConnection:
+    """A connected, greeted WebSocket to the relay.
+
+    ``on_control`` receives unsolicited CONTROL messages (events). It runs in
+    whichever thread is reading, with the internal lock held: keep it short
+    and never call back into the connection from it. An ERROR frame with seq
+    0 means a channel died (its simulator left): requests on it then fail at
+    once with that error.
+    """
+
+    def __init__(
+        self,
+        ws: ClientConnection,
+        welcome: Welcome,
+        *,
+        on_control: Callable[[Any], None] | None = None,
+    ) -> None:
+        self._ws = ws
+        self.welcome = welcome
+        self.max_frame = welcome.max_frame
+        self.on_control = on_control
+        self.lost_channels: dict[int, RemoteRLError] = {}
+        self.counters = Counters()
+        self._seq = itertools.count(1)
+        self._cond = threading.Condition()
+        self._pending: dict[int, _Slot] = {}
+        self._reading = False
+        self._closed: RemoteRLError | None = None
+
+    # -- connecting -------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        relay_url: str,
+        hello: Hello,
+        *,
+        timeout: float = 10.0,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        ping_interval: float | None = 10.0,
+        ping_timeout: float | None = 20.0,
+        additional_headers: dict[str, str] | None = None,
+        **handlers: Any,
+    ) -> RelayConnection:
+        """Connect and greet once. Raises ``RelayUnavailableError`` if the relay
+        cannot be reached, ``AuthenticationError``/``ProtocolVersionError`` if it
+        refuses us (those are final: retrying will not help)."""
+        url = endpoint(relay_url)
+        try:
+            ws = connect(
+                url,
+                open_timeout=timeout,
+                compression=None,
+                max_size=max_frame + HEADER_SIZE,
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+                close_timeout=2,
+                additional_headers=additional_headers,
+                proxy=None,
+            )
+        except (OSError, InvalidHandshake, TimeoutError, InvalidURI) as exc:
+            raise RelayUnavailableError(f"cannot reach relay at {url}: {exc}") from None
+        try:
+            ws.send(control_frame(hello))
+            frame = ws.recv(timeout=timeout)
+        except TimeoutError:
+            ws.close()
+            raise RelayUnavailableError(f"relay at {url} did not answer the hello within {timeout}s") from None
+        except ConnectionClosed as exc:
+            raise RelayUnavailableError(f"relay at {url} closed the connection during hello: {exc}") from None
+        if isinstance(frame, str):
+            ws.close()
+            raise ProtocolError("relay answered the hello with a text frame")
+        header = unpack_header(frame)
+        payload = memoryview(frame)[HEADER_SIZE:]
+        if header.kind == Kind.ERROR:
+            ws.close()
+            raise error_from_wire(codec.unpackb(payload))
+        message = parse_control(payload)
+        if not isinstance(message, Welcome):
+            ws.close()
+            raise ProtocolError(f"relay answered the hello with {message.op!r}")
+        return cls(ws, message, **handlers)
+
+    @classmethod
+    def open_with_backoff(
+        cls,
+        relay_url: str,
+        hello: Hello,
+        *,
+        deadline: float | None,
+        stop: threading.Event | None = None,
+        first_delay: float = 0.1,
+        max_delay: float = 5.0,
+        **kwargs: Any,
+    ) -> RelayConnection | None:
+        """Retry :meth:`open` with capped, jittered exponential backoff.
+
+        Returns None when ``deadline`` (a ``time.monotonic()`` value) passes or
+        ``stop`` is set. Refusals (bad key, bad version) are raised at once.
+        """
+        delay = first_delay
+        while True:
+            try:
+                return cls.open(relay_url, hello, **kwargs)
+            except RelayUnavailableError as exc:
+                log.debug("relay not reachable yet: %s", exc)
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return None
+            wait = delay * (0.5 + random.random())
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - now))
+            if stop is not None:
+                if stop.wait(wait):
+                    return None
+            else:
+                time.sleep(wait)
+            delay = min(delay * 2, max_delay)
+
+    # -- sending ----------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def next_seq(self) -> int:
+        seq = next(self._seq)
+        if seq >= MAX_SEQ:  # wrap well before u32 overflow; old seqs are long answered
+            self._seq = itertools.count(1)
+            seq = next(self._seq)
+        return seq
+
+    def send(self, frame: bytes) -> None:
+        if self._closed is not None:
+            raise self._closed
+        if len(frame) - HEADER_SIZE > self.max_frame:
+            raise FrameTooLargeError(
+                f"frame payload of {len(frame) - HEADER_SIZE} bytes exceeds the relay's limit of {self.max_frame}"
+            )
+        try:
+            self._ws.send(frame)
+        except ConnectionClosed as exc:
+            self._mark_closed(exc)
+            raise self._closed from None  # type: ignore[misc]
+        self.counters.bytes_sent += len(frame)
+        self.counters.frames_sent += 1
+
+    # -- request / response ----------------------------------------------
+
+    def call(
+        self, requests: Iterable[tuple[int, int, int, bytes]], timeout: float
+    ) -> list[Reply]:
+        """Send ``(kind, op, channel, payload)`` requests; return their replies in order.
+
+        Each reply may carry an error instead of a payload (see ``Reply.value``);
+        a reply missing after ``timeout`` seconds is a ``RemoteTimeoutError``.
+        """
+        requests = list(requests)
+        slots: list[tuple[int, _Slot]] = []
+        frames: list[bytes] = []
+        with self._cond:
+            if self._closed is not None:
+                raise self._closed
+            for _, _, channel, _ in requests:
+                if channel in self.lost_channels:
+                    raise self.lost_channels[channel]
+            for kind, op, channel, payload in requests:
+                seq = self.next_seq()
+                slot = _Slot(channel)
+                self._pending[seq] = slot
+                slots.append((seq, slot))
+                frames.append(pack(kind, op, channel, seq, payload))
+        try:
+            for frame in frames:
+                self.send(frame)
+            deadline = time.monotonic() + timeout
+            self._pump(lambda: all(s.reply is not None for _, s in slots), deadline)
+        finally:
+            with self._cond:
+                for seq, _ in slots:
+                    self._pending.pop(seq, None)
+        out: list[Reply] = []
+        for _, slot in slots:
+            if slot.reply is None:
+                out.append(Reply(Kind.ERROR, Op.NONE, slot.channel, error=RemoteTimeoutError(
+                    f"no answer within {timeout}s on channel {slot.channel}")))
+            else:
+                out.append(slot.reply)
+        return out
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Process incoming frames until ``predicate()`` holds or ``timeout`` passes."""
+        self._pump(predicate, time.monotonic() + timeout)
+        with self._cond:
+            return predicate()
+
+    def recv(self, timeout: float | None) -> bytes | None:
+        """Raw receive for a single-threaded peer (the simulator). None on timeout."""
+        try:
+            frame = self._ws.recv(timeout=timeout)
+        except TimeoutError:
+            return None
+        except ConnectionClosed as exc:
+            self._mark_closed(exc)
+            raise self._closed from None  # type: ignore[misc]
+        if isinstance(frame, str):
+            frame = frame.encode()
+        self.counters.bytes_received += len(frame)
+        self.counters.frames_received += 1
+        return frame
+
+    def _pump(self, done: Callable[[], bool], deadline: float) -> None:
+        """Leader/follower loop: read and dispatch frames until ``done()``."""
+        with self._cond:
+            while not done():
+                if self._closed is not None:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                if self._reading:
+                    self._cond.wait(remaining)
+                    continue
+                self._reading = True
+                self._cond.release()
+                try:
+                    frame = self._ws.recv(timeout=remaining)
+                    error = None
+                except TimeoutError:
+                    frame, error = None, None
+                except ConnectionClosed as exc:
+                    frame, error = None, exc
+                finally:
+                    self._cond.acquire()
+                    self._reading = False
+                if error is not None:
+                    self._mark_closed(error)
+                elif frame is not None:
+                    self._dispatch(frame if isinstance(frame, bytes) else frame.encode())
+                self._cond.notify_all()
+
+    def _dispatch(self, frame: bytes) -> None:
+        """Deliver one frame (lock held)."""
+        self.counters.bytes_received += len(frame)
+        self.counters.frames_received += 1
+        try:
+            kind, op, channel, seq = unpack_header(frame)
+        except ProtocolError as exc:
+            log.warning("dropping malformed frame from relay: %s", exc)
+            return
+        payload = memoryview(frame)[HEADER_SIZE:]
+        slot = self._pending.get(seq) if seq else None
+        if kind == Kind.ERROR:
+            try:
+                error = error_from_wire(codec.unpackb(payload))
+            except ProtocolError as exc:
+                error = exc
+            if slot is not None:
+                slot.reply = Reply(kind, op, channel, error=error)
+            elif channel:
+                self._fail_channel(channel, error)
+            else:
+                log.warning("relay reported: %s", error)
+        elif slot is not None:
+            slot.reply = Reply(kind, op, channel, payload=payload)
+        elif kind == Kind.CONTROL and self.on_control is not None:
+            try:
+                self.on_control(parse_control(payload))
+            except ProtocolError as exc:
+                log.warning("dropping malformed control message: %s", exc)
+        # Anything else is a late answer to a request that already timed out.
+
+    def _fail_channel(self, channel: int, error: RemoteRLError) -> None:
+        self.lost_channels[channel] = error
+        for slot in self._pending.values():
+            if slot.channel == channel and slot.reply is None:
+                slot.reply = Reply(Kind.ERROR, Op.NONE, channel, error=error)
+
+    def _mark_closed(self, exc: BaseException | None = None) -> None:
+        with self._cond:
+            if self._closed is None:
+                reason = f": {exc}" if exc else ""
+                self._closed = RelayUnavailableError(f"connection to the relay was lost{reason}")
+            for slot in self._pending.values():
+                if slot.reply is None:
+                    slot.reply = Reply(Kind.ERROR, Op.NONE, slot.channel, error=self._closed)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        self._mark_closed()
+        try:
+            self._ws.close()
+        except Exception:  # closing a dead socket may raise; nothing left to do
+            pass
