@@ -22,10 +22,24 @@ class SpaceCodecError(ProtocolError):
 _MAX_DEPTH = 32
 
 
+def _compact(bound: np.ndarray) -> Any:
+    """A uniform bound array travels as one scalar (images have 10^5 equal bounds)."""
+    flat = bound.reshape(-1)
+    if flat.size and np.array_equal(flat, np.full_like(flat, flat[0]), equal_nan=flat.dtype.kind == "f"):
+        return flat[0]
+    return bound
+
+
 def space_to_wire(space: spaces.Space) -> dict[str, Any]:
     """Describe ``space`` with codec-safe values only."""
     if isinstance(space, spaces.Box):
-        return {"type": "Box", "low": space.low, "high": space.high, "dtype": space.dtype.str}
+        return {
+            "type": "Box",
+            "low": _compact(space.low),
+            "high": _compact(space.high),
+            "shape": list(space.shape),
+            "dtype": space.dtype.str,
+        }
     if isinstance(space, spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start), "dtype": space.dtype.str}
     if isinstance(space, spaces.MultiDiscrete):
@@ -61,8 +75,10 @@ def space_from_wire(desc: Any, _depth: int = 0) -> spaces.Space:
     try:
         if kind == "Box":
             dtype = np.dtype(desc["dtype"])
-            low, high = np.asarray(desc["low"]), np.asarray(desc["high"])
-            return spaces.Box(low=low, high=high, shape=low.shape, dtype=dtype)
+            shape = tuple(int(d) for d in desc["shape"])
+            low = np.broadcast_to(np.asarray(desc["low"], dtype=dtype), shape)
+            high = np.broadcast_to(np.asarray(desc["high"], dtype=dtype), shape)
+            return spaces.Box(low=low.copy(), high=high.copy(), shape=shape, dtype=dtype)
         if kind == "Discrete":
             return spaces.Discrete(int(desc["n"]), start=int(desc["start"]), dtype=np.dtype(desc.get("dtype", "<i8")))
         if kind == "MultiDiscrete":

@@ -178,7 +178,8 @@ def create_app(config: RelayConfig) -> FastAPI:
                     else:
                         raise ProtocolError(f"unknown frame kind {kind}")
                 except RemoteRLError as exc:
-                    op_, channel_, seq_ = (op, channel, seq) if size >= HEADER_SIZE else (0, 0, 0)
+                    # Echo the header fields the sender can match on; never an invalid op.
+                    op_, channel_, seq_ = (op if op <= Op.RENDER else 0, channel, seq) if size >= HEADER_SIZE else (0, 0, 0)
                     await report(peer, exc, op_, channel_, seq_)
                     if isinstance(exc, FrameTooLargeError) and peer.role == "simulator":
                         # Fail the trainer's request now instead of letting it time out.

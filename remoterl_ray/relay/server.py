@@ -6,7 +6,7 @@ import logging
 
 import uvicorn
 
-from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE
+from ..protocol.frames import HEADER_SIZE
 from .app import RelayConfig, create_app
 
 log = logging.getLogger("remoterl.relay")
@@ -34,7 +34,7 @@ def run_relay(
         port=port,
         log_level=log_level,
         ws="websockets-sansio",
-        ws_max_size=2 * max(config.max_frame, DEFAULT_MAX_FRAME // 16) + HEADER_SIZE,
+        ws_max_size=2 * config.max_frame + HEADER_SIZE,
         ws_ping_interval=ping_interval,
         ws_ping_timeout=ping_timeout,
         ws_per_message_deflate=False,

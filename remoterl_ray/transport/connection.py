@@ -142,6 +142,7 @@ class RelayConnection:
                 close_timeout=2,
                 additional_headers=additional_headers,
                 proxy=None,
+                legacy=True,  # a plain connection; reconnecting is ours (open_with_backoff)
             )
         except (OSError, InvalidHandshake, TimeoutError, InvalidURI) as exc:
             raise RelayUnavailableError(f"cannot reach relay at {url}: {exc}") from None

@@ -1,0 +1,95 @@
+"""Shared fixtures: a real relay process and real simulator processes on 127.0.0.1.
+
+One relay serves the whole session; each test module that needs simulators
+starts its own under its own API key (its own workspace), so tests that kill
+or restart things cannot disturb the others.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import remoterl_ray
+from remoterl_ray.local import LocalProcess, LocalRelay, start_relay, start_simulator
+
+SUPPORT = Path(__file__).parent / "support"
+sys.path.insert(0, str(SUPPORT))
+
+TEST_ENVS_MODULE = "remoterl_testenvs"
+
+
+def new_key(label: str) -> str:
+    return f"test-{label}-{secrets.token_hex(6)}"
+
+
+def sim_env() -> dict[str, str]:
+    """Simulators get the test env module on their path (importing it still needs --allow)."""
+    path = os.pathsep.join(p for p in (str(SUPPORT), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path}
+
+
+class Keys:
+    """Pre-issued keys on the session relay, one per purpose."""
+
+    def __init__(self) -> None:
+        self.pool = [new_key(f"k{i}") for i in range(24)]
+        self._next = 0
+
+    def take(self) -> str:
+        key = self.pool[self._next]
+        self._next += 1
+        return key
+
+
+@pytest.fixture(scope="session")
+def keys() -> Keys:
+    return Keys()
+
+
+@pytest.fixture(scope="session")
+def relay(keys: Keys) -> Iterator[LocalRelay]:
+    relay = start_relay(api_keys=keys.pool)
+    yield relay
+    relay.stop()
+
+
+class SimulatorPool:
+    """Simulator processes of one workspace; stopped (or killed) at teardown."""
+
+    def __init__(self, relay: LocalRelay, key: str) -> None:
+        self.relay = relay
+        self.key = key
+        self.procs: list[LocalProcess] = []
+
+    def start(self, count: int = 1, *, allow: tuple[str, ...] = (TEST_ENVS_MODULE,), wait: bool = True,
+              extra_args: tuple[str, ...] = ()) -> list[LocalProcess]:
+        new = [start_simulator(self.relay.url, self.key, allow=allow, env=sim_env(), extra_args=extra_args)
+               for _ in range(count)]
+        self.procs.extend(new)
+        if wait:
+            self.relay.wait_for(self.key, "simulator", len([p for p in self.procs if p.alive()]))
+        return new
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+
+
+@pytest.fixture
+def trainer_cleanup() -> Iterator[None]:
+    """Whatever a test initialised, shut it down afterwards."""
+    yield
+    remoterl_ray.shutdown()
+
+
+def init_trainer(relay: LocalRelay, key: str, **kwargs) -> bool:
+    kwargs.setdefault("timeout", 30.0)
+    kwargs.setdefault("connect_timeout", 10.0)
+    kwargs.setdefault("simulator_wait", 10.0)
+    return remoterl_ray.init(key, role="trainer", relay_url=relay.url, **kwargs)

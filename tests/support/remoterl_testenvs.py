@@ -1,0 +1,107 @@
+"""Envs used by the tests; simulators import this module only when allowed."""
+
+from __future__ import annotations
+
+import time
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+def all_spaces() -> spaces.Dict:
+    """One space of every supported kind, nested."""
+    return spaces.Dict(
+        {
+            "box_inf": spaces.Box(low=-np.inf, high=np.inf, shape=(3,), dtype=np.float64),
+            "box_half": spaces.Box(low=np.array([0.0, -np.inf], np.float32), high=np.array([np.inf, 1.0], np.float32)),
+            "image": spaces.Box(low=0, high=255, shape=(4, 4, 3), dtype=np.uint8),
+            "ints": spaces.Box(low=-5, high=5, shape=(2,), dtype=np.int16),
+            "discrete": spaces.Discrete(3, start=-1),
+            "multi_discrete": spaces.MultiDiscrete([3, 4], start=[1, 2]),
+            "multi_binary": spaces.MultiBinary([2, 3]),
+            "text": spaces.Text(min_length=1, max_length=6, charset="xyz01"),
+            "tuple": spaces.Tuple((spaces.Discrete(2), spaces.Dict({"inner": spaces.Box(-1, 1, (2,))}))),
+            "sequence": spaces.Sequence(spaces.Discrete(4)),
+            "one_of": spaces.OneOf((spaces.Discrete(2), spaces.Box(0, 1, (1,)))),
+        }
+    )
+
+
+class AllSpacesEnv(gym.Env):
+    """Observations from a nested space of every kind; infos with numpy values."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(self, render_mode: str | None = None, scale: float = 1.0) -> None:
+        self.observation_space = all_spaces()
+        self.action_space = spaces.Tuple((spaces.Discrete(2), spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)))
+        self.render_mode = render_mode
+        self.scale = scale
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.observation_space.seed(seed)
+        self.t = 0
+        return self.observation_space.sample(), {"scale": self.scale, "options": options or {}}
+
+    def step(self, action):
+        self.t += 1
+        info = {
+            "np_scalar": np.float32(1.5),
+            "np_int": np.int64(self.t),
+            "array": np.arange(3, dtype=np.int32) * self.t,
+            "nested": {"flag": np.bool_(action[0] == 1), "text": "ok"},
+            "action_box": np.asarray(action[1]),
+        }
+        return self.observation_space.sample(), float(self.t) * self.scale, self.t >= 5, False, info
+
+    def render(self):
+        frame = np.zeros((8, 6, 3), dtype=np.uint8)
+        frame[..., 0] = self.t
+        return frame
+
+
+class CounterEnv(gym.Env):
+    """Tiny deterministic env whose info keys depend on the env's index (for info merging)."""
+
+    def __init__(self, index_key: int = 0, delay: float = 0.0) -> None:
+        self.observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = spaces.Discrete(3)
+        self.delay = delay
+        self.count = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.count = int(self.np_random.integers(0, 100))
+        return np.array([self.count, 0], dtype=np.float32), {"start": self.count}
+
+    def step(self, action):
+        if self.delay:
+            time.sleep(self.delay)
+        self.count += int(action)
+        info = {"count": self.count}
+        if self.count % 2:
+            info["odd"] = np.float64(self.count)
+        obs = np.array([self.count, action], dtype=np.float32)
+        return obs, float(action), self.count > 150, False, info
+
+
+class BigObsEnv(gym.Env):
+    """Observations far larger than a small relay frame limit allows."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.observation_space = spaces.Box(0, 1, (size,), np.float32)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(self.observation_space.shape, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(self.observation_space.shape, np.float32), 0.0, False, False, {}
+
+
+# Importing this module (e.g. for the id "remoterl_testenvs:AllSpaces-v0") registers its envs.
+gym.register("AllSpaces-v0", entry_point="remoterl_testenvs:AllSpacesEnv")

@@ -1,0 +1,137 @@
+"""Peers that go away, keys that are wrong, relays that restart."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from conftest import TEST_ENVS_MODULE, SimulatorPool, init_trainer, new_key, sim_env
+
+import remoterl_ray
+from remoterl_ray import AuthenticationError, RelayUnavailableError, SimulatorLostError
+from remoterl_ray.local import free_port, start_relay, start_simulator
+
+
+def test_wrong_key_raises_runtime_error(relay, trainer_cleanup):
+    with pytest.raises(AuthenticationError) as info:
+        init_trainer(relay, "not-a-key")
+    assert isinstance(info.value, RuntimeError)
+    assert "rejected" in str(info.value)
+    with pytest.raises(AuthenticationError, match="required"):
+        remoterl_ray.init(None, role="trainer", relay_url=relay.url, connect_timeout=5)
+    assert not remoterl_ray.is_initialized()
+
+
+def test_unreachable_relay_returns_false(trainer_cleanup):
+    url = f"ws://127.0.0.1:{free_port()}"
+    make_before = gym.make
+    assert remoterl_ray.init("k", role="trainer", relay_url=url, connect_timeout=1.0) is False
+    assert not remoterl_ray.is_initialized()
+    assert gym.make is make_before  # nothing patched
+
+
+def test_no_simulator_online_returns_false(relay, keys, trainer_cleanup):
+    assert init_trainer(relay, keys.take(), simulator_wait=0.5) is False
+    assert not remoterl_ray.is_initialized()
+
+
+def test_simulator_with_wrong_key_exits_with_a_clear_error(relay):
+    proc = start_simulator(relay.url, "wrong-key", env=sim_env())
+    proc.popen.wait(30)
+    assert proc.popen.returncode == 2
+    assert "auth_failed" in proc.output() and "rejected" in proc.output()
+
+
+def test_simulator_killed_mid_episode_gives_a_coded_error(relay, keys, trainer_cleanup):
+    key = keys.take()
+    pool = SimulatorPool(relay, key)
+    sim, = pool.start(1)
+    try:
+        assert init_trainer(relay, key, timeout=60)
+        gym.register("SlowCounter-v0", entry_point=f"{TEST_ENVS_MODULE}:CounterEnv", kwargs={"delay": 3.0})
+        env = gym.make("SlowCounter-v0")
+        vec = gym.make_vec("CartPole-v1", num_envs=2)
+        env.reset(seed=0)
+        vec.reset(seed=0)
+        outcome: dict[str, BaseException] = {}
+
+        def step_in_flight() -> None:
+            try:
+                env.step(1)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=step_in_flight)
+        thread.start()
+        time.sleep(0.5)  # the step is now running on the simulator
+        sim.kill()
+        thread.join(30)
+        assert not thread.is_alive()
+        # The relay saw the socket close and told us: a coded error, not the 60 s timeout.
+        assert isinstance(outcome.get("error"), SimulatorLostError), outcome
+        assert outcome["error"].code.value == "simulator_gone"
+        with pytest.raises(SimulatorLostError):
+            vec.step(np.array([0, 1]))
+        with pytest.raises(SimulatorLostError):
+            env.reset()
+        env.close()
+        vec.close()
+    finally:
+        gym.registry.pop("SlowCounter-v0", None)
+        pool.stop()
+
+
+def test_relay_restart_simulator_reconnects_and_training_resumes(keys, trainer_cleanup):
+    key = new_key("restart")
+    port = free_port()
+    relay = start_relay(api_keys=[key], port=port)
+    pool = SimulatorPool(relay, key)
+    sim, = pool.start(1)
+    try:
+        assert init_trainer(relay, key)
+        env = gym.make("CartPole-v1")
+        env.reset(seed=0)
+        relay.stop()
+        with pytest.raises(RelayUnavailableError):
+            env.step(0)
+        relay = start_relay(api_keys=[key], port=port)
+        pool.relay = relay
+        relay.wait_for(key, "simulator", 1, timeout=30)  # the same simulator process came back
+        assert sim.alive()
+        assert init_trainer(relay, key)
+        env = gym.make("CartPole-v1")
+        env.reset(seed=0)
+        assert env.step(1)[0].shape == (4,)
+        env.close()
+    finally:
+        remoterl_ray.shutdown()
+        pool.stop()
+        relay.stop()
+
+
+def test_simulator_init_blocks_until_sigterm_then_returns(relay, keys):
+    key = keys.take()
+    script = textwrap.dedent(
+        f"""
+        import remoterl
+        ok = remoterl.init({key!r}, role="simulator", relay_url={relay.url!r})
+        print("init returned", ok, flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        relay.wait_for(key, "simulator", 1, timeout=30)
+        assert proc.poll() is None  # still blocking in init
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert b"init returned True" in out
+        relay.wait_for(key, "simulator", 0, timeout=10)
+    finally:
+        proc.kill()
