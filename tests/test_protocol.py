@@ -98,8 +98,8 @@ def _ext(code, data):
         b"\xc1",  # never-used msgpack byte
         b"\x92\x01",  # truncated array
         _ext(99, b"whatever"),  # unknown extension
-        _ext(codec.EXT_NDARRAY, b"\x03|O8\x01" + struct.pack("<Q", 1) + b"\x00" * 8),  # object dtype
-        _ext(codec.EXT_NDARRAY, b"\x03<f4\x01" + struct.pack("<Q", 10) + b"\x00" * 8),  # short data
+        _ext(codec.EXT_NDARRAY, b"\x03|O8\x01" + struct.pack("<I", 1) + b"\x00" * 8),  # object dtype
+        _ext(codec.EXT_NDARRAY, b"\x03<f4\x01" + struct.pack("<I", 10) + b"\x00" * 8),  # short data
         _ext(codec.EXT_NDARRAY, b"\x09not-dtype\x00"),
         _ext(codec.EXT_NPSCALAR, b"\x03<f8\x00" + b"\x00" * 3),
         _ext(codec.EXT_TUPLE, b"\x01"),

@@ -15,6 +15,7 @@ name, no eval. Object and void dtypes are refused in raw-array form.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Mapping
 from enum import Enum
 from typing import Any
@@ -31,8 +32,6 @@ EXT_OBJARRAY = 4
 
 _MAX_NDIM = 32
 _ALLOWED_KINDS = frozenset("biufcUSMm")
-_U8 = struct.Struct("<B")
-_DIM = struct.Struct("<Q")
 
 
 class EncodeError(ProtocolError, TypeError):
@@ -45,49 +44,76 @@ class DecodeError(ProtocolError):
     default_code = ErrorCode.BAD_PAYLOAD
 
 
+# Per (dtype, ndim): the constant header prefix and the struct for the dims.
+# Bounded: only allowed dtypes and ndim <= _MAX_NDIM are ever cached.
+_HEADERS: dict[tuple[str, int], tuple[bytes, struct.Struct]] = {}
+_PARSERS: dict[tuple[bytes, int], tuple[np.dtype, struct.Struct]] = {}
+
+
+def _header_parts(dtype: np.dtype, ndim: int) -> tuple[bytes, struct.Struct]:
+    key = (dtype.str, ndim)
+    parts = _HEADERS.get(key)
+    if parts is None:
+        if dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None:
+            raise EncodeError(f"arrays of dtype {dtype} cannot be sent")
+        if ndim > _MAX_NDIM:
+            raise EncodeError(f"arrays of {ndim} dimensions cannot be sent (max {_MAX_NDIM})")
+        code = dtype.str.encode("ascii")
+        parts = _HEADERS[key] = (bytes([len(code)]) + code + bytes([ndim]), struct.Struct(f"<{ndim}I"))
+    return parts
+
+
 def _dtype_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
-    code = dtype.str.encode("ascii")
-    return b"".join(
-        [_U8.pack(len(code)), code, _U8.pack(len(shape)), *(_DIM.pack(d) for d in shape)]
-    )
+    prefix, dims = _header_parts(dtype, len(shape))
+    return prefix + dims.pack(*shape)
 
 
 def _read_dtype_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
     """Return (dtype, shape, offset of the raw bytes) of an ext blob."""
     try:
         n = data[0]
-        dtype = np.dtype(data[1 : 1 + n].decode("ascii"))
-        pos = 1 + n
-        ndim = data[pos]
-        pos += 1
-        if ndim > _MAX_NDIM:
-            raise DecodeError(f"array has {ndim} dimensions (max {_MAX_NDIM})")
-        shape = tuple(_DIM.unpack_from(data, pos + 8 * i)[0] for i in range(ndim))
-        pos += 8 * ndim
+        ndim = data[1 + n]
+        key = (data[1 : 1 + n], ndim)
+        parser = _PARSERS.get(key)
+        if parser is None:
+            if ndim > _MAX_NDIM:
+                raise DecodeError(f"array has {ndim} dimensions (max {_MAX_NDIM})")
+            dtype = np.dtype(key[0].decode("ascii"))
+            if dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None:
+                raise DecodeError(f"dtype {dtype.str!r} is not allowed on the wire")
+            parser = (dtype, struct.Struct(f"<{ndim}I"))
+            if len(_PARSERS) < 1024:  # peers choose the keys: keep the cache bounded
+                _PARSERS[key] = parser
+        dtype, dims = parser
+        pos = 2 + n
+        shape = dims.unpack_from(data, pos)
+    except DecodeError:
+        raise
     except (IndexError, struct.error, TypeError, ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"malformed array header: {exc}") from None
-    if dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None:
-        raise DecodeError(f"dtype {dtype.str!r} is not allowed on the wire")
-    return dtype, shape, pos
+    return dtype, shape, pos + dims.size
 
 
-def _check_dtype(dtype: np.dtype) -> None:
-    if dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None:
-        raise EncodeError(f"arrays of dtype {dtype} cannot be sent")
+def _ext(code: int, data: bytes) -> msgpack.ExtType:
+    # ExtType's own constructor re-validates both fields in Python; ours are
+    # valid by construction, and this sits on the per-step path.
+    return tuple.__new__(msgpack.ExtType, (code, data))
 
 
 def _default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
+    cls = type(obj)
+    if cls is np.ndarray:
         if obj.dtype == object:
-            payload = packb([obj.shape, [o for o in obj.reshape(-1)]])
-            return msgpack.ExtType(EXT_OBJARRAY, payload)
-        _check_dtype(obj.dtype)
-        return msgpack.ExtType(EXT_NDARRAY, _dtype_header(obj.dtype, obj.shape) + obj.tobytes())
+            return _ext(EXT_OBJARRAY, packb([obj.shape, list(obj.reshape(-1))]))
+        return _ext(EXT_NDARRAY, _dtype_header(obj.dtype, obj.shape) + obj.tobytes())
+    if cls is tuple:
+        return _ext(EXT_TUPLE, packb(list(obj)))
     if isinstance(obj, np.generic):
-        _check_dtype(obj.dtype)
-        return msgpack.ExtType(EXT_NPSCALAR, _dtype_header(obj.dtype, ()) + obj.tobytes())
-    if isinstance(obj, tuple):
-        return msgpack.ExtType(EXT_TUPLE, packb(list(obj)))
+        return _ext(EXT_NPSCALAR, _dtype_header(obj.dtype, ()) + obj.tobytes())
+    if isinstance(obj, np.ndarray):  # subclasses (np.matrix, ...) travel as plain arrays
+        return _default(np.asarray(obj).view(np.ndarray))
+    if isinstance(obj, tuple):  # named tuples
+        return _ext(EXT_TUPLE, packb(list(obj)))
     # strict_types sends subclasses here: normalise them to their base type.
     if isinstance(obj, Enum):
         return obj.value
@@ -142,14 +168,32 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise DecodeError(f"unknown extension type {code}")
 
 
+_local = threading.local()
+
+
+def _new_packer() -> msgpack.Packer:
+    return msgpack.Packer(default=_default, strict_types=True, use_bin_type=True, autoreset=True)
+
+
 def packb(obj: Any) -> bytes:
     """Encode ``obj``; raises :class:`EncodeError` for values that cannot travel."""
+    # One reusable packer per thread; nested calls (tuples, object arrays are
+    # packed from inside ``_default``) get a fresh one so they never share a buffer.
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _new_packer()
+    else:
+        _local.packer = None
     try:
-        return msgpack.packb(obj, default=_default, strict_types=True, use_bin_type=True)
+        return packer.pack(obj)
     except EncodeError:
+        packer.reset()
         raise
     except (TypeError, ValueError, OverflowError) as exc:
+        packer.reset()
         raise EncodeError(f"cannot encode payload: {exc}") from None
+    finally:
+        _local.packer = packer
 
 
 def unpackb(data: bytes | memoryview) -> Any:

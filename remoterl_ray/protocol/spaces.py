@@ -7,6 +7,7 @@ Tuple, Text (charset order kept), Sequence and OneOf, nested arbitrarily.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -105,37 +106,71 @@ def space_from_wire(desc: Any, _depth: int = 0) -> spaces.Space:
     raise SpaceCodecError(f"unknown space type {kind!r}")
 
 
-def action_fits(space: spaces.Space, action: Any) -> bool:
-    """Whether ``action`` is a valid member of ``space``.
+def action_checker(space: spaces.Space) -> Callable[[Any], bool]:
+    """A fast membership test for actions of ``space``, built once per env.
 
     Like ``space.contains`` but tolerant of lossless dtype differences that
     trainers produce all the time (a float64 action for a float32 Box, a
-    Python int for a Discrete), and never warns or raises.
+    Python int for a Discrete), and it never warns or raises.
     """
-    try:
+    if isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
         if isinstance(space, spaces.Box):
-            arr = np.asarray(action)
-            if arr.shape != space.shape or arr.dtype.kind not in "biuf":
+            kinds, low, high = "biuf", space.low, space.high
+        elif isinstance(space, spaces.Discrete):
+            kinds, low, high = "biu", space.start, space.start + space.n - 1
+        elif isinstance(space, spaces.MultiDiscrete):
+            kinds, low, high = "biu", space.start, space.start + space.nvec - 1
+        else:
+            kinds, low, high = "biu", 0, 1
+        shape = space.shape
+
+        scalar_int = isinstance(space, spaces.Discrete)
+
+        def check_array(action: Any) -> bool:
+            if scalar_int and type(action) is int:
+                return bool(low <= action <= high)
+            try:
+                arr = np.asarray(action)
+                if arr.shape != shape or arr.dtype.kind not in kinds:
+                    return False
+                with np.errstate(invalid="ignore"):
+                    return bool(((arr >= low) & (arr <= high)).all())
+            except Exception:  # a malformed value is simply not a member
                 return False
-            with np.errstate(invalid="ignore"):
-                return bool(np.all(arr >= space.low) and np.all(arr <= space.high))
-        if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
-            arr = np.asarray(action)
-            if arr.dtype.kind not in "biu":
-                return False
-            return bool(space.contains(arr if arr.ndim else arr.item()))
-        if isinstance(space, spaces.Dict):
+
+        return check_array
+    if isinstance(space, spaces.Dict):
+        checks = {key: action_checker(sub) for key, sub in space.spaces.items()}
+
+        def check_dict(action: Any) -> bool:
             return (
                 isinstance(action, dict)
-                and action.keys() == space.spaces.keys()
-                and all(action_fits(sub, action[key]) for key, sub in space.spaces.items())
+                and action.keys() == checks.keys()
+                and all(check(action[key]) for key, check in checks.items())
             )
-        if isinstance(space, spaces.Tuple):
+
+        return check_dict
+    if isinstance(space, spaces.Tuple):
+        parts = [action_checker(sub) for sub in space.spaces]
+
+        def check_tuple(action: Any) -> bool:
             return (
                 isinstance(action, (tuple, list))
-                and len(action) == len(space.spaces)
-                and all(action_fits(sub, a) for sub, a in zip(space.spaces, action))
+                and len(action) == len(parts)
+                and all(check(a) for check, a in zip(parts, action))
             )
-        return bool(space.contains(action))
-    except Exception:  # a malformed value is simply not a member
-        return False
+
+        return check_tuple
+
+    def check_other(action: Any) -> bool:
+        try:
+            return bool(space.contains(action))
+        except Exception:  # a malformed value is simply not a member
+            return False
+
+    return check_other
+
+
+def action_fits(space: spaces.Space, action: Any) -> bool:
+    """Whether ``action`` is a valid member of ``space`` (see :func:`action_checker`)."""
+    return action_checker(space)(action)

@@ -23,7 +23,7 @@ from ..protocol.errors import (
     UnknownEnvError,
 )
 from ..protocol.frames import Op
-from ..protocol.spaces import action_fits, space_to_wire
+from ..protocol.spaces import action_checker, space_to_wire
 from .allowlist import Allowlist
 
 _VECTOR_MODES = ("sync", "async", "vector_entry_point")
@@ -81,6 +81,7 @@ class Hosted:
         self.vector = vector
         self.num_envs = num_envs
         self.action_space = env.action_space
+        self.action_fits = action_checker(env.action_space)
 
     def describe(self) -> dict[str, Any]:
         env = self.env
@@ -108,14 +109,14 @@ class Hosted:
         if options is not None and not isinstance(options, dict):
             raise ProtocolError("reset options must be a map", code=ErrorCode.BAD_PAYLOAD)
         obs, info = self.env.reset(seed=arg.get("seed"), options=options)
-        return (obs, info)
+        return [obs, info]  # a list: the envelope needs no tuple marker
 
     def step(self, action: Any) -> Any:
-        if not action_fits(self.action_space, action):
+        if not self.action_fits(action):
             raise InvalidActionError(
                 f"action {action!r:.200} is not in the action space {self.action_space}"
             )
-        return self.env.step(action)
+        return list(self.env.step(action))
 
     def render(self) -> Any:
         return self.env.render()
