@@ -1,0 +1,3 @@
+from remoterl_ray.cli import main
+
+main()
