@@ -22,7 +22,6 @@ ratios the targets are stated in.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import secrets
 import subprocess
 import sys
@@ -67,9 +66,7 @@ def ws_overhead(size: int, client: bool) -> int:
     return header + (4 if client else 0)
 
 
-def timed_steps(step, steps: int, warmup: int) -> np.ndarray:
-    for _ in range(warmup):
-        step()
+def timed(step, steps: int) -> np.ndarray:
     out = np.empty(steps)
     clock = time.perf_counter
     for i in range(steps):
@@ -79,10 +76,10 @@ def timed_steps(step, steps: int, warmup: int) -> np.ndarray:
     return out
 
 
-# -- local -------------------------------------------------------------------
+# -- the three paths, each a "step once" callable plus a teardown ---------------
 
 
-def bench_local(n_envs: int, steps: int, warmup: int) -> Result:
+def local_path(n_envs: int):
     rng = np.random.default_rng(0)
     if n_envs == 1:
         env = LOCAL_MAKE("CartPole-v1")
@@ -98,9 +95,8 @@ def bench_local(n_envs: int, steps: int, warmup: int) -> Result:
 
         def step() -> None:
             env.step(rng.integers(0, 2, size=n_envs))
-    lat = timed_steps(step, steps, warmup)
-    env.close()
-    return Result("local", n_envs, 0, lat)
+
+    return step, env.close
 
 
 # -- raw two-hop forward -------------------------------------------------------
@@ -166,7 +162,7 @@ def real_frames(n_envs: int, sims: int) -> tuple[list[bytes], list[int]]:
     return requests, replies
 
 
-def bench_raw(n_envs: int, sims: int, steps: int, warmup: int) -> Result:
+def raw_path(n_envs: int, sims: int):
     from websockets.sync.client import connect
 
     port = free_port()
@@ -177,62 +173,55 @@ def bench_raw(n_envs: int, sims: int, steps: int, warmup: int) -> Result:
     trainer.send(b"T")
     echoes = [subprocess.Popen([sys.executable, "-c", ECHO, str(port), str(i), str(reply_sizes[i])])
               for i in range(sims)]
-    try:
-        time.sleep(1.0)  # let the echo processes connect
-        for _ in range(50):  # wait until every echo answers
-            for frame in requests:
-                trainer.send(frame)
-            for _ in requests:
-                trainer.recv(timeout=10)
 
-        def step() -> None:
-            for frame in requests:
-                trainer.send(frame)
-            for _ in requests:
-                trainer.recv(timeout=10)
+    def step() -> None:
+        for frame in requests:
+            trainer.send(frame)
+        for _ in requests:
+            trainer.recv(timeout=10)
 
-        lat = timed_steps(step, steps, warmup)
-    finally:
+    def close() -> None:
         trainer.close()
         for proc in (*echoes, forwarder):
             proc.kill()
             proc.wait()
+
+    time.sleep(1.0)  # let the echo processes connect
     wire = sum(len(f) + ws_overhead(len(f), True) for f in requests)
     wire += sum(size + ws_overhead(size, False) for size in reply_sizes)
-    return Result("raw", n_envs, sims, lat, wire / n_envs)
+    return step, close, wire / n_envs
 
 
 # -- remote via the embedded relay -------------------------------------------
 
 
-def bench_remote(relay, key: str, n_envs: int, sims: int, steps: int, warmup: int) -> Result:
+def remote_path(relay, key: str, n_envs: int, sims: int):
     assert remoterl_ray.init(key, relay_url=relay.url, num_workers=sims,
                              num_env_runners=max(1, -(-n_envs // sims)))
     rng = np.random.default_rng(0)
-    try:
-        if n_envs == 1:
-            env = gym.make("CartPole-v1")
-            env.reset(seed=0)
+    if n_envs == 1:
+        env = gym.make("CartPole-v1")
+        env.reset(seed=0)
 
-            def step() -> None:
-                _, _, term, trunc, _ = env.step(int(rng.integers(2)))
-                if term or trunc:
-                    env.reset()
-        else:
-            env = gym.make_vec("CartPole-v1", num_envs=n_envs)
-            assert len(env.shard_sizes) == sims, env.shard_sizes
-            env.reset(seed=0)
+        def step() -> None:
+            _, _, term, trunc, _ = env.step(int(rng.integers(2)))
+            if term or trunc:
+                env.reset()
+    else:
+        env = gym.make_vec("CartPole-v1", num_envs=n_envs)
+        assert len(env.shard_sizes) == sims, env.shard_sizes
+        env.reset(seed=0)
 
-            def step() -> None:
-                env.step(rng.integers(0, 2, size=n_envs))
+        def step() -> None:
+            env.step(rng.integers(0, 2, size=n_envs))
 
-        conn = remoterl_ray.current_session().conn
-        lat = timed_steps(step, steps, warmup)
-        # Bytes per env-step from one extra, counted batch of steps (no resets in it).
-        c = conn.counters
+    def bytes_per_env_step() -> float:
+        """From one extra, counted batch of steps with no reset in it."""
+        c = remoterl_ray.current_session().conn.counters
         before = (c.bytes_sent, c.frames_sent, c.bytes_received, c.frames_received)
         counted = 0
-        for _ in range(200):
+        env.reset(seed=1)
+        for _ in range(100):
             if n_envs == 1:
                 _, _, term, trunc, _ = env.step(0)
                 counted += 1
@@ -245,34 +234,50 @@ def bench_remote(relay, key: str, n_envs: int, sims: int, steps: int, warmup: in
         recv, nrecv = c.bytes_received - before[2], c.frames_received - before[3]
         wire = sent + nsent * ws_overhead(sent // max(nsent, 1), True)
         wire += recv + nrecv * ws_overhead(recv // max(nrecv, 1), False)
+        return wire / (counted * n_envs)
+
+    def close() -> None:
         env.close()
-    finally:
         remoterl_ray.shutdown()
-    return Result("remote", n_envs, sims, lat, wire / (counted * n_envs))
+
+    return step, close, bytes_per_env_step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few steps: a smoke run, not a measurement")
     args = parser.parse_args()
-    plan = {1: 3000, 16: 1500, 64: 800}
-    warmup = 200
+    steps = {1: 3000, 16: 1500, 64: 800}  # per path and config, split over the rounds
+    rounds, warmup = 10, 100
     if args.quick:
-        plan, warmup = {1: 60, 16: 40, 64: 20}, 10
-    configs = [(n, s) for n in plan for s in ((1,) if n == 1 else (1, 2))]
+        steps, rounds, warmup = {1: 60, 16: 40, 64: 20}, 2, 5
+    configs = [(n, s) for n in steps for s in ((1,) if n == 1 else (1, 2))]
 
-    results: dict[tuple[str, int, int], Result] = {}
-    for n in plan:
-        results[("local", n, 0)] = bench_local(n, plan[n], warmup)
-    for n, s in configs:
-        results[("raw", n, s)] = bench_raw(n, s, plan[n], warmup)
     key = "bench-" + secrets.token_hex(6)
     relay = start_relay(api_keys=[key])
     procs = [start_simulator(relay.url, key) for _ in range(2)]
+    results: dict[tuple[str, int, int], Result] = {}
     try:
         relay.wait_for(key, "simulator", 2, timeout=60)
         for n, s in configs:  # the relay places n envs on s of the 2 simulators
-            results[("remote", n, s)] = bench_remote(relay, key, n, s, plan[n], warmup)
+            local_step, local_close = local_path(n)
+            raw_step, raw_close, raw_bytes = raw_path(n, s)
+            remote_step, remote_close, remote_bytes = remote_path(relay, key, n, s)
+            paths = {"local": local_step, "raw": raw_step, "remote": remote_step}
+            lat: dict[str, list[np.ndarray]] = {name: [] for name in paths}
+            for step in paths.values():
+                timed(step, warmup)
+            for _ in range(rounds):  # interleaved, so drift on a shared machine hits all three alike
+                for name, step in paths.items():
+                    lat[name].append(timed(step, steps[n] // rounds))
+            bytes_remote = remote_bytes()
+            local_close()
+            raw_close()
+            remote_close()
+            if s == 1 or ("local", n, 0) not in results:
+                results[("local", n, 0)] = Result("local", n, 0, np.concatenate(lat["local"]))
+            results[("raw", n, s)] = Result("raw", n, s, np.concatenate(lat["raw"]), raw_bytes)
+            results[("remote", n, s)] = Result("remote", n, s, np.concatenate(lat["remote"]), bytes_remote)
     finally:
         for proc in procs:
             proc.stop()

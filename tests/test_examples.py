@@ -36,7 +36,7 @@ def test_gym_cartpole_example(served):
 
 
 def test_demo_command_runs():
-    out = subprocess.run([sys.executable, "-m", "remoterl_ray", "demo", "--steps", "50", "--envs", "4"],
+    out = subprocess.run([sys.executable, "-m", "remoterl", "demo", "--steps", "50", "--envs", "4"],
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "env-steps/s" in out.stdout

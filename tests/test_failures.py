@@ -14,7 +14,7 @@ import pytest
 from conftest import TEST_ENVS_MODULE, SimulatorPool, init_trainer, new_key, sim_env
 
 import remoterl_ray
-from remoterl_ray import AuthenticationError, RelayUnavailableError, SimulatorLostError
+from remoterl_ray import AuthenticationError, NoSimulatorError, RelayUnavailableError, SimulatorLostError
 from remoterl_ray.local import free_port, start_relay, start_simulator
 
 
@@ -82,6 +82,9 @@ def test_simulator_killed_mid_episode_gives_a_coded_error(relay, keys, trainer_c
             env.reset()
         env.close()
         vec.close()
+        # With its only simulator gone the workspace cannot host new envs: a coded error, no hang.
+        with pytest.raises(NoSimulatorError):
+            gym.make("CartPole-v1")
     finally:
         gym.registry.pop("SlowCounter-v0", None)
         pool.stop()

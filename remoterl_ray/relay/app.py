@@ -121,7 +121,8 @@ def create_app(config: RelayConfig) -> FastAPI:
             await board.release(peer, message.channels)
 
     async def report(peer: Peer, error: RemoteRLError, op: int, channel: int, seq: int) -> None:
-        peer.protocol_errors += 1
+        if isinstance(error, ProtocolError):  # only malformed traffic counts towards a cut-off
+            peer.protocol_errors += 1
         await peer.send(error_frame(error.to_wire(), op=op, channel=channel, seq=seq))
 
     @app.websocket("/ws")

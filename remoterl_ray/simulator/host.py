@@ -53,8 +53,6 @@ class SimulatorHost:
         self.table = EnvTable(Allowlist(allow_modules), max_envs)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.max_envs = max_envs
-        self.connections = 0  # how many times we have connected (tests read it)
-        self.connected = threading.Event()
 
     def hello(self) -> Hello:
         return Hello(role="simulator", api_key=self.api_key, name=self.name, max_envs=self.max_envs)
@@ -67,15 +65,12 @@ class SimulatorHost:
             )
             if conn is None:
                 break
-            self.connections += 1
-            self.connected.set()
             log.info("simulator %s connected to %s (workspace %s)", self.name, self.relay_url, conn.welcome.workspace)
             try:
                 self._serve_connection(conn, stop)
             except RelayUnavailableError as exc:
                 log.warning("lost the relay (%s); reconnecting", exc)
             finally:
-                self.connected.clear()
                 self.table.close_all()
                 conn.close()
 

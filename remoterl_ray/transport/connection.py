@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -80,7 +80,6 @@ class Counters:
     bytes_received: int = 0
     frames_sent: int = 0
     frames_received: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class RelayConnection:
@@ -363,18 +362,18 @@ class RelayConnection:
             if slot.channel == channel and slot.reply is None:
                 slot.reply = Reply(Kind.ERROR, Op.NONE, channel, error=error)
 
-    def _mark_closed(self, exc: BaseException | None = None) -> None:
+    def _mark_closed(self, exc: BaseException | None = None, *, why: str | None = None) -> None:
         with self._cond:
             if self._closed is None:
                 reason = f": {exc}" if exc else ""
-                self._closed = RelayUnavailableError(f"connection to the relay was lost{reason}")
+                self._closed = RelayUnavailableError(why or f"connection to the relay was lost{reason}")
             for slot in self._pending.values():
                 if slot.reply is None:
                     slot.reply = Reply(Kind.ERROR, Op.NONE, slot.channel, error=self._closed)
             self._cond.notify_all()
 
     def close(self) -> None:
-        self._mark_closed()
+        self._mark_closed(why="connection to the relay was closed (shutdown or env closed)")
         try:
             self._ws.close()
         except Exception:  # closing a dead socket may raise; nothing left to do
