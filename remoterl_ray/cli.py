@@ -39,6 +39,8 @@ def relay(
         bool, typer.Option("--open", help="Accept any key (each its own workspace) and no key at all.")
     ] = False,
     max_frame: Annotated[int, typer.Option(help="Largest frame payload in bytes.")] = DEFAULT_MAX_FRAME,
+    ping_interval: Annotated[float, typer.Option(help="Seconds between heartbeats to each peer.")] = 10.0,
+    ping_timeout: Annotated[float, typer.Option(help="Seconds a peer may take to answer one.")] = 20.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the embedded relay (no Ray needed)."""
@@ -51,7 +53,13 @@ def relay(
     if not keys and not open_mode:
         raise typer.BadParameter("give at least one --api-key, or --open to accept any key", param_hint="--api-key")
     typer.echo(f"remoterl relay on ws://{host}:{port} ({'open mode' if open_mode else f'{len(keys)} key(s)'})")
-    run_relay(RelayConfig(keys=StaticKeys(keys, open_mode=open_mode), max_frame=max_frame), host=host, port=port)
+    run_relay(
+        RelayConfig(keys=StaticKeys(keys, open_mode=open_mode), max_frame=max_frame),
+        host=host,
+        port=port,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+    )
 
 
 @app.command()

@@ -68,8 +68,9 @@ class SimulatorPool:
         self.procs: list[LocalProcess] = []
 
     def start(self, count: int = 1, *, allow: tuple[str, ...] = (TEST_ENVS_MODULE,), wait: bool = True,
-              extra_args: tuple[str, ...] = ()) -> list[LocalProcess]:
-        new = [start_simulator(self.relay.url, self.key, allow=allow, env=sim_env(), extra_args=extra_args)
+              extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> list[LocalProcess]:
+        child_env = {**sim_env(), **(env or {})}
+        new = [start_simulator(self.relay.url, self.key, allow=allow, env=child_env, extra_args=extra_args)
                for _ in range(count)]
         self.procs.extend(new)
         if wait:

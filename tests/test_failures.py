@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -138,3 +140,40 @@ def test_simulator_init_blocks_until_sigterm_then_returns(relay, keys):
         relay.wait_for(key, "simulator", 0, timeout=10)
     finally:
         proc.kill()
+
+
+def test_frozen_simulator_is_detected_by_heartbeats(keys, trainer_cleanup):
+    """A simulator that stops answering (SIGSTOP: no FIN, no RST) is declared gone."""
+    key = new_key("frozen")
+    relay = start_relay(api_keys=[key], extra_args=["--ping-interval", "0.5", "--ping-timeout", "1"])
+    pool = SimulatorPool(relay, key)
+    sim, = pool.start(1)
+    try:
+        assert init_trainer(relay, key, timeout=60)
+        env = gym.make("CartPole-v1")
+        env.reset(seed=0)
+        os.kill(sim.pid, signal.SIGSTOP)
+        with pytest.raises(SimulatorLostError):
+            env.step(0)  # answered by the relay's heartbeat verdict, well before the 60 s timeout
+        relay.wait_for(key, "simulator", 0, timeout=10)
+    finally:
+        os.kill(sim.pid, signal.SIGCONT)
+        remoterl_ray.shutdown()
+        pool.stop()
+        relay.stop()
+
+
+def test_allowlist_from_environment_variable(relay, keys, trainer_cleanup):
+    key = keys.take()
+    pool = SimulatorPool(relay, key)
+    pool.start(1, allow=(), env={"REMOTERL_ALLOW_MODULES": f"json, {TEST_ENVS_MODULE}"})
+    try:
+        assert init_trainer(relay, key)
+        gym.register("EnvAllowed-v0", entry_point=f"{TEST_ENVS_MODULE}:CounterEnv")
+        env = gym.make("EnvAllowed-v0")
+        assert env.reset(seed=1)[0].shape == (2,)
+        env.close()
+    finally:
+        gym.registry.pop("EnvAllowed-v0", None)
+        remoterl_ray.shutdown()
+        pool.stop()

@@ -46,9 +46,12 @@ def trainer(relay, workspace):
 
 
 def rollout(env, actions, seed):
+    """Reset, then step; a single env is reset (unseeded) whenever an episode ends."""
     out = [env.reset(seed=seed)]
     for action in actions:
         out.append(env.step(action))
+        if not isinstance(env, gym.vector.VectorEnv) and (out[-1][2] or out[-1][3]):
+            out.append(env.reset())
     return out
 
 
@@ -227,3 +230,20 @@ def test_envs_spread_over_simulators_by_num_env_runners(relay, workspace):
         assert len(gym.make_vec("CartPole-v1", num_envs=2).shard_sizes) == 1
     finally:
         remoterl_ray.shutdown()
+
+
+def test_relay_counts_bytes_and_env_steps_per_connection(relay, workspace, trainer):
+    def me():
+        peer_id = remoterl_ray.current_session().conn.welcome.peer_id
+        return next(p for p in relay.peers(workspace, "trainer") if p["id"] == peer_id)
+
+    vec = gym.make_vec("CartPole-v1", num_envs=6)
+    vec.reset(seed=0)
+    before = me()
+    for _ in range(10):
+        vec.step(np.zeros(6, dtype=np.int64))
+    after = me()
+    assert after["env_steps"] - before["env_steps"] == 60  # counted from headers: 10 steps x 6 envs
+    assert after["bytes_in"] > before["bytes_in"] and after["bytes_out"] > before["bytes_out"]
+    assert after["frames_in"] - before["frames_in"] == 20  # one frame per shard per step
+    vec.close()
