@@ -22,6 +22,7 @@ ratios the targets are stated in.
 from __future__ import annotations
 
 import argparse
+import functools
 import secrets
 import subprocess
 import sys
@@ -79,10 +80,11 @@ def timed(step, steps: int) -> np.ndarray:
 # -- the three paths, each a "step once" callable plus a teardown ---------------
 
 
-def local_path(n_envs: int):
+def stepper(make, make_vec, n_envs: int):
+    """A "step once" callable over a CartPole env (n = 1) or vector env, and the env."""
     rng = np.random.default_rng(0)
     if n_envs == 1:
-        env = LOCAL_MAKE("CartPole-v1")
+        env = make("CartPole-v1")
         env.reset(seed=0)
 
         def step() -> None:
@@ -90,12 +92,17 @@ def local_path(n_envs: int):
             if term or trunc:
                 env.reset()
     else:
-        env = LOCAL_MAKE_VEC("CartPole-v1", num_envs=n_envs, vectorization_mode="sync")
+        env = make_vec("CartPole-v1", num_envs=n_envs)
         env.reset(seed=0)
 
         def step() -> None:
             env.step(rng.integers(0, 2, size=n_envs))
 
+    return step, env
+
+
+def local_path(n_envs: int):
+    step, env = stepper(LOCAL_MAKE, functools.partial(LOCAL_MAKE_VEC, vectorization_mode="sync"), n_envs)
     return step, env.close
 
 
@@ -198,22 +205,10 @@ def raw_path(n_envs: int, sims: int):
 def remote_path(relay, key: str, n_envs: int, sims: int):
     assert remoterl_ray.init(key, relay_url=relay.url, num_workers=sims,
                              num_env_runners=max(1, -(-n_envs // sims)))
-    rng = np.random.default_rng(0)
-    if n_envs == 1:
-        env = gym.make("CartPole-v1")
-        env.reset(seed=0)
-
-        def step() -> None:
-            _, _, term, trunc, _ = env.step(int(rng.integers(2)))
-            if term or trunc:
-                env.reset()
-    else:
-        env = gym.make_vec("CartPole-v1", num_envs=n_envs)
+    step, env = stepper(gym.make, gym.make_vec, n_envs)  # patched by init: remote envs
+    if n_envs > 1:
         assert len(env.shard_sizes) == sims, env.shard_sizes
-        env.reset(seed=0)
-
-        def step() -> None:
-            env.step(rng.integers(0, 2, size=n_envs))
+    rng = np.random.default_rng(1)
 
     def bytes_per_env_step() -> float:
         """From one extra, counted batch of steps with no reset in it."""

@@ -11,6 +11,7 @@ import os
 import secrets
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,18 @@ class SimulatorPool:
     def stop(self) -> None:
         for proc in self.procs:
             proc.stop()
+
+
+@contextmanager
+def serving(relay: LocalRelay, keys: Keys, count: int) -> Iterator[str]:
+    """A fresh workspace (key) with ``count`` simulators online; stopped on exit."""
+    key = keys.take()
+    pool = SimulatorPool(relay, key)
+    pool.start(count)
+    try:
+        yield key
+    finally:
+        pool.stop()
 
 
 @pytest.fixture

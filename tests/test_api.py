@@ -13,7 +13,7 @@ import gymnasium as gym
 import gymnasium.envs
 import gymnasium.envs.registration as registration
 import pytest
-from conftest import SimulatorPool, init_trainer
+from conftest import init_trainer, serving
 
 import remoterl_ray
 
@@ -22,11 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def workspace(relay, keys):
-    key = keys.take()
-    pool = SimulatorPool(relay, key)
-    pool.start(1)
-    yield key
-    pool.stop()
+    with serving(relay, keys, 1) as key:
+        yield key
 
 
 def gym_functions():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import TEST_ENVS_MODULE, SimulatorPool, init_trainer
+from conftest import TEST_ENVS_MODULE, init_trainer, serving
 from remoterl_testenvs import AllSpacesEnv, all_spaces
 
 import remoterl_ray
@@ -31,11 +31,8 @@ LOCAL_MAKE_VEC = gym.make_vec
 
 @pytest.fixture(scope="module")
 def workspace(relay, keys):
-    key = keys.take()
-    pool = SimulatorPool(relay, key)
-    pool.start(2)
-    yield key
-    pool.stop()
+    with serving(relay, keys, 2) as key:
+        yield key
 
 
 @pytest.fixture
