@@ -27,8 +27,25 @@ from ..protocol.errors import (
     ProtocolVersionError,
     RemoteRLError,
 )
-from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, SUPPORTED_VERSIONS, Kind, Op, unpack_header
-from ..protocol.messages import Hello, Open, Release, Welcome, control_frame, error_frame, parse_control
+from ..protocol.frames import (
+    DEFAULT_MAX_FRAME,
+    HEADER,
+    HEADER_SIZE,
+    SUPPORTED_VERSIONS,
+    Kind,
+    Op,
+    payload_of,
+    unpack_header,
+)
+from ..protocol.messages import (
+    Hello,
+    Open,
+    Release,
+    Welcome,
+    control_frame,
+    error_frame,
+    parse_control,
+)
 from .auth import KeyStore
 from .switchboard import Peer, Switchboard
 
@@ -86,7 +103,7 @@ def create_app(config: RelayConfig) -> FastAPI:
             header = unpack_header(data)
             if header.kind != Kind.CONTROL:
                 raise ProtocolError("the first frame must be a CONTROL hello")
-            hello = parse_control(memoryview(data)[HEADER_SIZE:])
+            hello = parse_control(payload_of(data))
             if not isinstance(hello, Hello):
                 raise ProtocolError(f"the first message must be a hello, not {hello.op!r}")
         except ProtocolError as exc:
@@ -175,7 +192,7 @@ def create_app(config: RelayConfig) -> FastAPI:
                             raise ProtocolError(f"unknown op {op}", code=ErrorCode.UNKNOWN_OP)
                         await board.forward(peer, data, kind, op, channel, seq)
                     elif kind == Kind.CONTROL:
-                        await handle_control(peer, seq, memoryview(data)[HEADER_SIZE:])
+                        await handle_control(peer, seq, payload_of(data))
                     else:
                         raise ProtocolError(f"unknown frame kind {kind}")
                 except RemoteRLError as exc:

@@ -21,7 +21,15 @@ from typing import Any
 
 from ..protocol.errors import ErrorCode, NoSimulatorError, ProtocolError, RemoteRLError
 from ..protocol.frames import Kind, Op
-from ..protocol.messages import Detach, Open, Opened, Shard, Simulators, control_frame, error_frame
+from ..protocol.messages import (
+    Detach,
+    Open,
+    Opened,
+    Shard,
+    Simulators,
+    control_frame,
+    error_frame,
+)
 
 log = logging.getLogger("remoterl.relay")
 

@@ -27,7 +27,7 @@ from ..protocol.errors import (
     RemoteEnvError,
     RemoteRLError,
 )
-from ..protocol.frames import HEADER_SIZE, Kind, pack, unpack_header
+from ..protocol.frames import Kind, pack, payload_of, unpack_header
 from ..protocol.messages import Detach, Hello, error_frame, parse_control
 from ..transport import RelayConnection
 from .allowlist import Allowlist
@@ -86,7 +86,7 @@ class SimulatorHost:
         except ProtocolError as exc:
             log.warning("dropping malformed frame from the relay: %s", exc)
             return
-        payload = memoryview(frame)[HEADER_SIZE:]
+        payload = payload_of(frame)
         if kind == Kind.REQUEST:
             conn.send(self._answer(conn, op, channel, seq, payload))
         elif kind == Kind.CONTROL:

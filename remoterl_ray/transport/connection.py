@@ -35,7 +35,16 @@ from ..protocol.errors import (
     RemoteTimeoutError,
     error_from_wire,
 )
-from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE, MAX_SEQ, Kind, Op, pack, unpack_header
+from ..protocol.frames import (
+    DEFAULT_MAX_FRAME,
+    HEADER_SIZE,
+    MAX_SEQ,
+    Kind,
+    Op,
+    pack,
+    payload_of,
+    unpack_header,
+)
 from ..protocol.messages import Hello, Welcome, control_frame, parse_control
 
 log = logging.getLogger("remoterl.transport")
@@ -157,7 +166,7 @@ class RelayConnection:
             ws.close()
             raise ProtocolError("relay answered the hello with a text frame")
         header = unpack_header(frame)
-        payload = memoryview(frame)[HEADER_SIZE:]
+        payload = payload_of(frame)
         if header.kind == Kind.ERROR:
             ws.close()
             raise error_from_wire(codec.unpackb(payload))
@@ -334,7 +343,7 @@ class RelayConnection:
         except ProtocolError as exc:
             log.warning("dropping malformed frame from relay: %s", exc)
             return
-        payload = memoryview(frame)[HEADER_SIZE:]
+        payload = payload_of(frame)
         slot = self._pending.get(seq) if seq else None
         if kind == Kind.ERROR:
             try:
