@@ -23,7 +23,7 @@ from remoterl_ray.protocol.errors import (
 )
 from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, Op, pack, unpack_header
 from remoterl_ray.protocol.messages import Hello, parse_control, encode_control
-from remoterl_ray.protocol.spaces import SpaceCodecError, action_fits, space_from_wire, space_to_wire
+from remoterl_ray.protocol.spaces import SpaceCodecError, action_checker, space_from_wire, space_to_wire
 
 
 def roundtrip(value):
@@ -167,7 +167,11 @@ def test_unsupported_space_is_refused_clearly():
         space_to_wire(spaces.Graph(node_space=spaces.Discrete(2), edge_space=None))
 
 
-def test_action_fits_is_tolerant_of_lossless_dtypes_but_strict_on_membership():
+def action_fits(space, action) -> bool:
+    return action_checker(space)(action)
+
+
+def test_action_check_is_tolerant_of_lossless_dtypes_but_strict_on_membership():
     box = spaces.Box(-1, 1, (2,), np.float32)
     assert action_fits(box, np.array([0.5, -1.0], np.float64))
     assert not action_fits(box, np.array([0.5, 2.0]))

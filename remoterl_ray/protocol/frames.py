@@ -52,7 +52,7 @@ class Op(IntEnum):
 
 
 _KINDS = frozenset(int(k) for k in Kind)
-_OPS = frozenset(int(o) for o in Op)
+VALID_OPS = frozenset(int(o) for o in Op)
 
 
 class Header(NamedTuple):
@@ -74,7 +74,7 @@ def unpack_header(frame: bytes | bytearray | memoryview) -> Header:
     kind, op, channel, seq = HEADER.unpack_from(frame)
     if kind not in _KINDS:
         raise ProtocolError(f"unknown frame kind {kind}")
-    if op not in _OPS:
+    if op not in VALID_OPS:
         raise ProtocolError(f"unknown op {op}")
     return Header(kind, op, channel, seq)
 

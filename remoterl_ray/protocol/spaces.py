@@ -170,7 +170,3 @@ def action_checker(space: spaces.Space) -> Callable[[Any], bool]:
 
     return check_other
 
-
-def action_fits(space: spaces.Space, action: Any) -> bool:
-    """Whether ``action`` is a valid member of ``space`` (see :func:`action_checker`)."""
-    return action_checker(space)(action)

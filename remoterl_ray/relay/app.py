@@ -32,8 +32,8 @@ from ..protocol.frames import (
     HEADER,
     HEADER_SIZE,
     SUPPORTED_VERSIONS,
+    VALID_OPS,
     Kind,
-    Op,
     payload_of,
     unpack_header,
 )
@@ -188,7 +188,7 @@ def create_app(config: RelayConfig) -> FastAPI:
                             f"frame of {size - HEADER_SIZE} bytes exceeds the limit of {config.max_frame}"
                         )
                     if kind == Kind.REQUEST or kind == Kind.RESPONSE or kind == Kind.ERROR:
-                        if op > Op.RENDER:
+                        if op not in VALID_OPS:
                             raise ProtocolError(f"unknown op {op}", code=ErrorCode.UNKNOWN_OP)
                         await board.forward(peer, data, kind, op, channel, seq)
                     elif kind == Kind.CONTROL:
@@ -197,7 +197,7 @@ def create_app(config: RelayConfig) -> FastAPI:
                         raise ProtocolError(f"unknown frame kind {kind}")
                 except RemoteRLError as exc:
                     # Echo the header fields the sender can match on; never an invalid op.
-                    op_, channel_, seq_ = (op if op <= Op.RENDER else 0, channel, seq) if size >= HEADER_SIZE else (0, 0, 0)
+                    op_, channel_, seq_ = (op if op in VALID_OPS else 0, channel, seq) if size >= HEADER_SIZE else (0, 0, 0)
                     await report(peer, exc, op_, channel_, seq_)
                     if isinstance(exc, FrameTooLargeError) and peer.role == "simulator":
                         # Fail the trainer's request now instead of letting it time out.

@@ -81,7 +81,7 @@ class Hosted:
         self.vector = vector
         self.num_envs = num_envs
         self.action_space = env.action_space
-        self.action_fits = action_checker(env.action_space)
+        self.check_action = action_checker(env.action_space)
 
     def describe(self) -> dict[str, Any]:
         env = self.env
@@ -112,7 +112,7 @@ class Hosted:
         return [obs, info]  # a list: the envelope needs no tuple marker
 
     def step(self, action: Any) -> Any:
-        if not self.action_fits(action):
+        if not self.check_action(action):
             raise InvalidActionError(
                 f"action {action!r:.200} is not in the action space {self.action_space}"
             )
