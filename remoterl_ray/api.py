@@ -14,10 +14,12 @@ from .config import (
     resolve_api_key,
     resolve_relay_url,
     resolve_seconds,
+    resolve_tensorboard_dir,
 )
 from .simulator.allowlist import allowed_modules_from_env
 from .simulator.host import SimulatorHost, run_simulator
 from .trainer.gym_patch import patch_gymnasium
+from .trainer.import_hooks import when_imported
 from .trainer.patching import Patcher
 from .trainer.session import TrainerSession, TrainerSettings
 
@@ -40,6 +42,7 @@ def init(
     timeout: float | None = None,
     connect_timeout: float | None = None,
     simulator_wait: float | None = None,
+    tensorboard_dir: str | None = None,
 ) -> bool:
     """Connect this process to a relay as a trainer or a simulator.
 
@@ -56,6 +59,12 @@ def init(
     backoff whenever the relay goes away, then returns True. ``allow_modules``
     (plus ``REMOTERL_ALLOW_MODULES``) lists the modules whose entry points
     mirrored registrations may import.
+
+    Also while initialized as trainer: SB3's ``DummyVecEnv``/``SubprocVecEnv``
+    (so ``make_vec_env``) build batched remote vector envs, and RLlib
+    algorithms and Tune experiments use ``RemoteEnvRunner``. With
+    ``tensorboard_dir`` (or ``REMOTERL_TENSORBOARD_DIR``) the remote-env
+    metrics are written there as TensorBoard scalars.
     """
     if role not in ("trainer", "simulator"):
         raise ValueError(f"role must be 'trainer' or 'simulator', got {role!r}")
@@ -75,6 +84,7 @@ def init(
         timeout=resolve_seconds(timeout, ENV_TIMEOUT, 60.0),
         connect_timeout=resolve_seconds(connect_timeout, ENV_CONNECT_TIMEOUT, 10.0),
         simulator_wait=resolve_seconds(simulator_wait, ENV_SIMULATOR_WAIT, 10.0),
+        tensorboard_dir=resolve_tensorboard_dir(tensorboard_dir),
     )
     return _init_trainer(settings)
 
@@ -96,10 +106,34 @@ def _init_trainer(settings: TrainerSettings) -> bool:
             log.warning("remoterl: %d of %d simulators online; going on with those", online, settings.num_workers)
         _session = session
         patch_gymnasium(session, _patcher)
+        _patch_frameworks(session)
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
         return True
+
+
+def _patch_frameworks(session: TrainerSession) -> None:
+    """Patch SB3 and RLlib/Tune once they are imported (now, or later)."""
+
+    def sb3(_module: object) -> None:
+        from .sb3.patch import patch_sb3
+
+        patch_sb3(session, _patcher)
+
+    def rllib(_module: object) -> None:
+        from .rllib.patch import patch_rllib
+
+        patch_rllib(session, _patcher)
+
+    def tune(_module: object) -> None:
+        from .rllib.patch import patch_tune
+
+        patch_tune(session, _patcher)
+
+    when_imported("stable_baselines3.common.vec_env", sb3, _patcher)
+    when_imported("ray.rllib.algorithms.algorithm", rllib, _patcher)
+    when_imported("ray.tune", tune, _patcher)
 
 
 def shutdown() -> None:

@@ -11,6 +11,7 @@ ENV_RELAY_URL = "REMOTERL_RELAY_URL"
 ENV_TIMEOUT = "REMOTERL_TIMEOUT"
 ENV_CONNECT_TIMEOUT = "REMOTERL_CONNECT_TIMEOUT"
 ENV_SIMULATOR_WAIT = "REMOTERL_SIMULATOR_WAIT"
+ENV_TENSORBOARD_DIR = "REMOTERL_TENSORBOARD_DIR"
 
 
 def resolve_api_key(api_key: str | None) -> str | None:
@@ -34,3 +35,7 @@ def resolve_seconds(value: float | None, env_var: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"timeouts must be positive, got {value}")
     return float(value)
+
+
+def resolve_tensorboard_dir(path: str | None) -> str | None:
+    return path or os.environ.get(ENV_TENSORBOARD_DIR) or None

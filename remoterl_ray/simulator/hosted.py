@@ -8,6 +8,7 @@ exception's type, which the trainer re-raises.
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 import gymnasium as gym
@@ -53,6 +54,8 @@ def _wire_safe(mapping: dict[str, Any]) -> dict[str, Any]:
     """The entries of ``mapping`` that can travel (metadata may hold anything)."""
     out = {}
     for key, value in mapping.items():
+        if isinstance(value, Enum):  # e.g. a vector env's autoreset_mode
+            value = value.value
         try:
             codec.packb(value)
         except codec.EncodeError:

@@ -76,3 +76,18 @@ def merge_infos(infos: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]
             merged[offsets[i] : offsets[i + 1]] = value
         out[key] = merged
     return out
+
+
+def unbatch_infos(infos: dict[str, Any], num_envs: int) -> list[dict[str, Any]]:
+    """Gymnasium's batched info dict as one dict per env (keys whose mask is set)."""
+    out: list[dict[str, Any]] = [{} for _ in range(num_envs)]
+    for key, value in infos.items():
+        if key.startswith("_"):
+            continue
+        mask = infos.get("_" + key)
+        if mask is None:
+            continue
+        per_env = unbatch_infos(value, num_envs) if isinstance(value, dict) else value
+        for i in np.flatnonzero(mask):
+            out[i][key] = per_env[i]
+    return out

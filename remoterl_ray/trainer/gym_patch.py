@@ -21,13 +21,13 @@ from .remote_env import RemoteEnv
 from .remote_vector_env import RemoteVectorEnv
 from .session import Registration, TrainerSession
 
-_MODULES = (gymnasium, gymnasium.envs, registration)
+GYM_MODULES = (gymnasium, gymnasium.envs, registration)
 _ORIGINAL_MAKE = registration.make
 _ORIGINAL_MAKE_VEC = registration.make_vec
 _ORIGINAL_REGISTER = registration.register
 
 
-def _env_id(id: str | EnvSpec) -> str:
+def env_id_of(id: str | EnvSpec) -> str:
     if isinstance(id, EnvSpec):
         return id.id
     if not isinstance(id, str):
@@ -35,13 +35,22 @@ def _env_id(id: str | EnvSpec) -> str:
     return id
 
 
+def make_kwargs(
+    max_episode_steps: int | None, disable_env_checker: bool | None, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """``gym.make``'s keyword arguments as the simulator's ``gym.make`` takes them."""
+    if max_episode_steps is not None:
+        kwargs["max_episode_steps"] = max_episode_steps
+    if disable_env_checker is not None:
+        kwargs["disable_env_checker"] = disable_env_checker
+    return kwargs
+
+
 def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
-    def make(id: str | EnvSpec, max_episode_steps: int | None = None, disable_env_checker: bool | None = None, **kwargs: Any) -> RemoteEnv:
-        if max_episode_steps is not None:
-            kwargs["max_episode_steps"] = max_episode_steps
-        if disable_env_checker is not None:
-            kwargs["disable_env_checker"] = disable_env_checker
-        return RemoteEnv(session, _env_id(id), **kwargs)
+    def make(
+        id: str | EnvSpec, max_episode_steps: int | None = None, disable_env_checker: bool | None = None, **kwargs: Any
+    ) -> RemoteEnv:
+        return RemoteEnv(session, env_id_of(id), **make_kwargs(max_episode_steps, disable_env_checker, kwargs))
 
     def make_vec(
         id: str | EnvSpec,
@@ -57,7 +66,12 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
                 "wrap the returned vector env with Gymnasium's vector wrappers instead"
             )
         return RemoteVectorEnv(
-            session, _env_id(id), num_envs, vectorization_mode=vectorization_mode, vector_kwargs=vector_kwargs, **kwargs
+            session,
+            env_id_of(id),
+            num_envs,
+            vectorization_mode=vectorization_mode,
+            vector_kwargs=vector_kwargs,
+            **kwargs,
         )
 
     def register(
@@ -99,6 +113,6 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
         if entry_point is not None:
             session.registrations[id] = Registration(id, entry_point, dict(kwargs or {}), spec)
 
-    patcher.replace(_MODULES, "make", _ORIGINAL_MAKE, make)
-    patcher.replace(_MODULES, "make_vec", _ORIGINAL_MAKE_VEC, make_vec)
-    patcher.replace(_MODULES, "register", _ORIGINAL_REGISTER, register)
+    patcher.replace(GYM_MODULES, "make", _ORIGINAL_MAKE, make)
+    patcher.replace(GYM_MODULES, "make_vec", _ORIGINAL_MAKE_VEC, make_vec)
+    patcher.replace(GYM_MODULES, "register", _ORIGINAL_REGISTER, register)

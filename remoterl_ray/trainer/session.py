@@ -28,6 +28,7 @@ from ..protocol.messages import (
     parse_control,
 )
 from ..transport import RelayConnection
+from .metrics import RemoteMetrics
 
 log = logging.getLogger("remoterl.trainer")
 
@@ -42,6 +43,8 @@ class TrainerSettings:
     make_timeout: float = 120.0  # creating envs may load heavy simulators
     connect_timeout: float = 10.0
     simulator_wait: float = 10.0
+    tensorboard_dir: str | None = None  # remote-env metrics as TensorBoard scalars
+    metrics_interval: float = 5.0  # seconds between TensorBoard points
 
 
 @dataclass
@@ -61,9 +64,17 @@ class TrainerSession:
     def __init__(self, settings: TrainerSettings) -> None:
         self.settings = settings
         self.registrations: dict[str, Registration] = {}
+        self._descriptions: dict[bytes, dict[str, Any]] = {}
         self.simulators = 0
+        self.metrics = RemoteMetrics()
         self._conn: RelayConnection | None = None
         self._lock = threading.Lock()
+        self._tensorboard: Any = None
+        self._next_write = 0.0
+        if settings.tensorboard_dir:
+            from .tensorboard import ScalarWriter  # imported only when asked for
+
+            self._tensorboard = ScalarWriter(settings.tensorboard_dir)
 
     # -- connection -------------------------------------------------------
 
@@ -101,7 +112,33 @@ class TrainerSession:
         conn.wait_until(lambda: self.simulators >= count, timeout)
         return self.simulators
 
+    # -- metrics ----------------------------------------------------------
+
+    def record_step(self, seconds: float, env_steps: int) -> None:
+        """Called after every remote step; writes TensorBoard points now and then."""
+        self.metrics.record(seconds, env_steps)
+        if self._tensorboard is not None:
+            now = time.monotonic()
+            if now >= self._next_write:
+                self._next_write = now + self.settings.metrics_interval
+                self._write_tensorboard()
+
+    def metrics_snapshot(self) -> dict[str, float]:
+        conn = self._conn
+        return self.metrics.snapshot(
+            bytes_sent=conn.counters.bytes_sent if conn is not None else 0,
+            bytes_received=conn.counters.bytes_received if conn is not None else 0,
+            simulators=self.simulators,
+        )
+
+    def _write_tensorboard(self) -> None:
+        self._tensorboard.write(self.metrics.total_env_steps, self.metrics_snapshot())
+
     def close(self) -> None:
+        if self._tensorboard is not None:
+            self._write_tensorboard()
+            self._tensorboard.close()
+            self._tensorboard = None
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -109,7 +146,9 @@ class TrainerSession:
 
     # -- env lifecycle ----------------------------------------------------
 
-    def create(self, env_id: str, num_envs: int, make_arg: dict[str, Any], *, vector: bool) -> list[tuple[Shard, dict[str, Any]]]:
+    def create(
+        self, env_id: str, num_envs: int, make_arg: dict[str, Any], *, vector: bool
+    ) -> list[tuple[Shard, dict[str, Any]]]:
         """Open channels for ``num_envs`` envs and make them on the simulators.
 
         Returns each shard with the simulator's description of its env
@@ -127,12 +166,15 @@ class TrainerSession:
         try:
             requests = []
             registration = self.registrations.get(env_id)
+            first_index = 0
             for shard in shards:
                 if registration is not None:
                     requests.append((Kind.REQUEST, Op.REGISTER, shard.channel, codec.packb(registration.to_wire())))
                 arg = dict(make_arg, id=env_id)
                 if vector:
                     arg["num_envs"] = shard.envs
+                    arg["first_index"] = first_index  # where this shard's envs sit in the whole vector
+                    first_index += shard.envs
                 requests.append((Kind.REQUEST, Op.MAKE_VEC if vector else Op.MAKE, shard.channel, codec.packb(arg)))
             replies = conn.call(requests, self.settings.make_timeout)
             for reply in replies:  # registration errors come first, then make errors
@@ -142,6 +184,18 @@ class TrainerSession:
             self.release(conn, [s.channel for s in shards], close_first=True)
             raise
         return list(zip(shards, descriptions))
+
+    def describe(self, env_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """What a simulator reports about ``make(env_id, **kwargs)`` (spaces,
+        metadata, spec), from one throwaway env; cached per id and kwargs."""
+        key = codec.packb([env_id, kwargs])
+        description = self._descriptions.get(key)
+        if description is None:
+            conn = self.conn
+            [(shard, description)] = self.create(env_id, 1, {"kwargs": kwargs}, vector=False)
+            self.release(conn, [shard.channel], close_first=True)
+            self._descriptions[key] = description
+        return description
 
     def release(self, conn: RelayConnection, channels: list[int], *, close_first: bool = False) -> None:
         """Close the envs on ``channels`` (best effort) and give the channels back."""

@@ -9,13 +9,14 @@ their channels are gone with it and every call raises the connection's
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from gymnasium.envs.registration import EnvSpec
 
 from ..protocol import codec
 from ..protocol.errors import EnvClosedError
-from ..protocol.frames import Kind
+from ..protocol.frames import Kind, Op
 from ..protocol.messages import Shard
 from ..protocol.spaces import space_from_wire
 from .session import TrainerSession
@@ -32,6 +33,7 @@ class Shards:
         self.shards: list[Shard] = [shard for shard, _ in made]
         self.channels = [s.channel for s in self.shards]
         self.sizes = [s.envs for s in self.shards]
+        self.num_envs = sum(self.sizes)
         self.bounds = []
         start = 0
         for size in self.sizes:
@@ -64,11 +66,15 @@ class Shards:
         """One request per shard (``args[i]`` for shard i), sent together; answers in order."""
         if self.closed:
             raise EnvClosedError(f"remote env {self.env_id!r} is closed")
+        started = time.perf_counter()
         replies = self.conn.call(
             [(Kind.REQUEST, op, ch, codec.packb(arg)) for ch, arg in zip(self.channels, args)],
             timeout if timeout is not None else self.session.settings.timeout,
         )
-        return [reply.value() for reply in replies]
+        values = [reply.value() for reply in replies]
+        if op == Op.STEP:
+            self.session.record_step(time.perf_counter() - started, self.num_envs)
+        return values
 
     def request_all(self, op: int, arg: Any = None) -> list[Any]:
         return self.request(op, [arg] * len(self.channels))
