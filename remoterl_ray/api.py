@@ -70,15 +70,38 @@ def init(
         raise ValueError(f"role must be 'trainer' or 'simulator', got {role!r}")
     if num_workers < 1 or num_env_runners < 1:
         raise ValueError("num_workers and num_env_runners must be at least 1")
-    api_key = resolve_api_key(api_key)
-    relay_url = resolve_relay_url(relay_url)
     if role == "simulator":
         modules = list(allow_modules or []) + allowed_modules_from_env()
-        run_simulator(SimulatorHost(relay_url, api_key, allow_modules=modules))
+        run_simulator(SimulatorHost(resolve_relay_url(relay_url), resolve_api_key(api_key), allow_modules=modules))
         return True
-    settings = TrainerSettings(
-        relay_url=relay_url,
-        api_key=api_key,
+    settings = trainer_settings(
+        api_key,
+        relay_url,
+        num_workers=num_workers,
+        num_env_runners=num_env_runners,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        simulator_wait=simulator_wait,
+        tensorboard_dir=tensorboard_dir,
+    )
+    return _init_trainer(settings)
+
+
+def trainer_settings(
+    api_key: str | None = None,
+    relay_url: str | None = None,
+    *,
+    num_workers: int = 1,
+    num_env_runners: int = 2,
+    timeout: float | None = None,
+    connect_timeout: float | None = None,
+    simulator_wait: float | None = None,
+    tensorboard_dir: str | None = None,
+) -> TrainerSettings:
+    """Trainer settings from the arguments given, then ``REMOTERL_*`` env vars, then defaults."""
+    return TrainerSettings(
+        relay_url=resolve_relay_url(relay_url),
+        api_key=resolve_api_key(api_key),
         num_workers=num_workers,
         num_env_runners=num_env_runners,
         timeout=resolve_seconds(timeout, ENV_TIMEOUT, 60.0),
@@ -86,7 +109,6 @@ def init(
         simulator_wait=resolve_seconds(simulator_wait, ENV_SIMULATOR_WAIT, 10.0),
         tensorboard_dir=resolve_tensorboard_dir(tensorboard_dir),
     )
-    return _init_trainer(settings)
 
 
 def _init_trainer(settings: TrainerSettings) -> bool:
@@ -127,7 +149,7 @@ def _patch_frameworks(session: TrainerSession) -> None:
         patch_rllib(session, _patcher)
 
     def tune(_module: object) -> None:
-        from .rllib.patch import patch_tune
+        from .rllib.tune_patch import patch_tune
 
         patch_tune(session, _patcher)
 

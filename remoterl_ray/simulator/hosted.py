@@ -26,6 +26,7 @@ from ..protocol.errors import (
 from ..protocol.frames import Op
 from ..protocol.spaces import action_checker, space_to_wire
 from .allowlist import Allowlist
+from .creators import make_with_creator
 
 _VECTOR_MODES = ("sync", "async", "vector_entry_point")
 
@@ -194,7 +195,15 @@ class EnvTable:
                 code=ErrorCode.CAPACITY,
             )
         try:
-            if vector:
+            if vector and arg.get("creator") is not None:
+                env = make_with_creator(
+                    self.allowlist,
+                    _require_dict(arg["creator"], "creator"),
+                    num_envs=num_envs,
+                    first_index=arg.get("first_index") or 0,
+                    vector_kwargs=_kwargs(arg, "vector_kwargs"),
+                )
+            elif vector:
                 mode = arg.get("vectorization_mode") or "sync"
                 if mode not in _VECTOR_MODES:
                     raise ProtocolError(f"unknown vectorization mode {mode!r}", code=ErrorCode.BAD_PAYLOAD)

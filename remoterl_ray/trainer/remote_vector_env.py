@@ -31,11 +31,18 @@ class RemoteVectorEnv(VectorEnv):
         *,
         vectorization_mode: str | None = None,
         vector_kwargs: dict[str, Any] | None = None,
+        creator: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        """``creator`` (RLlib integration): ``{"target": "module:function",
+        "env_config": ..., "worker_index": ..., "num_workers": ...}`` makes the
+        simulators build each env as ``function(env_context)`` instead of
+        ``gym.make(env_id, **kwargs)``."""
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
         make_arg = {"kwargs": kwargs, "vectorization_mode": vectorization_mode, "vector_kwargs": vector_kwargs or {}}
+        if creator is not None:
+            make_arg["creator"] = creator
         self._remote = Shards(session, env_id, num_envs, make_arg, vector=True)
         description = self._remote.description
         self.num_envs = num_envs

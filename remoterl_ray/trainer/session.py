@@ -36,7 +36,7 @@ log = logging.getLogger("remoterl.trainer")
 @dataclass(frozen=True)
 class TrainerSettings:
     relay_url: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)  # settings travel in RLlib configs, which get logged
     num_workers: int = 1
     num_env_runners: int = 2
     timeout: float = 60.0  # per request (step, reset, ...)

@@ -1,0 +1,24 @@
+"""RLlib (new API stack) and Tune on remote simulators.
+
+``RemoteEnvRunner`` and ``use_remote_env_runners`` import RLlib on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .creators import EnvCreator
+
+__all__ = ["EnvCreator", "RemoteEnvRunner", "use_remote_env_runners"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RemoteEnvRunner":
+        from .env_runner import RemoteEnvRunner
+
+        return RemoteEnvRunner
+    if name == "use_remote_env_runners":
+        from .patch import use_remote_env_runners
+
+        return use_remote_env_runners
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

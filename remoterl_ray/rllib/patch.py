@@ -1,0 +1,61 @@
+"""While a trainer is initialized, unchanged RLlib and Tune code uses remote
+simulators: every ``Algorithm`` built in this process gets
+``RemoteEnvRunner`` with this session's settings in its config (which is how
+the settings reach env runners in other processes)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+from ..trainer.patching import Patcher
+from ..trainer.session import TrainerSession, TrainerSettings
+from .env_runner import RemoteEnvRunner
+from .settings import SETTINGS_KEY
+
+log = logging.getLogger("remoterl.rllib")
+
+
+def use_remote_env_runners(config: AlgorithmConfig, settings: TrainerSettings | None = None) -> AlgorithmConfig:
+    """A copy of ``config`` whose env runners are ``RemoteEnvRunner``s reaching
+    the relay with ``settings`` (default: the active session's, else
+    ``REMOTERL_*`` env vars in each env runner's process).
+
+    Configs that name another env runner class, are multi-agent or use the
+    old API stack are returned unchanged (with a warning): those run locally.
+    """
+    cls = config.env_runner_cls
+    if cls is not None and cls is not SingleAgentEnvRunner and not issubclass(cls, RemoteEnvRunner):
+        log.warning("remoterl: config uses its own env runner %s; its envs stay local", cls.__name__)
+        return config
+    if config.is_multi_agent or not config.enable_env_runner_and_connector_v2:
+        log.warning("remoterl: only single-agent configs on RLlib's new API stack run remotely; this one stays local")
+        return config
+    if settings is None:
+        from ..api import current_session
+
+        session = current_session()
+        settings = session.settings if session is not None else None
+    config = config.copy(copy_frozen=False)
+    env_config = dict(config.env_config or {})
+    if settings is not None:
+        env_config[SETTINGS_KEY] = settings
+    config.environment(env_config=env_config)
+    config.env_runners(env_runner_cls=RemoteEnvRunner if cls is None or cls is SingleAgentEnvRunner else cls)
+    return config
+
+
+def patch_rllib(session: TrainerSession, patcher: Patcher) -> None:
+    original_init = Algorithm.__init__
+
+    def __init__(self: Algorithm, config: Any = None, *args: Any, **kwargs: Any) -> None:
+        if isinstance(config, AlgorithmConfig):
+            config = use_remote_env_runners(config, session.settings)
+        original_init(self, config, *args, **kwargs)
+
+    patcher.set(Algorithm, "__init__", __init__)
