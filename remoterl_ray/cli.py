@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -90,17 +91,31 @@ def simulator(
         raise typer.Exit(2) from None
 
 
+class DemoFramework(str, Enum):
+    sb3 = "sb3"
+    rllib = "rllib"
+
+
 @app.command()
 def demo(
-    envs: Annotated[int, typer.Option(help="Envs in the remote vector env.")] = 16,
+    framework: Annotated[DemoFramework, typer.Option(help="Training library.")] = DemoFramework.sb3,
+    envs: Annotated[int, typer.Option(help="Envs the trainer steps, spread over the simulators.")] = 16,
     simulators: Annotated[int, typer.Option(help="Simulator processes to start.")] = 2,
-    steps: Annotated[int, typer.Option(help="Vector steps to take.")] = 2000,
-    env_id: Annotated[str, typer.Option("--env", help="Gymnasium env id.")] = "CartPole-v1",
+    timesteps: Annotated[int, typer.Option(help="Most env-steps to train for.")] = 150_000,
+    target: Annotated[float, typer.Option(help="Stop once the mean episode return reaches this.")] = 475.0,
+    logdir: Annotated[Optional[str], typer.Option(help="TensorBoard log dir (default: a new temp dir).")] = None,
 ) -> None:
-    """Start a relay and simulators locally, then step a remote vector env."""
+    """Train PPO on CartPole through a local relay and simulator processes."""
     from .demo import run_demo
 
-    run_demo(env_id=env_id, num_envs=envs, num_simulators=simulators, steps=steps)
+    run_demo(
+        framework=framework.value,
+        num_envs=envs,
+        num_simulators=simulators,
+        timesteps=timesteps,
+        target=target,
+        logdir=logdir,
+    )
 
 
 def main() -> None:

@@ -1,58 +1,166 @@
-"""``remoterl demo``: a relay, simulators and a trainer on this machine."""
+"""``remoterl demo``: PPO on CartPole, trained through an embedded relay and
+simulator processes on this machine (SB3 by default, or RLlib)."""
 
 from __future__ import annotations
 
 import secrets
+import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
 
-import gymnasium as gym
-import numpy as np
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from . import api
 from .local import start_relay, start_simulator
 
+Framework = Literal["sb3", "rllib"]
+ENV_ID = "CartPole-v1"
 
-def run_demo(*, env_id: str, num_envs: int, num_simulators: int, steps: int) -> dict[str, float]:
-    console = Console()
+
+@dataclass
+class DemoResult:
+    framework: str
+    mean_return: float
+    timesteps: int
+    seconds: float
+    tensorboard_dir: str
+
+
+@contextmanager
+def local_simulators(num_simulators: int, *, allow: Sequence[str] = ()) -> Iterator[tuple[str, str]]:
+    """An embedded relay and simulator processes; yields (relay URL, API key)."""
     key = "demo-" + secrets.token_hex(8)
-    console.print(f"[bold]remoterl demo[/]: relay + {num_simulators} simulator process(es) on 127.0.0.1")
     relay = start_relay(api_keys=[key])
-    sims = [start_simulator(relay.url, key) for _ in range(num_simulators)]
+    sims = []
     try:
+        sims = [start_simulator(relay.url, key, allow=allow) for _ in range(num_simulators)]
         relay.wait_for(key, "simulator", num_simulators, timeout=60)
-        if not api.init(key, role="trainer", relay_url=relay.url, num_workers=num_simulators,
-                        num_env_runners=max(1, -(-num_envs // num_simulators))):
-            raise SystemExit("could not reach the relay or its simulators")
-        envs = gym.make_vec(env_id, num_envs=num_envs)
-        console.print(f"{envs!r}: {num_envs} envs over shards {envs.shard_sizes}")
-        envs.reset(seed=0)
-        episodes = 0
-        started = time.perf_counter()
-        with Progress(TextColumn("stepping"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
-            task = progress.add_task("steps", total=steps)
-            for _ in range(steps):
-                _, _, terminated, truncated, _ = envs.step(envs.action_space.sample())
-                episodes += int(np.sum(terminated | truncated))
-                progress.advance(task)
-        elapsed = time.perf_counter() - started
-        envs.close()
-        rate = steps * num_envs / elapsed
-        console.print(
-            f"{steps * num_envs} env-steps in {elapsed:.2f}s: [bold green]{rate:,.0f} env-steps/s[/], "
-            f"{elapsed / steps * 1e3:.2f} ms per vector step, {episodes} episodes finished"
-        )
-        return {"env_steps_per_s": rate, "episodes": float(episodes)}
+        yield relay.url, key
     finally:
-        api.shutdown()
         for sim in sims:
             sim.stop()
         relay.stop()
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]training[/]"),
+        BarColumn(),
+        TextColumn("{task.completed:>7.0f}/{task.total:.0f} steps"),
+        TextColumn("mean return [bold green]{task.fields[ret]:>6.1f}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def train_sb3(*, num_envs: int, timesteps: int, target: float, logdir: str, progress: Progress, task: TaskID) -> float:
+    """PPO with RL Zoo's CartPole settings; returns the evaluated mean return."""
+    import numpy as np
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    class Report(BaseCallback):
+        def _on_step(self) -> bool:
+            returns = [info["r"] for info in self.model.ep_info_buffer]
+            mean = float(np.mean(returns)) if returns else 0.0
+            progress.update(task, completed=self.num_timesteps, ret=mean)
+            return not (len(returns) >= 20 and mean >= target)  # stop once the last 20 episodes are there
+
+    env = make_vec_env(ENV_ID, n_envs=num_envs, seed=0)
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=32,
+        batch_size=256,
+        gae_lambda=0.8,
+        gamma=0.98,
+        n_epochs=20,
+        ent_coef=0.0,
+        learning_rate=lambda f: 1e-3 * f,
+        clip_range=lambda f: 0.2 * f,
+        tensorboard_log=logdir,
+        seed=0,
+        verbose=0,
+    )
+    model.learn(total_timesteps=timesteps, callback=Report())
+    mean, _ = evaluate_policy(model, env, n_eval_episodes=10, deterministic=True)
+    env.close()
+    return float(mean)
+
+
+def train_rllib(*, num_envs: int, timesteps: int, target: float, progress: Progress, task: TaskID) -> float:
+    """RLlib PPO with two remote env runners; returns the last mean episode return."""
+    import ray
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    config = (
+        PPOConfig()
+        .environment(ENV_ID)
+        .env_runners(num_env_runners=2, num_envs_per_env_runner=max(1, num_envs // 2), num_cpus_per_env_runner=1)
+        .training(lr=3e-4, num_epochs=6, vf_loss_coeff=0.01, train_batch_size_per_learner=2000)
+    )
+    algo = config.build_algo()
+    mean = 0.0
+    try:
+        while True:
+            result = algo.train()
+            runners = result["env_runners"]
+            mean = float(runners.get("episode_return_mean", 0.0))
+            done = int(result.get("num_env_steps_sampled_lifetime", runners.get("num_env_steps_sampled_lifetime", 0)))
+            progress.update(task, completed=done, ret=mean)
+            if mean >= target or done >= timesteps:
+                return mean
+    finally:
+        algo.stop()
+        ray.shutdown()
+
+
+def run_demo(
+    *,
+    framework: Framework = "sb3",
+    num_envs: int = 16,
+    num_simulators: int = 2,
+    timesteps: int = 150_000,
+    target: float = 475.0,
+    logdir: str | None = None,
+) -> DemoResult:
+    console = Console()
+    logdir = logdir or tempfile.mkdtemp(prefix="remoterl-demo-")
+    console.print(
+        f"[bold]remoterl demo[/]: PPO ({framework}) on {ENV_ID}, {num_envs} envs hosted by "
+        f"{num_simulators} simulator process(es) through an embedded relay"
+    )
+    with local_simulators(num_simulators) as (url, key):
+        per_simulator = max(1, -(-num_envs // num_simulators))
+        remote_logs = f"{logdir}/remoterl"
+        if not api.init(
+            key, relay_url=url, num_workers=num_simulators, num_env_runners=per_simulator, tensorboard_dir=remote_logs
+        ):
+            raise SystemExit("could not reach the relay or its simulators")
+        started = time.perf_counter()
+        try:
+            with _progress(console) as progress:
+                task = progress.add_task("train", total=timesteps, ret=0.0)
+                if framework == "sb3":
+                    mean = train_sb3(
+                        num_envs=num_envs, timesteps=timesteps, target=target, logdir=logdir, progress=progress, task=task
+                    )
+                else:
+                    mean = train_rllib(num_envs=num_envs, timesteps=timesteps, target=target, progress=progress, task=task)
+                done = int(progress.tasks[0].completed)
+        finally:
+            api.shutdown()
+    seconds = time.perf_counter() - started
+    console.print(
+        f"final mean return [bold green]{mean:.1f}[/] after {done:,} env-steps in {seconds:.0f}s "
+        f"({done / seconds:,.0f} env-steps/s)"
+    )
+    console.print(f"TensorBoard logs: [bold]{logdir}[/]  (tensorboard --logdir {logdir})")
+    return DemoResult(framework, mean, done, seconds, logdir)
