@@ -75,6 +75,18 @@ class DeferredEnv(gym.Env):
             self._env.close()
 
 
+class PrebuiltDummyVecEnv(DummyVecEnv):
+    """A ``DummyVecEnv`` over envs the factories already made. Python calls
+    ``__init__`` again, with the original factories, on whatever a patched
+    ``__new__`` returns; this one ignores that second call."""
+
+    def __init__(self, env_fns: list[Callable[[], gym.Env]], *args: Any, **kwargs: Any) -> None:
+        if getattr(self, "_built", False):
+            return
+        super().__init__(env_fns)
+        self._built = True
+
+
 @contextmanager
 def deferred_make(session: TrainerSession) -> Iterator[None]:
     """``gym.make`` returns ``DeferredEnv``s inside this block."""
@@ -134,9 +146,7 @@ def build_vec_env(session: TrainerSession, env_fns: list[Callable[[], gym.Env]])
         "their %d envs are remote but stepped one at a time",
         len(envs),
     )
-    vec_env = object.__new__(DummyVecEnv)
-    vec_env.__init__([lambda env=env: env for env in envs])  # type: ignore[misc]
-    return vec_env
+    return PrebuiltDummyVecEnv([lambda env=env: env for env in envs])
 
 
 def patch_sb3(session: TrainerSession, patcher: Patcher) -> None:
