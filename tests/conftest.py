@@ -107,3 +107,13 @@ def init_trainer(relay: LocalRelay, key: str, **kwargs) -> bool:
     kwargs.setdefault("connect_timeout", 10.0)
     kwargs.setdefault("simulator_wait", 10.0)
     return remoterl_ray.init(key, role="trainer", relay_url=relay.url, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray instance for every test that needs one (starting Ray costs ~15 s)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()

@@ -161,10 +161,18 @@ def test_register_of_a_module_not_on_the_allowlist_is_refused(trainer):
         gym.registry.pop("Sneaky-v0", None)
 
 
-def test_callable_entry_point_is_refused_on_the_trainer(trainer):
-    with pytest.raises(RegistrationRefusedError, match="module:attr"):
+def test_callable_entry_point_stays_local_with_a_warning(trainer, caplog):
+    """Libraries register (and make) envs with callables at import time; that
+    must not break, and the warning says how to make such an env remote."""
+    try:
         gym.register("Callable-v0", entry_point=AllSpacesEnv)
-    assert "Callable-v0" not in gym.registry
+        with caplog.at_level("WARNING", logger="remoterl"):
+            env = gym.make("Callable-v0")
+        assert isinstance(env.unwrapped, AllSpacesEnv) and not isinstance(env, RemoteEnv)
+        assert "module:attr" in caplog.text and "Callable-v0" in caplog.text
+        env.close()
+    finally:
+        gym.registry.pop("Callable-v0", None)
 
 
 def test_unknown_env_id_raises_a_typed_error(trainer):

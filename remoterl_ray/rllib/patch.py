@@ -50,12 +50,20 @@ def use_remote_env_runners(config: AlgorithmConfig, settings: TrainerSettings | 
     return config
 
 
+_ORIGINAL_ALGORITHM_INIT = Algorithm.__init__
+
+
+def _algorithm_init(self: Algorithm, config: Any = None, *args: Any, **kwargs: Any) -> None:
+    """``Algorithm.__init__`` while a trainer is initialized. Module-level, so
+    Tune can pickle algorithm classes by reference; in processes without a
+    session (env runners, Tune trials) it is the original."""
+    from ..api import current_session
+
+    session = current_session()
+    if session is not None and isinstance(config, AlgorithmConfig):
+        config = use_remote_env_runners(config, session.settings)
+    _ORIGINAL_ALGORITHM_INIT(self, config, *args, **kwargs)
+
+
 def patch_rllib(session: TrainerSession, patcher: Patcher) -> None:
-    original_init = Algorithm.__init__
-
-    def __init__(self: Algorithm, config: Any = None, *args: Any, **kwargs: Any) -> None:
-        if isinstance(config, AlgorithmConfig):
-            config = use_remote_env_runners(config, session.settings)
-        original_init(self, config, *args, **kwargs)
-
-    patcher.set(Algorithm, "__init__", __init__)
+    patcher.set(Algorithm, "__init__", _algorithm_init)

@@ -24,7 +24,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from ..protocol import codec
 from ..protocol.spaces import space_from_wire
-from ..trainer.gym_patch import GYM_MODULES, env_id_of, make_kwargs
+from ..trainer.gym_patch import GYM_MODULES, env_id_of, make_kwargs, stays_local
 from ..trainer.patching import Patcher
 from ..trainer.remote_env import RemoteEnv
 from ..trainer.remote_vector_env import RemoteVectorEnv

@@ -7,6 +7,7 @@ make``) keeps the local function: patch targets are module attributes.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import gymnasium
@@ -20,6 +21,8 @@ from .patching import Patcher
 from .remote_env import RemoteEnv
 from .remote_vector_env import RemoteVectorEnv
 from .session import Registration, TrainerSession
+
+log = logging.getLogger("remoterl")
 
 GYM_MODULES = (gymnasium, gymnasium.envs, registration)
 _ORIGINAL_MAKE = registration.make
@@ -46,10 +49,26 @@ def make_kwargs(
     return kwargs
 
 
+def stays_local(session: TrainerSession, env_id: str) -> bool:
+    """True for ids registered here with a callable entry point (warns once)."""
+    reason = session.unmirrored.get(env_id)
+    if reason is None:
+        return False
+    if env_id not in _warned:
+        _warned.add(env_id)
+        log.warning("remoterl: %s", reason)
+    return True
+
+
+_warned: set[str] = set()
+
+
 def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
     def make(
         id: str | EnvSpec, max_episode_steps: int | None = None, disable_env_checker: bool | None = None, **kwargs: Any
-    ) -> RemoteEnv:
+    ) -> Any:
+        if stays_local(session, env_id_of(id)):
+            return _ORIGINAL_MAKE(id, max_episode_steps, disable_env_checker, **kwargs)
         return RemoteEnv(session, env_id_of(id), **make_kwargs(max_episode_steps, disable_env_checker, kwargs))
 
     def make_vec(
@@ -59,7 +78,9 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
         vector_kwargs: dict[str, Any] | None = None,
         wrappers: Any = None,
         **kwargs: Any,
-    ) -> RemoteVectorEnv:
+    ) -> Any:
+        if stays_local(session, env_id_of(id)):
+            return _ORIGINAL_MAKE_VEC(id, num_envs, vectorization_mode, vector_kwargs, wrappers, **kwargs)
         if wrappers:
             raise UnsupportedError(
                 "make_vec(wrappers=...) takes callables, which cannot be sent to a simulator; "
@@ -86,12 +107,15 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
         vector_entry_point: Any = None,
         kwargs: dict[str, Any] | None = None,
     ) -> None:
+        refusal = None
         if entry_point is not None and not isinstance(entry_point, str):
-            raise RegistrationRefusedError(
-                f"gym.register({id!r}, entry_point={entry_point!r}) cannot be mirrored to simulators: "
-                "a callable entry point is code, and code never travels. Pass it as a "
-                "'module:attr' string (e.g. entry_point='my_pkg.envs:MyEnv') and allow that "
-                "module on the simulator with --allow my_pkg"
+            # Libraries register (and even make) such envs at import time: they
+            # stay local, with a warning that says how to make them remote.
+            refusal = (
+                f"gym.register({id!r}, entry_point={entry_point!r}) is not mirrored to simulators, "
+                f"so {id!r} is made locally: a callable entry point is code, and code never travels. "
+                "Pass it as a 'module:attr' string (e.g. entry_point='my_pkg.envs:MyEnv') and allow "
+                "that module on the simulator with --allow my_pkg"
             )
         spec = {
             "reward_threshold": reward_threshold,
@@ -100,7 +124,7 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
             "order_enforce": order_enforce,
             "disable_env_checker": disable_env_checker,
         }
-        if entry_point is not None:
+        if entry_point is not None and refusal is None:
             codec.packb(kwargs or {})  # refuse unsendable kwargs now, not at make time
         _ORIGINAL_REGISTER(
             id,
@@ -110,7 +134,10 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
             kwargs=kwargs,
             **spec,
         )
-        if entry_point is not None:
+        if refusal is not None:
+            session.unmirrored[id] = refusal
+        elif entry_point is not None:
+            session.unmirrored.pop(id, None)
             session.registrations[id] = Registration(id, entry_point, dict(kwargs or {}), spec)
 
     patcher.replace(GYM_MODULES, "make", _ORIGINAL_MAKE, make)

@@ -64,6 +64,7 @@ class TrainerSession:
     def __init__(self, settings: TrainerSettings) -> None:
         self.settings = settings
         self.registrations: dict[str, Registration] = {}
+        self.unmirrored: dict[str, str] = {}  # id -> why its registration stayed local
         self._descriptions: dict[bytes, dict[str, Any]] = {}
         self.simulators = 0
         self.metrics = RemoteMetrics()

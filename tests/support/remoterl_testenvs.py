@@ -103,5 +103,35 @@ class BigObsEnv(gym.Env):
         return np.zeros(self.observation_space.shape, np.float32), 0.0, False, False, {}
 
 
+class CorridorEnv(gym.Env):
+    """Walk right to the end; observations show where the env sits in RLlib
+    terms (worker_index, vector_index), so tests see the creator's context."""
+
+    def __init__(self, length: int = 5, worker_index: int = 0, vector_index: int = 0) -> None:
+        self.length = length
+        self.where = (worker_index, vector_index)
+        self.observation_space = spaces.Box(0, np.inf, (3,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.pos = 0
+
+    def _obs(self):
+        return np.array([self.pos, *self.where], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.pos += int(action)
+        done = self.pos >= self.length
+        return self._obs(), 1.0 if done else -0.01, done, False, {}
+
+
+def make_corridor(config):
+    """An RLlib env creator: ``config`` is the env_config plus its context."""
+    return CorridorEnv(config.get("length", 5), config.worker_index, config.vector_index)
+
+
 # Importing this module (e.g. for the id "remoterl_testenvs:AllSpaces-v0") registers its envs.
 gym.register("AllSpaces-v0", entry_point="remoterl_testenvs:AllSpacesEnv")

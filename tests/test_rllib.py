@@ -1,0 +1,278 @@
+"""RLlib's RemoteEnvRunner and Tune on real simulators, modelled on RLlib's own
+tests for SingleAgentEnvRunner (rllib/env/tests/test_single_agent_env_runner.py)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from conftest import TEST_ENVS_MODULE, SimulatorPool, init_trainer, serving
+from ray import tune
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.callbacks.callbacks import RLlibCallback
+from ray.rllib.env.env_errors import StepFailedRecreateEnvError
+from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+import remoterl_ray
+from remoterl_ray.api import trainer_settings
+from remoterl_ray.protocol.errors import SimulatorLostError, UnsupportedError
+from remoterl_ray.rllib import EnvCreator, RemoteEnvRunner, use_remote_env_runners
+from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
+
+NUM_ENVS = 4
+
+
+@pytest.fixture(scope="module")
+def two_sims(relay, keys):
+    with serving(relay, keys, 2) as key:
+        yield key
+
+
+def remote_config(relay, key, env="CartPole-v1", **env_runners):
+    settings = trainer_settings(key, relay.url, num_workers=2, num_env_runners=NUM_ENVS // 2, timeout=30.0)
+    env_runners.setdefault("num_envs_per_env_runner", NUM_ENVS)
+    env_runners.setdefault("rollout_fragment_length", 16)
+    config = PPOConfig().environment(env).env_runners(**env_runners)
+    return use_remote_env_runners(config, settings)
+
+
+@pytest.fixture
+def runner(relay, two_sims):
+    runner = RemoteEnvRunner(config=remote_config(relay, two_sims))
+    yield runner
+    runner.stop()
+
+
+def test_env_is_a_remote_vector_env_over_both_simulators(runner):
+    assert isinstance(runner.env.unwrapped, RemoteVectorEnv)
+    assert runner.env.unwrapped.shard_sizes == [2, 2]
+    assert runner.num_envs == NUM_ENVS
+
+
+def test_sample_by_timesteps_and_by_episodes(runner):
+    with pytest.raises(AssertionError):
+        runner.sample(num_timesteps=10, num_episodes=10, random_actions=True)
+    for _ in range(3):
+        episodes = runner.sample(num_episodes=6, random_actions=True)
+        assert len(episodes) == 6
+        assert all(e.is_done and e.t_started == 0 for e in episodes)
+    runner.sample(random_actions=True)
+    for target in (20, 22):  # 22: not a multiple of the number of envs
+        for _ in range(5):
+            episodes = runner.sample(num_timesteps=target, random_actions=True)
+            assert target <= sum(len(e) for e in episodes) <= target + NUM_ENVS
+            assert any(e.t_started > 0 for e in episodes)
+    episodes = runner.sample(random_actions=True)  # rollout_fragment_length per env
+    assert NUM_ENVS * 16 <= sum(len(e) for e in episodes) <= (NUM_ENVS + 1) * 16
+
+
+def test_force_reset_and_episode_continuation(runner):
+    runner.sample(num_timesteps=8, random_actions=True, force_reset=True)
+    first = runner.sample(num_timesteps=8, random_actions=True)
+    ongoing = {e.id_: e for e in first if not e.is_done}
+    assert ongoing
+    second = runner.sample(num_timesteps=8, random_actions=True)
+    continued = [e for e in second if e.id_ in ongoing]
+    assert continued, "ongoing episodes continue in the next sample call"
+    for chunk in continued:
+        assert chunk.t_started == ongoing[chunk.id_].t_started + len(ongoing[chunk.id_])
+    fresh = runner.sample(num_timesteps=8, random_actions=True, force_reset=True)
+    assert all(e.t_started == 0 for e in fresh)
+    assert not {e.id_ for e in fresh} & set(ongoing)
+
+
+def test_get_state_and_set_state(relay, two_sims):
+    config = remote_config(relay, two_sims)
+    first = RemoteEnvRunner(config=config)
+    second = RemoteEnvRunner(config=config)
+    try:
+        first.sample(num_timesteps=40, random_actions=True)
+        state = first.get_state()
+        state[NUM_ENV_STEPS_SAMPLED_LIFETIME] = 1234  # what the algorithm syncs
+        second.set_state(state)
+        assert second.num_env_steps_sampled_lifetime == 1234
+        second.sample(num_timesteps=8)  # the synced module drives the remote envs
+        weights = first.module.get_state()
+        for name, value in second.module.get_state().items():
+            np.testing.assert_array_equal(value, weights[name])
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_stop_twice_releases_the_remote_envs(relay, two_sims):
+    runner = RemoteEnvRunner(config=remote_config(relay, two_sims))
+    assert sum(p["hosted_envs"] for p in relay.peers(two_sims, "simulator")) >= NUM_ENVS
+    runner.stop()
+    runner.stop()
+    assert runner.env.closed
+    with pytest.raises(Exception):
+        runner.env.step(np.zeros(NUM_ENVS, dtype=np.int64))
+
+
+class CountingCallbacks(RLlibCallback):
+    counts: Counter = Counter()
+
+    def on_environment_created(self, **kwargs):
+        CountingCallbacks.counts["env_created"] += 1
+
+    def on_episode_created(self, **kwargs):
+        CountingCallbacks.counts["created"] += 1
+
+    def on_episode_start(self, **kwargs):
+        CountingCallbacks.counts["start"] += 1
+
+    def on_episode_step(self, **kwargs):
+        CountingCallbacks.counts["step"] += 1
+
+    def on_episode_end(self, **kwargs):
+        CountingCallbacks.counts["end"] += 1
+
+
+def test_callback_counts(relay, two_sims):
+    CountingCallbacks.counts.clear()
+    config = remote_config(relay, two_sims).callbacks(CountingCallbacks)
+    runner = RemoteEnvRunner(config=config)
+    try:
+        episodes = runner.sample(num_episodes=5, random_actions=True)
+        counts = CountingCallbacks.counts
+        assert counts["env_created"] == 1
+        assert counts["end"] == 5
+        assert counts["start"] >= 5 and counts["created"] >= counts["start"]
+        assert counts["step"] >= sum(len(e) for e in episodes)
+    finally:
+        runner.stop()
+
+
+def test_registered_creator_runs_on_the_simulators(relay, keys):
+    with serving(relay, keys, 2) as key:
+        assert init_trainer(relay, key, num_workers=2, num_env_runners=2)
+        try:
+            tune.register_env("Corridor", f"{TEST_ENVS_MODULE}:make_corridor")
+            config = (
+                PPOConfig()
+                .environment("Corridor", env_config={"length": 3})
+                .env_runners(num_envs_per_env_runner=4)
+            )
+            runner = RemoteEnvRunner(config=use_remote_env_runners(config))
+            obs, _ = runner.env.reset(seed=0)
+            np.testing.assert_array_equal(np.asarray(obs)[:, 2], [0, 1, 2, 3])  # vector_index per sub-env
+            episodes = runner.sample(num_episodes=4, explore=True)
+            assert all(e.is_done for e in episodes)
+            runner.stop()
+        finally:
+            remoterl_ray.shutdown()
+
+
+def test_lambda_creator_is_refused_with_what_to_do(relay, two_sims):
+    assert init_trainer(relay, two_sims, num_workers=2)
+    try:
+        with pytest.raises(UnsupportedError, match="module:function|'my_pkg.envs:make_env'"):
+            tune.register_env("Nope", lambda config: None)
+        tune.register_env("Named", EnvCreator(f"{TEST_ENVS_MODULE}:make_corridor"))
+    finally:
+        remoterl_ray.shutdown()
+    tune.register_env("LocalLambda", lambda config: None)  # after shutdown Ray's own rules apply
+
+
+def test_lost_simulator_recreates_the_env(relay, keys):
+    key = keys.take()
+    pool = SimulatorPool(relay, key)
+    pool.start(2)
+    settings = trainer_settings(key, relay.url, num_workers=2, num_env_runners=2, timeout=30.0)
+    config = AlgorithmConfig().environment("CartPole-v1").env_runners(num_envs_per_env_runner=4)
+    config = use_remote_env_runners(config.fault_tolerance(restart_failed_sub_environments=True), settings)
+    runner = RemoteEnvRunner(config=config)
+    strict = RemoteEnvRunner(config=use_remote_env_runners(config.copy().fault_tolerance(
+        restart_failed_sub_environments=False), settings))
+    try:
+        runner.sample(num_timesteps=20, random_actions=True)
+        strict.sample(num_timesteps=20, random_actions=True)
+        pool.procs[0].kill()
+        episodes = runner.sample(num_timesteps=40, random_actions=True)
+        assert sum(len(e) for e in episodes) >= 40
+        assert runner.env.unwrapped.shard_sizes == [4]  # recreated on the simulator still online
+        with pytest.raises(RuntimeError) as raised:
+            strict.sample(num_timesteps=40, random_actions=True)
+        chain, exc = [], raised.value
+        while exc is not None:
+            chain.append(type(exc))
+            exc = exc.__cause__
+        assert StepFailedRecreateEnvError in chain and SimulatorLostError in chain
+    finally:
+        runner.stop()
+        strict.stop()
+        pool.stop()
+
+
+# -- on a Ray cluster -------------------------------------------------------------
+
+
+def test_two_env_runners_over_two_simulators(ray_cluster, relay, keys):
+    with serving(relay, keys, 2) as key:
+        config = remote_config(relay, key).env_runners(num_envs_per_env_runner=2)
+        actor = ray.remote(num_cpus=1)(RemoteEnvRunner)
+        runners = [actor.remote(config=config) for _ in range(2)]
+        results = ray.get([r.sample.remote(random_actions=True) for r in runners], timeout=120)
+        for episodes in results:
+            assert 2 * 16 <= sum(len(e) for e in episodes) < 2 * 17
+        hosted = sorted(p["hosted_envs"] for p in relay.peers(key, "simulator"))
+        assert hosted == [2, 2], "each env runner's envs went to its own simulator"
+        ray.get([r.stop.remote() for r in runners], timeout=60)
+
+
+def test_unchanged_ppo_trains_remotely_after_init(ray_cluster, relay, keys):
+    with serving(relay, keys, 2) as key:
+        assert init_trainer(relay, key, num_workers=2, num_env_runners=2)
+        try:
+            algo = (
+                PPOConfig()
+                .environment("CartPole-v1")
+                .env_runners(num_env_runners=2)
+                .training(train_batch_size_per_learner=256, minibatch_size=64, num_epochs=1)
+                .build_algo()
+            )
+            assert algo.config.env_runner_cls is RemoteEnvRunner
+            for _ in range(2):
+                result = algo.train()
+            runners = result["env_runners"]
+            assert runners["num_env_steps_sampled_lifetime"] >= 512
+            remote = runners["remoterl"]
+            assert remote["simulators"] == 2
+            assert remote["step_latency_p50_ms"] > 0 and remote["bytes_received"] > 0
+            assert sum(p["env_steps"] for p in relay.peers(key, "simulator")) >= 512
+            algo.stop()
+        finally:
+            remoterl_ray.shutdown()
+
+
+def test_tune_experiment_runs_on_remote_env_runners(ray_cluster, relay, keys, tmp_path):
+    with serving(relay, keys, 1) as key:
+        assert init_trainer(relay, key, num_workers=1, num_env_runners=4)
+        try:
+            config = (
+                PPOConfig()
+                .environment("CartPole-v1")
+                .env_runners(num_env_runners=1, num_envs_per_env_runner=2)
+                .training(lr=tune.grid_search([1e-3, 1e-4]), train_batch_size_per_learner=128, minibatch_size=64,
+                          num_epochs=1)
+            )
+            tuner = tune.Tuner(
+                "PPO",
+                param_space=config,
+                run_config=tune.RunConfig(stop={"training_iteration": 1}, storage_path=str(tmp_path), verbose=0),
+            )
+            results = tuner.fit()
+        finally:
+            remoterl_ray.shutdown()
+    assert not results.errors
+    assert len(results) == 2
+    for result in results:
+        assert result.metrics["env_runners"]["remoterl"]["simulators"] == 1
+    logged = "".join(p.read_text(errors="ignore") for p in Path(tmp_path).rglob("*.json"))
+    assert logged and key not in logged, "the API key must not be written to Tune's logs"
