@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,9 @@ def served(keys):
     key = new_key("examples")
     relay = start_relay(api_keys=[key])
     env = dict(os.environ, REMOTERL_API_KEY=key, REMOTERL_RELAY_URL=relay.url)
-    sim = LocalProcess([sys.executable, str(EXAMPLES / "simulator.py")], env=env)
+    # The custom env example's package, importable and allowed on the simulator only.
+    sim_env = dict(env, PYTHONPATH=str(EXAMPLES / "custom_env"), REMOTERL_ALLOW_MODULES="gridwalk")
+    sim = LocalProcess([sys.executable, str(EXAMPLES / "simulator.py")], env=sim_env)
     relay.wait_for(key, "simulator", 1)
     yield env
     assert sim.stop() == 0, sim.output()  # SIGTERM: the example returns cleanly
@@ -35,11 +38,43 @@ def test_gym_cartpole_example(served):
     assert "episodes finished in 300 steps" in out.stdout
 
 
-def test_demo_command_runs():
-    out = subprocess.run([sys.executable, "-m", "remoterl", "demo", "--steps", "50", "--envs", "4"],
-                         capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "env-steps/s" in out.stdout
+def run_example(path: Path, env: dict[str, str], timeout: float = 300, **budget: int) -> str:
+    env = dict(env, **{k: str(v) for k, v in budget.items()})
+    out = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def test_sb3_ppo_example(served):
+    out = run_example(EXAMPLES / "sb3_ppo.py", served, EXAMPLE_TIMESTEPS=2048)
+    trained = re.search(r"trained (\d+) steps; mean return of the last (\d+) episodes", out)
+    assert trained and int(trained[1]) >= 2048 and int(trained[2]) > 0, out[-2000:]
+
+
+def test_rllib_ppo_example(served):
+    out = run_example(EXAMPLES / "rllib_ppo.py", served, EXAMPLE_ITERATIONS=1)
+    assert "iteration 1: mean return" in out and "remote step p50" in out
+
+
+def test_tune_sweep_example(served):
+    out = run_example(EXAMPLES / "tune_sweep.py", served, EXAMPLE_ITERATIONS=1)
+    assert "best lr" in out
+
+
+def test_custom_env_example(served):
+    out = run_example(EXAMPLES / "custom_env" / "train.py", served, EXAMPLE_STEPS=400)
+    assert "GridWalk-v0 on [8] remote envs" in out
+    assert "gridwalk" not in sys.modules  # the trainer never imported the env's code
+
+
+@pytest.mark.parametrize("framework", ["sb3", "rllib"])
+def test_demo_command_trains(framework, tmp_path):
+    args = ["--framework", framework, "--timesteps", "1000", "--envs", "4", "--logdir", str(tmp_path)]
+    out = subprocess.run([sys.executable, "-m", "remoterl", "demo", *args],
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "final mean return" in out.stdout and "TensorBoard logs" in out.stdout
+    assert list((tmp_path / "remoterl").glob("events.out.tfevents.*")), "remote-env metrics were logged"
 
 
 def test_benchmark_smoke_run():
