@@ -6,13 +6,13 @@ from __future__ import annotations
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import api
 from .local import start_relay, start_simulator
@@ -57,22 +57,45 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def train_sb3(*, num_envs: int, timesteps: int, target: float, logdir: str, progress: Progress, task: TaskID) -> float:
-    """PPO with RL Zoo's CartPole settings; returns the evaluated mean return."""
+Report = Callable[[int, float], None]  # (env-steps so far, mean episode return)
+
+
+@dataclass
+class TrainResult:
+    mean_return: float  # SB3: evaluated over 10 episodes if asked; RLlib: last iteration's mean
+    env_steps: int
+    seconds: float  # from building the envs to the end of training
+
+
+def train_sb3(
+    *,
+    num_envs: int,
+    timesteps: int,
+    target: float,
+    logdir: str | None = None,
+    report: Report | None = None,
+    evaluate: bool = True,
+    seed: int = 0,
+) -> TrainResult:
+    """PPO with RL Zoo's CartPole settings until the last 20 episodes average ``target``."""
     import numpy as np
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    class Report(BaseCallback):
+    class Progress(BaseCallback):
+        mean = 0.0
+
         def _on_step(self) -> bool:
             returns = [info["r"] for info in self.model.ep_info_buffer]
-            mean = float(np.mean(returns)) if returns else 0.0
-            progress.update(task, completed=self.num_timesteps, ret=mean)
-            return not (len(returns) >= 20 and mean >= target)  # stop once the last 20 episodes are there
+            Progress.mean = float(np.mean(returns[-20:])) if returns else 0.0
+            if report is not None:
+                report(self.num_timesteps, Progress.mean)
+            return not (len(returns) >= 20 and Progress.mean >= target)
 
-    env = make_vec_env(ENV_ID, n_envs=num_envs, seed=0)
+    started = time.perf_counter()
+    env = make_vec_env(ENV_ID, n_envs=num_envs, seed=seed)
     model = PPO(
         "MlpPolicy",
         env,
@@ -85,41 +108,49 @@ def train_sb3(*, num_envs: int, timesteps: int, target: float, logdir: str, prog
         learning_rate=lambda f: 1e-3 * f,
         clip_range=lambda f: 0.2 * f,
         tensorboard_log=logdir,
-        seed=0,
+        seed=seed,
         verbose=0,
     )
-    model.learn(total_timesteps=timesteps, callback=Report())
-    mean, _ = evaluate_policy(model, env, n_eval_episodes=10, deterministic=True)
+    model.learn(total_timesteps=timesteps, callback=Progress())
+    seconds = time.perf_counter() - started
+    mean = Progress.mean
+    if evaluate:
+        mean = float(evaluate_policy(model, env, n_eval_episodes=10, deterministic=True)[0])
     env.close()
-    return float(mean)
+    return TrainResult(mean, model.num_timesteps, seconds)
 
 
-def train_rllib(*, num_envs: int, timesteps: int, target: float, progress: Progress, task: TaskID) -> float:
-    """RLlib PPO with two remote env runners; returns the last mean episode return."""
+def train_rllib(*, num_envs: int, timesteps: int, target: float, report: Report | None = None) -> TrainResult:
+    """RLlib PPO with two env runners until the mean episode return reaches ``target``.
+    Starts Ray unless it is running (and then leaves it running)."""
     import ray
     from ray.rllib.algorithms.ppo import PPOConfig
 
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    started = time.perf_counter()
     config = (
         PPOConfig()
         .environment(ENV_ID)
         .env_runners(num_env_runners=2, num_envs_per_env_runner=max(1, num_envs // 2), num_cpus_per_env_runner=1)
         .training(lr=3e-4, num_epochs=6, vf_loss_coeff=0.01, train_batch_size_per_learner=2000)
+        .debugging(seed=0)
     )
     algo = config.build_algo()
-    mean = 0.0
+    mean, done = 0.0, 0
     try:
-        while True:
-            result = algo.train()
-            runners = result["env_runners"]
+        while mean < target and done < timesteps:
+            runners = algo.train()["env_runners"]
             mean = float(runners.get("episode_return_mean", 0.0))
-            done = int(result.get("num_env_steps_sampled_lifetime", runners.get("num_env_steps_sampled_lifetime", 0)))
-            progress.update(task, completed=done, ret=mean)
-            if mean >= target or done >= timesteps:
-                return mean
+            done = int(runners.get("num_env_steps_sampled_lifetime", 0))
+            if report is not None:
+                report(done, mean)
+        return TrainResult(mean, done, time.perf_counter() - started)
     finally:
         algo.stop()
-        ray.shutdown()
+        if own_ray:
+            ray.shutdown()
 
 
 def run_demo(
@@ -148,19 +179,22 @@ def run_demo(
         try:
             with _progress(console) as progress:
                 task = progress.add_task("train", total=timesteps, ret=0.0)
+
+                def report(done: int, mean: float) -> None:
+                    progress.update(task, completed=done, ret=mean)
+
                 if framework == "sb3":
-                    mean = train_sb3(
-                        num_envs=num_envs, timesteps=timesteps, target=target, logdir=logdir, progress=progress, task=task
+                    result = train_sb3(
+                        num_envs=num_envs, timesteps=timesteps, target=target, logdir=logdir, report=report
                     )
                 else:
-                    mean = train_rllib(num_envs=num_envs, timesteps=timesteps, target=target, progress=progress, task=task)
-                done = int(progress.tasks[0].completed)
+                    result = train_rllib(num_envs=num_envs, timesteps=timesteps, target=target, report=report)
         finally:
             api.shutdown()
     seconds = time.perf_counter() - started
     console.print(
-        f"final mean return [bold green]{mean:.1f}[/] after {done:,} env-steps in {seconds:.0f}s "
-        f"({done / seconds:,.0f} env-steps/s)"
+        f"final mean return [bold green]{result.mean_return:.1f}[/] after {result.env_steps:,} env-steps "
+        f"in {seconds:.0f}s ({result.env_steps / result.seconds:,.0f} env-steps/s)"
     )
     console.print(f"TensorBoard logs: [bold]{logdir}[/]  (tensorboard --logdir {logdir})")
-    return DemoResult(framework, mean, done, seconds, logdir)
+    return DemoResult(framework, result.mean_return, result.env_steps, seconds, logdir)
