@@ -82,3 +82,11 @@ def test_benchmark_smoke_run():
     out = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "bytes per env-step" in out.stdout
+
+
+def test_training_benchmark_smoke_run():
+    script = Path(__file__).resolve().parents[1] / "bench" / "training.py"
+    out = subprocess.run([sys.executable, str(script), "--quick", "--frameworks", "sb3"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "remote/local wall time" in out.stdout

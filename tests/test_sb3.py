@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -148,3 +151,20 @@ def test_shutdown_puts_local_vec_envs_back(relay, two_sims):
         env = make_vec_env("CartPole-v1", n_envs=2, vec_env_cls=cls)
         assert type(env) is cls
         env.close()
+
+
+def test_sb3_imported_after_init_is_patched_on_import(relay, two_sims, tmp_path):
+    """init registers a post-import hook: a fresh interpreter that imports SB3 late still gets remote envs."""
+    script = tmp_path / "late_import.py"
+    script.write_text(
+        "import sys, remoterl\n"
+        f"assert remoterl.init({two_sims!r}, relay_url={relay.url!r}, num_workers=2)\n"
+        "assert 'stable_baselines3' not in sys.modules\n"
+        "from stable_baselines3.common.env_util import make_vec_env\n"
+        "env = make_vec_env('CartPole-v1', n_envs=4)\n"
+        "print(type(env).__name__, env.venv.shard_sizes)\n"
+        "remoterl.shutdown()\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "RemoteVecEnv [2, 2]" in out.stdout
