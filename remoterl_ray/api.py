@@ -146,7 +146,7 @@ def _patch_frameworks(session: TrainerSession) -> None:
     def rllib(_module: object) -> None:
         from .rllib.patch import patch_rllib
 
-        patch_rllib(session, _patcher)
+        patch_rllib(_patcher)
 
     def tune(_module: object) -> None:
         from .rllib.tune_patch import patch_tune

@@ -3,7 +3,6 @@ tests for SingleAgentEnvRunner (rllib/env/tests/test_single_agent_env_runner.py)
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 

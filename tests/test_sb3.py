@@ -168,3 +168,18 @@ def test_sb3_imported_after_init_is_patched_on_import(relay, two_sims, tmp_path)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "RemoteVecEnv [2, 2]" in out.stdout
+
+
+def test_envs_registered_with_a_callable_stay_local_in_vec_envs(trainer):
+    from remoterl_testenvs import CounterEnv
+
+    try:
+        gym.register("LocalCounter-v0", entry_point=CounterEnv)
+        env = make_vec_env("LocalCounter-v0", n_envs=2)
+        assert not isinstance(env, RemoteVecEnv)
+        assert all(isinstance(e.unwrapped, CounterEnv) for e in env.envs)
+        env.reset()
+        env.step(np.ones(2, dtype=np.int64))
+        env.close()
+    finally:
+        gym.registry.pop("LocalCounter-v0", None)

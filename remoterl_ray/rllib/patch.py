@@ -6,7 +6,6 @@ the settings reach env runners in other processes)."""
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 from ray.rllib.algorithms.algorithm import Algorithm
@@ -14,7 +13,7 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
 from ..trainer.patching import Patcher
-from ..trainer.session import TrainerSession, TrainerSettings
+from ..trainer.session import TrainerSettings
 from .env_runner import RemoteEnvRunner
 from .settings import SETTINGS_KEY
 
@@ -65,5 +64,5 @@ def _algorithm_init(self: Algorithm, config: Any = None, *args: Any, **kwargs: A
     _ORIGINAL_ALGORITHM_INIT(self, config, *args, **kwargs)
 
 
-def patch_rllib(session: TrainerSession, patcher: Patcher) -> None:
+def patch_rllib(patcher: Patcher) -> None:
     patcher.set(Algorithm, "__init__", _algorithm_init)

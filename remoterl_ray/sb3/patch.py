@@ -91,12 +91,16 @@ class PrebuiltDummyVecEnv(DummyVecEnv):
 def deferred_make(session: TrainerSession) -> Iterator[None]:
     """``gym.make`` returns ``DeferredEnv``s inside this block."""
 
+    saved = [(module, module.make) for module in GYM_MODULES]
+    trainer_make = saved[0][1]
+
     def make(
         id: Any, max_episode_steps: int | None = None, disable_env_checker: bool | None = None, **kwargs: Any
-    ) -> DeferredEnv:
+    ) -> gym.Env:
+        if stays_local(session, env_id_of(id)):  # registered here with a callable: a local env
+            return trainer_make(id, max_episode_steps, disable_env_checker, **kwargs)
         return DeferredEnv(session, env_id_of(id), make_kwargs(max_episode_steps, disable_env_checker, kwargs))
 
-    saved = [(module, module.make) for module in GYM_MODULES]
     for module, _ in saved:
         module.make = make
     try:

@@ -16,7 +16,7 @@ import gymnasium.envs.registration as registration
 from gymnasium.envs.registration import EnvSpec
 
 from ..protocol import codec
-from ..protocol.errors import RegistrationRefusedError, UnsupportedError
+from ..protocol.errors import UnsupportedError
 from .patching import Patcher
 from .remote_env import RemoteEnv
 from .remote_vector_env import RemoteVectorEnv
