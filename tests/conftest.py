@@ -95,6 +95,13 @@ def serving(relay: LocalRelay, keys: Keys, count: int) -> Iterator[str]:
         pool.stop()
 
 
+@pytest.fixture(scope="module")
+def two_sims(relay: LocalRelay, keys: Keys) -> Iterator[str]:
+    """A workspace with two simulators online, one per test module."""
+    with serving(relay, keys, 2) as key:
+        yield key
+
+
 @pytest.fixture
 def trainer_cleanup() -> Iterator[None]:
     """Whatever a test initialised, shut it down afterwards."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import TEST_ENVS_MODULE, init_trainer, serving
+from conftest import TEST_ENVS_MODULE, init_trainer
 from remoterl_testenvs import AllSpacesEnv, all_spaces
 
 import remoterl_ray
@@ -29,15 +29,9 @@ LOCAL_MAKE = gym.make
 LOCAL_MAKE_VEC = gym.make_vec
 
 
-@pytest.fixture(scope="module")
-def workspace(relay, keys):
-    with serving(relay, keys, 2) as key:
-        yield key
-
-
 @pytest.fixture
-def trainer(relay, workspace):
-    assert init_trainer(relay, workspace, num_env_runners=4, num_workers=2)
+def trainer(relay, two_sims):
+    assert init_trainer(relay, two_sims, num_env_runners=4, num_workers=2)
     yield
     remoterl_ray.shutdown()
 
@@ -224,8 +218,8 @@ def test_make_vec_with_wrappers_is_refused_clearly(trainer):
         gym.make_vec("CartPole-v1", num_envs=2, wrappers=[lambda e: e])
 
 
-def test_envs_spread_over_simulators_by_num_env_runners(relay, workspace):
-    assert init_trainer(relay, workspace, num_env_runners=2)
+def test_envs_spread_over_simulators_by_num_env_runners(relay, two_sims):
+    assert init_trainer(relay, two_sims, num_env_runners=2)
     try:
         # 2 simulators, at most 2 envs each while there are enough: 3 envs -> 2 + 1
         assert gym.make_vec("CartPole-v1", num_envs=3).shard_sizes == [2, 1]
@@ -237,10 +231,10 @@ def test_envs_spread_over_simulators_by_num_env_runners(relay, workspace):
         remoterl_ray.shutdown()
 
 
-def test_relay_counts_bytes_and_env_steps_per_connection(relay, workspace, trainer):
+def test_relay_counts_bytes_and_env_steps_per_connection(relay, two_sims, trainer):
     def me():
         peer_id = remoterl_ray.current_session().conn.welcome.peer_id
-        return next(p for p in relay.peers(workspace, "trainer") if p["id"] == peer_id)
+        return next(p for p in relay.peers(two_sims, "trainer") if p["id"] == peer_id)
 
     vec = gym.make_vec("CartPole-v1", num_envs=6)
     vec.reset(seed=0)

@@ -26,12 +26,6 @@ from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
 NUM_ENVS = 4
 
 
-@pytest.fixture(scope="module")
-def two_sims(relay, keys):
-    with serving(relay, keys, 2) as key:
-        yield key
-
-
 def remote_config(relay, key, env="CartPole-v1", **env_runners):
     settings = trainer_settings(key, relay.url, num_workers=2, num_env_runners=NUM_ENVS // 2, timeout=30.0)
     env_runners.setdefault("num_envs_per_env_runner", NUM_ENVS)

@@ -22,12 +22,6 @@ from remoterl_ray.sb3.patch import DeferredEnv
 N = 8
 
 
-@pytest.fixture(scope="module")
-def two_sims(relay, keys):
-    with serving(relay, keys, 2) as key:
-        yield key
-
-
 @pytest.fixture
 def trainer(relay, two_sims):
     assert init_trainer(relay, two_sims, num_workers=2, num_env_runners=4)
