@@ -56,8 +56,7 @@ class RemoteEnvRunner(SingleAgentEnvRunner):
             self.env = None
         if not self.config.env:
             raise ValueError("`config.env` is not set: give RLlib an env id, e.g. `config.environment('CartPole-v1')`")
-        settings = settings_in(self.config.env_config)
-        session = session_for(settings)
+        self._session = session = session_for(settings_in(self.config.env_config))
         env_config = env_config_for_envs(self.config.env_config)
         env_ctx = EnvContext(env_config, worker_index=self.worker_index, num_workers=self.num_workers)
         venv = self._remote_vector_env(session, env_config)
@@ -90,8 +89,7 @@ class RemoteEnvRunner(SingleAgentEnvRunner):
         return RemoteVectorEnv(session, name, num_envs, creator=call)
 
     def get_metrics(self) -> ResultDict:
-        if self.env is not None:
-            session = session_for(settings_in(self.config.env_config))
-            for key, value in session.metrics_snapshot().items():
+        if self.env is not None:  # make_env ran, so this env runner has its session
+            for key, value in self._session.metrics_snapshot().items():
                 self.metrics.log_value((METRICS_KEY, key), value, reduce="mean", window=1)
         return super().get_metrics()
