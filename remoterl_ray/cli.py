@@ -24,8 +24,7 @@ app = typer.Typer(
 
 def _logging(verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
 
 
@@ -42,9 +41,21 @@ def relay(
     max_frame: Annotated[int, typer.Option(help="Largest frame payload in bytes.")] = DEFAULT_MAX_FRAME,
     ping_interval: Annotated[float, typer.Option(help="Seconds between heartbeats to each peer.")] = 10.0,
     ping_timeout: Annotated[float, typer.Option(help="Seconds a peer may take to answer one.")] = 20.0,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Deploy on Ray Serve (RAY_ADDRESS's cluster, or a local one).")
+    ] = False,
+    replicas: Annotated[int, typer.Option(min=1, help="With --serve: relay replicas.")] = 1,
+    region: Annotated[str, typer.Option(help="With --serve: the region this relay serves.")] = "local",
+    public_url: Annotated[
+        Optional[str], typer.Option(help="With --serve: the ws:// URL simulators should use for this region.")
+    ] = None,
+    haproxy: Annotated[
+        Optional[bool],
+        typer.Option("--haproxy/--no-haproxy", help="With --serve: HAProxy ingress (default: if installed)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the embedded relay (no Ray needed)."""
+    """Run the relay: embedded (no Ray needed), or on Ray Serve with --serve."""
     from .relay.app import RelayConfig
     from .relay.auth import StaticKeys
     from .relay.server import run_relay
@@ -53,6 +64,9 @@ def relay(
     keys = list(api_key or [])
     if not keys and not open_mode:
         raise typer.BadParameter("give at least one --api-key, or --open to accept any key", param_hint="--api-key")
+    if serve:
+        _relay_on_serve(keys, open_mode, host, port, max_frame, replicas, region, public_url, haproxy)
+        return
     typer.echo(f"remoterl relay on ws://{host}:{port} ({'open mode' if open_mode else f'{len(keys)} key(s)'})")
     run_relay(
         RelayConfig(keys=StaticKeys(keys, open_mode=open_mode), max_frame=max_frame),
@@ -63,12 +77,49 @@ def relay(
     )
 
 
+def _relay_on_serve(
+    keys: list[str],
+    open_mode: bool,
+    host: str,
+    port: int,
+    max_frame: int,
+    replicas: int,
+    region: str,
+    public_url: str | None,
+    haproxy: bool | None,
+) -> None:
+    import threading
+
+    from serve_apps.run import deploy, haproxy_available, serve_until, use_haproxy
+
+    from .protocol.affinity import key_digest
+    from .simulator.host import stop_on_signals
+
+    use_haproxy(haproxy_available() if haproxy is None else haproxy)
+    args = {
+        "region": region,
+        "api_key_digests": [key_digest(k) for k in keys],  # keys stay out of Serve's config
+        "open": open_mode,
+        "max_frame": max_frame,
+        "public_url": public_url,
+    }
+    name = f"relay-{region}"
+    deploy(args, host=host, port=port, replicas=replicas, name=name)
+    ingress = "HAProxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "Serve proxy"
+    typer.echo(f"remoterl relay on Ray Serve at ws://{host}:{port} ({replicas} replica(s), region {region}, {ingress})")
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        serve_until(stop, name)
+
+
 @app.command()
 def simulator(
     relay_url: Annotated[
         str, typer.Option("--relay", envvar=ENV_RELAY_URL, help="Relay URL (ws:// or wss://).")
     ] = DEFAULT_RELAY_URL,
-    api_key: Annotated[Optional[str], typer.Option(envvar=ENV_API_KEY, help="API key (or set REMOTERL_API_KEY).")] = None,
+    api_key: Annotated[
+        Optional[str], typer.Option(envvar=ENV_API_KEY, help="API key (or set REMOTERL_API_KEY).")
+    ] = None,
     allow: Annotated[
         Optional[list[str]], typer.Option("--allow", help="Module whose entry points trainers may register.")
     ] = None,

@@ -42,6 +42,7 @@ class Welcome(_Message):
     simulators: int = 0  # simulators of the workspace online now
     max_frame: int
     capabilities: list[str] = Field(default_factory=list)
+    region: str = ""  # the relay region this connection reached
 
 
 class Open(_Message):
@@ -84,8 +85,35 @@ class Simulators(_Message):
     count: int
 
 
+class Locate(_Message):
+    """Trainer asks where its workspace's simulators are (answered by ``Regions``)."""
+
+    op: Literal["locate"] = "locate"
+
+
+class Region(_Message):
+    name: str
+    url: str | None = None  # None: the relay this connection reached
+    simulators: int = 0  # of the asking trainer's workspace
+
+
+class Regions(_Message):
+    op: Literal["regions"] = "regions"
+    regions: list[Region]
+
+
+class Reconnect(_Message):
+    """Relay asks a peer to reconnect: the replica is draining, or the
+    workspace's affinity moved to another replica. Channels in use are kept
+    until the peer is idle; a peer simply dials the same URL again."""
+
+    op: Literal["reconnect"] = "reconnect"
+    reason: str = ""
+
+
 ControlMessage = Annotated[
-    Union[Hello, Welcome, Open, Opened, Release, Detach, Simulators], Field(discriminator="op")
+    Union[Hello, Welcome, Open, Opened, Release, Detach, Simulators, Locate, Regions, Reconnect],
+    Field(discriminator="op"),
 ]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(ControlMessage)
 
@@ -99,8 +127,7 @@ def parse_control(payload: bytes | memoryview) -> Any:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise ProtocolError(
-            f"invalid control message: {where or 'message'}: {first.get('msg', exc)}",
-            code=ErrorCode.BAD_PAYLOAD,
+            f"invalid control message: {where or 'message'}: {first.get('msg', exc)}", code=ErrorCode.BAD_PAYLOAD
         ) from None
 
 

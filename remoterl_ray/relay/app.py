@@ -2,9 +2,11 @@
 and the Ray Serve deployment.
 
 Routes:
-  ``/ws``        the WebSocket every trainer and simulator dials;
-  ``/healthz``   liveness;
-  ``/v1/stats``  who is online and their byte/step counters (no payloads).
+  ``/ws``          the WebSocket every trainer and simulator dials;
+  ``/healthz``     liveness (simulators also time it to pick the nearest region);
+  ``/v1/stats``    who is online here and their byte/step counters (no payloads);
+  ``/v1/regions``  every region and its endpoint (discovery);
+  ``/v1/cluster``  the same counters gathered across replicas and regions.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import itertools
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect
@@ -39,7 +43,10 @@ from ..protocol.frames import (
 )
 from ..protocol.messages import (
     Hello,
+    Locate,
     Open,
+    Reconnect,
+    Regions,
     Release,
     Welcome,
     control_frame,
@@ -47,6 +54,7 @@ from ..protocol.messages import (
     parse_control,
 )
 from .auth import KeyStore
+from .directory import Directory, LocalDirectory
 from .switchboard import Peer, Switchboard
 
 log = logging.getLogger("remoterl.relay")
@@ -62,6 +70,7 @@ class RelayConfig:
     max_frame: int = DEFAULT_MAX_FRAME
     hello_timeout: float = 10.0
     max_protocol_errors: int = 100  # per connection, then it is cut off
+    directory: Directory = field(default_factory=LocalDirectory)
 
 
 class _Refused(Exception):
@@ -71,8 +80,31 @@ class _Refused(Exception):
 
 
 def create_app(config: RelayConfig) -> FastAPI:
-    app = FastAPI(title="remoterl relay", docs_url=None, redoc_url=None)
     board = Switchboard()
+    directory = config.directory
+
+    async def sync_forever(interval: float) -> None:
+        """Publish our state; send idle simulators where their workspace now lives."""
+        while True:
+            try:
+                for workspace in await directory.sync(board):
+                    for sim in board.idle_simulators(workspace):
+                        await sim.send(control_frame(Reconnect(reason="workspace moved to another replica")))
+            except Exception:  # the shared state may be restarting; keep serving
+                log.warning("relay state sync failed", exc_info=True)
+            await asyncio.sleep(interval)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(sync_forever(directory.sync_interval)) if directory.sync_interval else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+            await directory.close()
+
+    app = FastAPI(title="remoterl relay", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.switchboard = board
     app.state.relay_config = config
     peer_ids = itertools.count(1)
@@ -86,6 +118,15 @@ def create_app(config: RelayConfig) -> FastAPI:
     async def stats() -> dict[str, object]:
         return board.stats()
 
+    @app.get("/v1/regions")
+    async def regions() -> dict[str, object]:
+        """``url`` null means "the URL you used"; simulators time each region's ``/healthz``."""
+        return {"region": directory.region, "regions": directory.regions()}
+
+    @app.get("/v1/cluster")
+    async def cluster() -> dict[str, object]:
+        return await directory.cluster_stats(board)
+
     async def send_bytes(ws: WebSocket, data: bytes) -> None:
         await ws.send({"type": "websocket.send", "bytes": data})
 
@@ -98,7 +139,9 @@ def create_app(config: RelayConfig) -> FastAPI:
             raise WebSocketDisconnect(message.get("code", 1000))
         data = message.get("bytes")
         if data is None:
-            raise _Refused(ProtocolError("the hello must be a binary frame", code=ErrorCode.BAD_HELLO), CLOSE_PROTOCOL_ERROR)
+            raise _Refused(
+                ProtocolError("the hello must be a binary frame", code=ErrorCode.BAD_HELLO), CLOSE_PROTOCOL_ERROR
+            )
         try:
             header = unpack_header(data)
             if header.kind != Kind.CONTROL:
@@ -130,10 +173,14 @@ def create_app(config: RelayConfig) -> FastAPI:
 
     async def handle_control(peer: Peer, seq: int, payload: memoryview) -> None:
         message = parse_control(payload)
-        if peer.role != "trainer" or not isinstance(message, (Open, Release)):
-            raise ProtocolError(f"unexpected control message {message.op!r} from a {peer.role}", code=ErrorCode.BAD_PAYLOAD)
+        if peer.role != "trainer" or not isinstance(message, (Open, Release, Locate)):
+            raise ProtocolError(
+                f"unexpected control message {message.op!r} from a {peer.role}", code=ErrorCode.BAD_PAYLOAD
+            )
         if isinstance(message, Open):
             await peer.send(control_frame(board.open(peer, message), seq))
+        elif isinstance(message, Locate):
+            await peer.send(control_frame(Regions(regions=directory.regions_for(peer.workspace, board)), seq))
         else:
             await board.release(peer, message.channels)
 
@@ -157,7 +204,13 @@ def create_app(config: RelayConfig) -> FastAPI:
         try:
             await peer.send(
                 control_frame(
-                    Welcome(peer_id=peer.id, workspace=peer.workspace, simulators=simulators, max_frame=config.max_frame)
+                    Welcome(
+                        peer_id=peer.id,
+                        workspace=peer.workspace,
+                        simulators=simulators,
+                        max_frame=config.max_frame,
+                        region=directory.region,
+                    )
                 )
             )
             await pump(ws, peer)
@@ -197,7 +250,9 @@ def create_app(config: RelayConfig) -> FastAPI:
                         raise ProtocolError(f"unknown frame kind {kind}")
                 except RemoteRLError as exc:
                     # Echo the header fields the sender can match on; never an invalid op.
-                    op_, channel_, seq_ = (op if op in VALID_OPS else 0, channel, seq) if size >= HEADER_SIZE else (0, 0, 0)
+                    op_, channel_, seq_ = (
+                        (op if op in VALID_OPS else 0, channel, seq) if size >= HEADER_SIZE else (0, 0, 0)
+                    )
                     await report(peer, exc, op_, channel_, seq_)
                     if isinstance(exc, FrameTooLargeError) and peer.role == "simulator":
                         # Fail the trainer's request now instead of letting it time out.
@@ -209,4 +264,3 @@ def create_app(config: RelayConfig) -> FastAPI:
                 return
 
     return app
-

@@ -7,21 +7,19 @@ never reveals a key.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Iterable
 from typing import Protocol
 
-OPEN_WORKSPACE = "open"
+from ..protocol.affinity import OPEN_SESSION, key_digest, session_id_for
 
-
-def key_digest(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+OPEN_WORKSPACE = OPEN_SESSION
 
 
 def workspace_for_key(api_key: str) -> str:
-    """The per-key workspace name: a short, stable, non-reversible tag."""
-    return "ws-" + key_digest(api_key)[:12]
+    """The per-key workspace name: a short, stable, non-reversible tag. It is
+    also the key's affinity header, so a workspace lives in one Serve replica."""
+    return session_id_for(api_key)
 
 
 class KeyStore(Protocol):
@@ -37,8 +35,10 @@ class StaticKeys:
     refused.
     """
 
-    def __init__(self, keys: Iterable[str] = (), *, open_mode: bool = False) -> None:
-        self._digests = frozenset(key_digest(k) for k in keys if k)
+    def __init__(self, keys: Iterable[str] = (), *, open_mode: bool = False, digests: Iterable[str] = ()) -> None:
+        """``digests``: SHA-256 hex digests of keys, so a deployment config
+        need not hold keys in clear (``remoterl_ray.protocol.affinity.key_digest``)."""
+        self._digests = frozenset(key_digest(k) for k in keys if k) | frozenset(d.lower() for d in digests if d)
         self.open_mode = open_mode
         if not self._digests and not open_mode:
             raise ValueError("a relay needs at least one API key, or open mode")
@@ -49,5 +49,5 @@ class StaticKeys:
         digest = key_digest(api_key)
         known = any(hmac.compare_digest(digest, d) for d in self._digests)
         if known or self.open_mode:
-            return "ws-" + digest[:12]
+            return workspace_for_key(api_key)
         return None

@@ -21,15 +21,7 @@ from typing import Any
 
 from ..protocol.errors import ErrorCode, NoSimulatorError, ProtocolError, RemoteRLError
 from ..protocol.frames import Kind, Op
-from ..protocol.messages import (
-    Detach,
-    Open,
-    Opened,
-    Shard,
-    Simulators,
-    control_frame,
-    error_frame,
-)
+from ..protocol.messages import Detach, Open, Opened, Shard, Simulators, control_frame, error_frame
 
 log = logging.getLogger("remoterl.relay")
 
@@ -214,8 +206,7 @@ class Switchboard:
                 if not pool:
                     total = sum(room.values())
                     raise NoSimulatorError(
-                        f"simulators have room for {total} more envs, {envs} were asked for",
-                        code=ErrorCode.CAPACITY,
+                        f"simulators have room for {total} more envs, {envs} were asked for", code=ErrorCode.CAPACITY
                     )
             share = max(1, left // len(pool))
             for sim in pool:
@@ -258,6 +249,31 @@ class Switchboard:
             if channel is None or channel.simulator is not peer:
                 return  # a late answer for a channel already released: drop it
             await channel.trainer.send(frame)
+
+    def simulator_count(self, workspace: str) -> int:
+        ws = self.workspaces.get(workspace)
+        return len(ws.simulators) if ws else 0
+
+    def idle_simulators(self, workspace: str) -> list[Peer]:
+        """Simulators of ``workspace`` hosting no channel: free to move elsewhere."""
+        ws = self.workspaces.get(workspace)
+        return [s for s in ws.simulators.values() if not s.channels] if ws else []
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per-workspace counts, small enough to publish every second."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, ws in self.workspaces.items():
+            peers = [*ws.trainers.values(), *ws.simulators.values()]
+            out[name] = {
+                "trainers": len(ws.trainers),
+                "simulators": len(ws.simulators),
+                "idle_simulators": sum(1 for s in ws.simulators.values() if not s.channels),
+                "last_trainer_join": max((t.connected_at for t in ws.trainers.values()), default=0.0),
+                "bytes_in": sum(p.bytes_in for p in peers),
+                "bytes_out": sum(p.bytes_out for p in peers),
+                "env_steps": sum(t.env_steps for t in ws.trainers.values()),
+            }
+        return out
 
     def stats(self) -> dict[str, Any]:
         return {

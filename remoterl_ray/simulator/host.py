@@ -20,15 +20,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..protocol import codec
-from ..protocol.errors import (
-    ErrorCode,
-    ProtocolError,
-    RelayUnavailableError,
-    RemoteEnvError,
-    RemoteRLError,
-)
+from ..protocol.errors import ErrorCode, ProtocolError, RelayUnavailableError, RemoteEnvError, RemoteRLError
 from ..protocol.frames import Kind, pack, payload_of, unpack_header
-from ..protocol.messages import Detach, Hello, error_frame, parse_control
+from ..protocol.messages import Detach, Hello, Reconnect, error_frame, parse_control
 from ..transport import RelayConnection
 from .allowlist import Allowlist
 from .hosted import EnvTable, remote_type_of
@@ -53,6 +47,7 @@ class SimulatorHost:
         self.table = EnvTable(Allowlist(allow_modules), max_envs)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.max_envs = max_envs
+        self.reconnect_asked = False  # the relay asked us to dial again once idle
 
     def hello(self) -> Hello:
         return Hello(role="simulator", api_key=self.api_key, name=self.name, max_envs=self.max_envs)
@@ -75,10 +70,14 @@ class SimulatorHost:
                 conn.close()
 
     def _serve_connection(self, conn: RelayConnection, stop: threading.Event) -> None:
+        self.reconnect_asked = False
         while not stop.is_set():
             frame = conn.recv(POLL_SECONDS)
             if frame is not None:
                 self.handle(conn, frame)
+            if self.reconnect_asked and self.table.hosted_envs == 0:
+                log.info("relay asked us to reconnect; dialing again")
+                return
 
     def handle(self, conn: RelayConnection, frame: bytes) -> None:
         try:
@@ -97,6 +96,8 @@ class SimulatorHost:
                 return
             if isinstance(message, Detach):
                 self.table.close(message.channel)
+            elif isinstance(message, Reconnect):
+                self.reconnect_asked = True
         elif kind == Kind.ERROR:
             log.warning("relay reported an error on channel %s: %s", channel, codec.unpackb(payload))
 

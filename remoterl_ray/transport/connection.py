@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from ..protocol import codec
+from ..protocol.affinity import SESSION_HEADER, session_id_for
 from ..protocol.errors import (
     FrameTooLargeError,
     ProtocolError,
@@ -35,19 +36,11 @@ from ..protocol.errors import (
     RemoteTimeoutError,
     error_from_wire,
 )
-from ..protocol.frames import (
-    DEFAULT_MAX_FRAME,
-    HEADER_SIZE,
-    MAX_SEQ,
-    Kind,
-    Op,
-    pack,
-    payload_of,
-    unpack_header,
-)
+from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE, MAX_SEQ, Kind, Op, pack, payload_of, unpack_header
 from ..protocol.messages import Hello, Welcome, control_frame, parse_control
 
 log = logging.getLogger("remoterl.transport")
+
 
 def endpoint(relay_url: str) -> str:
     """``ws://host:port[/prefix]`` -> the relay's WebSocket endpoint ``.../ws``."""
@@ -102,11 +95,7 @@ class RelayConnection:
     """
 
     def __init__(
-        self,
-        ws: ClientConnection,
-        welcome: Welcome,
-        *,
-        on_control: Callable[[Any], None] | None = None,
+        self, ws: ClientConnection, welcome: Welcome, *, on_control: Callable[[Any], None] | None = None
     ) -> None:
         self._ws = ws
         self.welcome = welcome
@@ -137,8 +126,12 @@ class RelayConnection:
     ) -> RelayConnection:
         """Connect and greet once. Raises ``RelayUnavailableError`` if the relay
         cannot be reached, ``AuthenticationError``/``ProtocolVersionError`` if it
-        refuses us (those are final: retrying will not help)."""
+        refuses us (those are final: retrying will not help).
+
+        Sends the affinity header so that, under Ray Serve, every peer of one
+        workspace reaches the same relay replica."""
         url = endpoint(relay_url)
+        headers = {SESSION_HEADER: session_id_for(hello.api_key), **(additional_headers or {})}
         try:
             ws = connect(
                 url,
@@ -148,7 +141,7 @@ class RelayConnection:
                 ping_interval=ping_interval,
                 ping_timeout=ping_timeout,
                 close_timeout=2,
-                additional_headers=additional_headers,
+                additional_headers=headers,
                 proxy=None,
                 legacy=True,  # a plain connection; reconnecting is ours (open_with_backoff)
             )
@@ -242,9 +235,7 @@ class RelayConnection:
 
     # -- request / response ----------------------------------------------
 
-    def call(
-        self, requests: Iterable[tuple[int, int, int, bytes]], timeout: float
-    ) -> list[Reply]:
+    def call(self, requests: Iterable[tuple[int, int, int, bytes]], timeout: float) -> list[Reply]:
         """Send ``(kind, op, channel, payload)`` requests; return their replies in order.
 
         Each reply may carry an error instead of a payload (see ``Reply.value``);
@@ -277,8 +268,14 @@ class RelayConnection:
         out: list[Reply] = []
         for _, slot in slots:
             if slot.reply is None:
-                out.append(Reply(Kind.ERROR, Op.NONE, slot.channel, error=RemoteTimeoutError(
-                    f"no answer within {timeout}s on channel {slot.channel}")))
+                out.append(
+                    Reply(
+                        Kind.ERROR,
+                        Op.NONE,
+                        slot.channel,
+                        error=RemoteTimeoutError(f"no answer within {timeout}s on channel {slot.channel}"),
+                    )
+                )
             else:
                 out.append(slot.reply)
         return out

@@ -1,0 +1,119 @@
+"""The relay as a Ray Serve deployment: the same ASGI app as ``remoterl relay``.
+
+``serve run serve_apps/local.yaml`` (or ``remoterl relay --serve``) deploys
+:func:`build`. Each relay replica runs ``remoterl_ray.relay.create_app``
+unchanged; this module only adds what Serve needs:
+
+* Serve options that keep WebSockets alive: each open WebSocket is one
+  ongoing request for its whole life, so ``max_ongoing_requests`` is high,
+  and replicas being replaced hand their peers over after a short grace time.
+* Affinity on the ``x-session-id`` header that every client derives from its
+  key, so a workspace's trainers and simulators meet in one replica: Serve's
+  ``ConsistentHashRouter`` behind Serve's proxy (no fallback: a replica that
+  refused would split the workspace), or HAProxy's own header hash when
+  ``RAY_SERVE_ENABLE_HA_PROXY=1`` (HAProxy bypasses Serve's routers; see
+  :data:`HAPROXY_BALANCE`).
+* A ``Directory`` backed by the shared ``RelayState`` actor (state.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import ray
+from pydantic import BaseModel, Field, StringConstraints
+from ray import serve
+from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
+
+from remoterl_ray.protocol.frames import DEFAULT_MAX_FRAME
+from remoterl_ray.relay import RelayConfig, StaticKeys, create_app
+
+CONSISTENT_HASH_ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
+MAX_CONNECTIONS_PER_REPLICA = 4096  # >= 1000 open WebSockets per replica, with room
+HAPROXY_BALANCE = "hdr(x-session-id)"  # RAY_SERVE_HAPROXY_BALANCE_ALGORITHM for affinity under HAProxy
+
+
+class RelayArgs(BaseModel):
+    """The ``args:`` of a relay application in a Serve config."""
+
+    region: str = Field(default="local", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    api_keys: list[str] = Field(default_factory=list, description="accepted keys, in clear")
+    api_key_digests: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]] = Field(
+        default_factory=list, description="SHA-256 hex digests of accepted keys (keeps keys out of the config)"
+    )
+    open: bool = Field(default=False, description="accept any key, each its own workspace, and no key")
+    public_url: str | None = Field(
+        default=None, description="ws:// URL simulators use for this region (default: this node's proxy)"
+    )
+    route_prefix: str = "/"
+    max_frame: int = DEFAULT_MAX_FRAME
+    sync_interval: float = Field(default=1.0, gt=0)
+
+
+@serve.deployment(
+    max_ongoing_requests=MAX_CONNECTIONS_PER_REPLICA,
+    graceful_shutdown_timeout_s=5,
+    graceful_shutdown_wait_loop_s=1,
+    ray_actor_options={"num_cpus": 1},
+)
+@serve.ingress()
+class Relay:
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.args = RelayArgs.model_validate(args)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from .state import RayDirectory  # imports Ray's actor API only inside replicas
+
+        args = self.args
+        keys = StaticKeys(args.api_keys, digests=args.api_key_digests, open_mode=args.open)
+        context = serve.get_replica_context()
+        directory = RayDirectory(
+            region=args.region,
+            url=args.public_url or default_public_url(args.route_prefix),
+            replica=context.replica_id.unique_id,
+            sync_interval=args.sync_interval,
+        )
+        return create_app(RelayConfig(keys=keys, max_frame=args.max_frame, directory=directory))
+
+
+def default_public_url(route_prefix: str) -> str:
+    """This node's Serve proxy: right when every node runs one (Serve's default)."""
+    port = int(serve.context._get_global_client().get_serve_details()["http_options"]["port"])
+    return f"ws://{ray.util.get_node_ip_address()}:{port}{route_prefix.rstrip('/')}"
+
+
+def haproxy_enabled() -> bool:
+    return os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+
+
+def affinity_options() -> dict[str, Any]:
+    """Deployment options that keep a workspace in one replica, for the ingress in use."""
+    if haproxy_enabled():
+        balance = os.environ.get("RAY_SERVE_HAPROXY_BALANCE_ALGORITHM", "leastconn")
+        if balance.split()[0] != HAPROXY_BALANCE:
+            raise ValueError(
+                f"with RAY_SERVE_ENABLE_HA_PROXY=1 the relay needs RAY_SERVE_HAPROXY_BALANCE_ALGORITHM="
+                f"'{HAPROXY_BALANCE}' on every node (got {balance!r}): HAProxy ignores Serve's request "
+                "routers, and without it trainers and simulators of one workspace land on different replicas"
+            )
+        return {}  # HAProxy refuses a custom router on the ingress deployment
+    return {
+        "request_router_config": RequestRouterConfig(
+            request_router_class=CONSISTENT_HASH_ROUTER, request_router_kwargs={"num_fallback_replicas": 0}
+        )
+    }
+
+
+def relay_app(args: dict[str, Any], **options: Any) -> Application:
+    """The relay application for ``args`` (see :class:`RelayArgs`), with extra deployment options."""
+    checked = RelayArgs.model_validate(args)
+    if not (checked.api_keys or checked.api_key_digests or checked.open):
+        raise ValueError("the relay needs api_keys, api_key_digests or open: true in its args")
+    return Relay.options(**affinity_options(), **options).bind(checked.model_dump())
+
+
+def build(args: dict[str, Any]) -> Application:
+    """Serve's app builder (``import_path: serve_apps.relay:build``)."""
+    return relay_app(args)

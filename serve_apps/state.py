@@ -1,0 +1,130 @@
+"""Relay state that spans replicas and regions, gathered in one actor.
+
+Every relay replica reports to the named actor ``RelayState`` once per
+``sync_interval``: its region, its public endpoint, a per-workspace summary
+and the full per-peer counters of its switchboard. The actor keeps the last
+report of each live replica (a replica that stops reporting is dropped after
+``STALE_AFTER`` seconds), answers each report with the region map, and tells
+a replica which workspaces' idle simulators should move to the replica where
+that workspace's newest trainer landed (see ``remoterl_ray.relay.directory``).
+The dashboard reads :meth:`RelayState.snapshot`.
+
+:class:`RayDirectory` is the relay core's ``Directory`` backed by this actor.
+It holds counters and connection status only, never a payload.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+
+from remoterl_ray.protocol.messages import Region
+from remoterl_ray.relay.switchboard import Switchboard
+
+STATE_ACTOR = "remoterl-relay-state"
+STATE_NAMESPACE = "remoterl"
+STALE_AFTER = 10.0  # seconds without a report before a replica is forgotten
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class RelayState:
+    def __init__(self) -> None:
+        self.replicas: dict[str, dict[str, Any]] = {}
+
+    def report(
+        self, replica: str, region: str, url: str | None, summary: dict[str, Any], stats: dict[str, Any]
+    ) -> dict[str, Any]:
+        now = time.time()
+        self.replicas[replica] = {"region": region, "url": url, "summary": summary, "stats": stats, "seen": now}
+        for name in [r for r, rep in self.replicas.items() if now - rep["seen"] > STALE_AFTER]:
+            del self.replicas[name]
+        return {"regions": self._regions(), "moves": self._moves_from(replica)}
+
+    def _regions(self) -> dict[str, dict[str, Any]]:
+        """Per region: its endpoint and the simulators online per workspace."""
+        regions: dict[str, dict[str, Any]] = {}
+        for rep in self.replicas.values():
+            region = regions.setdefault(rep["region"], {"url": rep["url"], "simulators": {}})
+            region["url"] = region["url"] or rep["url"]
+            for workspace, counts in rep["summary"].items():
+                region["simulators"][workspace] = region["simulators"].get(workspace, 0) + counts["simulators"]
+        return regions
+
+    def _moves_from(self, replica: str) -> list[str]:
+        """Workspaces whose newest trainer is on another replica of the same region."""
+        mine = self.replicas[replica]
+        moves = []
+        for workspace, counts in mine["summary"].items():
+            if not counts["idle_simulators"]:
+                continue
+            newest = max(
+                (
+                    (rep["summary"][workspace]["last_trainer_join"], name)
+                    for name, rep in self.replicas.items()
+                    if rep["region"] == mine["region"] and workspace in rep["summary"]
+                ),
+                default=(0.0, replica),
+            )
+            if newest[0] > 0 and newest[1] != replica:
+                moves.append(workspace)
+        return moves
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything online, by region and replica: what the dashboard shows."""
+        regions: dict[str, dict[str, Any]] = {}
+        for name, rep in sorted(self.replicas.items()):
+            region = regions.setdefault(rep["region"], {"url": rep["url"], "replicas": {}})
+            region["replicas"][name] = {**rep["stats"], "seen": rep["seen"]}
+        return {"regions": regions}
+
+
+def state_actor() -> Any:
+    """The one shared state actor, created by whichever replica comes first."""
+    return RelayState.options(
+        name=STATE_ACTOR, namespace=STATE_NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote()
+
+
+class RayDirectory:
+    """``Directory`` for a relay replica: publishes to and reads from ``RelayState``."""
+
+    def __init__(self, *, region: str, url: str | None, replica: str, sync_interval: float) -> None:
+        self.region = region
+        self.url = url
+        self.replica = replica
+        self.sync_interval = sync_interval
+        self._actor = state_actor()
+        self._regions: dict[str, dict[str, Any]] = {}
+        self._last_summary: dict[str, Any] = {}  # what we reported, to count ourselves live
+
+    def regions(self) -> list[dict[str, Any]]:
+        known = dict(self._regions)
+        known.setdefault(self.region, {"url": self.url})
+        return [{"name": name, "url": info["url"]} for name, info in sorted(known.items())]
+
+    def regions_for(self, workspace: str, board: Switchboard) -> list[Region]:
+        out = []
+        for name, info in sorted(self._regions.items()):
+            if name != self.region:
+                out.append(Region(name=name, url=info["url"], simulators=info["simulators"].get(workspace, 0)))
+        # Our own region: this replica counted live, plus what other replicas here reported.
+        here = self._regions.get(self.region, {"simulators": {}})["simulators"].get(workspace, 0)
+        reported_by_me = self._last_summary.get(workspace, {}).get("simulators", 0)
+        live = board.simulator_count(workspace)
+        out.insert(0, Region(name=self.region, url=None, simulators=max(live, here - reported_by_me + live)))
+        return out
+
+    async def sync(self, board: Switchboard) -> list[str]:
+        summary = board.summary()
+        view = await self._actor.report.remote(self.replica, self.region, self.url, summary, board.stats())
+        self._last_summary = summary
+        self._regions = view["regions"]
+        return view["moves"]
+
+    async def cluster_stats(self, board: Switchboard) -> dict[str, Any]:
+        return await self._actor.snapshot.remote()
+
+    async def close(self) -> None:
+        return None
