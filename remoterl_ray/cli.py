@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import DEFAULT_RELAY_URL, ENV_API_KEY, ENV_RELAY_URL
+from .config import DEFAULT_RELAY_URL, ENV_API_KEY, ENV_REGION, ENV_RELAY_URL
 from .protocol.errors import RemoteRLError
 from .protocol.frames import DEFAULT_MAX_FRAME
 
@@ -125,6 +125,10 @@ def simulator(
     ] = None,
     max_envs: Annotated[int, typer.Option(help="Most envs this simulator hosts at once.")] = 256,
     name: Annotated[Optional[str], typer.Option(help="Name shown on the relay (default host:pid).")] = None,
+    region: Annotated[
+        Optional[str],
+        typer.Option(envvar=ENV_REGION, help="Relay region to use (default: the one with the lowest round trip)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve environments to trainers until Ctrl-C / SIGTERM."""
@@ -133,11 +137,11 @@ def simulator(
 
     _logging(verbose)
     modules = list(allow or []) + allowed_modules_from_env()
-    host = SimulatorHost(relay_url, api_key, allow_modules=modules, max_envs=max_envs, name=name)
+    host = SimulatorHost(relay_url, api_key, allow_modules=modules, max_envs=max_envs, name=name, region=region)
     typer.echo(f"remoterl simulator {host.name} -> {relay_url} (allow: {', '.join(modules) or 'registry only'})")
     try:
         run_simulator(host)
-    except RemoteRLError as exc:
+    except (RemoteRLError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 

@@ -4,7 +4,9 @@ Single-threaded on purpose: requests are handled in arrival order in the
 calling thread (Gymnasium envs are rarely thread-safe), while the websockets
 library's own thread keeps the heartbeat going during long steps. When the
 relay goes away, every hosted env is closed (its channels died with the
-relay) and the host reconnects with capped exponential backoff.
+relay) and the host reconnects with capped exponential backoff. Before each
+connection it picks the relay region with the lowest round-trip time (or the
+one named by ``region``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..protocol.errors import ErrorCode, ProtocolError, RelayUnavailableError, R
 from ..protocol.frames import Kind, pack, payload_of, unpack_header
 from ..protocol.messages import Detach, Hello, Reconnect, error_frame, parse_control
 from ..transport import RelayConnection
+from ..transport.discovery import choose_region
 from .allowlist import Allowlist
 from .hosted import EnvTable, remote_type_of
 
@@ -41,8 +44,10 @@ class SimulatorHost:
         allow_modules: list[str] | tuple[str, ...] = (),
         max_envs: int = 256,
         name: str | None = None,
+        region: str | None = None,
     ) -> None:
         self.relay_url = relay_url
+        self.region = region  # None: the nearest one
         self.api_key = api_key
         self.table = EnvTable(Allowlist(allow_modules), max_envs)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -55,12 +60,17 @@ class SimulatorHost:
     def serve(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set. Raises ``AuthenticationError`` for a bad key."""
         while not stop.is_set():
-            conn = RelayConnection.open_with_backoff(
-                self.relay_url, self.hello(), deadline=None, stop=stop, timeout=5.0
-            )
+            url = self.pick_url()
+            conn = RelayConnection.open_with_backoff(url, self.hello(), deadline=None, stop=stop, timeout=5.0)
             if conn is None:
                 break
-            log.info("simulator %s connected to %s (workspace %s)", self.name, self.relay_url, conn.welcome.workspace)
+            log.info(
+                "simulator %s connected to %s (region %s, workspace %s)",
+                self.name,
+                url,
+                conn.welcome.region or "-",
+                conn.welcome.workspace,
+            )
             try:
                 self._serve_connection(conn, stop)
             except RelayUnavailableError as exc:
@@ -68,6 +78,10 @@ class SimulatorHost:
             finally:
                 self.table.close_all()
                 conn.close()
+
+    def pick_url(self) -> str:
+        """The relay URL to dial now: the named or the nearest region of ``relay_url``."""
+        return choose_region(self.relay_url, self.region).url
 
     def _serve_connection(self, conn: RelayConnection, stop: threading.Event) -> None:
         self.reconnect_asked = False

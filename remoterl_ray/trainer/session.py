@@ -3,6 +3,11 @@
 Owns the connection, knows how many simulators are online, asks the relay
 for channels, and creates remote envs on simulators (mirroring registrations
 first). ``RemoteEnv`` and ``RemoteVectorEnv`` are thin views over it.
+
+Regions: the relay tells the session where its workspace's simulators are
+(``locate``). When they are in several regions, the session opens one more
+connection per region and spreads a new env's copies over the regions in
+proportion to their simulators.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from ..protocol.errors import ProtocolError, RelayUnavailableError, RemoteRLErro
 from ..protocol.frames import Kind, Op
 from ..protocol.messages import (
     Hello,
+    Locate,
     Open,
     Opened,
+    Region,
+    Regions,
     Release,
     Shard,
     Simulators,
@@ -60,6 +68,26 @@ class Registration:
         return {"id": self.id, "entry_point": self.entry_point, "kwargs": self.kwargs, "spec": self.spec}
 
 
+@dataclass(frozen=True)
+class Made:
+    """One shard of a new env: where it lives and what its simulator reported."""
+
+    conn: RelayConnection
+    shard: Shard
+    description: dict[str, Any]
+
+
+def split_by_weight(total: int, weights: list[int]) -> list[int]:
+    """``total`` split in proportion to ``weights`` (largest remainders first)."""
+    whole = sum(weights)
+    exact = [total * w / whole for w in weights]
+    parts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: (exact[i] - parts[i], weights[i]), reverse=True)
+    for i in by_remainder[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
 class TrainerSession:
     def __init__(self, settings: TrainerSettings) -> None:
         self.settings = settings
@@ -69,6 +97,7 @@ class TrainerSession:
         self.simulators = 0
         self.metrics = RemoteMetrics()
         self._conn: RelayConnection | None = None
+        self._regional: dict[str, RelayConnection] = {}  # other regions, by name
         self._lock = threading.Lock()
         self._tensorboard: Any = None
         self._next_write = 0.0
@@ -83,20 +112,46 @@ class TrainerSession:
         if isinstance(message, Simulators):
             self.simulators = message.count
 
-    def connect(self, timeout: float | None = None) -> RelayConnection | None:
-        """Connect (retrying until ``timeout``); None if the relay is unreachable."""
-        timeout = self.settings.connect_timeout if timeout is None else timeout
-        conn = RelayConnection.open_with_backoff(
-            self.settings.relay_url,
+    def _open(self, url: str, timeout: float, **handlers: Any) -> RelayConnection | None:
+        return RelayConnection.open_with_backoff(
+            url,
             Hello(role="trainer", api_key=self.settings.api_key),
             deadline=time.monotonic() + timeout,
             timeout=min(timeout, 10.0) or 1.0,
-            on_control=self._on_control,
+            **handlers,
         )
+
+    def connect(self, timeout: float | None = None) -> RelayConnection | None:
+        """Connect (retrying until ``timeout``); None if the relay is unreachable."""
+        timeout = self.settings.connect_timeout if timeout is None else timeout
+        conn = self._open(self.settings.relay_url, timeout, on_control=self._on_control)
         if conn is not None:
             self.simulators = conn.welcome.simulators
             self._conn = conn
         return conn
+
+    def region_conn(self, region: Region) -> RelayConnection:
+        """The connection to ``region`` (``url`` None: the one we dialled)."""
+        if region.url is None:
+            return self.conn
+        with self._lock:
+            conn = self._regional.get(region.name)
+            if conn is None or conn.closed:
+                conn = self._open(region.url, self.settings.connect_timeout)
+                if conn is None:
+                    raise RelayUnavailableError(f"cannot reach region {region.name} at {region.url}")
+                self._regional[region.name] = conn
+            return conn
+
+    def locate(self) -> list[Region]:
+        """Every region, with how many of our workspace's simulators are online there."""
+        reply = self.conn.call([(Kind.CONTROL, Op.NONE, 0, encode_control(Locate()))], self.settings.timeout)[0]
+        if reply.error is not None:
+            raise reply.error
+        message = parse_control(reply.payload)
+        if not isinstance(message, Regions):
+            raise ProtocolError(f"relay answered locate with {message.op!r}")
+        return message.regions
 
     @property
     def conn(self) -> RelayConnection:
@@ -109,9 +164,16 @@ class TrainerSession:
             return self._conn
 
     def wait_for_simulators(self, count: int, timeout: float) -> int:
-        conn = self.conn
-        conn.wait_until(lambda: self.simulators >= count, timeout)
-        return self.simulators
+        """Wait until ``count`` simulators of our workspace are online in any region."""
+        deadline = time.monotonic() + timeout
+        while True:
+            online = sum(r.simulators for r in self.locate())
+            remaining = deadline - time.monotonic()
+            if online >= count or remaining <= 0:
+                self.simulators = online
+                return online
+            # Simulator events from our own region wake us early; other regions are polled.
+            self.conn.wait_until(lambda: self.simulators >= count, min(remaining, 0.5))
 
     # -- metrics ----------------------------------------------------------
 
@@ -125,10 +187,10 @@ class TrainerSession:
                 self._write_tensorboard()
 
     def metrics_snapshot(self) -> dict[str, float]:
-        conn = self._conn
+        conns = [c for c in (self._conn, *self._regional.values()) if c is not None]
         return self.metrics.snapshot(
-            bytes_sent=conn.counters.bytes_sent if conn is not None else 0,
-            bytes_received=conn.counters.bytes_received if conn is not None else 0,
+            bytes_sent=sum(c.counters.bytes_sent for c in conns),
+            bytes_received=sum(c.counters.bytes_received for c in conns),
             simulators=self.simulators,
         )
 
@@ -141,21 +203,54 @@ class TrainerSession:
             self._tensorboard.close()
             self._tensorboard = None
         with self._lock:
+            for conn in self._regional.values():
+                conn.close()
+            self._regional.clear()
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
 
     # -- env lifecycle ----------------------------------------------------
 
-    def create(
-        self, env_id: str, num_envs: int, make_arg: dict[str, Any], *, vector: bool
-    ) -> list[tuple[Shard, dict[str, Any]]]:
+    def create(self, env_id: str, num_envs: int, make_arg: dict[str, Any], *, vector: bool) -> list[Made]:
         """Open channels for ``num_envs`` envs and make them on the simulators.
 
-        Returns each shard with the simulator's description of its env
-        (spaces, metadata, spec). On any failure every channel is released.
+        Returns each shard with its connection and the simulator's description
+        of its env (spaces, metadata, spec). On any failure every channel is
+        released.
         """
-        conn = self.conn
+        made: list[Made] = []
+        try:
+            first_index = 0
+            for conn, envs in self._plan(num_envs):
+                made += self._create_on(conn, env_id, envs, make_arg, vector=vector, first_index=first_index)
+                first_index += envs
+        except BaseException:
+            for conn, channels in group_channels(made):
+                self.release(conn, channels, close_first=True)
+            raise
+        return made
+
+    def _plan(self, num_envs: int) -> list[tuple[RelayConnection, int]]:
+        """How many envs go to which region's connection."""
+        regions = [r for r in self.locate() if r.simulators > 0]
+        if len(regions) <= 1 or num_envs == 1:
+            # One region (or one env): where most simulators are, else ours (the relay says why not).
+            best = max(regions, key=lambda r: (r.simulators, r.url is None), default=None)
+            return [(self.conn if best is None else self.region_conn(best), num_envs)]
+        parts = split_by_weight(num_envs, [r.simulators for r in regions])
+        return [(self.region_conn(r), n) for r, n in zip(regions, parts) if n > 0]
+
+    def _create_on(
+        self,
+        conn: RelayConnection,
+        env_id: str,
+        num_envs: int,
+        make_arg: dict[str, Any],
+        *,
+        vector: bool,
+        first_index: int,
+    ) -> list[Made]:
         request = Open(envs=num_envs, per_simulator=self.settings.num_env_runners)
         reply = conn.call([(Kind.CONTROL, Op.NONE, 0, encode_control(request))], self.settings.timeout)[0]
         if reply.error is not None:
@@ -167,7 +262,6 @@ class TrainerSession:
         try:
             requests = []
             registration = self.registrations.get(env_id)
-            first_index = 0
             for shard in shards:
                 if registration is not None:
                     requests.append((Kind.REQUEST, Op.REGISTER, shard.channel, codec.packb(registration.to_wire())))
@@ -184,7 +278,7 @@ class TrainerSession:
         except BaseException:
             self.release(conn, [s.channel for s in shards], close_first=True)
             raise
-        return list(zip(shards, descriptions))
+        return [Made(conn, shard, description) for shard, description in zip(shards, descriptions)]
 
     def describe(self, env_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         """What a simulator reports about ``make(env_id, **kwargs)`` (spaces,
@@ -192,10 +286,9 @@ class TrainerSession:
         key = codec.packb([env_id, kwargs])
         description = self._descriptions.get(key)
         if description is None:
-            conn = self.conn
-            [(shard, description)] = self.create(env_id, 1, {"kwargs": kwargs}, vector=False)
-            self.release(conn, [shard.channel], close_first=True)
-            self._descriptions[key] = description
+            [made] = self.create(env_id, 1, {"kwargs": kwargs}, vector=False)
+            self.release(made.conn, [made.shard.channel], close_first=True)
+            description = self._descriptions[key] = made.description
         return description
 
     def release(self, conn: RelayConnection, channels: list[int], *, close_first: bool = False) -> None:
@@ -210,3 +303,11 @@ class TrainerSession:
             conn.send(control_frame(Release(channels=channels)))
         except RemoteRLError as exc:
             log.debug("releasing channels %s: %s", channels, exc)
+
+
+def group_channels(made: list[Made]) -> list[tuple[RelayConnection, list[int]]]:
+    """Channels grouped by the connection they live on, in first-seen order."""
+    groups: dict[int, tuple[RelayConnection, list[int]]] = {}
+    for m in made:
+        groups.setdefault(id(m.conn), (m.conn, []))[1].append(m.shard.channel)
+    return list(groups.values())

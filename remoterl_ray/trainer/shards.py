@@ -1,8 +1,9 @@
 """The channels behind one remote env, and requests over them.
 
 Both ``RemoteEnv`` (one shard) and ``RemoteVectorEnv`` (one shard per
-simulator) keep the connection they were created on: if the relay drops it,
-their channels are gone with it and every call raises the connection's
+simulator) keep the connection each shard was created on (shards in other
+regions live on other connections): if the relay drops it, their channels
+are gone with it and every call raises the connection's
 ``RelayUnavailableError`` instead of silently reaching a new relay session.
 """
 
@@ -19,7 +20,8 @@ from ..protocol.errors import EnvClosedError
 from ..protocol.frames import Kind, Op
 from ..protocol.messages import Shard
 from ..protocol.spaces import space_from_wire
-from .session import TrainerSession
+from ..transport import RelayConnection, Reply
+from .session import TrainerSession, group_channels
 
 log = logging.getLogger("remoterl.trainer")
 
@@ -28,10 +30,12 @@ class Shards:
     def __init__(self, session: TrainerSession, env_id: str, num_envs: int, make_arg: dict[str, Any], *, vector: bool):
         self.session = session
         self.env_id = env_id
-        self.conn = session.conn
         made = session.create(env_id, num_envs, make_arg, vector=vector)
-        self.shards: list[Shard] = [shard for shard, _ in made]
+        self.made = made
+        self.shards: list[Shard] = [m.shard for m in made]
         self.channels = [s.channel for s in self.shards]
+        self.conns = [m.conn for m in made]
+        self.single_conn: RelayConnection | None = self.conns[0] if len({id(c) for c in self.conns}) == 1 else None
         self.sizes = [s.envs for s in self.shards]
         self.num_envs = sum(self.sizes)
         self.bounds = []
@@ -39,10 +43,10 @@ class Shards:
         for size in self.sizes:
             self.bounds.append((start, start + size))
             start += size
-        self.description = made[0][1]
+        self.description = made[0].description
         self.observation_space = space_from_wire(self.description["observation_space"])
         self.action_space = space_from_wire(self.description["action_space"])
-        for _, other in made[1:]:
+        for other in (m.description for m in made[1:]):
             if (space_from_wire(other["observation_space"]), space_from_wire(other["action_space"])) != (
                 self.observation_space,
                 self.action_space,
@@ -67,14 +71,29 @@ class Shards:
         if self.closed:
             raise EnvClosedError(f"remote env {self.env_id!r} is closed")
         started = time.perf_counter()
-        replies = self.conn.call(
-            [(Kind.REQUEST, op, ch, codec.packb(arg)) for ch, arg in zip(self.channels, args)],
-            timeout if timeout is not None else self.session.settings.timeout,
-        )
+        timeout = timeout if timeout is not None else self.session.settings.timeout
+        requests = [(Kind.REQUEST, op, ch, codec.packb(arg)) for ch, arg in zip(self.channels, args)]
+        if self.single_conn is not None:
+            replies = self.single_conn.call(requests, timeout)
+        else:
+            replies = self._call_regions(requests, timeout)
         values = [reply.value() for reply in replies]
         if op == Op.STEP:
             self.session.record_step(time.perf_counter() - started, self.num_envs)
         return values
+
+    def _call_regions(self, requests: list[tuple[int, int, int, bytes]], timeout: float) -> list[Reply]:
+        """Put every region's requests in flight, then gather the answers in shard order."""
+        groups: dict[int, tuple[RelayConnection, list[int]]] = {}
+        for i, conn in enumerate(self.conns):
+            groups.setdefault(id(conn), (conn, []))[1].append(i)
+        deadline = time.monotonic() + timeout
+        pending = [(conn, idx, conn.start([requests[i] for i in idx])) for conn, idx in groups.values()]
+        replies: list[Reply | None] = [None] * len(requests)
+        for conn, idx, slots in pending:
+            for i, reply in zip(idx, conn.finish(slots, deadline, timeout)):
+                replies[i] = reply
+        return replies  # type: ignore[return-value]
 
     def request_all(self, op: int, arg: Any = None) -> list[Any]:
         return self.request(op, [arg] * len(self.channels))
@@ -83,4 +102,5 @@ class Shards:
         if self.closed:
             return
         self.closed = True
-        self.session.release(self.conn, self.channels, close_first=True)
+        for conn, channels in group_channels(self.made):
+            self.session.release(conn, channels, close_first=True)

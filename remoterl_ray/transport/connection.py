@@ -241,12 +241,21 @@ class RelayConnection:
         Each reply may carry an error instead of a payload (see ``Reply.value``);
         a reply missing after ``timeout`` seconds is a ``RemoteTimeoutError``.
         """
-        requests = list(requests)
+        pending = self.start(requests)
+        return self.finish(pending, time.monotonic() + timeout, timeout)
+
+    def start(self, requests: Iterable[tuple[int, int, int, bytes]]) -> list[tuple[int, _Slot]]:
+        """Send requests without waiting; :meth:`finish` gathers the answers.
+
+        Lets a caller put requests in flight on several connections (regions)
+        before waiting on any of them.
+        """
         slots: list[tuple[int, _Slot]] = []
         frames: list[bytes] = []
         with self._cond:
             if self._closed is not None:
                 raise self._closed
+            requests = list(requests)
             for _, _, channel, _ in requests:
                 if channel in self.lost_channels:
                     raise self.lost_channels[channel]
@@ -259,26 +268,30 @@ class RelayConnection:
         try:
             for frame in frames:
                 self.send(frame)
-            deadline = time.monotonic() + timeout
+        except BaseException:
+            self._forget(slots)
+            raise
+        return slots
+
+    def finish(self, slots: list[tuple[int, _Slot]], deadline: float, timeout: float) -> list[Reply]:
+        """Wait until ``deadline`` for the answers to :meth:`start`'s requests, in order."""
+        try:
             self._pump(lambda: all(s.reply is not None for _, s in slots), deadline)
         finally:
-            with self._cond:
-                for seq, _ in slots:
-                    self._pending.pop(seq, None)
+            self._forget(slots)
         out: list[Reply] = []
         for _, slot in slots:
             if slot.reply is None:
-                out.append(
-                    Reply(
-                        Kind.ERROR,
-                        Op.NONE,
-                        slot.channel,
-                        error=RemoteTimeoutError(f"no answer within {timeout}s on channel {slot.channel}"),
-                    )
-                )
+                error = RemoteTimeoutError(f"no answer within {timeout}s on channel {slot.channel}")
+                out.append(Reply(Kind.ERROR, Op.NONE, slot.channel, error=error))
             else:
                 out.append(slot.reply)
         return out
+
+    def _forget(self, slots: list[tuple[int, _Slot]]) -> None:
+        with self._cond:
+            for seq, _ in slots:
+                self._pending.pop(seq, None)
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Process incoming frames until ``predicate()`` holds or ``timeout`` passes."""

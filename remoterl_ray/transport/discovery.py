@@ -1,0 +1,122 @@
+"""Which relay region to dial: the discovery endpoint and round-trip timing.
+
+A relay publishes its regions at ``GET /v1/regions`` (a region's ``url`` is
+null when it is the relay being asked). A simulator times ``GET /healthz`` on
+each region over one kept-alive HTTP connection and dials the fastest, so
+it lands in the region nearest to it; ``--region`` names one instead.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+log = logging.getLogger("remoterl.transport")
+
+
+@dataclass(frozen=True)
+class RegionEndpoint:
+    name: str
+    url: str  # ws:// or wss:// URL of the region's relay
+    rtt: float | None = None  # seconds, when measured
+
+
+def _http_parts(ws_url: str) -> tuple[bool, str, str]:
+    """``ws[s]://host:port/prefix[/ws]`` -> (tls, host:port, /prefix)."""
+    parts = urlsplit(ws_url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"relay URL must start with ws:// or wss://, got {ws_url!r}")
+    path = parts.path.rstrip("/")
+    if path.endswith("/ws"):
+        path = path[: -len("/ws")]
+    return parts.scheme == "wss", parts.netloc, path
+
+
+def _connection(ws_url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+    tls, netloc, prefix = _http_parts(ws_url)
+    cls = http.client.HTTPSConnection if tls else http.client.HTTPConnection
+    return cls(netloc, timeout=timeout), prefix
+
+
+def fetch_regions(relay_url: str, timeout: float = 5.0) -> list[RegionEndpoint]:
+    """The regions ``relay_url`` publishes. Raises ``OSError`` if it cannot be asked."""
+    conn, prefix = _connection(relay_url, timeout)
+    try:
+        conn.request("GET", f"{prefix}/v1/regions")
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise OSError(f"GET {prefix}/v1/regions answered HTTP {response.status}")
+    finally:
+        conn.close()
+    try:
+        listed = json.loads(body)["regions"]
+        return [RegionEndpoint(str(r["name"]), str(r.get("url") or relay_url)) for r in listed]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise OSError(f"malformed region list from {relay_url}: {exc}") from None
+
+
+def measure_rtt(ws_url: str, tries: int = 3, timeout: float = 3.0) -> float | None:
+    """Best of ``tries`` ``GET /healthz`` round trips after one warm-up; None if unreachable."""
+    conn, prefix = _connection(ws_url, timeout)
+    best = None
+    try:
+        for attempt in range(tries + 1):
+            started = time.perf_counter()
+            conn.request("GET", f"{prefix}/healthz")
+            response = conn.getresponse()
+            response.read()
+            elapsed = time.perf_counter() - started
+            if response.status != 200:
+                return None
+            if attempt > 0:  # the first one also paid for connecting
+                best = elapsed if best is None else min(best, elapsed)
+    except (OSError, http.client.HTTPException) as exc:
+        log.debug("cannot time %s: %s", ws_url, exc)
+        return None
+    finally:
+        conn.close()
+    return best
+
+
+def choose_region(relay_url: str, region: str | None = None, *, timeout: float = 5.0) -> RegionEndpoint:
+    """The region to dial: ``region`` if named, else the one with the lowest RTT.
+
+    A relay without a region list (or one that cannot be asked right now) is
+    dialled as given; naming a region it does not publish is a ``ValueError``.
+    """
+    try:
+        regions = fetch_regions(relay_url, timeout)
+    except OSError as exc:
+        if region is not None:
+            raise ValueError(f"cannot list the regions of {relay_url} to find {region!r}: {exc}") from None
+        log.debug("no region list from %s (%s); dialling it as given", relay_url, exc)
+        return RegionEndpoint("", relay_url)
+    if region is not None:
+        for candidate in regions:
+            if candidate.name == region:
+                return candidate
+        known = ", ".join(r.name for r in regions) or "none"
+        raise ValueError(f"relay {relay_url} has no region {region!r} (regions: {known})")
+    if len(regions) == 1:
+        return regions[0]
+    with ThreadPoolExecutor(max_workers=min(8, len(regions))) as pool:
+        timed = [
+            RegionEndpoint(r.name, r.url, rtt)
+            for r, rtt in zip(regions, pool.map(lambda r: measure_rtt(r.url), regions))
+        ]
+    reachable = [r for r in timed if r.rtt is not None]
+    if not reachable:
+        return RegionEndpoint("", relay_url)
+    best = min(reachable, key=lambda r: r.rtt)  # type: ignore[arg-type, return-value]
+    log.info(
+        "region round trips: %s; nearest is %s",
+        ", ".join(f"{r.name} {r.rtt * 1000:.1f} ms" if r.rtt is not None else f"{r.name} unreachable" for r in timed),
+        best.name,
+    )
+    return best

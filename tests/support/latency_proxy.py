@@ -1,0 +1,74 @@
+"""A user-space TCP proxy that delays traffic: a "far away" region on loopback.
+
+This kernel has no netem, so tests make distance here: every chunk is held
+``delay`` seconds in each direction before it is passed on, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+
+class LatencyProxy:
+    def __init__(self, target_host: str, target_port: int, delay: float) -> None:
+        self.target = (target_host, target_port)
+        self.delay = delay
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="latency-proxy", daemon=True)
+
+    def __enter__(self) -> LatencyProxy:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise TimeoutError("latency proxy did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+
+    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_writer.close()
+            return
+        await asyncio.gather(self._pipe(client_reader, upstream_writer), self._pipe(upstream_reader, client_writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await queue.get()
+                if not data:
+                    break
+                wait = due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                writer.write(data)
+                await writer.drain()
+
+        sender = asyncio.create_task(deliver())
+        try:
+            while True:
+                data = await reader.read(65536)
+                await queue.put((time.monotonic() + self.delay, data))
+                if not data:
+                    break
+            await sender
+        except (OSError, asyncio.CancelledError):
+            sender.cancel()
+        finally:
+            writer.close()
