@@ -97,7 +97,6 @@ class RayDirectory:
         self.sync_interval = sync_interval
         self._actor = state_actor()
         self._regions: dict[str, dict[str, Any]] = {}
-        self._last_summary: dict[str, Any] = {}  # what we reported, to count ourselves live
 
     def regions(self) -> list[dict[str, Any]]:
         known = dict(self._regions)
@@ -109,17 +108,13 @@ class RayDirectory:
         for name, info in sorted(self._regions.items()):
             if name != self.region:
                 out.append(Region(name=name, url=info["url"], simulators=info["simulators"].get(workspace, 0)))
-        # Our own region: this replica counted live, plus what other replicas here reported.
-        here = self._regions.get(self.region, {"simulators": {}})["simulators"].get(workspace, 0)
-        reported_by_me = self._last_summary.get(workspace, {}).get("simulators", 0)
-        live = board.simulator_count(workspace)
-        out.insert(0, Region(name=self.region, url=None, simulators=max(live, here - reported_by_me + live)))
+        # Our own region: only simulators in this replica are reachable; others
+        # of the workspace in this region are on their way here (see RelayState).
+        out.insert(0, Region(name=self.region, url=None, simulators=board.simulator_count(workspace)))
         return out
 
     async def sync(self, board: Switchboard) -> list[str]:
-        summary = board.summary()
-        view = await self._actor.report.remote(self.replica, self.region, self.url, summary, board.stats())
-        self._last_summary = summary
+        view = await self._actor.report.remote(self.replica, self.region, self.url, board.summary(), board.stats())
         self._regions = view["regions"]
         return view["moves"]
 

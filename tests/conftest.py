@@ -116,9 +116,10 @@ def init_trainer(relay: LocalRelay, key: str, **kwargs) -> bool:
     return remoterl_ray.init(key, role="trainer", relay_url=relay.url, **kwargs)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    """One local Ray instance for every test that needs one (starting Ray costs ~15 s)."""
+    """One local Ray instance per module that needs one (starting Ray costs ~15 s); per
+    module so that test_serve.py can start its own multi-node cluster afterwards."""
     import ray
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -1,0 +1,237 @@
+"""The relay on Ray Serve, on a real local multi-node Ray cluster.
+
+One cluster for the module: a head node running Serve's proxy, a node with
+the custom resource ``region-near`` and one with ``region-far``. The "far"
+region is reached through a latency-injecting TCP proxy, so simulators see it
+as farther away. Trainers, simulators and the relay replicas are all real
+processes speaking real WebSockets through Serve's proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from remoterl_ray.local import LocalProcess, free_port, start_simulator
+from remoterl_ray.protocol.affinity import session_id_for
+from remoterl_ray.trainer.remote_env import RemoteEnv
+from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
+from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
+
+from conftest import new_key
+from latency_proxy import LatencyProxy
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+FAR_DELAY = 0.03  # seconds each way through the latency proxy
+
+
+@dataclass
+class ServeCluster:
+    port: int
+    far_port: int
+    keys: list[str]
+    near_node: str
+    far_node: str
+    procs: list[LocalProcess] = field(default_factory=list)
+
+    def url(self, region: str) -> str:
+        port = self.far_port if region == "far" else self.port
+        return f"ws://127.0.0.1:{port}/{region}"
+
+    def http(self, path: str, timeout: float = 5.0) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def cluster_stats(self) -> dict[str, Any]:
+        return self.http("/near/v1/cluster")
+
+    def simulator(self, key: str, region_url: str, *extra: str) -> LocalProcess:
+        proc = start_simulator(region_url, key, extra_args=extra)
+        self.procs.append(proc)
+        return proc
+
+    def where(self, key: str) -> dict[str, list[tuple[str, str, int]]]:
+        """role -> [(region, replica, count)] of the key's workspace, from the gathered state."""
+        workspace = session_id_for(key)
+        found: dict[str, list[tuple[str, str, int]]] = {"trainers": [], "simulators": []}
+        for region, info in self.cluster_stats()["regions"].items():
+            for replica, stats in info["replicas"].items():
+                ws = stats["workspaces"].get(workspace)
+                for role in found:
+                    if ws and ws[role]:
+                        found[role].append((region, replica, len(ws[role])))
+        return found
+
+    def wait_where(self, key: str, check: Any, timeout: float = 30.0) -> dict[str, list[tuple[str, str, int]]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            placed = self.where(key)
+            if check(placed):
+                return placed
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workspace of {key[:12]}... never matched; last seen: {placed}")
+            time.sleep(0.25)
+
+
+def deploy(
+    cluster: ServeCluster, region: str, replicas: int, public_url: str, *, nodes: str | None = None, **args: Any
+) -> None:
+    """Deploy region ``region`` pinned to the nodes carrying ``region-<nodes or region>``."""
+    from serve_apps.relay import relay_app
+
+    app = relay_app(
+        {"region": region, "api_keys": cluster.keys, "public_url": public_url, "sync_interval": 0.5, **args},
+        num_replicas=replicas,
+        ray_actor_options={"num_cpus": 0.1, "resources": {f"region-{nodes or region}": 0.001}},
+    )
+    serve.run(app, name=f"relay-{region}", route_prefix=f"/{region}")
+
+
+@pytest.fixture(scope="module")
+def serve_cluster() -> Iterator[ServeCluster]:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    near = cluster.add_node(num_cpus=1, resources={"region-near": 1})
+    far = cluster.add_node(num_cpus=1, resources={"region-far": 1})
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    port = free_port()
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    with LatencyProxy("127.0.0.1", port, FAR_DELAY) as far_proxy:
+        state = ServeCluster(port, far_proxy.port, [new_key(f"serve{i}") for i in range(24)], near.node_id, far.node_id)
+        deploy(state, "near", 3, state.url("near"))
+        deploy(state, "far", 1, state.url("far"))
+        try:
+            yield state
+        finally:
+            for proc in state.procs:
+                proc.stop()
+            serve.shutdown()
+            ray.shutdown()
+            cluster.shutdown()
+
+
+def replica_nodes(app: str) -> list[str]:
+    details = serve.context._get_global_client().get_serve_details()
+    replicas = details["applications"][app]["deployments"]["Relay"]["replicas"]
+    return [r["node_id"] for r in replicas if r["state"] == "RUNNING"]
+
+
+def test_replicas_run_on_the_nodes_of_their_region(serve_cluster: ServeCluster) -> None:
+    assert replica_nodes("relay-near") == [serve_cluster.near_node] * 3
+    assert replica_nodes("relay-far") == [serve_cluster.far_node]
+    regions = serve_cluster.http("/near/v1/regions")
+    assert {r["name"]: r["url"] for r in regions["regions"]} == {
+        "near": serve_cluster.url("near"),
+        "far": serve_cluster.url("far"),
+    }
+
+
+def test_workspaces_meet_their_simulators_across_three_replicas(serve_cluster: ServeCluster) -> None:
+    keys = serve_cluster.keys[:6]
+    for key in keys:
+        serve_cluster.simulator(key, serve_cluster.url("near"), "--region", "near")
+    sessions = []
+    try:
+        for key in keys:
+            session = TrainerSession(TrainerSettings(relay_url=serve_cluster.url("near"), api_key=key))
+            sessions.append(session)
+            assert session.wait_for_simulators(1, 30) == 1
+            env = RemoteEnv(session, "CartPole-v1")
+            obs, _ = env.reset(seed=3)
+            local = gym.make("CartPole-v1")
+            assert np.array_equal(obs, local.reset(seed=3)[0])
+            assert np.array_equal(env.step(1)[0], local.step(1)[0])
+            env.close()
+        replicas_used = set()
+        for key in keys:
+            placed = serve_cluster.wait_where(key, lambda p: p["trainers"] and p["simulators"])
+            # The trainer and its simulator sit in one replica, and in no other.
+            assert [(r, rep) for r, rep, _ in placed["trainers"]] == [(r, rep) for r, rep, _ in placed["simulators"]]
+            replicas_used.add(placed["trainers"][0][1])
+        near = serve_cluster.cluster_stats()["regions"]["near"]["replicas"]
+        assert len(near) == 3 and replicas_used <= set(near)
+    finally:
+        for session in sessions:
+            session.close()
+
+
+def test_simulator_chooses_the_nearest_region(serve_cluster: ServeCluster) -> None:
+    near_key, far_key = serve_cluster.keys[6], serve_cluster.keys[7]
+    # Both are told to use the far region's URL; only the first may pick by round trip.
+    serve_cluster.simulator(near_key, serve_cluster.url("far"))
+    serve_cluster.simulator(far_key, serve_cluster.url("far"), "--region", "far")
+    placed = serve_cluster.wait_where(near_key, lambda p: p["simulators"])
+    assert [region for region, _, _ in placed["simulators"]] == ["near"]
+    placed = serve_cluster.wait_where(far_key, lambda p: p["simulators"])
+    assert [region for region, _, _ in placed["simulators"]] == ["far"]
+
+
+def test_trainer_steps_across_two_regions_at_once(serve_cluster: ServeCluster) -> None:
+    key = serve_cluster.keys[8]
+    serve_cluster.simulator(key, serve_cluster.url("near"), "--region", "near")
+    serve_cluster.simulator(key, serve_cluster.url("near"), "--region", "far")
+    serve_cluster.wait_where(key, lambda p: sorted(r for r, _, _ in p["simulators"]) == ["far", "near"])
+    session = TrainerSession(TrainerSettings(relay_url=serve_cluster.url("near"), api_key=key))
+    try:
+        assert session.wait_for_simulators(2, 30) == 2
+        remote = RemoteVectorEnv(session, "CartPole-v1", 4)
+        local = gym.make_vec("CartPole-v1", 4, vectorization_mode="sync")
+        assert remote.shard_sizes == [2, 2]
+        assert len({id(c) for c in remote._remote.conns}) == 2  # one connection per region
+        assert np.array_equal(remote.reset(seed=11)[0], local.reset(seed=11)[0])
+        rng = np.random.default_rng(0)
+        for _ in range(60):
+            actions = rng.integers(0, 2, size=4)
+            got, want = remote.step(actions), local.step(actions)
+            for a, b in zip(got[:4], want[:4]):
+                assert np.array_equal(a, b)
+        remote.close()
+        placed = serve_cluster.where(key)
+        assert sorted(region for region, _, _ in placed["trainers"]) == ["far", "near"]
+    finally:
+        session.close()
+
+
+def test_idle_simulators_follow_their_workspace_when_replicas_change(serve_cluster: ServeCluster) -> None:
+    """Scale 1 -> 3 replicas, then redeploy: new trainers still find their simulators."""
+    keys = serve_cluster.keys[12:18]
+    url = f"ws://127.0.0.1:{serve_cluster.port}/scale"
+    deploy(serve_cluster, "scale", 1, url, nodes="near")
+    try:
+        for key in keys:
+            serve_cluster.simulator(key, url, "--region", "scale")
+        for key in keys:
+            serve_cluster.wait_where(key, lambda p: p["simulators"])
+
+        def trainers_find_their_simulators() -> None:
+            for key in keys:
+                session = TrainerSession(TrainerSettings(relay_url=url, api_key=key))
+                try:
+                    assert session.wait_for_simulators(1, 30) == 1, key
+                    env = RemoteEnv(session, "CartPole-v1")
+                    env.reset(seed=0)
+                    env.step(0)
+                    env.close()
+                finally:
+                    session.close()
+
+        deploy(
+            serve_cluster, "scale", 3, url, nodes="near"
+        )  # more replicas: the hash ring changes under the simulators
+        trainers_find_their_simulators()
+        deploy(serve_cluster, "scale", 3, url, nodes="near", max_frame=8 << 20)  # new args: every replica is replaced
+        trainers_find_their_simulators()
+        assert len(serve_cluster.cluster_stats()["regions"]["scale"]["replicas"]) >= 3
+    finally:
+        serve.delete("relay-scale")
