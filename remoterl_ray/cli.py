@@ -101,15 +101,16 @@ def _relay_on_serve(
         "api_key_digests": [key_digest(k) for k in keys],  # keys stay out of Serve's config
         "open": open_mode,
         "max_frame": max_frame,
-        "public_url": public_url,
+        # Behind one address (not 0.0.0.0), that address is how simulators reach this region.
+        "public_url": public_url or (f"ws://{host}:{port}" if host not in ("0.0.0.0", "::") else None),
     }
     name = f"relay-{region}"
-    deploy(args, host=host, port=port, replicas=replicas, name=name)
+    owns_cluster = deploy(args, host=host, port=port, replicas=replicas, name=name)
     ingress = "HAProxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "Serve proxy"
     typer.echo(f"remoterl relay on Ray Serve at ws://{host}:{port} ({replicas} replica(s), region {region}, {ingress})")
     stop = threading.Event()
     with stop_on_signals(stop):
-        serve_until(stop, name)
+        serve_until(stop, name, owns_cluster=owns_cluster)
 
 
 @app.command()

@@ -30,22 +30,31 @@ def use_haproxy(enabled: bool) -> None:
         os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
 
 
-def deploy(args: dict[str, Any], *, host: str, port: int, replicas: int | None, name: str) -> None:
-    """Start Serve (if needed) and deploy one relay region; returns once it is ready."""
+def deploy(args: dict[str, Any], *, host: str, port: int, replicas: int | None, name: str) -> bool:
+    """Start Serve (if needed) and deploy one relay region; returns once it is ready.
+
+    Returns True if this process started its own local Ray cluster."""
     import ray
     from ray import serve
 
+    address = os.environ.get("RAY_ADDRESS")
+    owns_cluster = address in (None, "", "local")
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, configure_logging=False)
+        ray.init(address=address or None, include_dashboard=False, configure_logging=False)
     serve.start(http_options={"host": host, "port": port})
     app = relay_app(args, **({"num_replicas": replicas} if replicas is not None else {}))
     serve.run(app, name=name, route_prefix=args.get("route_prefix", "/"))
+    return owns_cluster
 
 
-def serve_until(stop: threading.Event, name: str) -> None:
+def serve_until(stop: threading.Event, name: str, *, owns_cluster: bool) -> None:
+    """Block until ``stop``; then remove the app, or all of Serve (its HAProxy too) on our own cluster."""
     from ray import serve
 
     try:
         stop.wait()
     finally:
-        serve.delete(name)
+        if owns_cluster:
+            serve.shutdown()
+        else:
+            serve.delete(name)

@@ -90,3 +90,13 @@ def test_training_benchmark_smoke_run():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "remote/local wall time" in out.stdout
+
+
+def test_serve_benchmark_smoke_run():
+    """Also runs ``remoterl relay --serve`` behind Serve's proxy and behind HAProxy."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "serve_path.py"
+    out = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for variant in ("embedded", "serve", "haproxy"):
+        assert f"\n{variant} " in out.stdout
+    assert "idle simulator connections" in out.stdout

@@ -55,8 +55,14 @@ def fetch_regions(relay_url: str, timeout: float = 5.0) -> list[RegionEndpoint]:
     finally:
         conn.close()
     try:
-        listed = json.loads(body)["regions"]
-        return [RegionEndpoint(str(r["name"]), str(r.get("url") or relay_url)) for r in listed]
+        data = json.loads(body)
+        here = data.get("region")
+        # The region that answered is reached by the URL we already used (its
+        # published URL may name an address this machine cannot reach).
+        return [
+            RegionEndpoint(str(r["name"]), relay_url if r["name"] == here else str(r.get("url") or relay_url))
+            for r in data["regions"]
+        ]
     except (ValueError, KeyError, TypeError) as exc:
         raise OSError(f"malformed region list from {relay_url}: {exc}") from None
 

@@ -1,0 +1,40 @@
+"""Hold N idle simulator connections open on a relay (used by bench/serve_path.py).
+
+Each connection sends a real hello and waits for its welcome; the websockets
+library answers the relay's pings. Prints ``ready N`` once all are welcomed,
+then holds them until stdin closes.
+
+    python bench/idle_peers.py ws://127.0.0.1:8000 KEY 1000
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from websockets.asyncio.client import connect
+
+from remoterl_ray.protocol.affinity import SESSION_HEADER, session_id_for
+from remoterl_ray.protocol.messages import Hello, control_frame
+from remoterl_ray.transport import endpoint
+
+
+async def hold(url: str, key: str, count: int) -> None:
+    gate = asyncio.Semaphore(32)  # connect in waves, as a fleet of simulators would
+    sockets = []
+
+    async def one(i: int) -> None:
+        async with gate:
+            ws = await connect(endpoint(url), additional_headers={SESSION_HEADER: session_id_for(key)}, open_timeout=60)
+            await ws.send(control_frame(Hello(role="simulator", api_key=key, name=f"idle-{i}")))
+            await asyncio.wait_for(ws.recv(), 60)
+            sockets.append(ws)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    print(f"ready {len(sockets)}", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(hold(sys.argv[1], sys.argv[2], int(sys.argv[3])))
