@@ -5,14 +5,17 @@ Side by side in one run, interleaved round by round:
 * embedded -- ``remoterl relay`` (uvicorn, no Ray);
 * serve    -- ``remoterl relay --serve --no-haproxy``: Serve's Python proxy
               with the ConsistentHashRouter;
-* haproxy  -- ``remoterl relay --serve --haproxy``: Serve's HAProxy ingress
-              hashing the ``x-session-id`` header.
+* haproxy  -- ``remoterl relay --serve --haproxy --no-direct``: Serve's
+              HAProxy ingress hashing the ``x-session-id`` header;
+* direct   -- ``remoterl relay --serve --haproxy`` (the default): clients
+              ask HAProxy which replica serves their workspace and dial that
+              replica's own port, so frames skip HAProxy.
 
 Each Serve variant runs its own local Ray cluster (HAProxy is chosen when Ray
 starts), one relay replica, and one simulator process; a trainer in this
 process steps a single ``CartPole-v1`` env. Then ``--idle`` idle simulator
-connections of another workspace are opened on the HAProxy relay's replica
-and the trainer's p99 step latency there is measured again.
+connections of another workspace are opened on the default (direct) relay's
+replica and the trainer's p99 step latency there is measured again.
 
     python bench/serve_path.py            # full run (~3 minutes on 2 cores)
     python bench/serve_path.py --quick    # smoke run
@@ -37,11 +40,13 @@ from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
 HERE = Path(__file__).parent
 
 
-def serve_relay(key: str, idle_key: str, haproxy: bool) -> tuple[LocalProcess, str]:
+def serve_relay(key: str, idle_key: str, *flags: str) -> tuple[LocalProcess, str]:
     port = free_port()
     args = [sys.executable, "-m", "remoterl_ray", "relay", "--serve", "--port", str(port)]
-    args += ["--api-key", key, "--api-key", idle_key, "--haproxy" if haproxy else "--no-haproxy"]
+    args += ["--api-key", key, "--api-key", idle_key, *flags]
     env = dict(os.environ, RAY_ADDRESS="local")  # a cluster of its own, not the other variant's
+    for fixed_port in ("HAPROXY_METRICS_PORT", "HAPROXY_STATS_PORT", "FALLBACK_PROXY_HTTP_PORT"):
+        env[f"RAY_SERVE_{fixed_port}"] = str(free_port())  # two HAProxy clusters on one machine
     proc = LocalProcess(args, env=env)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=180)
     return proc, f"ws://127.0.0.1:{port}"
@@ -79,8 +84,9 @@ def main() -> None:
         embedded = start_relay(api_keys=[key, idle_key])
         procs.append(embedded.process)
         urls = {"embedded": embedded.url}
-        for name, haproxy in (("serve", False), ("haproxy", True)):
-            proc, urls[name] = serve_relay(key, idle_key, haproxy)
+        variants = {"serve": ["--no-haproxy"], "haproxy": ["--haproxy", "--no-direct"], "direct": ["--haproxy"]}
+        for name, flags in variants.items():
+            proc, urls[name] = serve_relay(key, idle_key, *flags)
             procs.append(proc)
         envs = {}
         for name, url in urls.items():
@@ -90,6 +96,7 @@ def main() -> None:
             if session.wait_for_simulators(1, 60) < 1:
                 raise RuntimeError(f"no simulator reached the {name} relay")
             envs[name] = RemoteEnv(session, "CartPole-v1")
+            print(f"{name}: trainer connected to {session.conn.url}", flush=True)
             envs[name].reset(seed=0)
             step_latencies(envs[name], 200)  # warm up
         lat: dict[str, list[float]] = {name: [] for name in envs}
@@ -103,9 +110,9 @@ def main() -> None:
         for name, values in lat.items():
             print(f"{name:10} {pct(values, 50):8.3f} {pct(values, 99):8.3f} {pct(values, 50) / base:15.2f}x")
 
-        empty = step_latencies(envs["haproxy"], opts.steps * opts.rounds)
+        empty = step_latencies(envs["direct"], opts.steps * opts.rounds)
         holder = subprocess.Popen(
-            [sys.executable, str(HERE / "idle_peers.py"), urls["haproxy"], idle_key, str(opts.idle)],
+            [sys.executable, str(HERE / "idle_peers.py"), urls["direct"], idle_key, str(opts.idle)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -114,12 +121,12 @@ def main() -> None:
             line = holder.stdout.readline() if holder.stdout else ""
             if not line.startswith("ready"):
                 raise RuntimeError(f"idle connections did not open: {line!r}")
-            loaded = step_latencies(envs["haproxy"], opts.steps * opts.rounds)
+            loaded = step_latencies(envs["direct"], opts.steps * opts.rounds)
         finally:
             if holder.stdin:
                 holder.stdin.close()
             holder.wait(60)
-        print(f"\nhaproxy replica with {opts.idle} idle simulator connections (same replica, before/after)")
+        print(f"\ndirect replica with {opts.idle} idle simulator connections (same replica, before/after)")
         print(
             f"  p99 empty {pct(empty, 99):.3f} ms, loaded {pct(loaded, 99):.3f} ms: {pct(loaded, 99) / pct(empty, 99):.2f}x"
         )

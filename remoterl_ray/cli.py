@@ -53,6 +53,9 @@ def relay(
         Optional[bool],
         typer.Option("--haproxy/--no-haproxy", help="With --serve: HAProxy ingress (default: if installed)."),
     ] = None,
+    direct: Annotated[
+        bool, typer.Option("--direct/--no-direct", help="With --serve and HAProxy: clients may dial replicas directly.")
+    ] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the relay: embedded (no Ray needed), or on Ray Serve with --serve."""
@@ -65,7 +68,7 @@ def relay(
     if not keys and not open_mode:
         raise typer.BadParameter("give at least one --api-key, or --open to accept any key", param_hint="--api-key")
     if serve:
-        _relay_on_serve(keys, open_mode, host, port, max_frame, replicas, region, public_url, haproxy)
+        _relay_on_serve(keys, open_mode, host, port, max_frame, replicas, region, public_url, haproxy, direct)
         return
     typer.echo(f"remoterl relay on ws://{host}:{port} ({'open mode' if open_mode else f'{len(keys)} key(s)'})")
     run_relay(
@@ -87,6 +90,7 @@ def _relay_on_serve(
     region: str,
     public_url: str | None,
     haproxy: bool | None,
+    direct: bool,
 ) -> None:
     import threading
 
@@ -101,6 +105,7 @@ def _relay_on_serve(
         "api_key_digests": [key_digest(k) for k in keys],  # keys stay out of Serve's config
         "open": open_mode,
         "max_frame": max_frame,
+        "direct": direct,
         # Behind one address (not 0.0.0.0), that address is how simulators reach this region.
         "public_url": public_url or (f"ws://{host}:{port}" if host not in ("0.0.0.0", "::") else None),
     }

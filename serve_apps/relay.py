@@ -48,6 +48,10 @@ class RelayArgs(BaseModel):
         default=None, description="ws:// URL simulators use for this region (default: this node's proxy)"
     )
     route_prefix: str = "/"
+    direct: bool = Field(
+        default=True,
+        description="under HAProxy, let clients dial a replica's own port (one hop less; they fall back if unreachable)",
+    )
     max_frame: int = DEFAULT_MAX_FRAME
     sync_interval: float = Field(default=1.0, gt=0)
 
@@ -74,14 +78,25 @@ class Relay:
             url=args.public_url or default_public_url(args.route_prefix),
             replica=context.replica_id.unique_id,
             sync_interval=args.sync_interval,
+            direct_host=replica_host() if args.direct and haproxy_enabled() else None,
         )
         return create_app(RelayConfig(keys=keys, max_frame=args.max_frame, directory=directory))
 
 
+def _http_options() -> dict[str, Any]:
+    return serve.context._get_global_client().get_serve_details()["http_options"]
+
+
 def default_public_url(route_prefix: str) -> str:
     """This node's Serve proxy: right when every node runs one (Serve's default)."""
-    port = int(serve.context._get_global_client().get_serve_details()["http_options"]["port"])
-    return f"ws://{ray.util.get_node_ip_address()}:{port}{route_prefix.rstrip('/')}"
+    return f"ws://{ray.util.get_node_ip_address()}:{int(_http_options()['port'])}{route_prefix.rstrip('/')}"
+
+
+def replica_host() -> str:
+    """The address this replica's own (direct ingress) port listens on: Serve's
+    HTTP host when it names one, else this node's address."""
+    host = str(_http_options().get("host") or "")
+    return host if host not in ("", "0.0.0.0", "::") else ray.util.get_node_ip_address()
 
 
 def haproxy_enabled() -> bool:

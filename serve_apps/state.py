@@ -90,9 +90,14 @@ def state_actor() -> Any:
 class RayDirectory:
     """``Directory`` for a relay replica: publishes to and reads from ``RelayState``."""
 
-    def __init__(self, *, region: str, url: str | None, replica: str, sync_interval: float) -> None:
+    def __init__(
+        self, *, region: str, url: str | None, replica: str, sync_interval: float, direct_host: str | None = None
+    ) -> None:
+        """``direct_host``: this node's address, when clients may dial the replica's
+        own port (Serve's direct ingress, which HAProxy mode turns on)."""
         self.region = region
         self.url = url
+        self.direct_host = direct_host
         self.replica = replica
         self.sync_interval = sync_interval
         self._actor = state_actor()
@@ -112,6 +117,11 @@ class RayDirectory:
         # of the workspace in this region are on their way here (see RelayState).
         out.insert(0, Region(name=self.region, url=None, simulators=board.simulator_count(workspace)))
         return out
+
+    def direct_url(self, port: int | None, root_path: str) -> str | None:
+        if self.direct_host is None or port is None:
+            return None
+        return f"ws://{self.direct_host}:{port}{root_path.rstrip('/')}"
 
     async def sync(self, board: Switchboard) -> list[str]:
         view = await self._actor.report.remote(self.replica, self.region, self.url, board.summary(), board.stats())

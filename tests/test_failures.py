@@ -18,6 +18,7 @@ from conftest import TEST_ENVS_MODULE, SimulatorPool, init_trainer, new_key, sim
 import remoterl_ray
 from remoterl_ray import AuthenticationError, NoSimulatorError, RelayUnavailableError, SimulatorLostError
 from remoterl_ray.local import free_port, start_relay, start_simulator
+from remoterl_ray.trainer.remote_env import RECONNECTED
 
 
 def test_wrong_key_raises_runtime_error(relay, trainer_cleanup):
@@ -53,7 +54,7 @@ def test_simulator_with_wrong_key_exits_with_a_clear_error(relay):
 def test_simulator_killed_mid_episode_gives_a_coded_error(relay, keys, trainer_cleanup):
     key = keys.take()
     pool = SimulatorPool(relay, key)
-    sim, = pool.start(1)
+    (sim,) = pool.start(1)
     try:
         assert init_trainer(relay, key, timeout=60)
         gym.register("SlowCounter-v0", entry_point=f"{TEST_ENVS_MODULE}:CounterEnv", kwargs={"delay": 3.0})
@@ -92,16 +93,20 @@ def test_simulator_killed_mid_episode_gives_a_coded_error(relay, keys, trainer_c
         pool.stop()
 
 
-def test_relay_restart_simulator_reconnects_and_training_resumes(keys, trainer_cleanup):
+def test_relay_restart_simulator_reconnects_and_envs_carry_on(keys, trainer_cleanup):
+    """While the relay is down a step fails with a coded error; once it is back,
+    the same env objects are made again and report the lost episodes truncated."""
     key = new_key("restart")
     port = free_port()
     relay = start_relay(api_keys=[key], port=port)
     pool = SimulatorPool(relay, key)
-    sim, = pool.start(1)
+    (sim,) = pool.start(1)
     try:
-        assert init_trainer(relay, key)
+        assert init_trainer(relay, key, connect_timeout=2, simulator_wait=20)
         env = gym.make("CartPole-v1")
+        vec = gym.make_vec("CartPole-v1", 3, vectorization_mode="sync")
         env.reset(seed=0)
+        vec.reset(seed=0)
         relay.stop()
         with pytest.raises(RelayUnavailableError):
             env.step(0)
@@ -109,11 +114,23 @@ def test_relay_restart_simulator_reconnects_and_training_resumes(keys, trainer_c
         pool.relay = relay
         relay.wait_for(key, "simulator", 1, timeout=30)  # the same simulator process came back
         assert sim.alive()
-        assert init_trainer(relay, key)
-        env = gym.make("CartPole-v1")
-        env.reset(seed=0)
-        assert env.step(1)[0].shape == (4,)
+
+        obs, reward, terminated, truncated, info = env.step(1)
+        assert (reward, terminated, truncated) == (0.0, False, True) and info[RECONNECTED] is True
+        assert env.observation_space.contains(obs)
+        env.reset(seed=1)
+        local = gym.make("CartPole-v1")
+        local.reset(seed=1)
+        assert np.array_equal(env.step(1)[0], local.step(1)[0])
+
+        obs, rewards, terminations, truncations, infos = vec.step(np.array([1, 0, 1]))
+        assert truncations.all() and not terminations.any() and infos[RECONNECTED].all()
+        # NEXT_STEP autoreset: the next step starts the new episodes and ignores the actions.
+        again, rewards, terminations, truncations, _ = vec.step(np.array([0, 0, 0]))
+        assert np.array_equal(again, obs) and not rewards.any() and not (terminations | truncations).any()
+        assert vec.step(np.array([0, 1, 0]))[0].shape == (3, 4)
         env.close()
+        vec.close()
     finally:
         remoterl_ray.shutdown()
         pool.stop()
@@ -147,7 +164,7 @@ def test_frozen_simulator_is_detected_by_heartbeats(keys, trainer_cleanup):
     key = new_key("frozen")
     relay = start_relay(api_keys=[key], extra_args=["--ping-interval", "0.5", "--ping-timeout", "1"])
     pool = SimulatorPool(relay, key)
-    sim, = pool.start(1)
+    (sim,) = pool.start(1)
     try:
         assert init_trainer(relay, key, timeout=60)
         env = gym.make("CartPole-v1")

@@ -10,9 +10,12 @@ processes speaking real WebSockets through Serve's proxy.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +25,7 @@ import pytest
 
 from remoterl_ray.local import LocalProcess, free_port, start_simulator
 from remoterl_ray.protocol.affinity import session_id_for
-from remoterl_ray.trainer.remote_env import RemoteEnv
+from remoterl_ray.trainer.remote_env import RECONNECTED, RemoteEnv
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
 from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
 
@@ -32,6 +35,7 @@ from latency_proxy import LatencyProxy
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
+IDLE_PEERS = Path(__file__).resolve().parents[1] / "bench" / "idle_peers.py"
 FAR_DELAY = 0.03  # seconds each way through the latency proxy
 
 
@@ -203,6 +207,35 @@ def test_trainer_steps_across_two_regions_at_once(serve_cluster: ServeCluster) -
         session.close()
 
 
+def test_one_replica_holds_a_thousand_connections(serve_cluster: ServeCluster) -> None:
+    """1000 simulators of one workspace stay open on one replica; other workspaces step on."""
+    crowd, other = serve_cluster.keys[20], serve_cluster.keys[21]
+    holder = subprocess.Popen(
+        [sys.executable, str(IDLE_PEERS), serve_cluster.url("near"), crowd, "1000"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    serve_cluster.simulator(other, serve_cluster.url("near"), "--region", "near")
+    session = TrainerSession(TrainerSettings(relay_url=serve_cluster.url("near"), api_key=other))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready 1000"
+        placed = serve_cluster.wait_where(crowd, lambda p: sum(n for _, _, n in p["simulators"]) == 1000)
+        assert len(placed["simulators"]) == 1  # all in one replica
+        assert session.wait_for_simulators(1, 30) == 1
+        env = RemoteEnv(session, "CartPole-v1")
+        env.reset(seed=0)
+        for _ in range(50):
+            if env.step(0)[2]:
+                env.reset()
+        env.close()
+    finally:
+        session.close()
+        if holder.stdin:
+            holder.stdin.close()
+        holder.wait(60)
+
+
 def test_idle_simulators_follow_their_workspace_when_replicas_change(serve_cluster: ServeCluster) -> None:
     """Scale 1 -> 3 replicas, then redeploy: new trainers still find their simulators."""
     keys = serve_cluster.keys[12:18]
@@ -230,7 +263,24 @@ def test_idle_simulators_follow_their_workspace_when_replicas_change(serve_clust
             serve_cluster, "scale", 3, url, nodes="near"
         )  # more replicas: the hash ring changes under the simulators
         trainers_find_their_simulators()
-        deploy(serve_cluster, "scale", 3, url, nodes="near", max_frame=8 << 20)  # new args: every replica is replaced
+        # A trainer mid-training while every replica is replaced (new args): it carries on.
+        session = TrainerSession(TrainerSettings(relay_url=url, api_key=keys[0], simulator_wait=30))
+        try:
+            vec = RemoteVectorEnv(session, "CartPole-v1", 2)
+            vec.reset(seed=0)
+            deploy(serve_cluster, "scale", 3, url, nodes="near", max_frame=8 << 20)
+            deadline = time.monotonic() + 60
+            while True:  # old replicas keep their peers for graceful_shutdown_timeout_s, then cut them
+                infos = vec.step(np.array([0, 1]))[4]
+                if RECONNECTED in infos:
+                    break
+                assert time.monotonic() < deadline, "the trainer's connection was never replaced"
+                time.sleep(0.05)
+            assert vec.step(np.array([1, 1]))[0].shape == (2, 4)  # the autoreset step, on new channels
+            assert vec.step(np.array([1, 0]))[0].shape == (2, 4)
+            vec.close()
+        finally:
+            session.close()
         trainers_find_their_simulators()
         assert len(serve_cluster.cluster_stats()["regions"]["scale"]["replicas"]) >= 3
     finally:

@@ -6,6 +6,7 @@ Routes:
   ``/healthz``     liveness (simulators also time it to pick the nearest region);
   ``/v1/stats``    who is online here and their byte/step counters (no payloads);
   ``/v1/regions``  every region and its endpoint (discovery);
+  ``/v1/route``    this process's own address, when clients may dial it directly;
   ``/v1/cluster``  the same counters gathered across replicas and regions.
 """
 
@@ -20,7 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, Request, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from ..protocol.errors import (
@@ -122,6 +123,13 @@ def create_app(config: RelayConfig) -> FastAPI:
     async def regions() -> dict[str, object]:
         """``url`` null means "the URL you used"; simulators time each region's ``/healthz``."""
         return {"region": directory.region, "regions": directory.regions()}
+
+    @app.get("/v1/route")
+    async def route(request: Request) -> dict[str, object]:
+        """Reached through the ingress with the affinity header: names this very process."""
+        server = request.scope.get("server")
+        port = server[1] if server else None
+        return {"direct_url": directory.direct_url(port, request.scope.get("root_path", ""))}
 
     @app.get("/v1/cluster")
     async def cluster() -> dict[str, object]:

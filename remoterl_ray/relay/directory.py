@@ -31,6 +31,9 @@ class Directory(Protocol):
     def regions_for(self, workspace: str, board: Switchboard) -> list[Region]:
         """The regions, each with the number of ``workspace``'s simulators there."""
 
+    def direct_url(self, port: int | None, root_path: str) -> str | None:
+        """This process's own ``ws://`` address for clients to dial past the ingress, or None."""
+
     async def sync(self, board: Switchboard) -> list[str]:
         """Publish this relay's state; return workspaces to move away from here."""
 
@@ -53,6 +56,9 @@ class LocalDirectory:
 
     def regions_for(self, workspace: str, board: Switchboard) -> list[Region]:
         return [Region(name=self.region, url=None, simulators=board.simulator_count(workspace))]
+
+    def direct_url(self, port: int | None, root_path: str) -> str | None:
+        return None  # clients already dial this process
 
     async def sync(self, board: Switchboard) -> list[str]:
         return []

@@ -8,7 +8,9 @@ import gymnasium as gym
 
 from ..protocol.frames import Op
 from .session import TrainerSession
-from .shards import Shards
+from .shards import Shards, ShardsRebuilt
+
+RECONNECTED = "remoterl_reconnected"  # info key: the relay connection was replaced, the episode truncated
 
 
 class RemoteEnv(gym.Env):
@@ -31,15 +33,27 @@ class RemoteEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         super().reset(seed=seed)  # keeps self.np_random consistent with a local env
-        obs, info = self._remote.request(Op.RESET, [{"seed": seed, "options": options}])[0]
+        request = [{"seed": seed, "options": options}]
+        try:
+            obs, info = self._remote.request(Op.RESET, request)[0]
+        except ShardsRebuilt:
+            obs, info = self._remote.request(Op.RESET, request)[0]
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self._remote.request(Op.STEP, [action])[0]
+        try:
+            obs, reward, terminated, truncated, info = self._remote.request(Op.STEP, [action])[0]
+        except ShardsRebuilt:
+            # The env was made again on a new connection: this episode ends here, truncated.
+            obs, info = self._remote.request(Op.RESET, [{"seed": None, "options": None}])[0]
+            return obs, 0.0, False, True, {**info, RECONNECTED: True}
         return obs, reward, terminated, truncated, info
 
     def render(self) -> Any:
-        return self._remote.request(Op.RENDER, [None])[0]
+        try:
+            return self._remote.request(Op.RENDER, [None])[0]
+        except ShardsRebuilt:
+            return self._remote.request(Op.RENDER, [None])[0]
 
     def close(self) -> None:
         remote = getattr(self, "_remote", None)

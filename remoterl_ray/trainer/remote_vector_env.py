@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space
+from gymnasium.vector.utils import batch_space, iterate
 
 from ..protocol.frames import Op
 from .batching import concat_arrays, concat_batches, merge_infos, slice_batch
 from .session import TrainerSession
-from .shards import Shards
+from .remote_env import RECONNECTED
+from .shards import Shards, ShardsRebuilt
 
 
 class RemoteVectorEnv(VectorEnv):
@@ -56,6 +57,7 @@ class RemoteVectorEnv(VectorEnv):
             self.metadata["autoreset_mode"] = AutoresetMode(self.metadata["autoreset_mode"])
         self.render_mode = description.get("render_mode")
         self.spec = self._remote.spec()
+        self._autoreset_step: tuple[Any, dict[str, Any]] | None = None  # see _truncated_by_reconnect
 
     @property
     def shard_sizes(self) -> list[int]:
@@ -78,7 +80,12 @@ class RemoteVectorEnv(VectorEnv):
         shard_options = [self._shard_options(options, a, b) for a, b in bounds]
         if isinstance(seed, (int, np.integer)):
             super().reset(seed=int(seed))  # keeps self.np_random as a local vector env has it
-        results = self._remote.request(Op.RESET, [{"seed": s, "options": o} for s, o in zip(seeds, shard_options)])
+        self._autoreset_step = None
+        requests = [{"seed": s, "options": o} for s, o in zip(seeds, shard_options)]
+        try:
+            results = self._remote.request(Op.RESET, requests)
+        except ShardsRebuilt:  # made again, maybe cut into other shards: seeds and masks are re-split
+            return self.reset(seed=seed, options=options)
         obs = concat_batches(self.single_observation_space, [r[0] for r in results])
         return obs, merge_infos([r[1] for r in results], self._remote.sizes)
 
@@ -88,18 +95,42 @@ class RemoteVectorEnv(VectorEnv):
         return {**options, "reset_mask": np.asarray(options["reset_mask"])[start:stop]}
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if self._autoreset_step is not None:
+            obs, info = self._autoreset_step
+            self._autoreset_step = None
+            zeros = np.zeros(self.num_envs, dtype=bool)
+            return obs, np.zeros(self.num_envs), zeros, zeros.copy(), info
         bounds = self._remote.bounds
         if len(bounds) == 1:
             parts = [actions]
         else:
             parts = [slice_batch(self.single_action_space, actions, a, b) for a, b in bounds]
-        results = self._remote.request(Op.STEP, parts)
+        try:
+            results = self._remote.request(Op.STEP, parts)
+        except ShardsRebuilt:
+            return self._truncated_by_reconnect()
         obs = concat_batches(self.single_observation_space, [r[0] for r in results])
         rewards = concat_arrays([r[1] for r in results])
         terminations = concat_arrays([r[2] for r in results])
         truncations = concat_arrays([r[3] for r in results])
         infos = merge_infos([r[4] for r in results], self._remote.sizes)
         return obs, rewards, terminations, truncations, infos
+
+    def _truncated_by_reconnect(self) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Every env was made again on a new relay connection: report all episodes
+        truncated, in the vector env's own autoreset convention."""
+        obs, reset_info = self.reset()
+        infos: dict[str, Any] = {}
+        mode = self.metadata["autoreset_mode"]
+        for i, env_obs in enumerate(iterate(self.observation_space, obs)):
+            extra: dict[str, Any] = {RECONNECTED: True}
+            if mode == AutoresetMode.SAME_STEP:  # the new episode's first obs stands in for the lost final one
+                extra.update(final_obs=env_obs, final_info={})
+            infos = self._add_info(infos, extra, i)
+        if mode == AutoresetMode.NEXT_STEP:
+            self._autoreset_step = (obs, reset_info)  # the next step is the autoreset step: it ignores actions
+        done = np.ones(self.num_envs, dtype=bool)
+        return obs, np.zeros(self.num_envs), np.zeros(self.num_envs, dtype=bool), done, infos
 
     def render(self) -> tuple[Any, ...] | None:
         frames = self._remote.request_all(Op.RENDER)

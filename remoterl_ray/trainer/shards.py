@@ -2,9 +2,12 @@
 
 Both ``RemoteEnv`` (one shard) and ``RemoteVectorEnv`` (one shard per
 simulator) keep the connection each shard was created on (shards in other
-regions live on other connections): if the relay drops it, their channels
-are gone with it and every call raises the connection's
-``RelayUnavailableError`` instead of silently reaching a new relay session.
+regions live on other connections). If the relay drops one (a relay
+restart, a Serve replica removed by a downscale or redeploy), the channels
+are gone with it: the envs are made again on a fresh connection and
+``ShardsRebuilt`` tells the env class that every episode just ended, which
+it reports as truncation. If that fails, the call raises the connection's
+``RelayUnavailableError``.
 """
 
 from __future__ import annotations
@@ -16,33 +19,28 @@ from typing import Any
 from gymnasium.envs.registration import EnvSpec
 
 from ..protocol import codec
-from ..protocol.errors import EnvClosedError
+from ..protocol.errors import EnvClosedError, RelayUnavailableError, RemoteRLError
 from ..protocol.frames import Kind, Op
 from ..protocol.messages import Shard
 from ..protocol.spaces import space_from_wire
 from ..transport import RelayConnection, Reply
-from .session import TrainerSession, group_channels
+from .session import Made, TrainerSession, group_channels
 
 log = logging.getLogger("remoterl.trainer")
+
+
+class ShardsRebuilt(Exception):
+    """The relay connection was lost and the envs were made again: their episodes ended."""
 
 
 class Shards:
     def __init__(self, session: TrainerSession, env_id: str, num_envs: int, make_arg: dict[str, Any], *, vector: bool):
         self.session = session
         self.env_id = env_id
+        self.num_envs = num_envs
+        self._make = (make_arg, vector)
         made = session.create(env_id, num_envs, make_arg, vector=vector)
-        self.made = made
-        self.shards: list[Shard] = [m.shard for m in made]
-        self.channels = [s.channel for s in self.shards]
-        self.conns = [m.conn for m in made]
-        self.single_conn: RelayConnection | None = self.conns[0] if len({id(c) for c in self.conns}) == 1 else None
-        self.sizes = [s.envs for s in self.shards]
-        self.num_envs = sum(self.sizes)
-        self.bounds = []
-        start = 0
-        for size in self.sizes:
-            self.bounds.append((start, start + size))
-            start += size
+        self._adopt(made)
         self.description = made[0].description
         self.observation_space = space_from_wire(self.description["observation_space"])
         self.action_space = space_from_wire(self.description["action_space"])
@@ -53,6 +51,33 @@ class Shards:
             ):
                 log.warning("simulators of %s report different spaces; using the first one's", env_id)
         self.closed = False
+
+    def _adopt(self, made: list[Made]) -> None:
+        self.made = made
+        self.shards: list[Shard] = [m.shard for m in made]
+        self.channels = [s.channel for s in self.shards]
+        self.conns = [m.conn for m in made]
+        self.single_conn: RelayConnection | None = self.conns[0] if len({id(c) for c in self.conns}) == 1 else None
+        self.sizes = [s.envs for s in self.shards]
+        self.bounds = []
+        start = 0
+        for size in self.sizes:
+            self.bounds.append((start, start + size))
+            start += size
+
+    def _rebuild(self, lost: RelayUnavailableError) -> None:
+        """Make the envs again on a fresh connection; raises ``ShardsRebuilt``, or ``lost`` if that fails."""
+        log.warning("lost the relay connection of %s (%s); making its envs again", self.env_id, lost)
+        for conn, channels in group_channels(self.made):
+            self.session.release(conn, channels)  # channels on a live connection (another region) go back
+        make_arg, vector = self._make
+        try:
+            self.session.wait_for_simulators(1, self.session.settings.simulator_wait)
+            self._adopt(self.session.create(self.env_id, self.num_envs, make_arg, vector=vector))
+        except RemoteRLError as exc:
+            raise lost from exc
+        log.warning("%s is served again (%s); its episodes were truncated", self.env_id, self.sizes)
+        raise ShardsRebuilt(str(lost))
 
     def spec(self) -> EnvSpec | None:
         spec = self.description.get("spec")
@@ -73,10 +98,16 @@ class Shards:
         started = time.perf_counter()
         timeout = timeout if timeout is not None else self.session.settings.timeout
         requests = [(Kind.REQUEST, op, ch, codec.packb(arg)) for ch, arg in zip(self.channels, args)]
-        if self.single_conn is not None:
-            replies = self.single_conn.call(requests, timeout)
-        else:
-            replies = self._call_regions(requests, timeout)
+        try:
+            if self.single_conn is not None:
+                replies = self.single_conn.call(requests, timeout)
+            else:
+                replies = self._call_regions(requests, timeout)
+        except RelayUnavailableError as exc:
+            self._rebuild(exc)
+        for reply in replies:
+            if isinstance(reply.error, RelayUnavailableError):
+                self._rebuild(reply.error)
         values = [reply.value() for reply in replies]
         if op == Op.STEP:
             self.session.record_step(time.perf_counter() - started, self.num_envs)

@@ -38,8 +38,11 @@ from ..protocol.errors import (
 )
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE, MAX_SEQ, Kind, Op, pack, payload_of, unpack_header
 from ..protocol.messages import Hello, Welcome, control_frame, parse_control
+from .discovery import direct_route
 
 log = logging.getLogger("remoterl.transport")
+
+DIRECT_TIMEOUT = 3.0  # a replica address that does not answer by then is not reachable from here
 
 
 def endpoint(relay_url: str) -> str:
@@ -98,6 +101,7 @@ class RelayConnection:
         self, ws: ClientConnection, welcome: Welcome, *, on_control: Callable[[Any], None] | None = None
     ) -> None:
         self._ws = ws
+        self.url = ""  # the WebSocket URL this connection reached
         self.welcome = welcome
         self.max_frame = welcome.max_frame
         self.on_control = on_control
@@ -167,7 +171,21 @@ class RelayConnection:
         if not isinstance(message, Welcome):
             ws.close()
             raise ProtocolError(f"relay answered the hello with {message.op!r}")
-        return cls(ws, message, **handlers)
+        conn = cls(ws, message, **handlers)
+        conn.url = url
+        return conn
+
+    @classmethod
+    def open_routed(cls, relay_url: str, hello: Hello, *, timeout: float = 10.0, **kwargs: Any) -> RelayConnection:
+        """:meth:`open`, dialling the relay replica directly when the relay offers
+        its address (``GET /v1/route``) and it answers; else ``relay_url``."""
+        direct = direct_route(relay_url, hello.api_key, timeout=min(timeout, 5.0))
+        if direct is not None:
+            try:
+                return cls.open(direct, hello, timeout=min(timeout, DIRECT_TIMEOUT), **kwargs)
+            except RelayUnavailableError as exc:
+                log.info("relay replica address %s not reachable (%s); using %s", direct, exc, relay_url)
+        return cls.open(relay_url, hello, timeout=timeout, **kwargs)
 
     @classmethod
     def open_with_backoff(
@@ -181,7 +199,7 @@ class RelayConnection:
         max_delay: float = 5.0,
         **kwargs: Any,
     ) -> RelayConnection | None:
-        """Retry :meth:`open` with capped, jittered exponential backoff.
+        """Retry :meth:`open_routed` with capped, jittered exponential backoff.
 
         Returns None when ``deadline`` (a ``time.monotonic()`` value) passes or
         ``stop`` is set. Refusals (bad key, bad version) are raised at once.
@@ -189,7 +207,7 @@ class RelayConnection:
         delay = first_delay
         while True:
             try:
-                return cls.open(relay_url, hello, **kwargs)
+                return cls.open_routed(relay_url, hello, **kwargs)
             except RelayUnavailableError as exc:
                 log.debug("relay not reachable yet: %s", exc)
             now = time.monotonic()

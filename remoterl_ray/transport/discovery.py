@@ -4,6 +4,11 @@ A relay publishes its regions at ``GET /v1/regions`` (a region's ``url`` is
 null when it is the relay being asked). A simulator times ``GET /healthz`` on
 each region over one kept-alive HTTP connection and dials the fastest, so
 it lands in the region nearest to it; ``--region`` names one instead.
+
+``GET /v1/route`` (sent with the affinity header, so the ingress routes it
+like the WebSocket that follows) names the relay replica's own address when
+it has one a client may dial directly (Serve behind HAProxy): one proxy hop
+less each way on every frame.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from ..protocol.affinity import SESSION_HEADER, session_id_for
 
 log = logging.getLogger("remoterl.transport")
 
@@ -41,6 +48,25 @@ def _connection(ws_url: str, timeout: float) -> tuple[http.client.HTTPConnection
     tls, netloc, prefix = _http_parts(ws_url)
     cls = http.client.HTTPSConnection if tls else http.client.HTTPConnection
     return cls(netloc, timeout=timeout), prefix
+
+
+def direct_route(relay_url: str, api_key: str | None, timeout: float = 5.0) -> str | None:
+    """The ``ws://`` address of the replica that serves ``api_key``'s workspace, if offered."""
+    try:
+        conn, prefix = _connection(relay_url, timeout)
+        try:
+            conn.request("GET", f"{prefix}/v1/route", headers={SESSION_HEADER: session_id_for(api_key)})
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status != 200:
+            return None
+        direct = json.loads(body).get("direct_url")
+    except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:
+        log.debug("no direct route from %s: %s", relay_url, exc)
+        return None
+    return direct if isinstance(direct, str) and direct.startswith(("ws://", "wss://")) else None
 
 
 def fetch_regions(relay_url: str, timeout: float = 5.0) -> list[RegionEndpoint]:
