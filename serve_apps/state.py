@@ -80,10 +80,21 @@ class RelayState:
         return {"regions": regions}
 
 
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
+
 def state_actor() -> Any:
-    """The one shared state actor, created by whichever replica comes first."""
+    """The one shared state actor, created by whichever replica comes first.
+
+    It lives on the head node, which is never scaled away: on a relay node it
+    would keep that node busy, and Ray's autoscaler could never remove it.
+    """
     return RelayState.options(
-        name=STATE_ACTOR, namespace=STATE_NAMESPACE, lifetime="detached", get_if_exists=True
+        name=STATE_ACTOR,
+        namespace=STATE_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        resources={HEAD_NODE_RESOURCE: 0.001},
     ).remote()
 
 

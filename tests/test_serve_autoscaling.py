@@ -4,8 +4,10 @@ Runs on ``ray.cluster_utils.AutoscalingCluster``: Ray's fake multi-node
 provider starts and stops real raylet processes on this machine as if they
 were cloud instances of the node type ``relay-edge`` (custom resource
 ``region-edge``). Connections are real simulator hellos over WebSockets.
-The 2.60 wheel lacks the fake provider's base ``example.yaml``, so the
-cluster config is built here in full.
+The 2.60 wheel lacks the fake provider's base ``example.yaml``, which both
+``AutoscalingCluster`` and the autoscaler's monitor read for defaults: the
+fixture builds the config here in full and writes that file (only if it is
+missing, removing it again afterwards).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from conftest import new_key
 from remoterl_ray.local import free_port
@@ -81,11 +84,15 @@ def autoscaling_cluster() -> Iterator[int]:
             return fake_cluster_config(head_resources, worker_node_types)
 
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")  # `ray` CLI
+    defaults = Path(ray.__file__).parent / "autoscaler" / "_private" / "fake_multi_node" / "example.yaml"
+    wrote_defaults = not defaults.exists()
+    if wrote_defaults:
+        defaults.write_text(yaml.safe_dump(fake_cluster_config({"CPU": 2}, {"relay-edge": EDGE_NODE})))
     cluster = FakeRegionCluster(
         head_resources={"CPU": 2}, worker_node_types={"relay-edge": EDGE_NODE}, autoscaler_v2=True
     )
-    cluster.start()
     try:
+        cluster.start()
         ray.init(address="auto", log_to_driver=False, configure_logging=False)
         port = free_port()
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
@@ -96,6 +103,8 @@ def autoscaling_cluster() -> Iterator[int]:
             ray.shutdown()
         finally:
             cluster.shutdown()
+            if wrote_defaults:
+                defaults.unlink()
 
 
 def edge_nodes() -> list[str]:

@@ -1,0 +1,90 @@
+"""The shipped Serve configs: valid for Serve and for the relay, and `serve run` really serves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import yaml
+
+from remoterl_ray.local import LocalProcess, start_simulator, wait_http
+from remoterl_ray.trainer.remote_env import RemoteEnv
+from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
+
+SERVE_APPS = Path(__file__).resolve().parents[1] / "serve_apps"
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((SERVE_APPS / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "regions.yaml"])
+def test_configs_are_valid_serve_configs_with_valid_relay_args(name: str) -> None:
+    from ray.serve.schema import ServeDeploySchema
+    from serve_apps.relay import RelayArgs
+
+    config = load(name)
+    schema = ServeDeploySchema.model_validate(config)
+    assert schema.http_options.request_timeout_s is None  # a timeout would close WebSockets
+    for app in config["applications"]:
+        assert app["import_path"] == "serve_apps.relay:build"
+        args = dict(app["args"])
+        if args.get("api_key_digests") == ["REPLACE-WITH-SHA256-OF-A-KEY"]:
+            with pytest.raises(ValueError, match="api_key_digests"):
+                RelayArgs.model_validate(args)  # the placeholder cannot be deployed by mistake
+            args["api_key_digests"] = ["0" * 64]
+        relay_args = RelayArgs.model_validate(args)
+        assert relay_args.route_prefix == app["route_prefix"]
+        [deployment] = app["deployments"]
+        assert deployment["autoscaling_config"]["target_ongoing_requests"] >= 1
+        if name == "regions.yaml":
+            assert deployment["ray_actor_options"]["resources"] == {f"region-{relay_args.region}": 0.001}
+
+
+def test_cluster_launcher_config_has_a_node_type_per_region() -> None:
+    cluster = yaml.safe_load((SERVE_APPS / "cluster" / "regions.yaml").read_text())
+    regions = {app["args"]["region"] for app in load("regions.yaml")["applications"]}
+    carried = {
+        name[len("region-") :]
+        for node_type in cluster["available_node_types"].values()
+        for name in node_type["resources"]
+        if name.startswith("region-")
+    }
+    assert carried == regions
+
+
+def test_serve_run_local_config_serves_a_trainer(tmp_path: Path) -> None:
+    """`serve run serve_apps/local.yaml` on a fresh local Ray: a simulator and a trainer meet through it."""
+    serve_cli = Path(sys.executable).with_name("serve")
+    env = dict(os.environ, RAY_ADDRESS="local")
+    env.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
+    run = LocalProcess([str(serve_cli), "run", str(SERVE_APPS / "local.yaml")], env=env)
+    sim = None
+    session = None
+    try:
+        wait_http("http://127.0.0.1:8000/healthz", run, timeout=240)
+        sim = start_simulator("ws://127.0.0.1:8000", "a-key")
+        session = TrainerSession(TrainerSettings(relay_url="ws://127.0.0.1:8000", api_key="a-key"))
+        assert session.wait_for_simulators(1, 60) == 1
+        remote, local = RemoteEnv(session, "CartPole-v1"), gym.make("CartPole-v1")
+        assert np.array_equal(remote.reset(seed=4)[0], local.reset(seed=4)[0])
+        assert np.array_equal(remote.step(0)[0], local.step(0)[0])
+        remote.close()
+    finally:
+        if session is not None:
+            session.close()
+        if sim is not None:
+            sim.stop()
+        if run.alive():
+            run.popen.send_signal(signal.SIGINT)  # serve run shuts Serve and its Ray down on Ctrl-C
+            try:
+                run.popen.wait(60)
+            except subprocess.TimeoutExpired:
+                run.kill()
+        run.stop()
