@@ -33,6 +33,7 @@ from .hosted import EnvTable, remote_type_of
 log = logging.getLogger("remoterl.simulator")
 
 POLL_SECONDS = 0.25  # how often an idle simulator checks for a stop request
+REPICK_SECONDS = 30.0  # a region unreachable this long is given up for the nearest other one
 
 
 class SimulatorHost:
@@ -61,9 +62,11 @@ class SimulatorHost:
         """Serve until ``stop`` is set. Raises ``AuthenticationError`` for a bad key."""
         while not stop.is_set():
             url = self.pick_url()
-            conn = RelayConnection.open_with_backoff(url, self.hello(), deadline=None, stop=stop, timeout=5.0)
+            conn = RelayConnection.open_with_backoff(
+                url, self.hello(), deadline=time.monotonic() + REPICK_SECONDS, stop=stop, timeout=5.0
+            )
             if conn is None:
-                break
+                continue  # that region stayed unreachable: choose again (or stop)
             log.info(
                 "simulator %s connected to %s (region %s, workspace %s)",
                 self.name,

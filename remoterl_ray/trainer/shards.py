@@ -119,7 +119,14 @@ class Shards:
         for i, conn in enumerate(self.conns):
             groups.setdefault(id(conn), (conn, []))[1].append(i)
         deadline = time.monotonic() + timeout
-        pending = [(conn, idx, conn.start([requests[i] for i in idx])) for conn, idx in groups.values()]
+        pending = []
+        try:
+            for conn, idx in groups.values():
+                pending.append((conn, idx, conn.start([requests[i] for i in idx])))
+        except BaseException:
+            for conn, _, slots in pending:  # requests already sent elsewhere: stop waiting for them
+                conn.finish(slots, time.monotonic(), timeout)
+            raise
         replies: list[Reply | None] = [None] * len(requests)
         for conn, idx, slots in pending:
             for i, reply in zip(idx, conn.finish(slots, deadline, timeout)):
