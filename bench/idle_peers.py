@@ -1,8 +1,10 @@
 """Hold N idle simulator connections open on a relay (used by bench/serve_path.py).
 
-Each connection sends a real hello and waits for its welcome; the websockets
-library answers the relay's pings. Prints ``ready N`` once all are welcomed,
-then holds them until stdin closes.
+Each connection dials like a real peer (the replica's own address when
+``GET /v1/route`` offers one, else the given URL), sends a real hello and
+waits for its welcome; the websockets library answers the relay's pings.
+Prints ``ready N direct=D`` once all are welcomed (D of them reached the
+replica directly), then holds them until stdin closes.
 
     python bench/idle_peers.py ws://127.0.0.1:8000 KEY 1000
 """
@@ -17,21 +19,32 @@ from websockets.asyncio.client import connect
 from remoterl_ray.protocol.affinity import SESSION_HEADER, session_id_for
 from remoterl_ray.protocol.messages import Hello, control_frame
 from remoterl_ray.transport import endpoint
+from remoterl_ray.transport.discovery import direct_route
 
 
 async def hold(url: str, key: str, count: int) -> None:
     gate = asyncio.Semaphore(32)  # connect in waves, as a fleet of simulators would
     sockets = []
+    headers = {SESSION_HEADER: session_id_for(key)}
+    direct = await asyncio.to_thread(direct_route, url, key)
+    reached_directly = 0
 
     async def one(i: int) -> None:
+        nonlocal reached_directly
         async with gate:
-            ws = await connect(endpoint(url), additional_headers={SESSION_HEADER: session_id_for(key)}, open_timeout=60)
+            try:
+                if direct is None:
+                    raise OSError("no direct route")
+                ws = await connect(endpoint(direct), additional_headers=headers, open_timeout=3)
+                reached_directly += 1
+            except (OSError, TimeoutError):
+                ws = await connect(endpoint(url), additional_headers=headers, open_timeout=60)
             await ws.send(control_frame(Hello(role="simulator", api_key=key, name=f"idle-{i}")))
             await asyncio.wait_for(ws.recv(), 60)
             sockets.append(ws)
 
     await asyncio.gather(*(one(i) for i in range(count)))
-    print(f"ready {len(sockets)}", flush=True)
+    print(f"ready {len(sockets)} direct={reached_directly}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 

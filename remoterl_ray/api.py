@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from typing import Literal
 
 from .config import (
     ENV_CONNECT_TIMEOUT,
+    ENV_REGION,
     ENV_SIMULATOR_WAIT,
     ENV_TIMEOUT,
     resolve_api_key,
@@ -43,6 +45,7 @@ def init(
     connect_timeout: float | None = None,
     simulator_wait: float | None = None,
     tensorboard_dir: str | None = None,
+    region: str | None = None,
 ) -> bool:
     """Connect this process to a relay as a trainer or a simulator.
 
@@ -58,7 +61,8 @@ def init(
     Simulator: blocks serving envs until Ctrl-C / SIGTERM, reconnecting with
     backoff whenever the relay goes away, then returns True. ``allow_modules``
     (plus ``REMOTERL_ALLOW_MODULES``) lists the modules whose entry points
-    mirrored registrations may import.
+    mirrored registrations may import. It dials the relay region with the
+    lowest round trip, or ``region`` (or ``REMOTERL_REGION``).
 
     Also while initialized as trainer: SB3's ``DummyVecEnv``/``SubprocVecEnv``
     (so ``make_vec_env``) build batched remote vector envs, and RLlib
@@ -72,7 +76,13 @@ def init(
         raise ValueError("num_workers and num_env_runners must be at least 1")
     if role == "simulator":
         modules = list(allow_modules or []) + allowed_modules_from_env()
-        run_simulator(SimulatorHost(resolve_relay_url(relay_url), resolve_api_key(api_key), allow_modules=modules))
+        host = SimulatorHost(
+            resolve_relay_url(relay_url),
+            resolve_api_key(api_key),
+            allow_modules=modules,
+            region=region or os.environ.get(ENV_REGION) or None,
+        )
+        run_simulator(host)
         return True
     settings = trainer_settings(
         api_key,

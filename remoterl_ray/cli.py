@@ -94,6 +94,7 @@ def _relay_on_serve(
 ) -> None:
     import threading
 
+    from serve_apps.relay import haproxy_enabled
     from serve_apps.run import deploy, haproxy_available, serve_until, use_haproxy
 
     from .protocol.affinity import key_digest
@@ -111,7 +112,7 @@ def _relay_on_serve(
     }
     name = f"relay-{region}"
     owns_cluster = deploy(args, host=host, port=port, replicas=replicas, name=name)
-    ingress = "HAProxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "Serve proxy"
+    ingress = "HAProxy" if haproxy_enabled() else "Serve proxy"
     typer.echo(f"remoterl relay on Ray Serve at ws://{host}:{port} ({replicas} replica(s), region {region}, {ingress})")
     stop = threading.Event()
     with stop_on_signals(stop):
@@ -140,6 +141,7 @@ def simulator(
     """Serve environments to trainers until Ctrl-C / SIGTERM."""
     from .simulator.allowlist import allowed_modules_from_env
     from .simulator.host import SimulatorHost, run_simulator
+    from .transport.discovery import UnknownRegionError
 
     _logging(verbose)
     modules = list(allow or []) + allowed_modules_from_env()
@@ -147,7 +149,7 @@ def simulator(
     typer.echo(f"remoterl simulator {host.name} -> {relay_url} (allow: {', '.join(modules) or 'registry only'})")
     try:
         run_simulator(host)
-    except (RemoteRLError, ValueError) as exc:
+    except (RemoteRLError, UnknownRegionError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 

@@ -14,7 +14,10 @@ import os
 import threading
 from typing import Any
 
-from .relay import HAPROXY_BALANCE, relay_app
+from .relay import HAPROXY_BALANCE, haproxy_enabled, relay_app
+from .state import HEAD_NODE_RESOURCE
+
+HAPROXY_VARIABLES = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM")
 
 
 def haproxy_available() -> bool:
@@ -30,6 +33,29 @@ def use_haproxy(enabled: bool) -> None:
         os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
 
 
+def adopt_cluster_ingress() -> None:
+    """Use the ingress the running cluster was started with, whatever this shell says.
+
+    Serve reads the HAProxy variables where Ray starts; the relay's builder
+    must agree with them, or workspaces would split over replicas.
+    """
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def cluster_environment() -> dict[str, str | None]:
+        return {name: os.environ.get(name) for name in HAPROXY_VARIABLES}
+
+    wanted = haproxy_enabled()
+    found = ray.get(cluster_environment.options(resources={HEAD_NODE_RESOURCE: 0.001}).remote(), timeout=120)
+    for name, value in found.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if haproxy_enabled() != wanted:
+        print(f"note: the cluster runs {'HAProxy' if haproxy_enabled() else 'Serve proxy'} ingress; using it")
+
+
 def deploy(args: dict[str, Any], *, host: str, port: int, replicas: int | None, name: str) -> bool:
     """Start Serve (if needed) and deploy one relay region; returns once it is ready.
 
@@ -41,6 +67,8 @@ def deploy(args: dict[str, Any], *, host: str, port: int, replicas: int | None, 
     owns_cluster = address in (None, "", "local")
     if not ray.is_initialized():
         ray.init(address=address or None, include_dashboard=False, configure_logging=False)
+    if not owns_cluster:
+        adopt_cluster_ingress()
     serve.start(http_options={"host": host, "port": port})
     app = relay_app(args, **({"num_replicas": replicas} if replicas is not None else {}))
     serve.run(app, name=name, route_prefix=args.get("route_prefix", "/"))

@@ -5,8 +5,11 @@ Every relay replica reports to the named actor ``RelayState`` once per
 and the full per-peer counters of its switchboard. The actor keeps the last
 report of each live replica (a replica that stops reporting is dropped after
 ``STALE_AFTER`` seconds), answers each report with the region map, and tells
-a replica which workspaces' idle simulators should move to the replica where
-that workspace's newest trainer landed (see ``remoterl_ray.relay.directory``).
+a replica which workspaces' idle peers should reconnect because the
+workspace's newest connection in that region landed on another replica: the
+newest connection shows where the ingress hash points now, and peers that
+dial again land there too. "Newest" is judged by this actor's own clock
+(when it first saw that peer), so node clocks need not agree.
 The dashboard reads :meth:`RelayState.snapshot`.
 
 :class:`RayDirectory` is the relay core's ``Directory`` backed by this actor.
@@ -15,6 +18,7 @@ It holds counters and connection status only, never a payload.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -26,12 +30,14 @@ from remoterl_ray.relay.switchboard import Switchboard
 STATE_ACTOR = "remoterl-relay-state"
 STATE_NAMESPACE = "remoterl"
 STALE_AFTER = 10.0  # seconds without a report before a replica is forgotten
+SYNC_TIMEOUT = 10.0  # a report the actor does not answer by then is skipped
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class RelayState:
     def __init__(self) -> None:
         self.replicas: dict[str, dict[str, Any]] = {}
+        self.newest: dict[tuple[str, str], tuple[str, float]] = {}  # (replica, workspace) -> (peer, first seen)
 
     def report(
         self, replica: str, region: str, url: str | None, summary: dict[str, Any], stats: dict[str, Any]
@@ -40,6 +46,11 @@ class RelayState:
         self.replicas[replica] = {"region": region, "url": url, "summary": summary, "stats": stats, "seen": now}
         for name in [r for r, rep in self.replicas.items() if now - rep["seen"] > STALE_AFTER]:
             del self.replicas[name]
+        for workspace, counts in summary.items():
+            if self.newest.get((replica, workspace), ("",))[0] != counts["newest"]:
+                self.newest[(replica, workspace)] = (counts["newest"], now)
+        for key in [k for k in self.newest if k[0] not in self.replicas or k[1] not in self.replicas[k[0]]["summary"]]:
+            del self.newest[key]
         return {"regions": self._regions(), "moves": self._moves_from(replica)}
 
     def _regions(self) -> dict[str, dict[str, Any]]:
@@ -53,21 +64,18 @@ class RelayState:
         return regions
 
     def _moves_from(self, replica: str) -> list[str]:
-        """Workspaces whose newest trainer is on another replica of the same region."""
-        mine = self.replicas[replica]
+        """Workspaces with idle peers here whose newest connection in this region is elsewhere."""
+        region = self.replicas[replica]["region"]
         moves = []
-        for workspace, counts in mine["summary"].items():
-            if not counts["idle_simulators"]:
+        for workspace, counts in self.replicas[replica]["summary"].items():
+            if not counts["idle"]:
                 continue
-            newest = max(
-                (
-                    (rep["summary"][workspace]["last_trainer_join"], name)
-                    for name, rep in self.replicas.items()
-                    if rep["region"] == mine["region"] and workspace in rep["summary"]
-                ),
-                default=(0.0, replica),
-            )
-            if newest[0] > 0 and newest[1] != replica:
+            seen = [
+                (self.newest[(name, workspace)][1], name)
+                for name, rep in self.replicas.items()
+                if rep["region"] == region and (name, workspace) in self.newest
+            ]
+            if max(seen)[1] != replica:
                 moves.append(workspace)
         return moves
 
@@ -135,7 +143,8 @@ class RayDirectory:
         return f"ws://{self.direct_host}:{port}{root_path.rstrip('/')}"
 
     async def sync(self, board: Switchboard) -> list[str]:
-        view = await self._actor.report.remote(self.replica, self.region, self.url, board.summary(), board.stats())
+        report = self._actor.report.remote(self.replica, self.region, self.url, board.summary(), board.stats())
+        view = await asyncio.wait_for(report, SYNC_TIMEOUT)
         self._regions = view["regions"]
         return view["moves"]
 

@@ -219,7 +219,9 @@ def test_one_replica_holds_a_thousand_connections(serve_cluster: ServeCluster) -
     serve_cluster.simulator(other, serve_cluster.url("near"), "--region", "near")
     session = TrainerSession(TrainerSettings(relay_url=serve_cluster.url("near"), api_key=other))
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready 1000"
+        assert (
+            holder.stdout is not None and holder.stdout.readline().strip() == "ready 1000 direct=0"
+        )  # Serve proxy: no direct route
         placed = serve_cluster.wait_where(crowd, lambda p: sum(n for _, _, n in p["simulators"]) == 1000)
         assert len(placed["simulators"]) == 1  # all in one replica
         assert session.wait_for_simulators(1, 30) == 1

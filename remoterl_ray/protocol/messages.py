@@ -17,6 +17,12 @@ from .frames import PROTOCOL_VERSION, Kind, Op, pack
 
 Role = Literal["trainer", "simulator"]
 
+# Capabilities: a peer lists the optional messages it understands in its hello,
+# the relay lists those it answers in its welcome; neither sends the other one
+# it did not list, so older peers and relays keep working.
+CAP_RECONNECT = "reconnect"  # peer: follows a Reconnect when idle
+CAP_LOCATE = "locate"  # relay: answers Locate with Regions
+
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -103,9 +109,9 @@ class Regions(_Message):
 
 
 class Reconnect(_Message):
-    """Relay asks a peer to reconnect: the replica is draining, or the
-    workspace's affinity moved to another replica. Channels in use are kept
-    until the peer is idle; a peer simply dials the same URL again."""
+    """Relay asks an idle peer (no channel) that listed ``reconnect`` to dial
+    again: its workspace's affinity now points to another replica. The peer
+    simply dials the same URL; ignoring it loses nothing."""
 
     op: Literal["reconnect"] = "reconnect"
     reason: str = ""

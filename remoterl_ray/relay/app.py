@@ -43,6 +43,8 @@ from ..protocol.frames import (
     unpack_header,
 )
 from ..protocol.messages import (
+    CAP_LOCATE,
+    CAP_RECONNECT,
     Hello,
     Locate,
     Open,
@@ -89,8 +91,10 @@ def create_app(config: RelayConfig) -> FastAPI:
         while True:
             try:
                 for workspace in await directory.sync(board):
-                    for sim in board.idle_simulators(workspace):
-                        await sim.send(control_frame(Reconnect(reason="workspace moved to another replica")))
+                    for peer in board.idle_peers(workspace):
+                        if CAP_RECONNECT in peer.capabilities:
+                            peer.moving = True
+                            await peer.send(control_frame(Reconnect(reason="workspace moved to another replica")))
             except Exception:  # the shared state may be restarting; keep serving
                 log.warning("relay state sync failed", exc_info=True)
             await asyncio.sleep(interval)
@@ -177,6 +181,7 @@ def create_app(config: RelayConfig) -> FastAPI:
             name=hello.name,
             send_raw=lambda frame: send_bytes(ws, frame),
             max_envs=hello.max_envs if hello.role == "simulator" else 0,
+            capabilities=frozenset(hello.capabilities),
         )
 
     async def handle_control(peer: Peer, seq: int, payload: memoryview) -> None:
@@ -218,6 +223,7 @@ def create_app(config: RelayConfig) -> FastAPI:
                         simulators=simulators,
                         max_frame=config.max_frame,
                         region=directory.region,
+                        capabilities=[CAP_LOCATE],
                     )
                 )
             )

@@ -48,7 +48,9 @@ class Peer:
     protocol_errors: int = 0
     hosted_envs: int = 0
     channels: set[int] = field(default_factory=set)
+    capabilities: frozenset[str] = frozenset()
     alive: bool = True
+    moving: bool = False  # asked to reconnect elsewhere: gets no new channels
 
     async def send(self, frame: bytes) -> bool:
         """Send, counting bytes; False if the peer is already gone."""
@@ -170,7 +172,7 @@ class Switchboard:
         more than their declared ``max_envs``.
         """
         ws = self.workspaces.get(trainer.workspace)
-        sims = [s for s in (ws.simulators.values() if ws else ()) if s.alive]
+        sims = [s for s in (ws.simulators.values() if ws else ()) if s.alive and not s.moving]
         if not sims:
             raise NoSimulatorError(f"no simulator is online in workspace {trainer.workspace}")
         mine = {s.id: 0 for s in sims}
@@ -252,12 +254,14 @@ class Switchboard:
 
     def simulator_count(self, workspace: str) -> int:
         ws = self.workspaces.get(workspace)
-        return len(ws.simulators) if ws else 0
+        return sum(1 for s in ws.simulators.values() if not s.moving) if ws else 0
 
-    def idle_simulators(self, workspace: str) -> list[Peer]:
-        """Simulators of ``workspace`` hosting no channel: free to move elsewhere."""
+    def idle_peers(self, workspace: str) -> list[Peer]:
+        """Peers of ``workspace`` with no channel, not yet moving: free to move elsewhere."""
         ws = self.workspaces.get(workspace)
-        return [s for s in ws.simulators.values() if not s.channels] if ws else []
+        if ws is None:
+            return []
+        return [p for p in (*ws.simulators.values(), *ws.trainers.values()) if not p.channels and not p.moving]
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per-workspace counts, small enough to publish every second."""
@@ -266,9 +270,9 @@ class Switchboard:
             peers = [*ws.trainers.values(), *ws.simulators.values()]
             out[name] = {
                 "trainers": len(ws.trainers),
-                "simulators": len(ws.simulators),
-                "idle_simulators": sum(1 for s in ws.simulators.values() if not s.channels),
-                "last_trainer_join": max((t.connected_at for t in ws.trainers.values()), default=0.0),
+                "simulators": self.simulator_count(name),
+                "idle": sum(1 for p in peers if not p.channels and not p.moving),
+                "newest": max(peers, key=lambda p: p.join_order).id,  # shows where the ingress sends it now
                 "bytes_in": sum(p.bytes_in for p in peers),
                 "bytes_out": sum(p.bytes_out for p in peers),
                 "env_steps": sum(t.env_steps for t in ws.trainers.values()),

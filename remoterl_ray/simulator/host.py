@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import socket
 import threading
@@ -24,9 +25,9 @@ from typing import Any
 from ..protocol import codec
 from ..protocol.errors import ErrorCode, ProtocolError, RelayUnavailableError, RemoteEnvError, RemoteRLError
 from ..protocol.frames import Kind, pack, payload_of, unpack_header
-from ..protocol.messages import Detach, Hello, Reconnect, error_frame, parse_control
+from ..protocol.messages import CAP_RECONNECT, Detach, Hello, Reconnect, error_frame, parse_control
 from ..transport import RelayConnection
-from ..transport.discovery import choose_region
+from ..transport.discovery import RegionsUnavailableError, UnknownRegionError, choose_region
 from .allowlist import Allowlist
 from .hosted import EnvTable, remote_type_of
 
@@ -54,19 +55,25 @@ class SimulatorHost:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.max_envs = max_envs
         self.reconnect_asked = False  # the relay asked us to dial again once idle
+        self._last_url: str | None = None  # the region URL of the last connection that worked
 
     def hello(self) -> Hello:
-        return Hello(role="simulator", api_key=self.api_key, name=self.name, max_envs=self.max_envs)
+        return Hello(
+            role="simulator", api_key=self.api_key, name=self.name, max_envs=self.max_envs, capabilities=[CAP_RECONNECT]
+        )
 
     def serve(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set. Raises ``AuthenticationError`` for a bad key."""
         while not stop.is_set():
-            url = self.pick_url()
+            url = self.pick_url(stop)
+            if url is None:
+                break
             conn = RelayConnection.open_with_backoff(
                 url, self.hello(), deadline=time.monotonic() + REPICK_SECONDS, stop=stop, timeout=5.0
             )
             if conn is None:
                 continue  # that region stayed unreachable: choose again (or stop)
+            self._last_url = url
             log.info(
                 "simulator %s connected to %s (region %s, workspace %s)",
                 self.name,
@@ -82,9 +89,29 @@ class SimulatorHost:
                 self.table.close_all()
                 conn.close()
 
-    def pick_url(self) -> str:
-        """The relay URL to dial now: the named or the nearest region of ``relay_url``."""
-        return choose_region(self.relay_url, self.region).url
+    def pick_url(self, stop: threading.Event) -> str | None:
+        """The relay URL to dial now: the named or the nearest region of ``relay_url``.
+
+        While the region list cannot be fetched, the last region that worked is
+        dialled again (or the list is retried with backoff); a region name the
+        relay does not know is an error at start-up only. None once ``stop`` is set.
+        """
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                return choose_region(self.relay_url, self.region).url
+            except UnknownRegionError as exc:
+                if self._last_url is None:
+                    raise
+                log.warning("%s; dialling the last region that worked", exc)
+                return self._last_url
+            except RegionsUnavailableError as exc:
+                if self._last_url is not None:
+                    return self._last_url
+                log.debug("%s; retrying", exc)
+            stop.wait(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+        return None
 
     def _serve_connection(self, conn: RelayConnection, stop: threading.Event) -> None:
         self.reconnect_asked = False

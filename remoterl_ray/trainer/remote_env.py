@@ -36,23 +36,28 @@ class RemoteEnv(gym.Env):
         request = [{"seed": seed, "options": options}]
         try:
             obs, info = self._remote.request(Op.RESET, request)[0]
-        except ShardsRebuilt:
+        except ShardsRebuilt:  # made again on a new connection: reset the new env instead
             obs, info = self._remote.request(Op.RESET, request)[0]
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
-        try:
-            obs, reward, terminated, truncated, info = self._remote.request(Op.STEP, [action])[0]
-        except ShardsRebuilt:
-            # The env was made again on a new connection: this episode ends here, truncated.
-            obs, info = self._remote.request(Op.RESET, [{"seed": None, "options": None}])[0]
-            return obs, 0.0, False, True, {**info, RECONNECTED: True}
-        return obs, reward, terminated, truncated, info
+        if not self._remote.needs_reset:
+            try:
+                obs, reward, terminated, truncated, info = self._remote.request(Op.STEP, [action])[0]
+                return obs, reward, terminated, truncated, info
+            except ShardsRebuilt:
+                pass
+        # The env was made again on a new connection: this episode ends here, truncated.
+        obs, info = self.reset()
+        return obs, 0.0, False, True, {**info, RECONNECTED: True}
 
     def render(self) -> Any:
+        if self._remote.needs_reset:
+            self.reset()
         try:
             return self._remote.request(Op.RENDER, [None])[0]
         except ShardsRebuilt:
+            self.reset()
             return self._remote.request(Op.RENDER, [None])[0]
 
     def close(self) -> None:

@@ -100,6 +100,8 @@ class RemoteVectorEnv(VectorEnv):
             self._autoreset_step = None
             zeros = np.zeros(self.num_envs, dtype=bool)
             return obs, np.zeros(self.num_envs), zeros, zeros.copy(), info
+        if self._remote.needs_reset:
+            return self._truncated_by_reconnect()
         bounds = self._remote.bounds
         if len(bounds) == 1:
             parts = [actions]
@@ -120,8 +122,9 @@ class RemoteVectorEnv(VectorEnv):
         """Every env was made again on a new relay connection: report all episodes
         truncated, in the vector env's own autoreset convention."""
         obs, reset_info = self.reset()
-        infos: dict[str, Any] = {}
         mode = self.metadata["autoreset_mode"]
+        # SAME_STEP returns the new episodes' reset infos with this step, as SyncVectorEnv does.
+        infos: dict[str, Any] = dict(reset_info) if mode == AutoresetMode.SAME_STEP else {}
         for i, env_obs in enumerate(iterate(self.observation_space, obs)):
             extra: dict[str, Any] = {RECONNECTED: True}
             if mode == AutoresetMode.SAME_STEP:  # the new episode's first obs stands in for the lost final one
@@ -133,7 +136,13 @@ class RemoteVectorEnv(VectorEnv):
         return obs, np.zeros(self.num_envs), np.zeros(self.num_envs, dtype=bool), done, infos
 
     def render(self) -> tuple[Any, ...] | None:
-        frames = self._remote.request_all(Op.RENDER)
+        if self._remote.needs_reset:
+            self.reset()
+        try:
+            frames = self._remote.request_all(Op.RENDER)
+        except ShardsRebuilt:
+            self.reset()
+            frames = self._remote.request_all(Op.RENDER)
         if all(f is None for f in frames):
             return None
         return tuple(frame for shard in frames if shard is not None for frame in shard)

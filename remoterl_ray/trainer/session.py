@@ -22,10 +22,13 @@ from ..protocol import codec
 from ..protocol.errors import ProtocolError, RelayUnavailableError, RemoteRLError
 from ..protocol.frames import Kind, Op
 from ..protocol.messages import (
+    CAP_LOCATE,
+    CAP_RECONNECT,
     Hello,
     Locate,
     Open,
     Opened,
+    Reconnect,
     Region,
     Regions,
     Release,
@@ -36,6 +39,7 @@ from ..protocol.messages import (
     parse_control,
 )
 from ..transport import RelayConnection
+from ..transport.discovery import keeps_security
 from .metrics import RemoteMetrics
 
 log = logging.getLogger("remoterl.trainer")
@@ -99,6 +103,8 @@ class TrainerSession:
         self._conn: RelayConnection | None = None
         self._regional: dict[str, RelayConnection] = {}  # other regions, by name
         self._lock = threading.Lock()
+        self._move_asked = False  # the relay asked us (while idle) to dial again
+        self.closed = False
         self._tensorboard: Any = None
         self._next_write = 0.0
         if settings.tensorboard_dir:
@@ -111,11 +117,13 @@ class TrainerSession:
     def _on_control(self, message: Any) -> None:
         if isinstance(message, Simulators):
             self.simulators = message.count
+        elif isinstance(message, Reconnect):
+            self._move_asked = True  # acted on at the next use of the connection
 
     def _open(self, url: str, timeout: float, **handlers: Any) -> RelayConnection | None:
         return RelayConnection.open_with_backoff(
             url,
-            Hello(role="trainer", api_key=self.settings.api_key),
+            Hello(role="trainer", api_key=self.settings.api_key, capabilities=[CAP_RECONNECT]),
             deadline=time.monotonic() + timeout,
             timeout=min(timeout, 10.0) or 1.0,
             **handlers,
@@ -135,6 +143,8 @@ class TrainerSession:
         if region.url is None:
             return self.conn
         with self._lock:
+            if self.closed:
+                raise RelayUnavailableError("this trainer session was shut down")
             conn = self._regional.get(region.name)
             if conn is None or conn.closed:
                 conn = self._open(region.url, self.settings.connect_timeout)
@@ -145,6 +155,8 @@ class TrainerSession:
 
     def locate(self) -> list[Region]:
         """Every region, with how many of our workspace's simulators are online there."""
+        if CAP_LOCATE not in self.conn.welcome.capabilities:  # a relay from before regions
+            return [Region(name=self.conn.welcome.region, url=None, simulators=self.simulators)]
         reply = self.conn.call([(Kind.CONTROL, Op.NONE, 0, encode_control(Locate()))], self.settings.timeout)[0]
         if reply.error is not None:
             raise reply.error
@@ -155,8 +167,15 @@ class TrainerSession:
 
     @property
     def conn(self) -> RelayConnection:
-        """The live connection; reconnects once if the relay dropped it."""
+        """The live connection; reconnects once if the relay dropped it, or
+        asked us to move while we held no channel there."""
         with self._lock:
+            if self.closed:
+                raise RelayUnavailableError("this trainer session was shut down")
+            if self._move_asked and self._conn is not None:
+                self._move_asked = False
+                log.info("relay moved this workspace to another replica; reconnecting")
+                self._conn.close()
             if self._conn is None or self._conn.closed:
                 if self.connect() is None:
                     raise RelayUnavailableError(f"cannot reach the relay at {self.settings.relay_url}")
@@ -198,6 +217,7 @@ class TrainerSession:
         self._tensorboard.write(self.metrics.total_env_steps, self.metrics_snapshot())
 
     def close(self) -> None:
+        self.closed = True
         if self._tensorboard is not None:
             self._write_tensorboard()
             self._tensorboard.close()
@@ -233,7 +253,11 @@ class TrainerSession:
 
     def _plan(self, num_envs: int) -> list[tuple[RelayConnection, int]]:
         """How many envs go to which region's connection."""
-        regions = [r for r in self.locate() if r.simulators > 0]
+        regions = [
+            r
+            for r in self.locate()
+            if r.simulators > 0 and (r.url is None or keeps_security(self.settings.relay_url, r.url))
+        ]
         if len(regions) <= 1 or num_envs == 1:
             # One region (or one env): where most simulators are, else ours (the relay says why not).
             best = max(regions, key=lambda r: (r.simulators, r.url is None), default=None)

@@ -29,8 +29,10 @@ from .session import Made, TrainerSession, group_channels
 log = logging.getLogger("remoterl.trainer")
 
 
-class ShardsRebuilt(Exception):
-    """The relay connection was lost and the envs were made again: their episodes ended."""
+class ShardsRebuilt(RelayUnavailableError):
+    """The relay connection was lost and the envs were made again: their episodes
+    ended and the new envs need a reset (``Shards.needs_reset``). The env classes
+    turn this into truncation; should it ever escape, it is a coded ``relay_gone``."""
 
 
 class Shards:
@@ -39,6 +41,7 @@ class Shards:
         self.env_id = env_id
         self.num_envs = num_envs
         self._make = (make_arg, vector)
+        self.needs_reset = False  # made again after a lost connection, not reset since
         made = session.create(env_id, num_envs, make_arg, vector=vector)
         self._adopt(made)
         self.description = made[0].description
@@ -77,7 +80,8 @@ class Shards:
         except RemoteRLError as exc:
             raise lost from exc
         log.warning("%s is served again (%s); its episodes were truncated", self.env_id, self.sizes)
-        raise ShardsRebuilt(str(lost))
+        self.needs_reset = True
+        raise ShardsRebuilt(f"{lost}; the envs were made again on a new connection")
 
     def spec(self) -> EnvSpec | None:
         spec = self.description.get("spec")
@@ -109,6 +113,8 @@ class Shards:
             if isinstance(reply.error, RelayUnavailableError):
                 self._rebuild(reply.error)
         values = [reply.value() for reply in replies]
+        if op == Op.RESET:
+            self.needs_reset = False
         if op == Op.STEP:
             self.session.record_step(time.perf_counter() - started, self.num_envs)
         return values

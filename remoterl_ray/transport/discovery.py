@@ -26,6 +26,21 @@ from ..protocol.affinity import SESSION_HEADER, session_id_for
 log = logging.getLogger("remoterl.transport")
 
 
+class UnknownRegionError(ValueError):
+    """The relay answered, and it has no region of the requested name."""
+
+
+class RegionsUnavailableError(OSError):
+    """The relay's region list could not be fetched (it is down, or answered garbage)."""
+
+
+def keeps_security(original: str, candidate: str) -> bool:
+    """A URL we may move to from ``original``: never from ``wss://`` to ``ws://``
+    (the hello carries the API key)."""
+    scheme = urlsplit(candidate).scheme
+    return scheme in ("ws", "wss") and not (urlsplit(original).scheme == "wss" and scheme != "wss")
+
+
 @dataclass(frozen=True)
 class RegionEndpoint:
     name: str
@@ -66,36 +81,50 @@ def direct_route(relay_url: str, api_key: str | None, timeout: float = 5.0) -> s
     except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:
         log.debug("no direct route from %s: %s", relay_url, exc)
         return None
-    return direct if isinstance(direct, str) and direct.startswith(("ws://", "wss://")) else None
+    return direct if isinstance(direct, str) and keeps_security(relay_url, direct) else None
 
 
 def fetch_regions(relay_url: str, timeout: float = 5.0) -> list[RegionEndpoint]:
-    """The regions ``relay_url`` publishes. Raises ``OSError`` if it cannot be asked."""
-    conn, prefix = _connection(relay_url, timeout)
+    """The regions ``relay_url`` publishes. Raises ``RegionsUnavailableError`` if it cannot be asked.
+
+    Regions whose URL would downgrade ``wss://`` to ``ws://`` are left out.
+    """
     try:
-        conn.request("GET", f"{prefix}/v1/regions")
-        response = conn.getresponse()
-        body = response.read()
+        conn, prefix = _connection(relay_url, timeout)
+        try:
+            conn.request("GET", f"{prefix}/v1/regions")
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
         if response.status != 200:
-            raise OSError(f"GET {prefix}/v1/regions answered HTTP {response.status}")
-    finally:
-        conn.close()
-    try:
+            raise RegionsUnavailableError(f"GET {prefix}/v1/regions answered HTTP {response.status}")
         data = json.loads(body)
         here = data.get("region")
         # The region that answered is reached by the URL we already used (its
         # published URL may name an address this machine cannot reach).
-        return [
-            RegionEndpoint(str(r["name"]), relay_url if r["name"] == here else str(r.get("url") or relay_url))
-            for r in data["regions"]
+        listed = [
+            (str(r["name"]), relay_url if r["name"] == here else r.get("url") or relay_url) for r in data["regions"]
         ]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise OSError(f"malformed region list from {relay_url}: {exc}") from None
+    except RegionsUnavailableError:
+        raise
+    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as exc:
+        raise RegionsUnavailableError(f"no region list from {relay_url}: {exc}") from None
+    out = []
+    for name, url in listed:
+        if isinstance(url, str) and keeps_security(relay_url, url):
+            out.append(RegionEndpoint(name, url))
+        else:
+            log.warning("ignoring region %s: its URL %r is not a safe ws(s):// URL from %s", name, url, relay_url)
+    return out
 
 
 def measure_rtt(ws_url: str, tries: int = 3, timeout: float = 3.0) -> float | None:
     """Best of ``tries`` ``GET /healthz`` round trips after one warm-up; None if unreachable."""
-    conn, prefix = _connection(ws_url, timeout)
+    try:
+        conn, prefix = _connection(ws_url, timeout)
+    except ValueError:
+        return None
     best = None
     try:
         for attempt in range(tries + 1):
@@ -119,22 +148,23 @@ def measure_rtt(ws_url: str, tries: int = 3, timeout: float = 3.0) -> float | No
 def choose_region(relay_url: str, region: str | None = None, *, timeout: float = 5.0) -> RegionEndpoint:
     """The region to dial: ``region`` if named, else the one with the lowest RTT.
 
-    A relay without a region list (or one that cannot be asked right now) is
-    dialled as given; naming a region it does not publish is a ``ValueError``.
+    Without a region list (the relay is down or predates regions) the relay is
+    dialled as given, unless ``region`` is named: then ``RegionsUnavailableError``.
+    A named region the relay does not publish is an ``UnknownRegionError``.
     """
     try:
         regions = fetch_regions(relay_url, timeout)
-    except OSError as exc:
+    except RegionsUnavailableError as exc:
         if region is not None:
-            raise ValueError(f"cannot list the regions of {relay_url} to find {region!r}: {exc}") from None
-        log.debug("no region list from %s (%s); dialling it as given", relay_url, exc)
+            raise
+        log.debug("%s; dialling %s as given", exc, relay_url)
         return RegionEndpoint("", relay_url)
     if region is not None:
         for candidate in regions:
             if candidate.name == region:
                 return candidate
         known = ", ".join(r.name for r in regions) or "none"
-        raise ValueError(f"relay {relay_url} has no region {region!r} (regions: {known})")
+        raise UnknownRegionError(f"relay {relay_url} has no region {region!r} (regions: {known})")
     if len(regions) == 1:
         return regions[0]
     with ThreadPoolExecutor(max_workers=min(8, len(regions))) as pool:
