@@ -125,3 +125,44 @@ def ray_cluster() -> Iterator[None]:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
+
+
+IDLE_PEERS = Path(__file__).resolve().parents[1] / "bench" / "idle_peers.py"
+
+
+@contextmanager
+def idle_peers(url: str, keys: list[str], count: int = 1) -> Iterator[list[str]]:
+    """Hold ``count`` idle simulator connections per key (bench/idle_peers.py, one
+    process per key) while inside; yields each process's ``ready N direct=D`` line."""
+    import subprocess
+
+    holders = [
+        subprocess.Popen(
+            [sys.executable, str(IDLE_PEERS), url, key, str(count)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for key in keys
+    ]
+    try:
+        yield [holder.stdout.readline().strip() if holder.stdout else "" for holder in holders]
+    finally:
+        for holder in holders:
+            if holder.stdin:
+                holder.stdin.close()
+        for holder in holders:
+            try:
+                holder.wait(60)
+            except subprocess.TimeoutExpired:
+                holder.kill()
+
+
+def stop_serve_and_ray() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()

@@ -10,12 +10,9 @@ processes speaking real WebSockets through Serve's proxy.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,13 +26,12 @@ from remoterl_ray.trainer.remote_env import RECONNECTED, RemoteEnv
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
 from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
 
-from conftest import new_key
+from conftest import idle_peers, new_key
 from latency_proxy import LatencyProxy
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-IDLE_PEERS = Path(__file__).resolve().parents[1] / "bench" / "idle_peers.py"
 FAR_DELAY = 0.03  # seconds each way through the latency proxy
 
 
@@ -134,11 +130,11 @@ def replica_nodes(app: str) -> list[str]:
 def test_replicas_run_on_the_nodes_of_their_region(serve_cluster: ServeCluster) -> None:
     assert replica_nodes("relay-near") == [serve_cluster.near_node] * 3
     assert replica_nodes("relay-far") == [serve_cluster.far_node]
-    regions = serve_cluster.http("/near/v1/regions")
-    assert {r["name"]: r["url"] for r in regions["regions"]} == {
-        "near": serve_cluster.url("near"),
-        "far": serve_cluster.url("far"),
-    }
+    expected = {"near": serve_cluster.url("near"), "far": serve_cluster.url("far")}
+    deadline = time.monotonic() + 30  # each replica publishes its region at its next sync
+    while (listed := {r["name"]: r["url"] for r in serve_cluster.http("/near/v1/regions")["regions"]}) != expected:
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.25)
 
 
 def test_workspaces_meet_their_simulators_across_three_replicas(serve_cluster: ServeCluster) -> None:
@@ -210,32 +206,22 @@ def test_trainer_steps_across_two_regions_at_once(serve_cluster: ServeCluster) -
 def test_one_replica_holds_a_thousand_connections(serve_cluster: ServeCluster) -> None:
     """1000 simulators of one workspace stay open on one replica; other workspaces step on."""
     crowd, other = serve_cluster.keys[20], serve_cluster.keys[21]
-    holder = subprocess.Popen(
-        [sys.executable, str(IDLE_PEERS), serve_cluster.url("near"), crowd, "1000"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     serve_cluster.simulator(other, serve_cluster.url("near"), "--region", "near")
     session = TrainerSession(TrainerSettings(relay_url=serve_cluster.url("near"), api_key=other))
     try:
-        assert (
-            holder.stdout is not None and holder.stdout.readline().strip() == "ready 1000 direct=0"
-        )  # Serve proxy: no direct route
-        placed = serve_cluster.wait_where(crowd, lambda p: sum(n for _, _, n in p["simulators"]) == 1000)
-        assert len(placed["simulators"]) == 1  # all in one replica
-        assert session.wait_for_simulators(1, 30) == 1
-        env = RemoteEnv(session, "CartPole-v1")
-        env.reset(seed=0)
-        for _ in range(50):
-            if env.step(0)[2]:
-                env.reset()
-        env.close()
+        with idle_peers(serve_cluster.url("near"), [crowd], 1000) as ready:
+            assert ready == ["ready 1000 direct=0"]  # Serve's proxy offers no direct route
+            placed = serve_cluster.wait_where(crowd, lambda p: sum(n for _, _, n in p["simulators"]) == 1000)
+            assert len(placed["simulators"]) == 1  # all in one replica
+            assert session.wait_for_simulators(1, 30) == 1
+            env = RemoteEnv(session, "CartPole-v1")
+            env.reset(seed=0)
+            for _ in range(50):
+                if env.step(0)[2]:
+                    env.reset()
+            env.close()
     finally:
         session.close()
-        if holder.stdin:
-            holder.stdin.close()
-        holder.wait(60)
 
 
 def test_idle_simulators_follow_their_workspace_when_replicas_change(serve_cluster: ServeCluster) -> None:

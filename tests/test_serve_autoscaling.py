@@ -13,7 +13,6 @@ missing, removing it again afterwards).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,13 +22,12 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import new_key
+from conftest import idle_peers, new_key, stop_serve_and_ray
 from remoterl_ray.local import free_port
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-IDLE_PEERS = Path(__file__).resolve().parents[1] / "bench" / "idle_peers.py"
 TARGET_CONNECTIONS = 4  # open WebSockets per replica before Serve adds one
 
 
@@ -99,8 +97,7 @@ def autoscaling_cluster() -> Iterator[int]:
         yield port
     finally:
         try:
-            serve.shutdown()
-            ray.shutdown()
+            stop_serve_and_ray()
         finally:
             cluster.shutdown()
             if wrote_defaults:
@@ -150,26 +147,10 @@ def test_region_scales_out_and_back_with_its_connections(autoscaling_cluster: in
     first_node = relay_replicas()[0]["node_id"]
 
     # 12 simulators of 12 workspaces: three times the target of one replica.
-    holders = [
-        subprocess.Popen(
-            [sys.executable, str(IDLE_PEERS), f"ws://127.0.0.1:{port}/edge", key, "1"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for key in keys
-    ]
-    try:
-        for holder in holders:
-            assert holder.stdout is not None and holder.stdout.readline().startswith("ready")
+    with idle_peers(f"ws://127.0.0.1:{port}/edge", keys) as ready:
+        assert all(line.startswith("ready 1") for line in ready), ready
         wait("a second edge node and a relay replica on it", lambda: len(relay_replicas()) == 2, 120)
         nodes = {r["node_id"] for r in relay_replicas()}
         assert len(nodes) == 2 and first_node in nodes and nodes <= set(edge_nodes())
-    finally:
-        for holder in holders:
-            if holder.stdin:
-                holder.stdin.close()
-        for holder in holders:
-            holder.wait(30)
     wait("back to one replica", lambda: len(relay_replicas()) == 1, 120)
     wait("the idle edge node removed", lambda: len(edge_nodes()) == 1, 180)

@@ -10,24 +10,19 @@ and that Serve's autoscaler counts those direct connections.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import new_key
+from conftest import idle_peers, new_key, stop_serve_and_ray
 from remoterl_ray.local import LocalProcess, free_port, start_simulator
 from remoterl_ray.trainer.remote_env import RemoteEnv
 from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
-
-IDLE_PEERS = Path(__file__).resolve().parents[1] / "bench" / "idle_peers.py"
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +40,7 @@ def haproxy_serve() -> Iterator[int]:
         yield port
     finally:
         try:
-            serve.shutdown()
-            ray.shutdown()
+            stop_serve_and_ray()
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -87,37 +81,26 @@ def test_direct_peers_keep_affinity_and_drive_autoscaling(haproxy_serve: int) ->
         name="relay-direct",
         route_prefix="/",
     )
-    holders = [
-        subprocess.Popen(
-            [sys.executable, str(IDLE_PEERS), url, key, "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        for key in keys[:8]
-    ]
     sims: list[LocalProcess] = []
     try:
-        for holder in holders:
-            assert holder.stdout is not None and holder.stdout.readline().strip() == "ready 1 direct=1"
-        wait("a second replica for 8 direct connections (target 4)", lambda: replicas() == 2, 60)
-        # With two replicas, four more workspaces: each trainer meets its simulator, both direct.
-        for key in keys[8:]:
-            sims.append(start_simulator(url, key))
-        for key in keys[8:]:
-            session = TrainerSession(TrainerSettings(relay_url=url, api_key=key))
-            try:
-                assert session.wait_for_simulators(1, 30) == 1
-                assert session.conn.url != f"{url}/ws"  # the replica's own port, not HAProxy's
-                env = RemoteEnv(session, "CartPole-v1")
-                env.reset(seed=0)
-                env.step(1)
-                env.close()
-            finally:
-                session.close()
+        with idle_peers(url, keys[:8]) as ready:
+            assert ready == ["ready 1 direct=1"] * 8
+            wait("a second replica for 8 direct connections (target 4)", lambda: replicas() == 2, 60)
+            # With two replicas, four more workspaces: each trainer meets its simulator, both direct.
+            for key in keys[8:]:
+                sims.append(start_simulator(url, key))
+            for key in keys[8:]:
+                session = TrainerSession(TrainerSettings(relay_url=url, api_key=key))
+                try:
+                    assert session.wait_for_simulators(1, 30) == 1
+                    assert session.conn.url != f"{url}/ws"  # the replica's own port, not HAProxy's
+                    env = RemoteEnv(session, "CartPole-v1")
+                    env.reset(seed=0)
+                    env.step(1)
+                    env.close()
+                finally:
+                    session.close()
     finally:
-        for holder in holders:
-            if holder.stdin:
-                holder.stdin.close()
-        for holder in holders:
-            holder.wait(30)
         for sim in sims:
             sim.stop()
     wait("back to one replica once the connections closed", lambda: replicas() == 1, 90)
