@@ -166,3 +166,21 @@ def stop_serve_and_ray() -> None:
         serve.shutdown()
     finally:
         ray.shutdown()
+
+
+def trainer_steps_once(relay_url: str, key: str, wait: float = 30.0) -> str:
+    """A fresh trainer of ``key``'s workspace finds one simulator and steps CartPole
+    on it; returns the URL its connection reached."""
+    from remoterl_ray.trainer.remote_env import RemoteEnv
+    from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
+
+    session = TrainerSession(TrainerSettings(relay_url=relay_url, api_key=key))
+    try:
+        assert session.wait_for_simulators(1, wait) == 1, key
+        env = RemoteEnv(session, "CartPole-v1")
+        env.reset(seed=0)
+        env.step(1)
+        env.close()
+        return session.conn.url
+    finally:
+        session.close()

@@ -26,7 +26,7 @@ from remoterl_ray.trainer.remote_env import RECONNECTED, RemoteEnv
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
 from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
 
-from conftest import idle_peers, new_key
+from conftest import idle_peers, new_key, trainer_steps_once
 from latency_proxy import LatencyProxy
 
 ray = pytest.importorskip("ray")
@@ -237,15 +237,7 @@ def test_idle_simulators_follow_their_workspace_when_replicas_change(serve_clust
 
         def trainers_find_their_simulators() -> None:
             for key in keys:
-                session = TrainerSession(TrainerSettings(relay_url=url, api_key=key))
-                try:
-                    assert session.wait_for_simulators(1, 30) == 1, key
-                    env = RemoteEnv(session, "CartPole-v1")
-                    env.reset(seed=0)
-                    env.step(0)
-                    env.close()
-                finally:
-                    session.close()
+                trainer_steps_once(url, key)
 
         deploy(
             serve_cluster, "scale", 3, url, nodes="near"

@@ -16,10 +16,8 @@ from typing import Any
 
 import pytest
 
-from conftest import idle_peers, new_key, stop_serve_and_ray
+from conftest import idle_peers, new_key, stop_serve_and_ray, trainer_steps_once
 from remoterl_ray.local import LocalProcess, free_port, start_simulator
-from remoterl_ray.trainer.remote_env import RemoteEnv
-from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -90,16 +88,7 @@ def test_direct_peers_keep_affinity_and_drive_autoscaling(haproxy_serve: int) ->
             for key in keys[8:]:
                 sims.append(start_simulator(url, key))
             for key in keys[8:]:
-                session = TrainerSession(TrainerSettings(relay_url=url, api_key=key))
-                try:
-                    assert session.wait_for_simulators(1, 30) == 1
-                    assert session.conn.url != f"{url}/ws"  # the replica's own port, not HAProxy's
-                    env = RemoteEnv(session, "CartPole-v1")
-                    env.reset(seed=0)
-                    env.step(1)
-                    env.close()
-                finally:
-                    session.close()
+                assert trainer_steps_once(url, key) != f"{url}/ws"  # the replica's own port, not HAProxy's
     finally:
         for sim in sims:
             sim.stop()

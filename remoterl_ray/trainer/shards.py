@@ -60,7 +60,11 @@ class Shards:
         self.shards: list[Shard] = [m.shard for m in made]
         self.channels = [s.channel for s in self.shards]
         self.conns = [m.conn for m in made]
-        self.single_conn: RelayConnection | None = self.conns[0] if len({id(c) for c in self.conns}) == 1 else None
+        groups: dict[int, tuple[RelayConnection, list[int]]] = {}
+        for i, conn in enumerate(self.conns):
+            groups.setdefault(id(conn), (conn, []))[1].append(i)
+        self._by_conn = list(groups.values())  # shard indices per connection (region)
+        self.single_conn: RelayConnection | None = self.conns[0] if len(self._by_conn) == 1 else None
         self.sizes = [s.envs for s in self.shards]
         self.bounds = []
         start = 0
@@ -121,13 +125,10 @@ class Shards:
 
     def _call_regions(self, requests: list[tuple[int, int, int, bytes]], timeout: float) -> list[Reply]:
         """Put every region's requests in flight, then gather the answers in shard order."""
-        groups: dict[int, tuple[RelayConnection, list[int]]] = {}
-        for i, conn in enumerate(self.conns):
-            groups.setdefault(id(conn), (conn, []))[1].append(i)
         deadline = time.monotonic() + timeout
         pending = []
         try:
-            for conn, idx in groups.values():
+            for conn, idx in self._by_conn:
                 pending.append((conn, idx, conn.start([requests[i] for i in idx])))
         except BaseException:
             for conn, _, slots in pending:  # requests already sent elsewhere: stop waiting for them

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
@@ -38,7 +38,7 @@ from ..protocol.errors import (
 )
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE, MAX_SEQ, Kind, Op, pack, payload_of, unpack_header
 from ..protocol.messages import Hello, Welcome, control_frame, parse_control
-from .discovery import direct_route
+from .discovery import direct_route, split_relay_url
 
 log = logging.getLogger("remoterl.transport")
 
@@ -47,13 +47,8 @@ DIRECT_TIMEOUT = 3.0  # a replica address that does not answer by then is not re
 
 def endpoint(relay_url: str) -> str:
     """``ws://host:port[/prefix]`` -> the relay's WebSocket endpoint ``.../ws``."""
-    parts = urlsplit(relay_url)
-    if parts.scheme not in ("ws", "wss"):
-        raise ValueError(f"relay URL must start with ws:// or wss://, got {relay_url!r}")
-    path = parts.path.rstrip("/")
-    if not path.endswith("/ws"):
-        path += "/ws"
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    scheme, netloc, prefix, query = split_relay_url(relay_url)
+    return urlunsplit((scheme, netloc, prefix + "/ws", query, ""))
 
 
 @dataclass

@@ -48,20 +48,20 @@ class RegionEndpoint:
     rtt: float | None = None  # seconds, when measured
 
 
-def _http_parts(ws_url: str) -> tuple[bool, str, str]:
-    """``ws[s]://host:port/prefix[/ws]`` -> (tls, host:port, /prefix)."""
-    parts = urlsplit(ws_url)
+def split_relay_url(url: str) -> tuple[str, str, str, str]:
+    """``ws[s]://host:port/prefix[/ws][?query]`` -> (scheme, host:port, /prefix, query)."""
+    parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss"):
-        raise ValueError(f"relay URL must start with ws:// or wss://, got {ws_url!r}")
+        raise ValueError(f"relay URL must start with ws:// or wss://, got {url!r}")
     path = parts.path.rstrip("/")
     if path.endswith("/ws"):
         path = path[: -len("/ws")]
-    return parts.scheme == "wss", parts.netloc, path
+    return parts.scheme, parts.netloc, path, parts.query
 
 
 def _connection(ws_url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
-    tls, netloc, prefix = _http_parts(ws_url)
-    cls = http.client.HTTPSConnection if tls else http.client.HTTPConnection
+    scheme, netloc, prefix, _ = split_relay_url(ws_url)
+    cls = http.client.HTTPSConnection if scheme == "wss" else http.client.HTTPConnection
     return cls(netloc, timeout=timeout), prefix
 
 
