@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 from typing import Literal
 
@@ -126,9 +127,12 @@ def _init_trainer(settings: TrainerSettings) -> bool:
     with _lock:
         shutdown()
         session = TrainerSession(settings)
-        if session.connect() is None:
+        conn = session.connect()
+        if conn is None:
             log.warning("remoterl: relay at %s is unreachable", settings.relay_url)
             return False
+        if conn.welcome.quota is not None:
+            print(conn.welcome.quota.banner(conn.welcome.workspace), file=sys.stderr, flush=True)
         online = session.wait_for_simulators(settings.num_workers, settings.simulator_wait)
         if online == 0:
             log.warning("remoterl: no simulator came online within %.0fs", settings.simulator_wait)

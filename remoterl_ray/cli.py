@@ -1,25 +1,35 @@
-"""The ``remoterl`` command: relay, simulator, demo."""
+"""The ``remoterl`` command: relay, simulator, keys, usage, demo."""
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from enum import Enum
 from typing import Annotated, Optional
 
 import typer
 
-from .config import DEFAULT_RELAY_URL, ENV_API_KEY, ENV_REGION, ENV_RELAY_URL
+from .config import DEFAULT_RELAY_URL, ENV_API_KEY, ENV_DB, ENV_REGION, ENV_RELAY_URL, resolve_db
 from .protocol.errors import RemoteRLError
 from .protocol.frames import DEFAULT_MAX_FRAME
 
 app = typer.Typer(
     name="remoterl",
-    help="Remote reinforcement learning: run a relay, serve simulators, or try the demo.",
+    help="Remote reinforcement learning: run a relay, serve simulators, issue keys, or try the demo.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+keys_app = typer.Typer(help="Issue, list and revoke API keys (stored as salted hashes).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+DbOption = Annotated[
+    Optional[str], typer.Option("--db", envvar=ENV_DB, help="Accounts store (default ~/.remoterl/relay.db).")
+]
+ConfigOption = Annotated[
+    Optional[str], typer.Option("--config", help="Relay config file (YAML): db, admin tokens, prices.")
+]
 
 
 def _logging(verbose: bool) -> None:
@@ -56,23 +66,51 @@ def relay(
     direct: Annotated[
         bool, typer.Option("--direct/--no-direct", help="With --serve and HAProxy: clients may dial replicas directly.")
     ] = True,
+    config: ConfigOption = None,
+    db: DbOption = None,
+    admin_token: Annotated[
+        Optional[str],
+        typer.Option(envvar="REMOTERL_ADMIN_TOKEN", help="Admin token of operator 'admin' (dashboard, /v1/stats)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the relay: embedded (no Ray needed), or on Ray Serve with --serve."""
+    """Run the relay: embedded (no Ray needed), or on Ray Serve with --serve.
+
+    Keys: account keys from the accounts store (``remoterl keys create``), the
+    --api-key values, or any key with --open."""
+    from .accounts.store import AccountStore
+    from .relay.accounting import LocalAccounts
     from .relay.app import RelayConfig
     from .relay.auth import StaticKeys
     from .relay.server import run_relay
 
     _logging(verbose)
     keys = list(api_key or [])
-    if not keys and not open_mode:
-        raise typer.BadParameter("give at least one --api-key, or --open to accept any key", param_hint="--api-key")
+    settings = _settings(config, admin_token)
+    db_path = resolve_db(db or settings.db)
     if serve:
         _relay_on_serve(keys, open_mode, host, port, max_frame, replicas, region, public_url, haproxy, direct)
         return
-    typer.echo(f"remoterl relay on ws://{host}:{port} ({'open mode' if open_mode else f'{len(keys)} key(s)'})")
+    store = AccountStore(db_path)
+    active = sum(1 for k in store.list_keys() if k["revoked"] is None)
+    if not active and not keys and not open_mode:
+        raise typer.BadParameter(
+            f"no API key to accept: create one with `remoterl keys create --workspace NAME` (accounts store "
+            f"{db_path}), give --api-key, or --open to accept any key",
+            param_hint="--api-key",
+        )
+    mode = "open mode" if open_mode else f"{active} account key(s), {len(keys)} --api-key key(s)"
+    typer.echo(f"remoterl relay on ws://{host}:{port} ({mode}; accounts in {db_path})")
+    if settings.admin_tokens:
+        typer.echo(f"dashboard: http://{host}:{port}/dashboard")
     run_relay(
-        RelayConfig(keys=StaticKeys(keys, open_mode=open_mode), max_frame=max_frame),
+        RelayConfig(
+            keys=StaticKeys(keys, open_mode=open_mode),
+            accounts=LocalAccounts(store),
+            prices=settings.prices,
+            admin_tokens=settings.admin_digests(),
+            max_frame=max_frame,
+        ),
         host=host,
         port=port,
         ping_interval=ping_interval,
@@ -152,6 +190,157 @@ def simulator(
     except (RemoteRLError, UnknownRegionError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _settings(config: str | None, admin_token: str | None = None):  # -> RelaySettings
+    from pydantic import ValidationError
+
+    from .relay.settings import load_settings
+
+    try:
+        settings = load_settings(config)
+        if admin_token:
+            settings = settings.model_validate(
+                {**settings.model_dump(), "admin_tokens": {**settings.admin_tokens, "admin": admin_token}}
+            )
+    except (OSError, ValueError, ValidationError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config / --admin-token") from None
+    return settings
+
+
+def _store(db: str | None, config: str | None = None):  # -> AccountStore
+    from .accounts.store import AccountStore
+
+    return AccountStore(resolve_db(db or _settings(config).db))
+
+
+class Plan(str, Enum):
+    free = "free"
+    premium = "premium"
+
+
+@keys_app.command("create")
+def keys_create(
+    workspace: Annotated[str, typer.Option(help="The workspace the key opens (created on first use).")],
+    plan: Annotated[Optional[Plan], typer.Option(help="The workspace's plan (default: free, or as it is).")] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Issue a key. It is shown once: only its salted hash is stored."""
+    from .accounts.store import AccountsError
+
+    try:
+        issued = _store(db, config).create_key(workspace, plan.value if plan else None)
+    except AccountsError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(f"key id:    {issued.key_id}")
+    typer.echo(f"workspace: {issued.workspace} (plan {issued.plan})")
+    typer.echo(f"key:       {issued.key}")
+    typer.echo("Store the key now: it cannot be shown again.", err=True)
+
+
+@keys_app.command("list")
+def keys_list(
+    db: DbOption = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List key ids, their workspace and plan, and whether they are revoked (never the keys)."""
+    import json
+
+    rows = _store(db, config).list_keys()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("key id", "workspace", "plan", "created (UTC)", "revoked (UTC)")
+    for row in rows:
+        table.add_row(row["key_id"], row["workspace"], row["plan"], _utc(row["created"]), _utc(row["revoked"]))
+    Console(width=160 if not sys.stdout.isatty() else None).print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (from `remoterl keys list`).")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a key: new sessions are refused, its live connections closed within seconds."""
+    from .accounts.store import AccountsError
+
+    try:
+        result = _store(db, config).revoke(key_id)
+    except AccountsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    already = " (it already was)" if result["already_revoked"] else ""
+    typer.echo(f"revoked key {key_id} of workspace {result['workspace']}{already}")
+
+
+@app.command()
+def usage(
+    workspace: Annotated[Optional[str], typer.Option(help="Only this workspace.")] = None,
+    since: Annotated[
+        Optional[str], typer.Option(help="From this date or time (ISO 8601, UTC; default: this month).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Traffic, steps, connection-minutes and cost per workspace and key."""
+    import json
+
+    from .accounts.plans import usage_summary
+    from .accounts.store import month_start
+    from .protocol.messages import human_bytes
+
+    settings = _settings(config)
+    start = _parse_since(since) if since else month_start()
+    rows = _store(db, config).usage(workspace, start)
+    summary = {"since": _utc(start), **usage_summary(rows, settings.prices)}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def cells(counts: dict, cap: str = "") -> list[str]:
+        return [
+            human_bytes(counts["bytes_in"]),
+            human_bytes(counts["bytes_out"]),
+            human_bytes(counts["bytes_in"] + counts["bytes_out"]) + cap,
+            f"{counts['steps']} / {counts['steps_served']}",
+            f"{counts['trainer_minutes']:.1f} / {counts['simulator_minutes']:.1f}",
+        ]
+
+    table = Table(
+        "workspace", "key id", "plan", "in", "out", "traffic", "steps taken / served", "minutes trainer / sim",
+        f"cost ({summary['currency']})", title=f"usage since {summary['since']} UTC",
+    )  # fmt: skip
+    for name, ws in summary["workspaces"].items():
+        cap = f" of {human_bytes(ws['included_bytes'])}" if ws["included_bytes"] is not None else ""
+        table.add_row(name, "(all)", ws["plan"] or "-", *cells(ws, cap), f"{ws['cost']:.2f}")
+        for key_id, key in ws["keys"].items():
+            table.add_row("", key_id, "", *cells(key), "")
+    Console(width=160 if not sys.stdout.isatty() else None).print(table)
+
+
+def _parse_since(text: str) -> float:
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a date like 2026-11-01 or 2026-11-01T12:00", param_hint="--since")
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _utc(t: float | None) -> str:
+    from datetime import datetime, timezone
+
+    return "" if t is None else datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
 class DemoFramework(str, Enum):

@@ -13,6 +13,8 @@ ENV_TIMEOUT = "REMOTERL_TIMEOUT"
 ENV_CONNECT_TIMEOUT = "REMOTERL_CONNECT_TIMEOUT"
 ENV_SIMULATOR_WAIT = "REMOTERL_SIMULATOR_WAIT"
 ENV_TENSORBOARD_DIR = "REMOTERL_TENSORBOARD_DIR"
+ENV_DB = "REMOTERL_DB"  # the relay's accounts store
+DEFAULT_DB = "~/.remoterl/relay.db"
 
 
 def resolve_api_key(api_key: str | None) -> str | None:
@@ -40,3 +42,8 @@ def resolve_seconds(value: float | None, env_var: str, default: float) -> float:
 
 def resolve_tensorboard_dir(path: str | None) -> str | None:
     return path or os.environ.get(ENV_TENSORBOARD_DIR) or None
+
+
+def resolve_db(path: str | None) -> str:
+    """The accounts store's path: ``path``, else ``REMOTERL_DB``, else ``~/.remoterl/relay.db``."""
+    return os.path.expanduser(path or os.environ.get(ENV_DB) or DEFAULT_DB)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,9 @@ SUPPORT = Path(__file__).parent / "support"
 sys.path.insert(0, str(SUPPORT))
 
 TEST_ENVS_MODULE = "remoterl_testenvs"
+
+# Relays started by tests keep their accounts in a store of this run, never the user's.
+os.environ["REMOTERL_DB"] = os.path.join(tempfile.mkdtemp(prefix="remoterl-tests-"), "relay.db")
 
 
 def new_key(label: str) -> str:

@@ -101,7 +101,7 @@ def test_cli_relay_needs_keys_or_open():
 def test_cli_help_lists_commands():
     out = subprocess.run([sys.executable, "-m", "remoterl_ray", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
-    for command in ("relay", "simulator", "demo"):
+    for command in ("relay", "simulator", "keys", "usage", "demo"):
         assert command in out.stdout
 
 

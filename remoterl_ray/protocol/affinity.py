@@ -3,14 +3,16 @@
 Under Ray Serve the relay runs as several replicas; a trainer only meets the
 simulators of its workspace if all of them land in the same replica. Every
 client therefore sends ``x-session-id`` (Serve's ``ConsistentHashRouter``
-hashes it onto the replica ring), derived from the API key the same way the
-relay derives the workspace, so one key means one replica. The value is a
-one-way digest: the header never reveals the key.
+hashes it onto the replica ring), derived from the API key: an account key's
+workspace tag (``protocol.api_keys``), so every key of a workspace means one
+replica, or else a digest of the key. The header never reveals the key.
 """
 
 from __future__ import annotations
 
 import hashlib
+
+from .api_keys import parse_key
 
 SESSION_HEADER = "x-session-id"  # Serve's default RAY_SERVE_SESSION_ID_HEADER_KEY
 OPEN_SESSION = "open"  # keyless peers of an open-mode relay share one workspace
@@ -21,5 +23,8 @@ def key_digest(api_key: str) -> str:
 
 
 def session_id_for(api_key: str | None) -> str:
-    """The affinity header value for ``api_key``: its workspace tag."""
-    return "ws-" + key_digest(api_key)[:12] if api_key else OPEN_SESSION
+    """The affinity header value for ``api_key``: its workspace's tag."""
+    if not api_key:
+        return OPEN_SESSION
+    parsed = parse_key(api_key)
+    return "ws-" + (parsed.tag if parsed else key_digest(api_key)[:12])

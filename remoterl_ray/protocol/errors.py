@@ -35,6 +35,11 @@ class ErrorCode(str, Enum):
     ENV_ERROR = "env_error"
     TIMEOUT = "timeout"
     UNSUPPORTED = "unsupported"
+    KEY_REVOKED = "key_revoked"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    WORKSPACE_BLOCKED = "workspace_blocked"
+    RATE_LIMITED = "rate_limited"
+    DISCONNECTED = "disconnected"  # an operator closed this connection
 
 
 class RemoteRLError(RuntimeError):
@@ -42,13 +47,7 @@ class RemoteRLError(RuntimeError):
 
     default_code: ErrorCode = ErrorCode.ENV_ERROR
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: ErrorCode | str | None = None,
-        remote_type: str | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, code: ErrorCode | str | None = None, remote_type: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = ErrorCode(code) if code is not None else self.default_code
@@ -80,6 +79,24 @@ class AuthenticationError(RemoteRLError):
     """The relay rejected the API key."""
 
     default_code = ErrorCode.AUTH_FAILED
+
+
+class QuotaExceededError(RemoteRLError):
+    """The workspace used up its plan's included traffic: new sessions are refused."""
+
+    default_code = ErrorCode.QUOTA_EXCEEDED
+
+
+class WorkspaceBlockedError(RemoteRLError):
+    """An operator blocked new sessions of this workspace."""
+
+    default_code = ErrorCode.WORKSPACE_BLOCKED
+
+
+class RateLimitedError(RemoteRLError):
+    """Too many refused connection attempts from this address: wait, then retry with a good key."""
+
+    default_code = ErrorCode.RATE_LIMITED
 
 
 class NoSimulatorError(RemoteRLError):
@@ -154,6 +171,11 @@ _CLASS_BY_CODE: dict[ErrorCode, type[RemoteRLError]] = {
     ErrorCode.ENV_ERROR: RemoteEnvError,
     ErrorCode.TIMEOUT: RemoteTimeoutError,
     ErrorCode.UNSUPPORTED: UnsupportedError,
+    ErrorCode.KEY_REVOKED: AuthenticationError,
+    ErrorCode.QUOTA_EXCEEDED: QuotaExceededError,
+    ErrorCode.WORKSPACE_BLOCKED: WorkspaceBlockedError,
+    ErrorCode.RATE_LIMITED: RateLimitedError,
+    ErrorCode.DISCONNECTED: RelayUnavailableError,
 }
 
 

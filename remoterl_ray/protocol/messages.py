@@ -22,6 +22,7 @@ Role = Literal["trainer", "simulator"]
 # it did not list, so older peers and relays keep working.
 CAP_RECONNECT = "reconnect"  # peer: follows a Reconnect when idle
 CAP_LOCATE = "locate"  # relay: answers Locate with Regions
+CAP_NOTICE = "notice"  # peer: understands Notice (quota warnings and the like)
 
 
 class _Message(BaseModel):
@@ -40,6 +41,35 @@ class Hello(_Message):
     max_envs: int = Field(default=256, ge=1, le=65536)  # simulators: most envs it will host
 
 
+class Quota(_Message):
+    """The workspace's plan and traffic this month, for the start-up banner."""
+
+    plan: str | None = None  # None: a key with no plan (the relay's own --api-key)
+    used_bytes: int = 0
+    included_bytes: int | None = None  # None: no cap
+
+    def banner(self, workspace: str) -> str:
+        """The one line a simulator or trainer prints at start."""
+        used = human_bytes(self.used_bytes)
+        if self.included_bytes is None:
+            plan = f" ({self.plan} plan)" if self.plan else ""
+            return f"remoterl: workspace {workspace}{plan}: {used} used this month, no cap"
+        share = self.used_bytes / self.included_bytes * 100 if self.included_bytes else 100.0
+        return (
+            f"remoterl: workspace {workspace} ({self.plan} plan): {used} of "
+            f"{human_bytes(self.included_bytes)} included used this month ({share:.0f}%)"
+        )
+
+
+def human_bytes(n: float) -> str:
+    """Decimal units, as traffic is billed: 1 GB = 10^9 bytes."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
 class Welcome(_Message):
     op: Literal["welcome"] = "welcome"
     protocol: int = PROTOCOL_VERSION
@@ -49,6 +79,7 @@ class Welcome(_Message):
     max_frame: int
     capabilities: list[str] = Field(default_factory=list)
     region: str = ""  # the relay region this connection reached
+    quota: Quota | None = None  # None: this relay keeps no accounts
 
 
 class Open(_Message):
@@ -117,8 +148,18 @@ class Reconnect(_Message):
     reason: str = ""
 
 
+class Notice(_Message):
+    """Relay tells a peer that listed ``notice`` something it should show its user
+    (``code`` is an ``ErrorCode`` value, e.g. ``quota_exceeded``); nothing changes
+    for the running session."""
+
+    op: Literal["notice"] = "notice"
+    code: str
+    message: str
+
+
 ControlMessage = Annotated[
-    Union[Hello, Welcome, Open, Opened, Release, Detach, Simulators, Locate, Regions, Reconnect],
+    Union[Hello, Welcome, Open, Opened, Release, Detach, Simulators, Locate, Regions, Reconnect, Notice],
     Field(discriminator="op"),
 ]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(ControlMessage)

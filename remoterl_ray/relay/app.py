@@ -7,7 +7,10 @@ Routes:
   ``/v1/stats``    who is online here and their byte/step counters (no payloads);
   ``/v1/regions``  every region and its endpoint (discovery);
   ``/v1/route``    this process's own address, when clients may dial it directly;
-  ``/v1/cluster``  the same counters gathered across replicas and regions.
+  ``/v1/cluster``  the same counters gathered across replicas and regions;
+  ``/dashboard``   the operator dashboard (``dashboard.py``).
+
+``/v1/stats`` and ``/v1/cluster`` need an admin token once the relay has one.
 """
 
 from __future__ import annotations
@@ -21,17 +24,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import FastAPI, HTTPException, Request, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from ..protocol.errors import (
-    AuthenticationError,
-    ErrorCode,
-    FrameTooLargeError,
-    ProtocolError,
-    ProtocolVersionError,
-    RemoteRLError,
-)
+from ..protocol.errors import ErrorCode, FrameTooLargeError, ProtocolError, ProtocolVersionError, RemoteRLError
 from ..protocol.frames import (
     DEFAULT_MAX_FRAME,
     HEADER,
@@ -56,8 +52,14 @@ from ..protocol.messages import (
     error_frame,
     parse_control,
 )
-from .auth import KeyStore
+from ..accounts.plans import Prices
+from ..accounts.store import Identity
+from .accounting import Accounting, AccountsBackend
+from .admin import COOKIE, AdminAuth
+from .auth import StaticKeys
+from .dashboard import dashboard_router
 from .directory import Directory, LocalDirectory
+from .ratelimit import FailureLimiter
 from .switchboard import Peer, Switchboard
 
 log = logging.getLogger("remoterl.relay")
@@ -69,10 +71,14 @@ CLOSE_POLICY = 1008
 
 @dataclass
 class RelayConfig:
-    keys: KeyStore
+    keys: StaticKeys = field(default_factory=StaticKeys)
+    accounts: AccountsBackend | None = None  # account keys, usage, quotas, operator actions
+    prices: Prices = field(default_factory=Prices)
+    admin_tokens: dict[str, str] = field(default_factory=dict)  # operator -> SHA-256 digest of its token
     max_frame: int = DEFAULT_MAX_FRAME
     hello_timeout: float = 10.0
     max_protocol_errors: int = 100  # per connection, then it is cut off
+    accounts_interval: float = 1.0  # seconds between usage flushes (what a crash can lose at most)
     directory: Directory = field(default_factory=LocalDirectory)
 
 
@@ -83,8 +89,22 @@ class _Refused(Exception):
 
 
 def create_app(config: RelayConfig) -> FastAPI:
+    if not config.keys and config.accounts is None:
+        raise ValueError("a relay needs API keys (an accounts store or --api-key), or open mode")
     board = Switchboard()
     directory = config.directory
+    limiter = FailureLimiter()
+    accounting = Accounting(config.keys, config.accounts, config.prices, limiter)
+    admin = AdminAuth(config.admin_tokens)
+
+    async def account_forever(interval: float) -> None:
+        """Flush usage and apply revocations, blocks, disconnects and quota notices."""
+        while True:
+            try:
+                await accounting.sync(board)
+            except Exception:  # the store may be busy or restarting; counts are kept for the next try
+                log.warning("accounts sync failed", exc_info=True)
+            await asyncio.sleep(interval)
 
     async def sync_forever(interval: float) -> None:
         """Publish our state; send idle simulators where their workspace now lives."""
@@ -101,17 +121,30 @@ def create_app(config: RelayConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(sync_forever(directory.sync_interval)) if directory.sync_interval else None
+        tasks = [asyncio.create_task(account_forever(config.accounts_interval))]
+        if directory.sync_interval:
+            tasks.append(asyncio.create_task(sync_forever(directory.sync_interval)))
+        try:
+            await accounting.refresh()
+        except Exception:
+            log.warning("accounts store not reachable at start-up", exc_info=True)
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
+            try:
+                await accounting.sync(board)  # a clean shutdown loses no counts
+            except Exception:
+                log.warning("final usage flush failed", exc_info=True)
+            if config.accounts is not None:
+                await config.accounts.close()
             await directory.close()
 
     app = FastAPI(title="remoterl relay", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.switchboard = board
     app.state.relay_config = config
+    app.state.accounting = accounting
     peer_ids = itertools.count(1)
     instance = secrets.token_hex(3)
 
@@ -119,8 +152,17 @@ def create_app(config: RelayConfig) -> FastAPI:
     async def healthz() -> dict[str, object]:
         return {"ok": True, "pid": os.getpid()}
 
+    def require_admin(request: Request) -> None:
+        """Who is online is the operator's business once the relay has an admin token."""
+        if (
+            admin
+            and admin.operator_for_headers(request.headers.get("authorization"), request.cookies.get(COOKIE)) is None
+        ):
+            raise HTTPException(401, "admin token required (Authorization: Bearer TOKEN)")
+
     @app.get("/v1/stats")
-    async def stats() -> dict[str, object]:
+    async def stats(request: Request) -> dict[str, object]:
+        require_admin(request)
         return board.stats()
 
     @app.get("/v1/regions")
@@ -136,13 +178,16 @@ def create_app(config: RelayConfig) -> FastAPI:
         return {"direct_url": directory.direct_url(port, request.scope.get("root_path", ""))}
 
     @app.get("/v1/cluster")
-    async def cluster() -> dict[str, object]:
+    async def cluster(request: Request) -> dict[str, object]:
+        require_admin(request)
         return await directory.cluster_stats(board)
+
+    app.include_router(dashboard_router(board, accounting, admin, lambda: directory.cluster_stats(board), limiter))
 
     async def send_bytes(ws: WebSocket, data: bytes) -> None:
         await ws.send({"type": "websocket.send", "bytes": data})
 
-    async def greet(ws: WebSocket) -> Peer:
+    async def greet(ws: WebSocket) -> tuple[Peer, Identity]:
         try:
             message = await asyncio.wait_for(ws.receive(), config.hello_timeout)
         except asyncio.TimeoutError:
@@ -170,19 +215,22 @@ def create_app(config: RelayConfig) -> FastAPI:
                 ),
                 CLOSE_PROTOCOL_ERROR,
             )
-        workspace = config.keys.workspace_of(hello.api_key)
-        if workspace is None:
-            why = "an API key is required by this relay" if not hello.api_key else "API key rejected by the relay"
-            raise _Refused(AuthenticationError(why), CLOSE_POLICY)
-        return Peer(
+        try:
+            identity = await accounting.admit(hello.api_key, ws.client.host if ws.client else "?")
+        except RemoteRLError as exc:
+            raise _Refused(exc, CLOSE_POLICY) from None
+        peer = Peer(
             id=f"{hello.role[0]}-{instance}-{next(peer_ids)}",
             role=hello.role,
-            workspace=workspace,
+            workspace=identity.workspace,
             name=hello.name,
             send_raw=lambda frame: send_bytes(ws, frame),
+            close=lambda code, reason: ws.close(code, reason),
+            key_id=identity.key_id,
             max_envs=hello.max_envs if hello.role == "simulator" else 0,
             capabilities=frozenset(hello.capabilities),
         )
+        return peer, identity
 
     async def handle_control(peer: Peer, seq: int, payload: memoryview) -> None:
         message = parse_control(payload)
@@ -206,7 +254,7 @@ def create_app(config: RelayConfig) -> FastAPI:
     async def relay_socket(ws: WebSocket) -> None:
         await ws.accept()
         try:
-            peer = await greet(ws)
+            peer, identity = await greet(ws)
         except _Refused as refused:
             await send_bytes(ws, error_frame(refused.error.to_wire()))
             await ws.close(refused.close_code, refused.error.message[:120])
@@ -224,12 +272,14 @@ def create_app(config: RelayConfig) -> FastAPI:
                         max_frame=config.max_frame,
                         region=directory.region,
                         capabilities=[CAP_LOCATE],
+                        quota=accounting.quota(identity) if config.accounts is not None else None,
                     )
                 )
             )
             await pump(ws, peer)
         finally:
             await board.leave(peer)
+            accounting.settle(peer)
 
     async def pump(ws: WebSocket, peer: Peer) -> None:
         """The hot loop: one iteration per frame the peer sends."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
-from typing import Protocol
 
 from ..protocol.affinity import OPEN_SESSION, key_digest, session_id_for
 
@@ -22,13 +21,10 @@ def workspace_for_key(api_key: str) -> str:
     return session_id_for(api_key)
 
 
-class KeyStore(Protocol):
-    def workspace_of(self, api_key: str | None) -> str | None:
-        """The workspace ``api_key`` opens, or None to refuse it."""
-
-
 class StaticKeys:
-    """A fixed set of keys (``remoterl relay --api-key ...``), optionally open mode.
+    """The keys given on the relay's command line (``--api-key``), optionally open mode.
+
+    Account keys (``remoterl keys create``) live in the accounts store instead.
 
     In open mode any key is accepted and gets its own workspace; no key at all
     lands in the shared ``open`` workspace. Outside open mode a missing key is
@@ -40,8 +36,10 @@ class StaticKeys:
         need not hold keys in clear (``remoterl_ray.protocol.affinity.key_digest``)."""
         self._digests = frozenset(key_digest(k) for k in keys if k) | frozenset(d.lower() for d in digests if d)
         self.open_mode = open_mode
-        if not self._digests and not open_mode:
-            raise ValueError("a relay needs at least one API key, or open mode")
+
+    def __bool__(self) -> bool:
+        """Whether these keys admit anyone at all."""
+        return bool(self._digests) or self.open_mode
 
     def workspace_of(self, api_key: str | None) -> str | None:
         if not api_key:

@@ -26,6 +26,11 @@ from ..protocol.messages import Detach, Open, Opened, Shard, Simulators, control
 log = logging.getLogger("remoterl.relay")
 
 SendFn = Callable[[bytes], Awaitable[None]]
+CloseFn = Callable[[int, str], Awaitable[None]]
+
+
+async def _no_close(code: int, reason: str) -> None:
+    return None
 
 
 @dataclass(eq=False)
@@ -37,6 +42,8 @@ class Peer:
     workspace: str
     name: str
     send_raw: SendFn
+    close: CloseFn = _no_close  # (close code, reason): ends the connection from the relay's side
+    key_id: str = ""  # which key it connected with (metering), never the key itself
     max_envs: int = 0
     connected_at: float = field(default_factory=time.time)
     join_order: int = 0
@@ -46,6 +53,7 @@ class Peer:
     frames_out: int = 0
     env_steps: int = 0
     protocol_errors: int = 0
+    steps_per_s: float = 0.0  # over the last metering interval
     hosted_envs: int = 0
     channels: set[int] = field(default_factory=set)
     capabilities: frozenset[str] = frozenset()
@@ -77,6 +85,7 @@ class Peer:
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "env_steps": self.env_steps,
+            "steps_per_s": round(self.steps_per_s, 1),
             "channels": len(self.channels),
             "hosted_envs": self.hosted_envs,
         }
@@ -251,6 +260,23 @@ class Switchboard:
             if channel is None or channel.simulator is not peer:
                 return  # a late answer for a channel already released: drop it
             await channel.trainer.send(frame)
+
+    def peers(self, workspace: str | None = None) -> list[Peer]:
+        """Every peer online (of ``workspace``, if given): a list, safe to await over."""
+        spaces = (
+            [self.workspaces[workspace]]
+            if workspace in self.workspaces
+            else []
+            if workspace
+            else self.workspaces.values()
+        )
+        return [p for ws in spaces for p in (*ws.trainers.values(), *ws.simulators.values())]
+
+    def find(self, peer_id: str) -> Peer | None:
+        for peer in self.peers():
+            if peer.id == peer_id:
+                return peer
+        return None
 
     def simulator_count(self, workspace: str) -> int:
         ws = self.workspaces.get(workspace)

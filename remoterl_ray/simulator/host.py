@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from typing import Any
 from ..protocol import codec
 from ..protocol.errors import ErrorCode, ProtocolError, RelayUnavailableError, RemoteEnvError, RemoteRLError
 from ..protocol.frames import Kind, pack, payload_of, unpack_header
-from ..protocol.messages import CAP_RECONNECT, Detach, Hello, Reconnect, error_frame, parse_control
+from ..protocol.messages import CAP_NOTICE, CAP_RECONNECT, Detach, Hello, Notice, Reconnect, error_frame, parse_control
 from ..transport import RelayConnection
 from ..transport.discovery import RegionsUnavailableError, UnknownRegionError, choose_region
 from .allowlist import Allowlist
@@ -59,7 +60,11 @@ class SimulatorHost:
 
     def hello(self) -> Hello:
         return Hello(
-            role="simulator", api_key=self.api_key, name=self.name, max_envs=self.max_envs, capabilities=[CAP_RECONNECT]
+            role="simulator",
+            api_key=self.api_key,
+            name=self.name,
+            max_envs=self.max_envs,
+            capabilities=[CAP_RECONNECT, CAP_NOTICE],
         )
 
     def serve(self, stop: threading.Event) -> None:
@@ -73,6 +78,8 @@ class SimulatorHost:
             )
             if conn is None:
                 continue  # that region stayed unreachable: choose again (or stop)
+            if self._last_url is None and conn.welcome.quota is not None:
+                print(conn.welcome.quota.banner(conn.welcome.workspace), file=sys.stderr, flush=True)
             self._last_url = url
             log.info(
                 "simulator %s connected to %s (region %s, workspace %s)",
@@ -142,8 +149,11 @@ class SimulatorHost:
                 self.table.close(message.channel)
             elif isinstance(message, Reconnect):
                 self.reconnect_asked = True
+            elif isinstance(message, Notice):
+                log.warning("remoterl: %s", message.message)
         elif kind == Kind.ERROR:
-            log.warning("relay reported an error on channel %s: %s", channel, codec.unpackb(payload))
+            error = conn.relay_error(channel, codec.unpackb(payload))
+            log.warning("relay reported an error on channel %s: %s", channel, error)
 
     def _answer(self, conn: RelayConnection, op: int, channel: int, seq: int, payload: memoryview) -> bytes:
         try:

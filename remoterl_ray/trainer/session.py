@@ -23,9 +23,11 @@ from ..protocol.errors import ProtocolError, RelayUnavailableError, RemoteRLErro
 from ..protocol.frames import Kind, Op
 from ..protocol.messages import (
     CAP_LOCATE,
+    CAP_NOTICE,
     CAP_RECONNECT,
     Hello,
     Locate,
+    Notice,
     Open,
     Opened,
     Reconnect,
@@ -119,11 +121,13 @@ class TrainerSession:
             self.simulators = message.count
         elif isinstance(message, Reconnect):
             self._move_asked = True  # acted on at the next use of the connection
+        elif isinstance(message, Notice):
+            log.warning("remoterl: %s", message.message)
 
     def _open(self, url: str, timeout: float, **handlers: Any) -> RelayConnection | None:
         return RelayConnection.open_with_backoff(
             url,
-            Hello(role="trainer", api_key=self.settings.api_key, capabilities=[CAP_RECONNECT]),
+            Hello(role="trainer", api_key=self.settings.api_key, capabilities=[CAP_RECONNECT, CAP_NOTICE]),
             deadline=time.monotonic() + timeout,
             timeout=min(timeout, 10.0) or 1.0,
             **handlers,

@@ -1,0 +1,283 @@
+"""Who may connect, and what each key uses: the relay's side of the accounts.
+
+:class:`Accounting` admits or refuses a hello (key, operator block, quota,
+rate limit), meters every peer from the counters the switchboard already
+keeps (frame sizes and step counts from routing headers, never payloads),
+and once a second (:meth:`Accounting.sync`) flushes those counts to the
+accounts backend, reads back what changed (revoked keys, blocked workspaces,
+usage from every relay, operator disconnects) and acts on it here.
+
+The backend is the SQLite store in this process (:class:`LocalAccounts`) or,
+under Ray Serve, one accounts actor shared by all replicas (``serve_apps/``);
+lookups are cached, so a replica asks the backend once per key a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..accounts.plans import Prices
+from ..accounts.store import AccountsState, AccountStore, Identity, UsageDelta
+from ..protocol.affinity import key_digest
+from ..protocol.api_keys import parse_key
+from ..protocol.errors import (
+    AuthenticationError,
+    ErrorCode,
+    QuotaExceededError,
+    RateLimitedError,
+    RemoteRLError,
+    WorkspaceBlockedError,
+)
+from ..protocol.messages import CAP_NOTICE, Notice, Quota, control_frame, error_frame, human_bytes
+from .auth import OPEN_WORKSPACE, StaticKeys
+from .ratelimit import FailureLimiter
+from .switchboard import Peer, Switchboard
+
+log = logging.getLogger("remoterl.relay")
+
+CLOSE_POLICY = 1008  # RFC 6455: the peer broke a rule (revoked key, operator action)
+EMPTY_STATE = AccountsState(frozenset(), frozenset(), {}, {}, [])
+CACHE_SECONDS = 60.0  # a good key is looked up once a minute (revocation is pushed by sync anyway)
+MISS_CACHE_SECONDS = 5.0  # an unknown key: a new key works within this long
+
+
+class AccountsBackend(Protocol):
+    async def identify(self, api_key: str) -> tuple[Identity | None, str]: ...
+
+    async def record(self, deltas: list[UsageDelta]) -> None: ...
+
+    async def state(self, kicks_after: int) -> AccountsState: ...
+
+    async def act(self, operator: str, action: str, target: str) -> None: ...
+
+    async def audit_log(self, limit: int) -> list[dict[str, Any]]: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalAccounts:
+    """The SQLite store in this process, called off the event loop."""
+
+    def __init__(self, store: AccountStore) -> None:
+        self.store = store
+
+    async def identify(self, api_key: str) -> tuple[Identity | None, str]:
+        return await asyncio.to_thread(self.store.identify, api_key)
+
+    async def record(self, deltas: list[UsageDelta]) -> None:
+        await asyncio.to_thread(self.store.record, deltas)
+
+    async def state(self, kicks_after: int) -> AccountsState:
+        return await asyncio.to_thread(self.store.state, kicks_after)
+
+    async def act(self, operator: str, action: str, target: str) -> None:
+        await asyncio.to_thread(self.store.act, operator, action, target)
+
+    async def audit_log(self, limit: int) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.store.audit_log, limit)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.store.close)
+
+
+@dataclass
+class _Mark:
+    """A peer's counters as far as they were already metered."""
+
+    bytes_in: int
+    bytes_out: int
+    steps: int
+    at: float
+
+
+class Accounting:
+    def __init__(
+        self,
+        keys: StaticKeys,
+        backend: AccountsBackend | None = None,
+        prices: Prices | None = None,
+        limiter: FailureLimiter | None = None,
+    ) -> None:
+        self.keys = keys
+        self.backend = backend
+        self.prices = prices or Prices()
+        self.limiter = limiter or FailureLimiter()
+        self.state = EMPTY_STATE
+        self._cache: dict[str, tuple[float, Identity | None, str]] = {}
+        self._marks: dict[str, _Mark] = {}
+        self._pending: list[UsageDelta] = []  # counted, not yet stored
+        self._kicks_seen = 0
+        self._told_over_quota: set[str] = set()
+
+    # -- admission ------------------------------------------------------------
+
+    async def admit(self, api_key: str | None, source: str) -> Identity:
+        """The identity a hello may open a session as; raises a coded error otherwise."""
+        wait = self.limiter.limited(source)
+        if wait:
+            raise RateLimitedError(
+                f"too many refused connection attempts from {source}; try again in {wait:.0f} s with a valid key"
+            )
+        identity = await self._identify(api_key)
+        if identity is None:
+            self.limiter.failed(source)
+            if api_key and parse_key(api_key) is not None and await self._revoked(api_key):
+                raise AuthenticationError("this API key was revoked by the relay operator", code=ErrorCode.KEY_REVOKED)
+            if not api_key:
+                raise AuthenticationError("an API key is required: this relay is not in open mode")
+            raise AuthenticationError("API key rejected by the relay: unknown, mistyped or truncated")
+        workspace = identity.workspace
+        if workspace in self.state.blocked:
+            raise WorkspaceBlockedError(
+                f"workspace {workspace} is blocked by the relay operator: new sessions are refused"
+            )
+        quota = self.quota(identity)
+        if quota.included_bytes is not None and quota.used_bytes >= quota.included_bytes:
+            raise QuotaExceededError(self._over_quota_message(workspace, quota, "new sessions are refused"))
+        return identity
+
+    async def _identify(self, api_key: str | None) -> Identity | None:
+        if not api_key:
+            return Identity("open", OPEN_WORKSPACE, None) if self.keys.open_mode else None
+        if self.backend is not None and parse_key(api_key) is not None:
+            identity, why = await self._lookup(api_key)
+            if identity is not None and identity.key_id not in self.state.revoked:
+                return identity
+            if why == "revoked" or (identity is not None):
+                return None  # a revoked key stays refused, open mode or not
+        workspace = self.keys.workspace_of(api_key)
+        if workspace is None:
+            return None
+        return Identity(f"static-{key_digest(api_key)[:12]}", workspace, None)
+
+    async def _lookup(self, api_key: str) -> tuple[Identity | None, str]:
+        digest = key_digest(api_key)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        assert self.backend is not None
+        identity, why = await self.backend.identify(api_key)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + (CACHE_SECONDS if identity else MISS_CACHE_SECONDS), identity, why)
+        return identity, why
+
+    async def _revoked(self, api_key: str) -> bool:
+        identity, why = await self._lookup(api_key)
+        return why == "revoked" or (identity is not None and identity.key_id in self.state.revoked)
+
+    def quota(self, identity: Identity) -> Quota:
+        plan = self.state.plans.get(identity.workspace, identity.plan)
+        used = self.state.used_bytes.get(identity.workspace, 0)
+        used += sum(d.bytes_in + d.bytes_out for d in self._pending if d.workspace == identity.workspace)
+        return Quota(plan=plan, used_bytes=used, included_bytes=self.prices.included_bytes(plan))
+
+    def _over_quota_message(self, workspace: str, quota: Quota, consequence: str) -> str:
+        return (
+            f"workspace {workspace} used {human_bytes(quota.used_bytes)} of the "
+            f"{human_bytes(quota.included_bytes or 0)} its {quota.plan} plan includes this month; {consequence}"
+        )
+
+    # -- metering -----------------------------------------------------------
+
+    def _delta(self, peer: Peer, now: float) -> UsageDelta:
+        mark = self._marks.get(peer.id) or _Mark(0, 0, 0, peer.connected_at)
+        delta = UsageDelta(
+            key_id=peer.key_id,
+            workspace=peer.workspace,
+            role=peer.role,
+            bytes_in=peer.bytes_in - mark.bytes_in,
+            bytes_out=peer.bytes_out - mark.bytes_out,
+            steps=peer.env_steps - mark.steps,
+            connection_seconds=max(0.0, now - mark.at),
+        )
+        elapsed = now - mark.at
+        if elapsed > 0:
+            peer.steps_per_s = delta.steps / elapsed
+        self._marks[peer.id] = _Mark(peer.bytes_in, peer.bytes_out, peer.env_steps, now)
+        return delta
+
+    def settle(self, peer: Peer) -> None:
+        """A peer left: keep its last counts for the next flush."""
+        self._pending.append(self._delta(peer, time.time()))
+        self._marks.pop(peer.id, None)
+
+    def collect(self, board: Switchboard) -> list[UsageDelta]:
+        """Everything counted since the last call, one row per key and role (also
+        refreshes each peer's steps/s)."""
+        now = time.time()
+        deltas, self._pending = self._pending, []
+        deltas += [self._delta(peer, now) for peer in board.peers()]
+        rows: dict[tuple[str, str, str], UsageDelta] = {}
+        for d in deltas:
+            key = (d.key_id, d.workspace, d.role)
+            rows[key] = d if key not in rows else d + rows[key]
+        return list(rows.values())
+
+    # -- once a second ------------------------------------------------------
+
+    async def sync(self, board: Switchboard) -> None:
+        deltas = self.collect(board)
+        if self.backend is None:
+            return
+        try:
+            await self.backend.record(deltas)
+        except Exception:
+            self._pending = deltas + self._pending  # keep them for the next try
+            raise
+        await self.refresh()
+        await self._enforce(board)
+
+    async def refresh(self) -> None:
+        """Read the shared state now (an operator action just changed it)."""
+        if self.backend is not None:
+            self.state = await self.backend.state(self._kicks_seen)
+
+    async def _enforce(self, board: Switchboard) -> None:
+        state = self.state
+        kicked = {peer_id for _, peer_id in state.kicks}
+        if state.kicks:
+            self._kicks_seen = max(kick_id for kick_id, _ in state.kicks)
+        for peer in board.peers():
+            if peer.key_id in state.revoked:
+                await self.cut_off(peer, AuthenticationError("this API key was revoked", code=ErrorCode.KEY_REVOKED))
+            elif peer.id in kicked:
+                await self.cut_off(
+                    peer, RemoteRLError("disconnected by the relay operator", code=ErrorCode.DISCONNECTED)
+                )
+        for workspace in list(board.workspaces):
+            plan = state.plans.get(workspace)
+            included = self.prices.included_bytes(plan)
+            used = state.used_bytes.get(workspace, 0)
+            if included is None or used < included:
+                self._told_over_quota.discard(workspace)
+                continue
+            if workspace in self._told_over_quota:
+                continue
+            self._told_over_quota.add(workspace)
+            quota = Quota(plan=plan, used_bytes=used, included_bytes=included)
+            notice = Notice(
+                code=ErrorCode.QUOTA_EXCEEDED.value,
+                message=self._over_quota_message(workspace, quota, "running sessions go on, new ones are refused"),
+            )
+            log.warning("%s", notice.message)
+            for peer in board.peers(workspace):
+                if CAP_NOTICE in peer.capabilities:
+                    await peer.send(control_frame(notice))
+
+    async def cut_off(self, peer: Peer, error: RemoteRLError) -> None:
+        """Tell ``peer`` why, then close its connection (its handler then leaves the board)."""
+        if not peer.alive:
+            return
+        log.info("closing %s (%s): %s", peer.id, peer.workspace, error.message)
+        await peer.send(error_frame(error.to_wire()))
+        peer.alive = False
+        try:
+            await peer.close(CLOSE_POLICY, error.message[:120])
+        except Exception as exc:  # already gone
+            log.debug("closing %s failed: %s", peer.id, exc)

@@ -1,0 +1,152 @@
+"""The operator dashboard (``/dashboard``) and the admin endpoints.
+
+The page is one static HTML file; it logs in with an admin token, then an
+``EventSource`` on ``/dashboard/events`` gets a snapshot every second: who is
+online per region, replica and workspace, with connection time, byte and
+step counters and steps/s; each workspace's plan, usage and block state; the
+audit log. Only counters and names: the relay never holds a payload to show.
+
+Actions (``POST /dashboard/api/actions``) go through the accounts backend, so
+under Ray Serve a disconnect reaches whichever replica holds the peer, and
+every action is recorded with its time and operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from ..accounts.store import AccountsError
+from ..protocol.errors import ErrorCode, RemoteRLError
+from .accounting import Accounting
+from .admin import COOKIE, COOKIE_SECONDS, AdminAuth
+from .ratelimit import FailureLimiter
+from .switchboard import Switchboard
+
+EVENT_SECONDS = 1.0
+
+
+class Login(BaseModel):
+    token: str = Field(max_length=512)
+
+
+class Action(BaseModel):
+    action: str = Field(pattern="^(disconnect|block|unblock)$")
+    target: str = Field(min_length=1, max_length=200)
+
+
+def _error(status: int, code: ErrorCode, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code.value, "message": message}}, status_code=status)
+
+
+def dashboard_router(
+    board: Switchboard,
+    accounting: Accounting,
+    admin: AdminAuth,
+    cluster: Callable[[], Awaitable[dict[str, Any]]],
+    limiter: FailureLimiter,
+) -> APIRouter:
+    router = APIRouter()
+    page = resources.files(__package__).joinpath("dashboard.html").read_text(encoding="utf-8")
+
+    def operator(request: Request) -> str:
+        """The operator behind a request; 401 otherwise (and 404 with no operators configured)."""
+        if not admin:
+            raise HTTPException(404, "this relay has no admin token configured")
+        who = admin.operator_for_headers(request.headers.get("authorization"), request.cookies.get(COOKIE))
+        if who is None:
+            raise HTTPException(401, "admin login required")
+        return who
+
+    async def snapshot() -> dict[str, Any]:
+        state = accounting.state
+        workspaces: dict[str, dict[str, Any]] = {}
+        for name, plan in state.plans.items():
+            workspaces[name] = {
+                "plan": plan,
+                "used_bytes": state.used_bytes.get(name, 0),
+                "included_bytes": accounting.prices.included_bytes(plan),
+                "blocked": name in state.blocked,
+            }
+        audit = await accounting.backend.audit_log(20) if accounting.backend is not None else []
+        return {"at": time.time(), "cluster": await cluster(), "workspaces": workspaces, "audit": audit}
+
+    @router.get("/dashboard", response_class=HTMLResponse)
+    async def dashboard_page() -> HTMLResponse:
+        if not admin:
+            return HTMLResponse("<p>This relay has no admin token configured: the dashboard is off.</p>", 404)
+        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self' 'unsafe-inline'"})
+
+    @router.post("/dashboard/login")
+    async def login(request: Request, body: Login) -> Response:
+        source = request.client.host if request.client else "?"
+        if not admin:
+            return _error(404, ErrorCode.UNSUPPORTED, "this relay has no admin token configured")
+        wait = limiter.limited(source)
+        if wait:
+            return _error(429, ErrorCode.RATE_LIMITED, f"too many failed logins; try again in {wait:.0f} s")
+        who = admin.operator_for_token(body.token)
+        if who is None:
+            limiter.failed(source)
+            return _error(401, ErrorCode.AUTH_FAILED, "wrong admin token")
+        response = JSONResponse({"operator": who})
+        response.set_cookie(
+            COOKIE,
+            admin.cookie_for(who),
+            max_age=COOKIE_SECONDS,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
+        return response
+
+    @router.post("/dashboard/logout")
+    async def logout() -> Response:
+        response = JSONResponse({"ok": True})
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    @router.get("/dashboard/api/snapshot")
+    async def snapshot_once(request: Request) -> dict[str, Any]:
+        operator(request)
+        return await snapshot()
+
+    @router.get("/dashboard/events")
+    async def events(request: Request) -> StreamingResponse:
+        who = operator(request)
+
+        async def stream() -> AsyncIterator[str]:
+            yield f"event: hello\ndata: {json.dumps({'operator': who})}\n\n"
+            while not await request.is_disconnected():
+                yield f"data: {json.dumps(await snapshot())}\n\n"
+                await asyncio.sleep(EVENT_SECONDS)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    @router.post("/dashboard/api/actions")
+    async def act(request: Request, body: Action) -> Response:
+        who = operator(request)
+        if accounting.backend is None:
+            return _error(409, ErrorCode.UNSUPPORTED, "this relay keeps no accounts store")
+        try:
+            await accounting.backend.act(who, body.action, body.target)
+        except AccountsError as exc:
+            return _error(404, ErrorCode.BAD_PAYLOAD, str(exc))
+        await accounting.refresh()  # a block holds for the very next hello here; other replicas follow within a sync
+        if body.action == "disconnect":  # here now; other replicas on their next sync
+            peer = board.find(body.target)
+            if peer is not None:
+                error = RemoteRLError("disconnected by the relay operator", code=ErrorCode.DISCONNECTED)
+                await accounting.cut_off(peer, error)
+        return JSONResponse({"ok": True, "operator": who, "action": body.action, "target": body.target})
+
+    return router
