@@ -6,13 +6,17 @@ import logging
 import os
 import sys
 from enum import Enum
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .config import DEFAULT_RELAY_URL, ENV_API_KEY, ENV_DB, ENV_REGION, ENV_RELAY_URL, resolve_db
+from .accounts.store import AccountStore
+from .config import DEFAULT_RELAY_URL, ENV_ADMIN_TOKEN, ENV_API_KEY, ENV_DB, ENV_REGION, ENV_RELAY_URL, resolve_db
 from .protocol.errors import RemoteRLError
 from .protocol.frames import DEFAULT_MAX_FRAME
+
+if TYPE_CHECKING:
+    from .relay.settings import RelaySettings
 
 app = typer.Typer(
     name="remoterl",
@@ -70,7 +74,7 @@ def relay(
     db: DbOption = None,
     admin_token: Annotated[
         Optional[str],
-        typer.Option(envvar="REMOTERL_ADMIN_TOKEN", help="Admin token of operator 'admin' (dashboard, /v1/stats)."),
+        typer.Option(envvar=ENV_ADMIN_TOKEN, help="Admin token of operator 'admin' (dashboard, /v1/stats)."),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -78,7 +82,6 @@ def relay(
 
     Keys: account keys from the accounts store (``remoterl keys create``), the
     --api-key values, or any key with --open."""
-    from .accounts.store import AccountStore
     from .relay.accounting import LocalAccounts
     from .relay.app import RelayConfig
     from .relay.auth import StaticKeys
@@ -110,6 +113,8 @@ def relay(
             prices=settings.prices,
             admin_tokens=settings.admin_digests(),
             max_frame=max_frame,
+            accounts_interval=settings.flush_seconds,
+            limiter=settings.limiter,
         ),
         host=host,
         port=port,
@@ -192,7 +197,8 @@ def simulator(
         raise typer.Exit(2) from None
 
 
-def _settings(config: str | None, admin_token: str | None = None):  # -> RelaySettings
+def _settings(config: str | None, admin_token: str | None = None) -> RelaySettings:
+    """The config file's settings; ``admin_token`` adds operator "admin"."""
     from pydantic import ValidationError
 
     from .relay.settings import load_settings
@@ -208,9 +214,7 @@ def _settings(config: str | None, admin_token: str | None = None):  # -> RelaySe
     return settings
 
 
-def _store(db: str | None, config: str | None = None):  # -> AccountStore
-    from .accounts.store import AccountStore
-
+def _store(db: str | None, config: str | None = None) -> AccountStore:
     return AccountStore(resolve_db(db or _settings(config).db))
 
 

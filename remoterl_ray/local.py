@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .config import ENV_API_KEY
+from .config import ENV_ADMIN_TOKEN, ENV_API_KEY
 from .relay.auth import OPEN_WORKSPACE, workspace_for_key
 
 
@@ -84,6 +84,7 @@ class LocalRelay:
     process: LocalProcess
     host: str
     port: int
+    admin_token: str | None = None
 
     @property
     def url(self) -> str:
@@ -94,19 +95,25 @@ class LocalRelay:
         return f"http://{self.host}:{self.port}"
 
     def stats(self, timeout: float = 5.0) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.http_url}/v1/stats", timeout=timeout) as resp:
+        request = urllib.request.Request(f"{self.http_url}/v1/stats")
+        if self.admin_token:
+            request.add_header("Authorization", f"Bearer {self.admin_token}")
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return json.loads(resp.read())
 
-    def peers(self, api_key: str | None, role: str) -> list[dict[str, Any]]:
-        workspace = workspace_for_key(api_key) if api_key else OPEN_WORKSPACE
+    def peers(self, api_key: str | None, role: str, workspace: str | None = None) -> list[dict[str, Any]]:
+        """Peers of ``role`` in ``workspace`` (an account key's workspace name), else the static key's."""
+        workspace = workspace or (workspace_for_key(api_key) if api_key else OPEN_WORKSPACE)
         ws = self.stats()["workspaces"].get(workspace, {})
         return list(ws.get(f"{role}s", []))
 
-    def wait_for(self, api_key: str | None, role: str, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+    def wait_for(
+        self, api_key: str | None, role: str, count: int, timeout: float = 30.0, workspace: str | None = None
+    ) -> list[dict[str, Any]]:
         """Wait until exactly ``count`` peers of ``role`` are online in the key's workspace."""
         deadline = time.monotonic() + timeout
         while True:
-            peers = self.peers(api_key, role)
+            peers = self.peers(api_key, role, workspace)
             if len(peers) == count:
                 return peers
             if time.monotonic() > deadline:
@@ -141,14 +148,21 @@ def start_relay(
     port: int | None = None,
     extra_args: Sequence[str] = (),
     timeout: float = 30.0,
+    admin_token: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> LocalRelay:
+    """A relay subprocess; ``admin_token`` travels in its environment, not its argv."""
     port = port or free_port(host)
     args = _cli("relay", "--host", host, "--port", str(port), *extra_args)
     for key in api_keys:
         args += ["--api-key", key]
     if open_mode:
         args.append("--open")
-    relay = LocalRelay(LocalProcess(args), host, port)
+    child_env = dict(os.environ, **(env or {}))
+    child_env.pop(ENV_ADMIN_TOKEN, None)
+    if admin_token:
+        child_env[ENV_ADMIN_TOKEN] = admin_token
+    relay = LocalRelay(LocalProcess(args, env=child_env), host, port, admin_token)
     wait_http(f"{relay.http_url}/healthz", relay.process, timeout)
     return relay
 

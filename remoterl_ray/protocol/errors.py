@@ -99,6 +99,12 @@ class RateLimitedError(RemoteRLError):
     default_code = ErrorCode.RATE_LIMITED
 
 
+class DisconnectedError(RemoteRLError):
+    """A relay operator closed this connection: do not dial again on your own."""
+
+    default_code = ErrorCode.DISCONNECTED
+
+
 class NoSimulatorError(RemoteRLError):
     """No simulator of this workspace is online (or none has room)."""
 
@@ -175,7 +181,7 @@ _CLASS_BY_CODE: dict[ErrorCode, type[RemoteRLError]] = {
     ErrorCode.QUOTA_EXCEEDED: QuotaExceededError,
     ErrorCode.WORKSPACE_BLOCKED: WorkspaceBlockedError,
     ErrorCode.RATE_LIMITED: RateLimitedError,
-    ErrorCode.DISCONNECTED: RelayUnavailableError,
+    ErrorCode.DISCONNECTED: DisconnectedError,
 }
 
 

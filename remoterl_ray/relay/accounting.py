@@ -26,6 +26,7 @@ from ..protocol.affinity import key_digest
 from ..protocol.api_keys import parse_key
 from ..protocol.errors import (
     AuthenticationError,
+    DisconnectedError,
     ErrorCode,
     QuotaExceededError,
     RateLimitedError,
@@ -43,6 +44,11 @@ CLOSE_POLICY = 1008  # RFC 6455: the peer broke a rule (revoked key, operator ac
 EMPTY_STATE = AccountsState(frozenset(), frozenset(), {}, {}, [])
 CACHE_SECONDS = 60.0  # a good key is looked up once a minute (revocation is pushed by sync anyway)
 MISS_CACHE_SECONDS = 5.0  # an unknown key: a new key works within this long
+
+
+def close_reason(error: RemoteRLError) -> str:
+    """``"<error code>: <message>"``, cut to fit a close frame, so the peer can raise the typed error."""
+    return f"{error.code.value}: {error.message}"[:120]
 
 
 class AccountsBackend(Protocol):
@@ -247,9 +253,7 @@ class Accounting:
             if peer.key_id in state.revoked:
                 await self.cut_off(peer, AuthenticationError("this API key was revoked", code=ErrorCode.KEY_REVOKED))
             elif peer.id in kicked:
-                await self.cut_off(
-                    peer, RemoteRLError("disconnected by the relay operator", code=ErrorCode.DISCONNECTED)
-                )
+                await self.cut_off(peer, DisconnectedError("disconnected by the relay operator"))
         for workspace in list(board.workspaces):
             plan = state.plans.get(workspace)
             included = self.prices.included_bytes(plan)
@@ -278,6 +282,6 @@ class Accounting:
         await peer.send(error_frame(error.to_wire()))
         peer.alive = False
         try:
-            await peer.close(CLOSE_POLICY, error.message[:120])
+            await peer.close(CLOSE_POLICY, close_reason(error))
         except Exception as exc:  # already gone
             log.debug("closing %s failed: %s", peer.id, exc)

@@ -20,7 +20,7 @@ import itertools
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -54,7 +54,7 @@ from ..protocol.messages import (
 )
 from ..accounts.plans import Prices
 from ..accounts.store import Identity
-from .accounting import Accounting, AccountsBackend
+from .accounting import Accounting, AccountsBackend, close_reason
 from .admin import COOKIE, AdminAuth
 from .auth import StaticKeys
 from .dashboard import dashboard_router
@@ -79,6 +79,7 @@ class RelayConfig:
     hello_timeout: float = 10.0
     max_protocol_errors: int = 100  # per connection, then it is cut off
     accounts_interval: float = 1.0  # seconds between usage flushes (what a crash can lose at most)
+    limiter: Callable[[], FailureLimiter] = FailureLimiter  # refused hellos and logins, per source address
     directory: Directory = field(default_factory=LocalDirectory)
 
 
@@ -93,7 +94,7 @@ def create_app(config: RelayConfig) -> FastAPI:
         raise ValueError("a relay needs API keys (an accounts store or --api-key), or open mode")
     board = Switchboard()
     directory = config.directory
-    limiter = FailureLimiter()
+    limiter = config.limiter()
     accounting = Accounting(config.keys, config.accounts, config.prices, limiter)
     admin = AdminAuth(config.admin_tokens)
 
@@ -257,7 +258,7 @@ def create_app(config: RelayConfig) -> FastAPI:
             peer, identity = await greet(ws)
         except _Refused as refused:
             await send_bytes(ws, error_frame(refused.error.to_wire()))
-            await ws.close(refused.close_code, refused.error.message[:120])
+            await ws.close(refused.close_code, close_reason(refused.error))
             return
         except WebSocketDisconnect:
             return

@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..accounts.store import AccountsError
-from ..protocol.errors import ErrorCode, RemoteRLError
+from ..protocol.errors import DisconnectedError, ErrorCode
 from .accounting import Accounting
 from .admin import COOKIE, COOKIE_SECONDS, AdminAuth
 from .ratelimit import FailureLimiter
@@ -145,8 +145,7 @@ def dashboard_router(
         if body.action == "disconnect":  # here now; other replicas on their next sync
             peer = board.find(body.target)
             if peer is not None:
-                error = RemoteRLError("disconnected by the relay operator", code=ErrorCode.DISCONNECTED)
-                await accounting.cut_off(peer, error)
+                await accounting.cut_off(peer, DisconnectedError("disconnected by the relay operator"))
         return JSONResponse({"ok": True, "operator": who, "action": body.action, "target": body.target})
 
     return router

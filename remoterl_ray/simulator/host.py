@@ -152,8 +152,7 @@ class SimulatorHost:
             elif isinstance(message, Notice):
                 log.warning("remoterl: %s", message.message)
         elif kind == Kind.ERROR:
-            error = conn.relay_error(channel, codec.unpackb(payload))
-            log.warning("relay reported an error on channel %s: %s", channel, error)
+            log.warning("relay reported an error on channel %s: %s", channel, codec.unpackb(payload))
 
     def _answer(self, conn: RelayConnection, op: int, channel: int, seq: int, payload: memoryview) -> bytes:
         try:

@@ -29,6 +29,7 @@ from websockets.sync.client import ClientConnection, connect
 from ..protocol import codec
 from ..protocol.affinity import SESSION_HEADER, session_id_for
 from ..protocol.errors import (
+    ErrorCode,
     FrameTooLargeError,
     ProtocolError,
     RelayUnavailableError,
@@ -82,6 +83,16 @@ class Counters:
     frames_received: int = 0
 
 
+def closing_error(code: int, reason: str) -> RemoteRLError | None:
+    """The typed error a relay closed us with (policy close, reason ``"<error code>: <message>"``)."""
+    if code != 1008:
+        return None
+    error_code, _, message = reason.partition(": ")
+    if error_code not in ErrorCode._value2member_map_:
+        return None
+    return error_from_wire({"code": error_code, "message": message})
+
+
 class RelayConnection:
     """A connected, greeted WebSocket to the relay.
 
@@ -107,7 +118,6 @@ class RelayConnection:
         self._pending: dict[int, _Slot] = {}
         self._reading = False
         self._closed: RemoteRLError | None = None
-        self._parting: RemoteRLError | None = None  # why the relay is about to close us, if it said
 
     # -- connecting -------------------------------------------------------
 
@@ -379,7 +389,6 @@ class RelayConnection:
             elif channel:
                 self._fail_channel(channel, error)
             else:
-                self.relay_error(0, error)
                 log.warning("relay reported: %s", error)
         elif slot is not None:
             slot.reply = Reply(kind, op, channel, payload=payload)
@@ -396,24 +405,14 @@ class RelayConnection:
             if slot.channel == channel and slot.reply is None:
                 slot.reply = Reply(Kind.ERROR, Op.NONE, channel, error=error)
 
-    def relay_error(self, channel: int, record: Any) -> RemoteRLError:
-        """Note an error the relay sent outside any request. On channel 0 it may be
-        the reason the relay then closes the connection (revoked key, operator
-        disconnect): that error, not a plain "connection lost", is what callers see."""
-        error = record if isinstance(record, RemoteRLError) else error_from_wire(record)
-        if channel == 0:
-            self._parting = error
-        return error
-
     def _mark_closed(self, exc: BaseException | None = None, *, why: str | None = None) -> None:
         with self._cond:
             if self._closed is None:
                 reason = f": {exc}" if exc else ""
-                closed_by_policy = isinstance(exc, ConnectionClosed) and exc.rcvd is not None and exc.rcvd.code == 1008
-                if closed_by_policy and self._parting is not None:
-                    self._closed = self._parting
-                else:
-                    self._closed = RelayUnavailableError(why or f"connection to the relay was lost{reason}")
+                rcvd = exc.rcvd if isinstance(exc, ConnectionClosed) else None
+                self._closed = (rcvd and closing_error(rcvd.code, rcvd.reason)) or RelayUnavailableError(
+                    why or f"connection to the relay was lost{reason}"
+                )
             for slot in self._pending.values():
                 if slot.reply is None:
                     slot.reply = Reply(Kind.ERROR, Op.NONE, slot.channel, error=self._closed)

@@ -128,6 +128,25 @@ class CorridorEnv(gym.Env):
         return self._obs(), 1.0 if done else -0.01, done, False, {}
 
 
+class EchoTextEnv(gym.Env):
+    """Sends text back and forth: the observation, the info and the reset options
+    carry whatever the trainer put in ``options["note"]`` (to show the relay never
+    keeps a payload)."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Text(max_length=64)
+        self.action_space = spaces.Discrete(2)
+        self.note = "none"
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.note = str((options or {}).get("note", "none"))
+        return self.note, {"note": self.note}
+
+    def step(self, action):
+        return self.note, 0.0, False, False, {"note": self.note}
+
+
 def make_corridor(config):
     """An RLlib env creator: ``config`` is the env_config plus its context."""
     return CorridorEnv(config.get("length", 5), config.worker_index, config.vector_index)
@@ -135,3 +154,4 @@ def make_corridor(config):
 
 # Importing this module (e.g. for the id "remoterl_testenvs:AllSpaces-v0") registers its envs.
 gym.register("AllSpaces-v0", entry_point="remoterl_testenvs:AllSpacesEnv")
+gym.register("EchoText-v0", entry_point="remoterl_testenvs:EchoTextEnv")
