@@ -13,6 +13,8 @@ proportion to their simulators.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -127,7 +129,12 @@ class TrainerSession:
     def _open(self, url: str, timeout: float, **handlers: Any) -> RelayConnection | None:
         return RelayConnection.open_with_backoff(
             url,
-            Hello(role="trainer", api_key=self.settings.api_key, capabilities=[CAP_RECONNECT, CAP_NOTICE]),
+            Hello(
+                role="trainer",
+                api_key=self.settings.api_key,
+                name=f"{socket.gethostname()}:{os.getpid()}",  # shown on the operator dashboard
+                capabilities=[CAP_RECONNECT, CAP_NOTICE],
+            ),
             deadline=time.monotonic() + timeout,
             timeout=min(timeout, 10.0) or 1.0,
             **handlers,

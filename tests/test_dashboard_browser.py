@@ -1,0 +1,136 @@
+"""The operator dashboard in a real headless Chromium (Debian's), driven by Playwright.
+
+Log in (a wrong token first), watch simulators and a stepping trainer appear,
+disconnect a simulator, block its workspace and see a new trainer refused.
+Set REMOTERL_SCREENSHOT=docs/dashboard.png to refresh the docs' screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+
+import remoterl_ray
+from conftest import TEST_ENVS_MODULE, sim_env
+from remoterl_ray.local import LocalProcess, LocalRelay, start_relay, start_simulator
+from remoterl_ray.protocol.errors import WorkspaceBlockedError
+from test_accounts import create_key, wait_until
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TOKEN = "browser-admin-token-0123456789"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the test command installs playwright")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian's chromium is installed by the README's test command"
+)
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory) -> Iterator[tuple[LocalRelay, Path]]:
+    root = tmp_path_factory.mktemp("dashboard")
+    config = root / "relay.yaml"
+    config.write_text(f"admin_tokens:\n  dana: {TOKEN}\n")
+    db = root / "relay.db"
+    create_key(db, "robots")
+    relay = start_relay(extra_args=("--config", str(config), "--db", str(db)))
+    relay.admin_token = TOKEN
+    yield relay, db
+    relay.stop()
+
+
+@pytest.fixture(scope="module")
+def page(relay, tmp_path_factory) -> Iterator[object]:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 760})
+            page.set_default_timeout(15_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def test_operator_logs_in_watches_disconnects_and_blocks(relay, page, trainer_cleanup):
+    relay, db = relay
+    sims: list[LocalProcess] = []
+    _, key = create_key(db, "labs")
+    _, busy_key = create_key(db, "robots")
+    page.goto(f"{relay.http_url}/dashboard")
+    page.fill("#token", "wrong-token-xxxxxxxx")
+    page.click("#login-button")
+    page.wait_for_selector("#login-error:has-text('wrong admin token')")
+    page.fill("#token", TOKEN)
+    page.click("#login-button")
+    page.wait_for_selector("#who:has-text('operator dana')")
+    stop = threading.Event()
+    try:
+        # A simulator appears on the page (pushed, no reload).
+        sims.append(start_simulator(relay.url, key, allow=(TEST_ENVS_MODULE,), env=sim_env()))
+        row = page.wait_for_selector("tr[data-role=simulator][data-workspace=labs]")
+        peer_id = row.get_attribute("data-peer")
+        assert peer_id and peer_id in relay.stats()["workspaces"]["labs"]["simulators"][0]["id"]
+
+        # Another workspace trains meanwhile: its steps and steps/s count up live.
+        sims.append(start_simulator(relay.url, busy_key, allow=(TEST_ENVS_MODULE,), env=sim_env()))
+        relay.wait_for(None, "simulator", 1, workspace="robots")
+        assert remoterl_ray.init(busy_key, relay_url=relay.url, simulator_wait=10.0)
+        env = gym.make(f"{TEST_ENVS_MODULE}:EchoText-v0")
+        env.reset()
+        stepper = threading.Thread(target=lambda: [env.step(0) for _ in iter(stop.is_set, True)], daemon=True)
+        stepper.start()
+        page.wait_for_selector("tr[data-role=trainer][data-workspace=robots]")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('tr[data-role=trainer][data-workspace=robots] td.num')]"
+            ".some((td, i) => i === 3 && parseFloat(td.textContent) > 0)"
+        )
+        shot = os.environ.get("REMOTERL_SCREENSHOT")
+        if shot:
+            page.screenshot(path=shot, full_page=True)
+        stop.set()  # one trainer session per process: the next init replaces this one
+        stepper.join(10)
+
+        # Disconnect the simulator: its row goes, the process ends with the operator's reason.
+        page.click(f"button[data-testid='disconnect-{peer_id}']")
+        page.wait_for_selector(f"tr[data-peer='{peer_id}']", state="detached")
+        wait_until(lambda: not sims[0].alive(), 10.0, "the disconnected simulator to exit")
+        assert "disconnected by the relay operator" in sims[0].output()
+
+        # Block the workspace: the page says so, and a new trainer is refused.
+        page.click("button[data-testid='block-labs']")
+        page.wait_for_selector("tr[data-workspace=labs] .pill.blocked")
+        with pytest.raises(WorkspaceBlockedError, match="blocked by the relay operator"):
+            remoterl_ray.init(key, relay_url=relay.url, simulator_wait=2.0)
+        page.wait_for_selector("#audit td:has-text('block')")
+        audit = page.inner_text("#audit")
+        assert "dana" in audit and "disconnect" in audit and peer_id in audit and "labs" in audit
+
+        page.click("button[data-testid='unblock-labs']")
+        page.wait_for_selector("tr[data-workspace=labs] .pill.open")
+    finally:
+        stop.set()
+        if "stepper" in locals():
+            stepper.join(10)
+        remoterl_ray.shutdown()
+        for sim in sims:
+            sim.stop()
+
+
+def test_logout_returns_to_the_login_form(relay, page):
+    page.click("#logout")
+    page.wait_for_selector("#login-form", state="visible")
+    assert page.evaluate("fetch('dashboard/api/snapshot').then(r => r.status)") == 401
