@@ -92,7 +92,11 @@ def relay(
     settings = _settings(config, admin_token)
     db_path = resolve_db(db or settings.db)
     if serve:
-        _relay_on_serve(keys, open_mode, host, port, max_frame, replicas, region, public_url, haproxy, direct)
+        # The store is opened on the head node; its keys are not checked from here.
+        shared = settings.model_copy(
+            update={"db": db_path, "admin_tokens": {n: f"sha256:{d}" for n, d in settings.admin_digests().items()}}
+        )
+        _relay_on_serve(keys, open_mode, host, port, max_frame, replicas, region, public_url, haproxy, direct, shared)
         return
     store = AccountStore(db_path)
     active = sum(1 for k in store.list_keys() if k["revoked"] is None)
@@ -134,6 +138,7 @@ def _relay_on_serve(
     public_url: str | None,
     haproxy: bool | None,
     direct: bool,
+    settings: RelaySettings,
 ) -> None:
     import threading
 
@@ -152,6 +157,7 @@ def _relay_on_serve(
         "direct": direct,
         # Behind one address (not 0.0.0.0), that address is how simulators reach this region.
         "public_url": public_url or (f"ws://{host}:{port}" if host not in ("0.0.0.0", "::") else None),
+        "settings": settings.model_dump(),  # admin tokens as digests only
     }
     name = f"relay-{region}"
     owns_cluster = deploy(args, host=host, port=port, replicas=replicas, name=name)

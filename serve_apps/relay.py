@@ -13,7 +13,9 @@ unchanged; this module only adds what Serve needs:
   refused would split the workspace), or HAProxy's own header hash when
   ``RAY_SERVE_ENABLE_HA_PROXY=1`` (HAProxy bypasses Serve's routers; see
   :data:`HAPROXY_BALANCE`).
-* A ``Directory`` backed by the shared ``RelayState`` actor (state.py).
+* A ``Directory`` backed by the shared ``RelayState`` actor (state.py), one
+  accounts store for all replicas and regions (accounts.py), and the relay's
+  counters exported as Ray metrics (metrics.py).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
+from remoterl_ray.config import resolve_db
 from remoterl_ray.protocol.frames import DEFAULT_MAX_FRAME
 from remoterl_ray.relay import RelayConfig, StaticKeys, create_app
+from remoterl_ray.relay.settings import RelaySettings
 
 CONSISTENT_HASH_ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
 MAX_CONNECTIONS_PER_REPLICA = 4096  # >= 1000 open WebSockets per replica, with room
@@ -54,6 +58,11 @@ class RelayArgs(BaseModel):
     )
     max_frame: int = DEFAULT_MAX_FRAME
     sync_interval: float = Field(default=1.0, gt=0)
+    settings: RelaySettings = Field(
+        default_factory=RelaySettings,
+        description="as in relay.yaml: db (a path on the head node, shared by every region), admin_tokens "
+        "(use 'sha256:<digest>' values here), prices, rate_limit, flush_seconds",
+    )
 
 
 @serve.deployment(
@@ -68,19 +77,33 @@ class Relay:
         self.args = RelayArgs.model_validate(args)
 
     def __serve_build_asgi_app__(self) -> Any:
-        from .state import RayDirectory  # imports Ray's actor API only inside replicas
+        from .accounts import RayAccounts  # import Ray's actor API only inside replicas
+        from .metrics import RelayMetrics
+        from .state import RayDirectory
 
         args = self.args
+        settings = args.settings
         keys = StaticKeys(args.api_keys, digests=args.api_key_digests, open_mode=args.open)
-        context = serve.get_replica_context()
+        replica = serve.get_replica_context().replica_id.unique_id
         directory = RayDirectory(
             region=args.region,
             url=args.public_url or default_public_url(args.route_prefix),
-            replica=context.replica_id.unique_id,
+            replica=replica,
             sync_interval=args.sync_interval,
             direct_host=replica_host() if args.direct and haproxy_enabled() else None,
         )
-        return create_app(RelayConfig(keys=keys, max_frame=args.max_frame, directory=directory))
+        config = RelayConfig(
+            keys=keys,
+            accounts=RayAccounts(resolve_db(settings.db)),
+            prices=settings.prices,
+            admin_tokens=settings.admin_digests(),
+            max_frame=args.max_frame,
+            accounts_interval=settings.flush_seconds,
+            limiter=settings.limiter,
+            observer=RelayMetrics(args.region, replica),
+            directory=directory,
+        )
+        return create_app(config)
 
 
 def _http_options() -> dict[str, Any]:
@@ -124,8 +147,6 @@ def affinity_options() -> dict[str, Any]:
 def relay_app(args: dict[str, Any], **options: Any) -> Application:
     """The relay application for ``args`` (see :class:`RelayArgs`), with extra deployment options."""
     checked = RelayArgs.model_validate(args)
-    if not (checked.api_keys or checked.api_key_digests or checked.open):
-        raise ValueError("the relay needs api_keys, api_key_digests or open: true in its args")
     return Relay.options(**affinity_options(), **options).bind(checked.model_dump())
 
 

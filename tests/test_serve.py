@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from remoterl_ray.accounts.store import AccountStore
 from remoterl_ray.local import LocalProcess, free_port, start_simulator
 from remoterl_ray.protocol.affinity import session_id_for
 from remoterl_ray.trainer.remote_env import RECONNECTED, RemoteEnv
@@ -33,6 +34,7 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 FAR_DELAY = 0.03  # seconds each way through the latency proxy
+ADMIN_TOKEN = "serve-admin-token-0123456789"
 
 
 @dataclass
@@ -42,14 +44,20 @@ class ServeCluster:
     keys: list[str]
     near_node: str
     far_node: str
+    db: str
     procs: list[LocalProcess] = field(default_factory=list)
 
     def url(self, region: str) -> str:
         port = self.far_port if region == "far" else self.port
         return f"ws://127.0.0.1:{port}/{region}"
 
-    def http(self, path: str, timeout: float = 5.0) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as resp:
+    def http(self, path: str, timeout: float = 5.0, data: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=json.dumps(data).encode() if data is not None else None,
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return json.loads(resp.read())
 
     def cluster_stats(self) -> dict[str, Any]:
@@ -60,9 +68,9 @@ class ServeCluster:
         self.procs.append(proc)
         return proc
 
-    def where(self, key: str) -> dict[str, list[tuple[str, str, int]]]:
-        """role -> [(region, replica, count)] of the key's workspace, from the gathered state."""
-        workspace = session_id_for(key)
+    def where(self, key: str, workspace: str | None = None) -> dict[str, list[tuple[str, str, int]]]:
+        """role -> [(region, replica, count)] of the key's workspace (or ``workspace``), from the gathered state."""
+        workspace = workspace or session_id_for(key)
         found: dict[str, list[tuple[str, str, int]]] = {"trainers": [], "simulators": []}
         for region, info in self.cluster_stats()["regions"].items():
             for replica, stats in info["replicas"].items():
@@ -72,10 +80,12 @@ class ServeCluster:
                         found[role].append((region, replica, len(ws[role])))
         return found
 
-    def wait_where(self, key: str, check: Any, timeout: float = 30.0) -> dict[str, list[tuple[str, str, int]]]:
+    def wait_where(
+        self, key: str, check: Any, timeout: float = 30.0, workspace: str | None = None
+    ) -> dict[str, list[tuple[str, str, int]]]:
         deadline = time.monotonic() + timeout
         while True:
-            placed = self.where(key)
+            placed = self.where(key, workspace)
             if check(placed):
                 return placed
             if time.monotonic() > deadline:
@@ -90,7 +100,14 @@ def deploy(
     from serve_apps.relay import relay_app
 
     app = relay_app(
-        {"region": region, "api_keys": cluster.keys, "public_url": public_url, "sync_interval": 0.5, **args},
+        {
+            "region": region,
+            "api_keys": cluster.keys,
+            "public_url": public_url,
+            "sync_interval": 0.5,
+            "settings": {"db": cluster.db, "admin_tokens": {"ops": ADMIN_TOKEN}},
+            **args,
+        },
         num_replicas=replicas,
         ray_actor_options={"num_cpus": 0.1, "resources": {f"region-{nodes or region}": 0.001}},
     )
@@ -98,7 +115,7 @@ def deploy(
 
 
 @pytest.fixture(scope="module")
-def serve_cluster() -> Iterator[ServeCluster]:
+def serve_cluster(tmp_path_factory) -> Iterator[ServeCluster]:
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
@@ -108,7 +125,9 @@ def serve_cluster() -> Iterator[ServeCluster]:
     port = free_port()
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     with LatencyProxy("127.0.0.1", port, FAR_DELAY) as far_proxy:
-        state = ServeCluster(port, far_proxy.port, [new_key(f"serve{i}") for i in range(24)], near.node_id, far.node_id)
+        db = str(tmp_path_factory.mktemp("serve-accounts") / "relay.db")  # the head node's store: this machine
+        keys = [new_key(f"serve{i}") for i in range(24)]
+        state = ServeCluster(port, far_proxy.port, keys, near.node_id, far.node_id, db)
         deploy(state, "near", 3, state.url("near"))
         deploy(state, "far", 1, state.url("far"))
         try:
@@ -164,6 +183,87 @@ def test_workspaces_meet_their_simulators_across_three_replicas(serve_cluster: S
     finally:
         for session in sessions:
             session.close()
+
+
+def test_accounts_are_shared_by_every_replica_and_region(serve_cluster: ServeCluster) -> None:
+    """Keys from one store: two keys of a workspace meet in one replica, workspaces on several
+    replicas never see each other, and operator actions reach whichever replica holds the peer."""
+    store = AccountStore(serve_cluster.db)
+    teams: dict[str, tuple[str, str, LocalProcess]] = {}
+    replicas: set[str] = set()
+    for i in range(12):  # until the workspaces sit on at least two replicas
+        name = f"team{i}"
+        sim_key, trainer_key = store.create_key(name).key, store.create_key(name).key
+        proc = serve_cluster.simulator(sim_key, serve_cluster.url("near"), "--region", "near")
+        teams[name] = (sim_key, trainer_key, proc)
+        placed = serve_cluster.wait_where(sim_key, lambda p: p["simulators"], workspace=name)
+        replicas.add(placed["simulators"][0][1])
+        if len(teams) >= 3 and len(replicas) >= 2:
+            break
+    assert len(replicas) >= 2
+    for name, (sim_key, trainer_key, _) in teams.items():
+        session = TrainerSession(TrainerSettings(relay_url=serve_cluster.url("near"), api_key=trainer_key))
+        try:
+            assert session.wait_for_simulators(1, 30) == 1
+            assert session.conn.welcome.workspace == name and session.conn.welcome.quota.plan == "free"
+            assert sum(region.simulators for region in session.locate()) == 1  # its own, nobody else's
+            env = RemoteEnv(session, "CartPole-v1")
+            env.reset(seed=0)
+            env.step(1)
+            env.close()
+            placed = serve_cluster.wait_where(trainer_key, lambda p: p["trainers"], workspace=name)
+            assert [(r, rep) for r, rep, _ in placed["trainers"]] == [(r, rep) for r, rep, _ in placed["simulators"]]
+        finally:
+            session.close()
+
+    snapshot = serve_cluster.http("/near/dashboard/api/snapshot")
+    regions = snapshot["cluster"]["regions"]
+    assert {"near", "far"} <= set(regions) and len(regions["near"]["replicas"]) == 3
+    assert set(teams) <= set(snapshot["workspaces"])
+    (first, (first_key, _, first_proc)), (second, (_, _, second_proc)) = list(teams.items())[:2]
+    # A revoked key is cut off on whichever replica holds it; a disconnect reaches any replica.
+    store.revoke(store.identify(first_key)[0].key_id)
+    [(_, _, _)] = serve_cluster.where(first_key, first)["simulators"]
+    peer = next(
+        p["id"]
+        for info in regions.values()
+        for stats in info["replicas"].values()
+        for p in stats["workspaces"].get(second, {}).get("simulators", [])
+    )
+    serve_cluster.http("/near/dashboard/api/actions", data={"action": "disconnect", "target": peer})
+    deadline = time.monotonic() + 15
+    while first_proc.alive() or second_proc.alive():
+        assert time.monotonic() < deadline, "revoked or disconnected simulators still connected"
+        time.sleep(0.2)
+    assert "revoked" in first_proc.output() and "disconnected by the relay operator" in second_proc.output()
+    audit = serve_cluster.http("/near/dashboard/api/snapshot")["audit"]
+    assert (audit[0]["operator"], audit[0]["action"], audit[0]["target"]) == ("ops", "disconnect", peer)
+    for _, _, proc in teams.values():
+        proc.stop()
+
+
+def test_relay_counters_are_exported_as_ray_metrics(serve_cluster: ServeCluster) -> None:
+    key = serve_cluster.keys[10]
+    serve_cluster.simulator(key, serve_cluster.url("near"), "--region", "near")
+    trainer_steps_once(serve_cluster.url("near"), key)
+    nodes = [(n["NodeManagerAddress"], n["MetricsExportPort"]) for n in ray.nodes() if n["Alive"]]
+
+    def scrape() -> str:
+        texts = []
+        for address, port in nodes:
+            with urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=5) as resp:
+                texts.append(resp.read().decode())
+        return "\n".join(texts)
+
+    deadline = time.monotonic() + 90  # Ray's metrics agents export every few seconds
+    wanted = f'workspace="{session_id_for(key)}"'
+    while not any("remoterl_relay_env_steps" in line and wanted in line for line in scrape().splitlines()):
+        assert time.monotonic() < deadline, "the relay's counters never reached Ray's metrics"
+        time.sleep(2)
+    lines = [line for line in scrape().splitlines() if wanted in line and line.startswith("ray_remoterl_relay")]
+    names = {line.split("{")[0] for line in lines}
+    assert any("bytes" in n for n in names) and any("peers" in n for n in names), names
+    assert any('direction="in"' in line and 'region="near"' in line for line in lines)
 
 
 def test_simulator_chooses_the_nearest_region(serve_cluster: ServeCluster) -> None:

@@ -51,6 +51,11 @@ def close_reason(error: RemoteRLError) -> str:
     return f"{error.code.value}: {error.message}"[:120]
 
 
+class UsageObserver(Protocol):
+    def observe(self, deltas: list[UsageDelta], board: Switchboard) -> None:
+        """Sees every second's counts (e.g. to export them as metrics)."""
+
+
 class AccountsBackend(Protocol):
     async def identify(self, api_key: str) -> tuple[Identity | None, str]: ...
 
@@ -107,8 +112,10 @@ class Accounting:
         backend: AccountsBackend | None = None,
         prices: Prices | None = None,
         limiter: FailureLimiter | None = None,
+        observer: UsageObserver | None = None,
     ) -> None:
         self.keys = keys
+        self.observer = observer
         self.backend = backend
         self.prices = prices or Prices()
         self.limiter = limiter or FailureLimiter()
@@ -223,7 +230,10 @@ class Accounting:
         for d in deltas:
             key = (d.key_id, d.workspace, d.role)
             rows[key] = d if key not in rows else d + rows[key]
-        return list(rows.values())
+        merged = list(rows.values())
+        if self.observer is not None:
+            self.observer.observe(merged, board)
+        return merged
 
     # -- once a second ------------------------------------------------------
 

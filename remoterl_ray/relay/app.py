@@ -54,7 +54,7 @@ from ..protocol.messages import (
 )
 from ..accounts.plans import Prices
 from ..accounts.store import Identity
-from .accounting import Accounting, AccountsBackend, close_reason
+from .accounting import Accounting, AccountsBackend, UsageObserver, close_reason
 from .admin import COOKIE, AdminAuth
 from .auth import StaticKeys
 from .dashboard import dashboard_router
@@ -80,6 +80,7 @@ class RelayConfig:
     max_protocol_errors: int = 100  # per connection, then it is cut off
     accounts_interval: float = 1.0  # seconds between usage flushes (what a crash can lose at most)
     limiter: Callable[[], FailureLimiter] = FailureLimiter  # refused hellos and logins, per source address
+    observer: UsageObserver | None = None  # sees each second's counts (Ray metrics under Serve)
     directory: Directory = field(default_factory=LocalDirectory)
 
 
@@ -95,7 +96,7 @@ def create_app(config: RelayConfig) -> FastAPI:
     board = Switchboard()
     directory = config.directory
     limiter = config.limiter()
-    accounting = Accounting(config.keys, config.accounts, config.prices, limiter)
+    accounting = Accounting(config.keys, config.accounts, config.prices, limiter, config.observer)
     admin = AdminAuth(config.admin_tokens)
 
     async def account_forever(interval: float) -> None:
