@@ -11,6 +11,7 @@ replica per second, not one per frame.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -45,16 +46,29 @@ class AccountsActor:
     def audit_log(self, limit: int) -> list[dict[str, Any]]:
         return self.store.audit_log(limit)
 
+    def cookie_secret(self) -> str:
+        return self.store.cookie_secret()
+
 
 def accounts_actor(db_path: str) -> Any:
-    """The shared accounts actor; the first replica to ask creates it with its ``db_path``."""
-    return AccountsActor.options(
+    """The shared accounts actor; the first replica to ask creates it with its ``db_path``.
+
+    A replica configured with another path fails loudly: two stores would
+    split keys and usage between replicas."""
+    actor = AccountsActor.options(
         name=ACCOUNTS_ACTOR,
         namespace=STATE_NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
         resources={HEAD_NODE_RESOURCE: 0.001},
     ).remote(db_path)
+    in_use = ray.get(actor.path.remote(), timeout=120)
+    if Path(in_use) != Path(db_path).expanduser():
+        raise ValueError(
+            f"the cluster's accounts store is {in_use}, this relay was configured with {db_path}: "
+            "every region and replica must use the same settings.db (or remove the actor to move it)"
+        )
+    return actor
 
 
 class RayAccounts:
@@ -78,6 +92,9 @@ class RayAccounts:
 
     async def audit_log(self, limit: int) -> list[dict[str, Any]]:
         return await self._actor.audit_log.remote(limit)
+
+    async def cookie_secret(self) -> str:
+        return await self._actor.cookie_secret.remote()
 
     async def close(self) -> None:
         return None

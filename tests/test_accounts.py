@@ -34,6 +34,7 @@ from remoterl_ray.protocol.errors import (
 )
 from remoterl_ray.protocol.frames import Kind, Op, pack, payload_of, unpack_header
 from remoterl_ray.protocol.messages import Hello, Open, control_frame
+from remoterl_ray.relay.admin import AdminAuth, token_digest
 from remoterl_ray.transport import RelayConnection
 
 ADMIN_TOKEN = "ops-token-0123456789abcdef"
@@ -137,6 +138,11 @@ def test_store_keeps_only_salted_hashes(tmp_path):
     store = AccountStore(tmp_path / "a.db")
     one, two = store.create_key("team"), store.create_key("team")
     other = store.create_key("other")
+    for reserved in ("open", "ws-0123456789ab", "bad name"):
+        with pytest.raises(ValueError, match="workspace name"):
+            store.create_key(reserved)
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("a.db")]
+    assert len(files) >= 2 and all(p.stat().st_mode & 0o077 == 0 for p in files)  # the WAL too
     store.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     for issued in (one, two, other):
@@ -174,6 +180,21 @@ def test_usage_summary_counts_and_prices(tmp_path):
     everything = usage_summary(store.usage("paid"), prices)["workspaces"]["paid"]
     assert everything["steps"] == 601 and everything["trainer_minutes"] == pytest.approx(3.0)
     assert store.state().used_bytes.get("paid") == 2_000_000_000  # this month only: the old row is not in it
+
+
+def test_operator_cookies_cannot_be_forged_from_the_token_digest():
+    digest = token_digest("a-long-admin-token-0123")
+    auth = AdminAuth({"alice": digest}, secret="ab" * 32)
+    good = auth.cookie_for("alice")
+    assert auth.operator_for_cookie(good) == "alice"
+    # Someone who read the digest (e.g. from a Serve config) but not the store's secret:
+    forger = AdminAuth({"alice": digest}, secret="cd" * 32)
+    assert auth.operator_for_cookie(forger.cookie_for("alice")) is None
+    operator, expires, signature = good.split("|")
+    assert auth.operator_for_cookie(f"{operator}|{int(expires) + 10**6}|{signature}") is None
+    far = AdminAuth({"alice": digest}, secret="ab" * 32).cookie_for("alice", now=time.time() + 10**6)
+    assert auth.operator_for_cookie(far) is None  # an expiry beyond the cookie's life is refused
+    assert auth.operator_for_token("a-long-admin-token-0123") == "alice" and auth.operator_for_token("x") is None
 
 
 # -- keys and workspaces on the relay -------------------------------------------

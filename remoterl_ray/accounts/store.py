@@ -10,7 +10,9 @@ at any hour and a relay adds its counts with one upsert per row.
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -45,7 +47,9 @@ CREATE TABLE IF NOT EXISTS audit (
     action TEXT NOT NULL, target TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kicks (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, peer_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+RESERVED = re.compile(r"^(open|ws-.*)$")  # the open-mode and --api-key workspaces
 
 
 class AccountsError(ValueError):
@@ -112,18 +116,21 @@ class AccountStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
+        umask = os.umask(0o077)  # the file, its WAL and its directory: the operator's business only
         try:
-            self.path.chmod(0o600)  # key hashes and usage are the operator's business only
-        except OSError:
-            pass
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA busy_timeout=10000")
+                self._db.executescript(_SCHEMA)
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta (name, value) VALUES ('cookie_secret', ?)", (secrets.token_hex(32),)
+                )
+        finally:
+            os.umask(umask)
 
     def close(self) -> None:
         with self._lock:
@@ -136,10 +143,11 @@ class AccountStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -151,9 +159,10 @@ class AccountStore:
         """Issue a key for ``workspace`` (created on first use, plan ``free`` unless given).
 
         ``plan`` on an existing workspace changes its plan."""
-        if not WORKSPACE_NAME.match(workspace):
+        if not WORKSPACE_NAME.match(workspace) or RESERVED.match(workspace):
             raise AccountsError(
-                f"workspace name {workspace!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+                f"workspace name {workspace!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or"
+                " digit ('open' and 'ws-...' are reserved)"
             )
         if plan is not None and plan not in PLANS:
             raise AccountsError(f"unknown plan {plan!r}; plans are {', '.join(PLANS)}")
@@ -288,6 +297,10 @@ class AccountStore:
             db.execute(
                 "INSERT INTO audit (at, operator, action, target) VALUES (?, ?, ?, ?)", (now, operator, action, target)
             )
+
+    def cookie_secret(self) -> str:
+        """A random secret made with the store: signs operator logins (never in any config)."""
+        return self._query("SELECT value FROM meta WHERE name = 'cookie_secret'")[0][0]
 
     def audit_log(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._query("SELECT at, operator, action, target FROM audit ORDER BY id DESC LIMIT ?", (limit,))

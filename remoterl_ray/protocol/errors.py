@@ -93,12 +93,6 @@ class WorkspaceBlockedError(RemoteRLError):
     default_code = ErrorCode.WORKSPACE_BLOCKED
 
 
-class RateLimitedError(RemoteRLError):
-    """Too many refused connection attempts from this address: wait, then retry with a good key."""
-
-    default_code = ErrorCode.RATE_LIMITED
-
-
 class DisconnectedError(RemoteRLError):
     """A relay operator closed this connection: do not dial again on your own."""
 
@@ -121,6 +115,13 @@ class RelayUnavailableError(SimulatorLostError):
     """The relay cannot be reached or the connection to it dropped."""
 
     default_code = ErrorCode.RELAY_GONE
+
+
+class RateLimitedError(RelayUnavailableError):
+    """Too many refused connection attempts from this address. Transient: clients
+    dial again with backoff, as for an unreachable relay."""
+
+    default_code = ErrorCode.RATE_LIMITED
 
 
 class UnknownEnvError(RemoteRLError):

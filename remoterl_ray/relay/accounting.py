@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +31,7 @@ from ..protocol.errors import (
     ErrorCode,
     QuotaExceededError,
     RateLimitedError,
+    RelayUnavailableError,
     RemoteRLError,
     WorkspaceBlockedError,
 )
@@ -67,6 +69,8 @@ class AccountsBackend(Protocol):
 
     async def audit_log(self, limit: int) -> list[dict[str, Any]]: ...
 
+    async def cookie_secret(self) -> str: ...
+
     async def close(self) -> None: ...
 
 
@@ -90,6 +94,9 @@ class LocalAccounts:
 
     async def audit_log(self, limit: int) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.store.audit_log, limit)
+
+    async def cookie_secret(self) -> str:
+        return await asyncio.to_thread(self.store.cookie_secret)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.store.close)
@@ -174,7 +181,11 @@ class Accounting:
         if cached is not None and cached[0] > now:
             return cached[1], cached[2]
         assert self.backend is not None
-        identity, why = await self.backend.identify(api_key)
+        try:
+            identity, why = await self.backend.identify(api_key)
+        except Exception as exc:  # the store is restarting: the client retries with backoff
+            log.warning("accounts store unavailable for a key lookup: %s", exc)
+            raise RelayUnavailableError("the relay's accounts store is not reachable; try again") from None
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (now + (CACHE_SECONDS if identity else MISS_CACHE_SECONDS), identity, why)
@@ -230,22 +241,26 @@ class Accounting:
         for d in deltas:
             key = (d.key_id, d.workspace, d.role)
             rows[key] = d if key not in rows else d + rows[key]
-        merged = list(rows.values())
-        if self.observer is not None:
-            self.observer.observe(merged, board)
-        return merged
+        return list(rows.values())
 
     # -- once a second ------------------------------------------------------
 
     async def sync(self, board: Switchboard) -> None:
+        """Store the counts, then read and enforce the shared state (even if storing failed)."""
         deltas = self.collect(board)
-        if self.backend is None:
-            return
+        stored = self.backend is None
         try:
-            await self.backend.record(deltas)
+            if self.backend is not None:
+                await self.backend.record(deltas)
+                stored = True
         except Exception:
-            self._pending = deltas + self._pending  # keep them for the next try
-            raise
+            self._pending = deltas + self._pending  # kept for the next try
+            log.warning("usage not stored yet (kept for the next try)", exc_info=True)
+        if stored and self.observer is not None:
+            try:
+                self.observer.observe(deltas, board)
+            except Exception:
+                log.warning("usage observer failed", exc_info=True)
         await self.refresh()
         await self._enforce(board)
 
@@ -282,16 +297,26 @@ class Accounting:
             log.warning("%s", notice.message)
             for peer in board.peers(workspace):
                 if CAP_NOTICE in peer.capabilities:
-                    await peer.send(control_frame(notice))
+                    await _bounded(peer.send(control_frame(notice)))
 
     async def cut_off(self, peer: Peer, error: RemoteRLError) -> None:
         """Tell ``peer`` why, then close its connection (its handler then leaves the board)."""
         if not peer.alive:
             return
         log.info("closing %s (%s): %s", peer.id, peer.workspace, error.message)
-        await peer.send(error_frame(error.to_wire()))
+        await _bounded(peer.send(error_frame(error.to_wire())))
         peer.alive = False
         try:
-            await peer.close(CLOSE_POLICY, close_reason(error))
+            await _bounded(peer.close(CLOSE_POLICY, close_reason(error)))
         except Exception as exc:  # already gone
             log.debug("closing %s failed: %s", peer.id, exc)
+
+
+SEND_SECONDS = 2.0  # a peer that does not read cannot hold up the accounts loop longer than this
+
+
+async def _bounded(step: Awaitable[Any]) -> None:
+    try:
+        await asyncio.wait_for(step, SEND_SECONDS)
+    except asyncio.TimeoutError:
+        log.debug("a peer did not take a frame within %ss", SEND_SECONDS)

@@ -2,15 +2,18 @@
 
 Operators are named in the relay's config, each with a token; only the
 token's SHA-256 digest is held. A browser logs in once and gets a signed,
-HttpOnly, SameSite=Strict cookie (operator name, expiry, HMAC keyed by that
-operator's token digest), so any relay replica can check it without shared
-sessions. Scripts send ``Authorization: Bearer TOKEN`` instead.
+HttpOnly, SameSite=Strict cookie (operator name, expiry, HMAC). The HMAC key
+is a random secret kept in the accounts store (never in a config, which may
+hold the digests) mixed with the operator's token digest, so any replica can
+check a cookie without shared sessions, and changing a token ends its
+logins. Scripts send ``Authorization: Bearer TOKEN`` instead.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import time
 
 from ..protocol.affinity import key_digest
@@ -25,9 +28,11 @@ def token_digest(token: str) -> str:
 
 
 class AdminAuth:
-    def __init__(self, digests: dict[str, str]) -> None:
-        """``digests``: operator name -> SHA-256 hex digest of that operator's token."""
+    def __init__(self, digests: dict[str, str], secret: str | None = None) -> None:
+        """``digests``: operator name -> SHA-256 hex digest of that operator's token;
+        ``secret``: the signing secret (the accounts store's; else one for this process)."""
         self._digests = {name: d.lower() for name, d in digests.items()}
+        self.secret = secret or secrets.token_hex(32)
 
     def __bool__(self) -> bool:
         return bool(self._digests)
@@ -41,7 +46,7 @@ class AdminAuth:
         return found
 
     def _sign(self, operator: str, expires: int) -> str:
-        key = self._digests[operator].encode()
+        key = hmac.new(bytes.fromhex(self.secret), self._digests[operator].encode(), hashlib.sha256).digest()
         return hmac.new(key, f"{operator}|{expires}".encode(), hashlib.sha256).hexdigest()
 
     def cookie_for(self, operator: str, now: float | None = None) -> str:
@@ -54,7 +59,8 @@ class AdminAuth:
             expires = int(expires_text)
         except ValueError:
             return None
-        if operator not in self._digests or expires < (time.time() if now is None else now):
+        now = time.time() if now is None else now
+        if operator not in self._digests or not now <= expires <= now + COOKIE_SECONDS:
             return None
         return operator if hmac.compare_digest(signature, self._sign(operator, expires)) else None
 

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi import FastAPI, Request, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from ..protocol.errors import ErrorCode, FrameTooLargeError, ProtocolError, ProtocolVersionError, RemoteRLError
@@ -55,9 +55,9 @@ from ..protocol.messages import (
 from ..accounts.plans import Prices
 from ..accounts.store import Identity
 from .accounting import Accounting, AccountsBackend, UsageObserver, close_reason
-from .admin import COOKIE, AdminAuth
+from .admin import AdminAuth
 from .auth import StaticKeys
-from .dashboard import dashboard_router
+from .dashboard import AdminGate, dashboard_router
 from .directory import Directory, LocalDirectory
 from .ratelimit import FailureLimiter
 from .switchboard import Peer, Switchboard
@@ -79,7 +79,7 @@ class RelayConfig:
     hello_timeout: float = 10.0
     max_protocol_errors: int = 100  # per connection, then it is cut off
     accounts_interval: float = 1.0  # seconds between usage flushes (what a crash can lose at most)
-    limiter: Callable[[], FailureLimiter] = FailureLimiter  # refused hellos and logins, per source address
+    limiter: Callable[[], FailureLimiter] = FailureLimiter  # refused hellos (and, apart, admin tokens) per address
     observer: UsageObserver | None = None  # sees each second's counts (Ray metrics under Serve)
     directory: Directory = field(default_factory=LocalDirectory)
 
@@ -95,9 +95,9 @@ def create_app(config: RelayConfig) -> FastAPI:
         raise ValueError("a relay needs API keys (an accounts store or --api-key), or open mode")
     board = Switchboard()
     directory = config.directory
-    limiter = config.limiter()
-    accounting = Accounting(config.keys, config.accounts, config.prices, limiter, config.observer)
+    accounting = Accounting(config.keys, config.accounts, config.prices, config.limiter(), config.observer)
     admin = AdminAuth(config.admin_tokens)
+    gate = AdminGate(admin, config.limiter())
 
     async def account_forever(interval: float) -> None:
         """Flush usage and apply revocations, blocks, disconnects and quota notices."""
@@ -128,6 +128,8 @@ def create_app(config: RelayConfig) -> FastAPI:
             tasks.append(asyncio.create_task(sync_forever(directory.sync_interval)))
         try:
             await accounting.refresh()
+            if config.accounts is not None:
+                admin.secret = await config.accounts.cookie_secret()  # one for every replica
         except Exception:
             log.warning("accounts store not reachable at start-up", exc_info=True)
         try:
@@ -154,17 +156,9 @@ def create_app(config: RelayConfig) -> FastAPI:
     async def healthz() -> dict[str, object]:
         return {"ok": True, "pid": os.getpid()}
 
-    def require_admin(request: Request) -> None:
-        """Who is online is the operator's business once the relay has an admin token."""
-        if (
-            admin
-            and admin.operator_for_headers(request.headers.get("authorization"), request.cookies.get(COOKIE)) is None
-        ):
-            raise HTTPException(401, "admin token required (Authorization: Bearer TOKEN)")
-
     @app.get("/v1/stats")
     async def stats(request: Request) -> dict[str, object]:
-        require_admin(request)
+        gate.operator(request, loopback_without_tokens=True)
         return board.stats()
 
     @app.get("/v1/regions")
@@ -181,10 +175,10 @@ def create_app(config: RelayConfig) -> FastAPI:
 
     @app.get("/v1/cluster")
     async def cluster(request: Request) -> dict[str, object]:
-        require_admin(request)
+        gate.operator(request, loopback_without_tokens=True)
         return await directory.cluster_stats(board)
 
-    app.include_router(dashboard_router(board, accounting, admin, lambda: directory.cluster_stats(board), limiter))
+    app.include_router(dashboard_router(board, accounting, gate, lambda: directory.cluster_stats(board)))
 
     async def send_bytes(ws: WebSocket, data: bytes) -> None:
         await ws.send({"type": "websocket.send", "bytes": data})
@@ -263,8 +257,8 @@ def create_app(config: RelayConfig) -> FastAPI:
             return
         except WebSocketDisconnect:
             return
-        simulators = await board.join(peer)
         try:
+            simulators = await board.join(peer)
             await peer.send(
                 control_frame(
                     Welcome(
@@ -280,8 +274,10 @@ def create_app(config: RelayConfig) -> FastAPI:
             )
             await pump(ws, peer)
         finally:
-            await board.leave(peer)
-            accounting.settle(peer)
+            try:
+                await board.leave(peer)
+            finally:
+                accounting.settle(peer)  # its last counts are billed whatever happened
 
     async def pump(ws: WebSocket, peer: Peer) -> None:
         """The hot loop: one iteration per frame the peer sends."""
@@ -326,7 +322,8 @@ def create_app(config: RelayConfig) -> FastAPI:
                         if route is not None and route.simulator is peer:
                             await route.trainer.send(error_frame(exc.to_wire(), op=op_, channel=channel_, seq=seq_))
             if peer.protocol_errors > config.max_protocol_errors:
-                await ws.close(CLOSE_POLICY, "too many protocol errors")
+                if peer.alive:  # not already closed by an operator action
+                    await ws.close(CLOSE_POLICY, "too many protocol errors")
                 return
 
     return app

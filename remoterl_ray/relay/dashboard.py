@@ -14,6 +14,7 @@ every action is recorded with its time and operator.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,24 +48,45 @@ def _error(status: int, code: ErrorCode, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code.value, "message": message}}, status_code=status)
 
 
+def source_of(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+class AdminGate:
+    """Who may see and act: operators by token or login cookie; wrong tokens are rate-limited."""
+
+    def __init__(self, admin: AdminAuth, limiter: FailureLimiter) -> None:
+        self.admin = admin
+        self.limiter = limiter
+
+    def operator(self, request: Request, *, loopback_without_tokens: bool = False) -> str:
+        """The operator behind ``request``, else HTTP 401 (429 while rate-limited).
+
+        With no admin token configured, only ``loopback_without_tokens`` endpoints
+        answer, and only to this machine."""
+        source = source_of(request)
+        if not self.admin:
+            if loopback_without_tokens and ipaddress.ip_address(source if source != "?" else "0.0.0.0").is_loopback:
+                return "local"
+            raise HTTPException(404 if not loopback_without_tokens else 401, "this relay has no admin token configured")
+        wait = self.limiter.limited(source)
+        if wait:
+            raise HTTPException(429, f"too many wrong admin tokens; try again in {wait:.0f} s")
+        authorization, cookie = request.headers.get("authorization"), request.cookies.get(COOKIE)
+        who = self.admin.operator_for_headers(authorization, cookie)
+        if who is None:
+            if authorization or cookie:
+                self.limiter.failed(source)
+            raise HTTPException(401, "admin token required (log in, or send Authorization: Bearer TOKEN)")
+        return who
+
+
 def dashboard_router(
-    board: Switchboard,
-    accounting: Accounting,
-    admin: AdminAuth,
-    cluster: Callable[[], Awaitable[dict[str, Any]]],
-    limiter: FailureLimiter,
+    board: Switchboard, accounting: Accounting, gate: AdminGate, cluster: Callable[[], Awaitable[dict[str, Any]]]
 ) -> APIRouter:
     router = APIRouter()
     page = resources.files(__package__).joinpath("dashboard.html").read_text(encoding="utf-8")
-
-    def operator(request: Request) -> str:
-        """The operator behind a request; 401 otherwise (and 404 with no operators configured)."""
-        if not admin:
-            raise HTTPException(404, "this relay has no admin token configured")
-        who = admin.operator_for_headers(request.headers.get("authorization"), request.cookies.get(COOKIE))
-        if who is None:
-            raise HTTPException(401, "admin login required")
-        return who
+    admin, limiter, operator = gate.admin, gate.limiter, gate.operator
 
     async def snapshot() -> dict[str, Any]:
         state = accounting.state
@@ -87,7 +109,7 @@ def dashboard_router(
 
     @router.post("/dashboard/login")
     async def login(request: Request, body: Login) -> Response:
-        source = request.client.host if request.client else "?"
+        source = source_of(request)
         if not admin:
             return _error(404, ErrorCode.UNSUPPORTED, "this relay has no admin token configured")
         wait = limiter.limited(source)
@@ -135,6 +157,9 @@ def dashboard_router(
     @router.post("/dashboard/api/actions")
     async def act(request: Request, body: Action) -> Response:
         who = operator(request)
+        origin = request.headers.get("origin")
+        if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
+            return _error(403, ErrorCode.AUTH_FAILED, "cross-site request refused")
         if accounting.backend is None:
             return _error(409, ErrorCode.UNSUPPORTED, "this relay keeps no accounts store")
         try:

@@ -18,6 +18,7 @@ store lives, the operators and their admin tokens, and plan prices.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -41,7 +42,9 @@ class RateLimit(BaseModel):
 class RelaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    db: str | None = Field(default=None, description="Accounts store (default REMOTERL_DB or ~/.remoterl/relay.db).")
+    db: str | None = Field(
+        default=None, description="Accounts store; --db and REMOTERL_DB come first, ~/.remoterl/relay.db last."
+    )
     admin_tokens: dict[str, str] = Field(
         default_factory=dict, description="Operator name -> admin token, or 'sha256:<hex digest>' of it."
     )
@@ -57,6 +60,8 @@ class RelaySettings(BaseModel):
         for name, token in tokens.items():
             if not name or "|" in name or len(name) > 64:
                 raise ValueError(f"operator name {name!r}: 1-64 characters, no '|'")
+            if token.startswith("sha256:") and not re.fullmatch(r"[0-9a-fA-F]{64}", token[7:]):
+                raise ValueError(f"the admin token digest of {name!r} is not 64 hex digits after 'sha256:'")
             if len(token) < 16:
                 raise ValueError(f"the admin token of {name!r} is too short (at least 16 characters)")
         if len({token_digest(t) for t in tokens.values()}) < len(tokens):

@@ -32,6 +32,7 @@ from ..protocol.errors import (
     ErrorCode,
     FrameTooLargeError,
     ProtocolError,
+    RateLimitedError,
     RelayUnavailableError,
     RemoteRLError,
     RemoteTimeoutError,
@@ -214,6 +215,8 @@ class RelayConnection:
         while True:
             try:
                 return cls.open_routed(relay_url, hello, **kwargs)
+            except RateLimitedError as exc:
+                log.warning("%s", exc)
             except RelayUnavailableError as exc:
                 log.debug("relay not reachable yet: %s", exc)
             now = time.monotonic()
