@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .config import ENV_ADMIN_TOKEN, ENV_API_KEY
+from .config import ENV_ADMIN_TOKEN, ENV_API_KEY, ENV_DB
 from .relay.auth import OPEN_WORKSPACE, workspace_for_key
 
 
@@ -151,9 +151,14 @@ def start_relay(
     admin_token: str | None = None,
     env: dict[str, str] | None = None,
 ) -> LocalRelay:
-    """A relay subprocess; ``admin_token`` travels in its environment, not its argv."""
+    """A relay subprocess; ``admin_token`` travels in its environment, not its argv.
+
+    Without ``--db`` or ``REMOTERL_DB`` it keeps its accounts in a fresh temp
+    store, so a demo or benchmark never writes to the user's own."""
     port = port or free_port(host)
     args = _cli("relay", "--host", host, "--port", str(port), *extra_args)
+    if "--db" not in extra_args and not (env or {}).get(ENV_DB, os.environ.get(ENV_DB)):
+        args += ["--db", os.path.join(tempfile.mkdtemp(prefix="remoterl-relay-"), "relay.db")]
     for key in api_keys:
         args += ["--api-key", key]
     if open_mode:

@@ -35,10 +35,11 @@ def test_configs_are_valid_serve_configs_with_valid_relay_args(name: str) -> Non
     for app in config["applications"]:
         assert app["import_path"] == "serve_apps.relay:build"
         args = dict(app["args"])
-        if args.get("api_key_digests") == ["REPLACE-WITH-SHA256-OF-A-KEY"]:
-            with pytest.raises(ValueError, match="api_key_digests"):
+        tokens = args.get("settings", {}).get("admin_tokens", {})
+        if any("REPLACE" in token for token in tokens.values()):
+            with pytest.raises(ValueError, match="64 hex digits"):
                 RelayArgs.model_validate(args)  # the placeholder cannot be deployed by mistake
-            args["api_key_digests"] = ["0" * 64]
+            args["settings"] = {**args["settings"], "admin_tokens": {name: "sha256:" + "0" * 64 for name in tokens}}
         relay_args = RelayArgs.model_validate(args)
         assert relay_args.route_prefix == app["route_prefix"]
         [deployment] = app["deployments"]
