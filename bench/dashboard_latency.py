@@ -13,6 +13,7 @@ a simulator flat out, so the relay is busy, not idle.
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -44,6 +45,12 @@ class Watcher:
         threading.Thread(target=self._follow, args=(url,), daemon=True).start()
 
     def _follow(self, url: str) -> None:
+        try:
+            self._read(url)
+        except httpx.HTTPError:  # the relay stopped at the end of the run
+            pass
+
+    def _read(self, url: str) -> None:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.stream("GET", f"{url}/dashboard/events", headers=headers, timeout=None) as stream:
             for line in stream.iter_lines():
@@ -105,10 +112,11 @@ def main(rounds: int) -> None:
             welcomed = time.monotonic()
             peer = conn.welcome.peer_id
             appear.append(watcher.wait(watcher.first, peer) - welcomed)
-            time.sleep(0.3)
+            time.sleep(random.uniform(0.3, 1.3))  # out of step with the 1 s event period
             closed = time.monotonic()
             conn.close()
             disappear.append(watcher.wait(watcher.gone, peer) - closed)
+            time.sleep(random.uniform(0.0, 1.0))
         stop.set()
         stepper.join(10)
     finally:
