@@ -57,7 +57,7 @@ class RelayArgs(BaseModel):
         description="under HAProxy, let clients dial a replica's own port (one hop less; they fall back if unreachable)",
     )
     max_frame: int = DEFAULT_MAX_FRAME
-    sync_interval: float = Field(default=1.0, gt=0)
+    sync_interval: float = Field(default=0.5, gt=0, description="seconds between reports to the shared state")
     settings: RelaySettings = Field(
         default_factory=RelaySettings,
         description="as in relay.yaml: db (a path on the head node, shared by every region), admin_tokens "
