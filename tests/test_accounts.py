@@ -104,6 +104,13 @@ class Site:
             self.relay.wait_for(None, "simulator", online + 1, workspace=workspace)
         return proc
 
+    def session(self, workspace: str) -> tuple[str, str, LocalProcess, gym.Env]:
+        """A new key of ``workspace``, a simulator of it online, and this process's trainer text env."""
+        key_id, key = create_key(self.db, workspace)
+        sim = self.simulator(key, workspace)
+        assert init(self, key)
+        return key_id, key, sim, gym.make(f"{TEST_ENVS_MODULE}:EchoText-v0")
+
     def admin(self) -> httpx.Client:
         assert self.relay is not None
         return httpx.Client(
@@ -284,10 +291,7 @@ def test_api_key_none_only_in_open_mode(site, trainer_cleanup):
 
 
 def test_revoked_key_is_refused_and_its_connections_closed(site, trainer_cleanup):
-    key_id, key = create_key(site.db, "epsilon")
-    sim = site.simulator(key, "epsilon")
-    assert init(site, key)
-    env = gym.make(f"{TEST_ENVS_MODULE}:EchoText-v0")
+    key_id, key, sim, env = site.session("epsilon")
     env.reset()
     env.step(0)
     cli("keys", "revoke", key_id, db=site.db)
@@ -377,10 +381,7 @@ def test_admin_endpoints_need_the_admin_token(site):
 
 
 def test_operator_blocks_a_workspace_and_disconnects_a_simulator(site, trainer_cleanup):
-    key_id, key = create_key(site.db, "zeta")
-    sim = site.simulator(key, "zeta")
-    assert init(site, key)
-    env = gym.make(f"{TEST_ENVS_MODULE}:EchoText-v0")
+    _, key, sim, env = site.session("zeta")
     env.reset()
     with site.admin() as admin:
         assert admin.post("/dashboard/api/actions", json={"action": "block", "target": "zeta"}).status_code == 200
@@ -404,6 +405,18 @@ def test_operator_blocks_a_workspace_and_disconnects_a_simulator(site, trainer_c
 # -- bad input and abuse ------------------------------------------------------------
 
 
+def text_session(relay: LocalRelay, key: str, workspace: str) -> tuple[LocalProcess, gym.Env]:
+    """On a relay of the test's own: a simulator of ``workspace`` online, and this process's trainer text env."""
+    sim = start_simulator(relay.url, key, allow=(TEST_ENVS_MODULE,), env=sim_env())
+    try:
+        relay.wait_for(None, "simulator", 1, workspace=workspace)
+        assert remoterl_ray.init(key, relay_url=relay.url, simulator_wait=10.0)
+        return sim, gym.make(f"{TEST_ENVS_MODULE}:EchoText-v0")
+    except BaseException:
+        sim.stop()
+        raise
+
+
 def hello_from(source: str, url: str, api_key: str) -> dict | None:
     """A raw hello from ``source`` (a loopback address); the relay's error record, or None if welcomed."""
     host, port = url.removeprefix("ws://").split(":")
@@ -421,14 +434,12 @@ def test_bad_key_flood_is_rate_limited_per_address_and_loses_no_usage(tmp_path, 
     key_id, key = create_key(db, "steady")
     _, real = create_key(db, "victim")
     relay = start_relay(extra_args=("--config", str(config), "--db", str(db)))
-    sim = start_simulator(relay.url, key, allow=(TEST_ENVS_MODULE,), env=sim_env())
+    stop = threading.Event()
+    sim = None
     try:
-        relay.wait_for(None, "simulator", 1, workspace="steady")
-        assert remoterl_ray.init(key, relay_url=relay.url, simulator_wait=10.0)
-        env = gym.make(f"{TEST_ENVS_MODULE}:EchoText-v0")
+        sim, env = text_session(relay, key, "steady")
         env.reset()
         steps = 0
-        stop = threading.Event()
 
         def step_forever() -> None:
             nonlocal steps
@@ -463,7 +474,8 @@ def test_bad_key_flood_is_rate_limited_per_address_and_loses_no_usage(tmp_path, 
     finally:
         stop.set()
         remoterl_ray.shutdown()
-        sim.stop()
+        if sim is not None:
+            sim.stop()
         relay.stop()
 
 
@@ -473,11 +485,9 @@ def test_usage_survives_a_relay_restart(tmp_path, trainer_cleanup):
     key_id, key = create_key(db, "durable")
     port = free_port()
     relay = start_relay(port=port, extra_args=("--db", str(db)))
-    sim = start_simulator(relay.url, key, allow=(TEST_ENVS_MODULE,), env=sim_env())
+    sim = None
     try:
-        relay.wait_for(None, "simulator", 1, workspace="durable")
-        assert remoterl_ray.init(key, relay_url=relay.url, simulator_wait=10.0)
-        env = gym.make(f"{TEST_ENVS_MODULE}:EchoText-v0")
+        sim, env = text_session(relay, key, "durable")
         env.reset()
         for _ in range(40):
             env.step(0)
@@ -499,7 +509,8 @@ def test_usage_survives_a_relay_restart(tmp_path, trainer_cleanup):
         assert 40 + sum(1 for t in stamps if t < killed - 2.0) <= stored <= 40 + len(stamps)
     finally:
         remoterl_ray.shutdown()
-        sim.stop()
+        if sim is not None:
+            sim.stop()
         relay.stop()
 
 
@@ -509,10 +520,7 @@ MARKER_OUT = "ZQXPAYLOADOUT7F3A"  # trainer -> simulator (reset options)
 
 
 def test_no_payload_is_stored_shown_or_logged(site, trainer_cleanup):
-    key_id, key = create_key(site.db, "eta")
-    site.simulator(key, "eta")
-    assert init(site, key)
-    env = gym.make(f"{TEST_ENVS_MODULE}:EchoText-v0")
+    *_, env = site.session("eta")
     obs, info = env.reset(options={"note": MARKER_OUT})
     assert obs == MARKER_OUT and info["note"] == MARKER_OUT  # it did cross the relay, both ways
     for _ in range(20):
