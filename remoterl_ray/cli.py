@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .accounts.store import AccountStore
+from .accounts.store import AccountsError, AccountStore
 from .config import DEFAULT_RELAY_URL, ENV_ADMIN_TOKEN, ENV_API_KEY, ENV_DB, ENV_REGION, ENV_RELAY_URL, resolve_db
 from .protocol.errors import RemoteRLError
 from .protocol.frames import DEFAULT_MAX_FRAME
@@ -237,8 +237,6 @@ def keys_create(
     config: ConfigOption = None,
 ) -> None:
     """Issue a key. It is shown once: only its salted hash is stored."""
-    from .accounts.store import AccountsError
-
     try:
         issued = _store(db, config).create_key(workspace, plan.value if plan else None)
     except AccountsError as exc:
@@ -262,13 +260,12 @@ def keys_list(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("key id", "workspace", "plan", "created (UTC)", "revoked (UTC)")
     for row in rows:
         table.add_row(row["key_id"], row["workspace"], row["plan"], _utc(row["created"]), _utc(row["revoked"]))
-    Console(width=160 if not sys.stdout.isatty() else None).print(table)
+    _print(table)
 
 
 @keys_app.command("revoke")
@@ -278,8 +275,6 @@ def keys_revoke(
     config: ConfigOption = None,
 ) -> None:
     """Revoke a key: new sessions are refused, its live connections closed within seconds."""
-    from .accounts.store import AccountsError
-
     try:
         result = _store(db, config).revoke(key_id)
     except AccountsError as exc:
@@ -313,7 +308,6 @@ def usage(
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     def cells(counts: dict, cap: str = "") -> list[str]:
@@ -334,6 +328,13 @@ def usage(
         table.add_row(name, "(all)", ws["plan"] or "-", *cells(ws, cap), f"{ws['cost']:.2f}")
         for key_id, key in ws["keys"].items():
             table.add_row("", key_id, "", *cells(key), "")
+    _print(table)
+
+
+def _print(table: object) -> None:
+    """A rich table, wide enough for every column when the output is not a terminal."""
+    from rich.console import Console
+
     Console(width=160 if not sys.stdout.isatty() else None).print(table)
 
 

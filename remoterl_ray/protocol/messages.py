@@ -48,6 +48,11 @@ class Quota(_Message):
     used_bytes: int = 0
     included_bytes: int | None = None  # None: no cap
 
+    @property
+    def exhausted(self) -> bool:
+        """The plan's included traffic is used up."""
+        return self.included_bytes is not None and self.used_bytes >= self.included_bytes
+
     def banner(self, workspace: str) -> str:
         """The one line a simulator or trainer prints at start."""
         used = human_bytes(self.used_bytes)

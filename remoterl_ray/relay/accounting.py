@@ -142,10 +142,10 @@ class Accounting:
             raise RateLimitedError(
                 f"too many refused connection attempts from {source}; try again in {wait:.0f} s with a valid key"
             )
-        identity = await self._identify(api_key)
+        identity, why = await self._identify(api_key)
         if identity is None:
             self.limiter.failed(source)
-            if api_key and parse_key(api_key) is not None and await self._revoked(api_key):
+            if why == "revoked":
                 raise AuthenticationError("this API key was revoked by the relay operator", code=ErrorCode.KEY_REVOKED)
             if not api_key:
                 raise AuthenticationError("an API key is required: this relay is not in open mode")
@@ -155,24 +155,25 @@ class Accounting:
             raise WorkspaceBlockedError(
                 f"workspace {workspace} is blocked by the relay operator: new sessions are refused"
             )
-        quota = self.quota(identity)
-        if quota.included_bytes is not None and quota.used_bytes >= quota.included_bytes:
+        quota = self.quota(workspace, identity.plan)
+        if quota.exhausted:
             raise QuotaExceededError(self._over_quota_message(workspace, quota, "new sessions are refused"))
         return identity
 
-    async def _identify(self, api_key: str | None) -> Identity | None:
+    async def _identify(self, api_key: str | None) -> tuple[Identity | None, str]:
+        """``(identity, "")``, or ``(None, why)`` with why "unknown" or "revoked"."""
         if not api_key:
-            return Identity("open", OPEN_WORKSPACE, None) if self.keys.open_mode else None
+            return (Identity("open", OPEN_WORKSPACE, None), "") if self.keys.open_mode else (None, "unknown")
         if self.backend is not None and parse_key(api_key) is not None:
             identity, why = await self._lookup(api_key)
-            if identity is not None and identity.key_id not in self.state.revoked:
-                return identity
-            if why == "revoked" or (identity is not None):
-                return None  # a revoked key stays refused, open mode or not
+            if identity is not None and identity.key_id in self.state.revoked:  # revoked since it was cached
+                identity, why = None, "revoked"
+            if identity is not None or why == "revoked":
+                return identity, why  # a revoked key stays refused, open mode or not
         workspace = self.keys.workspace_of(api_key)
         if workspace is None:
-            return None
-        return Identity(f"static-{key_digest(api_key)[:12]}", workspace, None)
+            return None, "unknown"
+        return Identity(f"static-{key_digest(api_key)[:12]}", workspace, None), ""
 
     async def _lookup(self, api_key: str) -> tuple[Identity | None, str]:
         digest = key_digest(api_key)
@@ -191,14 +192,11 @@ class Accounting:
         self._cache[digest] = (now + (CACHE_SECONDS if identity else MISS_CACHE_SECONDS), identity, why)
         return identity, why
 
-    async def _revoked(self, api_key: str) -> bool:
-        identity, why = await self._lookup(api_key)
-        return why == "revoked" or (identity is not None and identity.key_id in self.state.revoked)
-
-    def quota(self, identity: Identity) -> Quota:
-        plan = self.state.plans.get(identity.workspace, identity.plan)
-        used = self.state.used_bytes.get(identity.workspace, 0)
-        used += sum(d.bytes_in + d.bytes_out for d in self._pending if d.workspace == identity.workspace)
+    def quota(self, workspace: str, plan: str | None = None) -> Quota:
+        """The workspace's plan (``plan`` if the store has none) and traffic this month, unstored counts included."""
+        plan = self.state.plans.get(workspace, plan)
+        used = self.state.used_bytes.get(workspace, 0)
+        used += sum(d.bytes_in + d.bytes_out for d in self._pending if d.workspace == workspace)
         return Quota(plan=plan, used_bytes=used, included_bytes=self.prices.included_bytes(plan))
 
     def _over_quota_message(self, workspace: str, quota: Quota, consequence: str) -> str:
@@ -211,6 +209,7 @@ class Accounting:
 
     def _delta(self, peer: Peer, now: float) -> UsageDelta:
         mark = self._marks.get(peer.id) or _Mark(0, 0, 0, peer.connected_at)
+        elapsed = max(0.0, now - mark.at)
         delta = UsageDelta(
             key_id=peer.key_id,
             workspace=peer.workspace,
@@ -218,9 +217,8 @@ class Accounting:
             bytes_in=peer.bytes_in - mark.bytes_in,
             bytes_out=peer.bytes_out - mark.bytes_out,
             steps=peer.env_steps - mark.steps,
-            connection_seconds=max(0.0, now - mark.at),
+            connection_seconds=elapsed,
         )
-        elapsed = now - mark.at
         if elapsed > 0:
             peer.steps_per_s = delta.steps / elapsed
         self._marks[peer.id] = _Mark(peer.bytes_in, peer.bytes_out, peer.env_steps, now)
@@ -248,14 +246,14 @@ class Accounting:
     async def sync(self, board: Switchboard) -> None:
         """Store the counts, then read and enforce the shared state (even if storing failed)."""
         deltas = self.collect(board)
-        stored = self.backend is None
-        try:
-            if self.backend is not None:
+        stored = True
+        if self.backend is not None:
+            try:
                 await self.backend.record(deltas)
-                stored = True
-        except Exception:
-            self._pending = deltas + self._pending  # kept for the next try
-            log.warning("usage not stored yet (kept for the next try)", exc_info=True)
+            except Exception:
+                stored = False
+                self._pending = deltas + self._pending  # kept for the next try
+                log.warning("usage not stored yet (kept for the next try)", exc_info=True)
         if stored and self.observer is not None:
             try:
                 self.observer.observe(deltas, board)
@@ -278,18 +276,15 @@ class Accounting:
             if peer.key_id in state.revoked:
                 await self.cut_off(peer, AuthenticationError("this API key was revoked", code=ErrorCode.KEY_REVOKED))
             elif peer.id in kicked:
-                await self.cut_off(peer, DisconnectedError("disconnected by the relay operator"))
+                await self.disconnect(peer)
         for workspace in list(board.workspaces):
-            plan = state.plans.get(workspace)
-            included = self.prices.included_bytes(plan)
-            used = state.used_bytes.get(workspace, 0)
-            if included is None or used < included:
+            quota = self.quota(workspace)
+            if not quota.exhausted:
                 self._told_over_quota.discard(workspace)
                 continue
             if workspace in self._told_over_quota:
                 continue
             self._told_over_quota.add(workspace)
-            quota = Quota(plan=plan, used_bytes=used, included_bytes=included)
             notice = Notice(
                 code=ErrorCode.QUOTA_EXCEEDED.value,
                 message=self._over_quota_message(workspace, quota, "running sessions go on, new ones are refused"),
@@ -298,6 +293,10 @@ class Accounting:
             for peer in board.peers(workspace):
                 if CAP_NOTICE in peer.capabilities:
                     await _bounded(peer.send(control_frame(notice)))
+
+    async def disconnect(self, peer: Peer) -> None:
+        """An operator's disconnect: the peer is told so, and does not dial again on its own."""
+        await self.cut_off(peer, DisconnectedError("disconnected by the relay operator"))
 
     async def cut_off(self, peer: Peer, error: RemoteRLError) -> None:
         """Tell ``peer`` why, then close its connection (its handler then leaves the board)."""

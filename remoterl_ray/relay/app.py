@@ -54,10 +54,10 @@ from ..protocol.messages import (
 )
 from ..accounts.plans import Prices
 from ..accounts.store import Identity
-from .accounting import Accounting, AccountsBackend, UsageObserver, close_reason
+from .accounting import CLOSE_POLICY, Accounting, AccountsBackend, UsageObserver, close_reason
 from .admin import AdminAuth
 from .auth import StaticKeys
-from .dashboard import AdminGate, dashboard_router
+from .dashboard import AdminGate, dashboard_router, source_of
 from .directory import Directory, LocalDirectory
 from .ratelimit import FailureLimiter
 from .switchboard import Peer, Switchboard
@@ -66,7 +66,6 @@ log = logging.getLogger("remoterl.relay")
 
 # WebSocket close codes (RFC 6455 section 7.4.1).
 CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_POLICY = 1008
 
 
 @dataclass
@@ -123,15 +122,15 @@ def create_app(config: RelayConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(account_forever(config.accounts_interval))]
-        if directory.sync_interval:
-            tasks.append(asyncio.create_task(sync_forever(directory.sync_interval)))
-        try:
+        try:  # blocks, revocations and the login secret hold from the first request on
             await accounting.refresh()
             if config.accounts is not None:
                 admin.secret = await config.accounts.cookie_secret()  # one for every replica
         except Exception:
             log.warning("accounts store not reachable at start-up", exc_info=True)
+        tasks = [asyncio.create_task(account_forever(config.accounts_interval))]
+        if directory.sync_interval:
+            tasks.append(asyncio.create_task(sync_forever(directory.sync_interval)))
         try:
             yield
         finally:
@@ -148,7 +147,6 @@ def create_app(config: RelayConfig) -> FastAPI:
     app = FastAPI(title="remoterl relay", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.switchboard = board
     app.state.relay_config = config
-    app.state.accounting = accounting
     peer_ids = itertools.count(1)
     instance = secrets.token_hex(3)
 
@@ -212,7 +210,7 @@ def create_app(config: RelayConfig) -> FastAPI:
                 CLOSE_PROTOCOL_ERROR,
             )
         try:
-            identity = await accounting.admit(hello.api_key, ws.client.host if ws.client else "?")
+            identity = await accounting.admit(hello.api_key, source_of(ws))
         except RemoteRLError as exc:
             raise _Refused(exc, CLOSE_POLICY) from None
         peer = Peer(
@@ -268,7 +266,9 @@ def create_app(config: RelayConfig) -> FastAPI:
                         max_frame=config.max_frame,
                         region=directory.region,
                         capabilities=[CAP_LOCATE],
-                        quota=accounting.quota(identity) if config.accounts is not None else None,
+                        quota=accounting.quota(identity.workspace, identity.plan)
+                        if config.accounts is not None
+                        else None,
                     )
                 )
             )

@@ -22,11 +22,12 @@ from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
+from starlette.requests import HTTPConnection
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..accounts.store import AccountsError
-from ..protocol.errors import DisconnectedError, ErrorCode
+from ..protocol.errors import ErrorCode
 from .accounting import Accounting
 from .admin import COOKIE, COOKIE_SECONDS, AdminAuth
 from .ratelimit import FailureLimiter
@@ -48,8 +49,14 @@ def _error(status: int, code: ErrorCode, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code.value, "message": message}}, status_code=status)
 
 
-def source_of(request: Request) -> str:
-    return request.client.host if request.client else "?"
+def source_of(connection: HTTPConnection) -> str:
+    return connection.client.host if connection.client else "?"
+
+
+class AdminRefused(Exception):
+    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
 
 
 class AdminGate:
@@ -69,15 +76,27 @@ class AdminGate:
             if loopback_without_tokens and ipaddress.ip_address(source if source != "?" else "0.0.0.0").is_loopback:
                 return "local"
             raise HTTPException(404 if not loopback_without_tokens else 401, "this relay has no admin token configured")
+        authorization, cookie = request.headers.get("authorization"), request.cookies.get(COOKIE)
+        try:
+            return self.check(
+                source,
+                lambda: self.admin.operator_for_headers(authorization, cookie),
+                offered=bool(authorization or cookie),
+                missing="admin token required (log in, or send Authorization: Bearer TOKEN)",
+            )
+        except AdminRefused as refused:
+            raise HTTPException(refused.status, refused.message) from None
+
+    def check(self, source: str, find: Callable[[], str | None], *, offered: bool, missing: str) -> str:
+        """The operator ``find`` names; a wrong token offered counts towards ``source``'s limit."""
         wait = self.limiter.limited(source)
         if wait:
-            raise HTTPException(429, f"too many wrong admin tokens; try again in {wait:.0f} s")
-        authorization, cookie = request.headers.get("authorization"), request.cookies.get(COOKIE)
-        who = self.admin.operator_for_headers(authorization, cookie)
+            raise AdminRefused(429, ErrorCode.RATE_LIMITED, f"too many wrong admin tokens; try again in {wait:.0f} s")
+        who = find()
         if who is None:
-            if authorization or cookie:
+            if offered:
                 self.limiter.failed(source)
-            raise HTTPException(401, "admin token required (log in, or send Authorization: Bearer TOKEN)")
+            raise AdminRefused(401, ErrorCode.AUTH_FAILED, missing)
         return who
 
 
@@ -86,7 +105,7 @@ def dashboard_router(
 ) -> APIRouter:
     router = APIRouter()
     page = resources.files(__package__).joinpath("dashboard.html").read_text(encoding="utf-8")
-    admin, limiter, operator = gate.admin, gate.limiter, gate.operator
+    admin, operator = gate.admin, gate.operator
 
     async def snapshot() -> dict[str, Any]:
         state = accounting.state
@@ -109,16 +128,17 @@ def dashboard_router(
 
     @router.post("/dashboard/login")
     async def login(request: Request, body: Login) -> Response:
-        source = source_of(request)
         if not admin:
             return _error(404, ErrorCode.UNSUPPORTED, "this relay has no admin token configured")
-        wait = limiter.limited(source)
-        if wait:
-            return _error(429, ErrorCode.RATE_LIMITED, f"too many failed logins; try again in {wait:.0f} s")
-        who = admin.operator_for_token(body.token)
-        if who is None:
-            limiter.failed(source)
-            return _error(401, ErrorCode.AUTH_FAILED, "wrong admin token")
+        try:
+            who = gate.check(
+                source_of(request),
+                lambda: admin.operator_for_token(body.token),
+                offered=True,
+                missing="wrong admin token",
+            )
+        except AdminRefused as refused:
+            return _error(refused.status, refused.code, refused.message)
         response = JSONResponse({"operator": who})
         response.set_cookie(
             COOKIE,
@@ -170,7 +190,7 @@ def dashboard_router(
         if body.action == "disconnect":  # here now; other replicas on their next sync
             peer = board.find(body.target)
             if peer is not None:
-                await accounting.cut_off(peer, DisconnectedError("disconnected by the relay operator"))
+                await accounting.disconnect(peer)
         return JSONResponse({"ok": True, "operator": who, "action": body.action, "target": body.target})
 
     return router
