@@ -1,19 +1,26 @@
-"""Payload codec: msgpack plus three extension types, and nothing executable.
+"""Payload codec: msgpack plus extension types, and nothing executable.
 
 Values that travel: None, bool, int, float, str, bytes, list, dict, and
 
-* ``tuple`` (ext 3) so Tuple-space samples stay tuples;
 * ``numpy.ndarray`` (ext 1): dtype string, shape, raw C-order bytes;
 * numpy scalars (ext 2): dtype string and the raw bytes of the item;
-* object arrays (ext 4): shape plus their elements, each encoded recursively
-  (vector infos such as ``final_obs`` use them).
+* ``tuple``: an array whose first item is the empty ext 3 marker, so
+  Tuple-space samples stay tuples;
+* object arrays: an array whose first item is an ext 4 marker holding the
+  shape, followed by the elements (vector infos such as ``final_obs``).
 
 Decoding only ever builds those types: there is no pickle, no class lookup by
-name, no eval. Object and void dtypes are refused in raw-array form.
+name, no eval. Object and void dtypes are refused in raw-array form. Every
+payload is first checked by :func:`scan.check_structure` (depth, value count,
+layout), so decoding allocates no more than the limits allow and never
+recurses: tuples and object arrays are rebuilt by msgpack's ``list_hook`` on
+the way up, not by decoding nested payloads.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import struct
 import threading
 from collections.abc import Mapping
@@ -24,14 +31,17 @@ import msgpack
 import numpy as np
 
 from .errors import ErrorCode, ProtocolError
+from .limits import DEFAULT_DECODE, MAX_NDIM, DecodeLimits
+from .scan import EXT_NDARRAY, EXT_NPSCALAR, EXT_OBJARRAY, EXT_TUPLE, StructureError, check_structure
 
-EXT_NDARRAY = 1
-EXT_NPSCALAR = 2
-EXT_TUPLE = 3
-EXT_OBJARRAY = 4
+__all__ = ["DecodeError", "EncodeError", "packb", "unpackb", "wire_dtype"]
 
-_MAX_NDIM = 32
 _ALLOWED_KINDS = frozenset("biufcUSMm")
+# The dtype strings numpy's ``dtype.str`` gives for those kinds, and nothing
+# else reaches numpy's dtype parser: "<f4", "|b1", "<U8", "|S3", "<M8[ns]".
+_DTYPE_TEXT = re.compile(r"[<>|=](?:[biufc][1-9][0-9]?|[US][0-9]{1,9}|[Mm]8(?:\[[0-9]{0,3}[a-zA-Z]{1,2}\])?)")
+# Arrays of empty strings ("<U0") hold no bytes; their shape is bounded on its own.
+_MAX_EMPTY_ITEMS = 1 << 24
 
 
 class EncodeError(ProtocolError, TypeError):
@@ -44,10 +54,21 @@ class DecodeError(ProtocolError):
     default_code = ErrorCode.BAD_PAYLOAD
 
 
+def wire_dtype(text: object) -> np.dtype:
+    """The numpy dtype a peer named, if it is one that may travel; else ``DecodeError``."""
+    if not isinstance(text, str) or not _DTYPE_TEXT.fullmatch(text):
+        raise DecodeError(f"dtype {text!r:.40} is not allowed on the wire")
+    dtype = np.dtype(text)
+    if dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None or (dtype.itemsize == 0 and dtype.kind not in "US"):
+        raise DecodeError(f"dtype {text!r} is not allowed on the wire")
+    return dtype
+
+
 # Per (dtype, ndim): the constant header prefix and the struct for the dims.
-# Bounded: only allowed dtypes and ndim <= _MAX_NDIM are ever cached.
+# Bounded: only allowed dtypes and ndim <= MAX_NDIM are ever cached.
 _HEADERS: dict[tuple[str, int], tuple[bytes, struct.Struct]] = {}
 _PARSERS: dict[tuple[bytes, int], tuple[np.dtype, struct.Struct]] = {}
+_DIMS = [struct.Struct(f"<{n}I") for n in range(MAX_NDIM + 1)]
 
 
 def _header_parts(dtype: np.dtype, ndim: int) -> tuple[bytes, struct.Struct]:
@@ -56,10 +77,10 @@ def _header_parts(dtype: np.dtype, ndim: int) -> tuple[bytes, struct.Struct]:
     if parts is None:
         if dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None:
             raise EncodeError(f"arrays of dtype {dtype} cannot be sent")
-        if ndim > _MAX_NDIM:
-            raise EncodeError(f"arrays of {ndim} dimensions cannot be sent (max {_MAX_NDIM})")
+        if ndim > MAX_NDIM:
+            raise EncodeError(f"arrays of {ndim} dimensions cannot be sent (max {MAX_NDIM})")
         code = dtype.str.encode("ascii")
-        parts = _HEADERS[key] = (bytes([len(code)]) + code + bytes([ndim]), struct.Struct(f"<{ndim}I"))
+        parts = _HEADERS[key] = (bytes([len(code)]) + code + bytes([ndim]), _DIMS[ndim])
     return parts
 
 
@@ -76,12 +97,9 @@ def _read_dtype_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
         key = (data[1 : 1 + n], ndim)
         parser = _PARSERS.get(key)
         if parser is None:
-            if ndim > _MAX_NDIM:
-                raise DecodeError(f"array has {ndim} dimensions (max {_MAX_NDIM})")
-            dtype = np.dtype(key[0].decode("ascii"))
-            if dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None:
-                raise DecodeError(f"dtype {dtype.str!r} is not allowed on the wire")
-            parser = (dtype, struct.Struct(f"<{ndim}I"))
+            if ndim > MAX_NDIM:
+                raise DecodeError(f"array has {ndim} dimensions (max {MAX_NDIM})")
+            parser = (wire_dtype(key[0].decode("ascii")), _DIMS[ndim])
             if len(_PARSERS) < 1024:  # peers choose the keys: keep the cache bounded
                 _PARSERS[key] = parser
         dtype, dims = parser
@@ -100,20 +118,29 @@ def _ext(code: int, data: bytes) -> msgpack.ExtType:
     return tuple.__new__(msgpack.ExtType, (code, data))
 
 
+_TUPLE_MARK = _ext(EXT_TUPLE, b"")
+
+
+def _shape_header(shape: tuple[int, ...]) -> bytes:
+    if len(shape) > MAX_NDIM:
+        raise EncodeError(f"arrays of {len(shape)} dimensions cannot be sent (max {MAX_NDIM})")
+    return bytes([len(shape)]) + _DIMS[len(shape)].pack(*shape)
+
+
 def _default(obj: Any) -> Any:
     cls = type(obj)
     if cls is np.ndarray:
         if obj.dtype == object:
-            return _ext(EXT_OBJARRAY, packb([obj.shape, list(obj.reshape(-1))]))
+            return [_ext(EXT_OBJARRAY, _shape_header(obj.shape)), *obj.reshape(-1)]
         return _ext(EXT_NDARRAY, _dtype_header(obj.dtype, obj.shape) + obj.tobytes())
     if cls is tuple:
-        return _ext(EXT_TUPLE, packb(list(obj)))
-    if isinstance(obj, np.generic):
-        return _ext(EXT_NPSCALAR, _dtype_header(obj.dtype, ()) + obj.tobytes())
+        return [_TUPLE_MARK, *obj]
+    if isinstance(obj, np.generic):  # (an empty np.str_ reports 4 bytes for its 0-byte dtype)
+        return _ext(EXT_NPSCALAR, _dtype_header(obj.dtype, ()) + obj.tobytes()[: obj.dtype.itemsize])
     if isinstance(obj, np.ndarray):  # subclasses (np.matrix, ...) travel as plain arrays
         return _default(np.asarray(obj).view(np.ndarray))
     if isinstance(obj, tuple):  # named tuples
-        return _ext(EXT_TUPLE, packb(list(obj)))
+        return [_TUPLE_MARK, *obj]
     # strict_types sends subclasses here: normalise them to their base type.
     if isinstance(obj, Enum):
         return obj.value
@@ -134,56 +161,67 @@ def _default(obj: Any) -> Any:
     raise EncodeError(f"values of type {type(obj).__module__}.{type(obj).__qualname__} cannot be sent")
 
 
+class _ObjectShape(tuple):
+    """The decoded ext 4 marker: the shape of the object array its array holds."""
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == EXT_NDARRAY:
         dtype, shape, pos = _read_dtype_header(data)
-        count = int(np.prod(shape, dtype=np.uint64)) if shape else 1
+        count = math.prod(shape)
         if len(data) - pos != count * dtype.itemsize:
             raise DecodeError("array byte count does not match its dtype and shape")
+        if dtype.itemsize == 0:
+            if count > _MAX_EMPTY_ITEMS:
+                raise DecodeError(f"array of {count} empty strings")
+            return np.zeros(shape, dtype)
         return np.frombuffer(data, dtype=dtype, offset=pos, count=count).reshape(shape).copy()
     if code == EXT_NPSCALAR:
         dtype, shape, pos = _read_dtype_header(data)
         if shape or len(data) - pos != dtype.itemsize:
             raise DecodeError("malformed numpy scalar")
+        if dtype.itemsize == 0:
+            return np.zeros((), dtype)[()]
         return np.frombuffer(data, dtype=dtype, offset=pos, count=1)[0]
     if code == EXT_TUPLE:
-        items = unpackb(data)
-        if not isinstance(items, list):
-            raise DecodeError("malformed tuple")
-        return tuple(items)
+        if data:
+            raise DecodeError("malformed tuple marker")
+        return _TUPLE_MARK
     if code == EXT_OBJARRAY:
-        record = unpackb(data)
-        if not (isinstance(record, list) and len(record) == 2):
-            raise DecodeError("malformed object array")
-        shape, items = record
-        if not isinstance(shape, tuple) or not isinstance(items, list):
-            raise DecodeError("malformed object array")
-        out = np.empty(len(items), dtype=object)
-        for i, item in enumerate(items):
-            out[i] = item
         try:
-            return out.reshape(shape)
-        except (ValueError, TypeError) as exc:
-            raise DecodeError(f"malformed object array: {exc}") from None
+            ndim = data[0]
+            if ndim > MAX_NDIM or len(data) != 1 + 4 * ndim:
+                raise DecodeError("malformed object array marker")
+            return _ObjectShape(_DIMS[ndim].unpack_from(data, 1))
+        except IndexError:
+            raise DecodeError("malformed object array marker") from None
     raise DecodeError(f"unknown extension type {code}")
+
+
+def _list_hook(items: list[Any]) -> Any:
+    """Arrays come back as lists, except those a marker opens (checked to sit only there)."""
+    if items:
+        head = items[0]
+        if head is _TUPLE_MARK:
+            return tuple(items[1:])
+        if type(head) is _ObjectShape:
+            if math.prod(head) != len(items) - 1:
+                raise DecodeError("object array has the wrong number of elements for its shape")
+            out = np.empty(len(items) - 1, dtype=object)
+            for i, item in enumerate(items[1:]):
+                out[i] = item
+            return out.reshape(head)
+    return items
 
 
 _local = threading.local()
 
 
-def _new_packer() -> msgpack.Packer:
-    return msgpack.Packer(default=_default, strict_types=True, use_bin_type=True, autoreset=True)
-
-
 def packb(obj: Any) -> bytes:
     """Encode ``obj``; raises :class:`EncodeError` for values that cannot travel."""
-    # One reusable packer per thread; nested calls (tuples, object arrays are
-    # packed from inside ``_default``) get a fresh one so they never share a buffer.
     packer = getattr(_local, "packer", None)
-    if packer is None:
-        packer = _new_packer()
-    else:
-        _local.packer = None
+    if packer is None:  # one reusable packer per thread (``_default`` never packs re-entrantly)
+        packer = _local.packer = msgpack.Packer(default=_default, strict_types=True, use_bin_type=True, autoreset=True)
     try:
         return packer.pack(obj)
     except EncodeError:
@@ -192,14 +230,19 @@ def packb(obj: Any) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         packer.reset()
         raise EncodeError(f"cannot encode payload: {exc}") from None
-    finally:
-        _local.packer = packer
 
 
-def unpackb(data: bytes | memoryview) -> Any:
-    """Decode a payload; raises :class:`DecodeError` for anything malformed."""
+def unpackb(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_DECODE) -> Any:
+    """Decode a payload within ``limits``; raises :class:`DecodeError` for anything
+    malformed or beyond them (checked before anything is built)."""
     try:
-        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True)
+        check_structure(data, limits)
+    except StructureError as exc:
+        raise DecodeError(exc.message) from None
+    try:
+        return msgpack.unpackb(
+            data, ext_hook=_ext_hook, list_hook=_list_hook, raw=False, strict_map_key=False, use_list=True
+        )
     except DecodeError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types for garbage

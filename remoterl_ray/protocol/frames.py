@@ -22,8 +22,10 @@ from typing import NamedTuple
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = frozenset({1})
+# 2: tuples and object arrays travel as marked arrays, not as payloads nested
+# inside extension values (a decoder of version 1 payloads had to recurse).
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = frozenset({2})
 
 HEADER = struct.Struct("<BBII")
 HEADER_SIZE = HEADER.size  # 10

@@ -2,18 +2,29 @@
 
 These are the only payloads the relay decodes. Each is a msgpack map with an
 ``op`` field; pydantic validates them so a malformed message becomes a coded
-``bad_payload``/``bad_hello`` error instead of a crash.
+``bad_payload``/``bad_hello`` error instead of a crash. What a peer sends the
+relay is size-checked before it is decoded (:func:`parse_hello`,
+:func:`parse_control` with ``max_bytes``), and every field is bounded.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from . import codec
 from .errors import ErrorCode, ProtocolError
 from .frames import PROTOCOL_VERSION, Kind, Op, pack
+from .limits import (
+    DEFAULT_DECODE,
+    MAX_CAPABILITIES,
+    MAX_CAPABILITY_LENGTH,
+    MAX_CONTROL_BYTES,
+    MAX_HELLO_BYTES,
+    MAX_RELEASE_CHANNELS,
+    DecodeLimits,
+)
 
 Role = Literal["trainer", "simulator"]
 
@@ -37,7 +48,9 @@ class Hello(_Message):
     role: Role
     api_key: str | None = Field(default=None, max_length=512)
     name: str = Field(default="", max_length=200)
-    capabilities: list[str] = Field(default_factory=list, max_length=64)
+    capabilities: list[Annotated[str, StringConstraints(max_length=MAX_CAPABILITY_LENGTH)]] = Field(
+        default_factory=list, max_length=MAX_CAPABILITIES
+    )
     max_envs: int = Field(default=256, ge=1, le=65536)  # simulators: most envs it will host
 
 
@@ -110,7 +123,7 @@ class Release(_Message):
     """Trainer is done with these channels."""
 
     op: Literal["release"] = "release"
-    channels: list[int] = Field(max_length=65536)
+    channels: list[int] = Field(max_length=MAX_RELEASE_CHANNELS)
 
 
 class Detach(_Message):
@@ -170,9 +183,24 @@ ControlMessage = Annotated[
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(ControlMessage)
 
 
-def parse_control(payload: bytes | memoryview) -> Any:
-    """Decode and validate a CONTROL payload; raises ``ProtocolError`` (bad_payload)."""
-    data = codec.unpackb(payload)
+# What a peer may make the relay decode: a hello is a handful of short fields;
+# the largest later message is a release naming MAX_RELEASE_CHANNELS channels.
+HELLO_DECODE = DecodeLimits(max_depth=4, max_objects=4 * MAX_CAPABILITIES + 64)
+CONTROL_DECODE = DecodeLimits(max_depth=8, max_objects=MAX_RELEASE_CHANNELS + 64)
+
+
+def parse_control(
+    payload: bytes | memoryview, *, max_bytes: int | None = None, limits: DecodeLimits = DEFAULT_DECODE
+) -> Any:
+    """Decode and validate a CONTROL payload; raises ``ProtocolError`` (bad_payload).
+
+    ``max_bytes`` is checked before anything is decoded (the relay passes
+    ``MAX_CONTROL_BYTES`` for what peers send it)."""
+    if max_bytes is not None and len(payload) > max_bytes:
+        raise ProtocolError(
+            f"control message of {len(payload)} bytes exceeds the limit of {max_bytes}", code=ErrorCode.BAD_PAYLOAD
+        )
+    data = codec.unpackb(payload, limits)
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:
@@ -181,6 +209,23 @@ def parse_control(payload: bytes | memoryview) -> Any:
         raise ProtocolError(
             f"invalid control message: {where or 'message'}: {first.get('msg', exc)}", code=ErrorCode.BAD_PAYLOAD
         ) from None
+
+
+def parse_peer_control(payload: bytes | memoryview) -> Any:
+    """A control message a connected peer sent the relay: size, shape, then schema."""
+    return parse_control(payload, max_bytes=MAX_CONTROL_BYTES, limits=CONTROL_DECODE)
+
+
+def parse_hello(payload: bytes | memoryview) -> Hello:
+    """The first message of a connection, checked for size and shape before the key
+    is looked at; raises ``ProtocolError`` with code ``bad_hello``."""
+    try:
+        message = parse_control(payload, max_bytes=MAX_HELLO_BYTES, limits=HELLO_DECODE)
+    except ProtocolError as exc:
+        raise ProtocolError(exc.message, code=ErrorCode.BAD_HELLO) from None
+    if not isinstance(message, Hello):
+        raise ProtocolError(f"the first message must be a hello, not {message.op!r}", code=ErrorCode.BAD_HELLO)
+    return message
 
 
 def encode_control(message: _Message) -> bytes:

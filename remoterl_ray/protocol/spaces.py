@@ -2,7 +2,13 @@
 
 Lossless for Box (any dtype, ±inf bounds), Discrete (with start),
 MultiDiscrete (with start and dtype), MultiBinary, Dict (key order kept),
-Tuple, Text (charset order kept), Sequence and OneOf, nested arbitrarily.
+Tuple, Text (charset order kept), Sequence and OneOf, nested up to
+``MAX_SPACE_DEPTH`` deep.
+
+A description comes from a peer, so rebuilding one is bounded: a shared
+element budget (``max_elements``) is charged for every array a space would
+allocate *before* it is built, and any malformed field is a coded
+``SpaceCodecError``, never a bare numpy or Python exception.
 """
 
 from __future__ import annotations
@@ -10,17 +16,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import math
+
 import numpy as np
 from gymnasium import spaces
 
+from .codec import DecodeError, wire_dtype
 from .errors import ErrorCode, ProtocolError
+from .limits import MAX_NDIM, MAX_SPACE_DEPTH, MAX_SPACE_ELEMENTS
 
 
 class SpaceCodecError(ProtocolError):
     default_code = ErrorCode.UNSUPPORTED
-
-
-_MAX_DEPTH = 32
 
 
 def _compact(bound: np.ndarray) -> Any:
@@ -66,44 +73,110 @@ def space_to_wire(space: spaces.Space) -> dict[str, Any]:
     raise SpaceCodecError(f"space {type(space).__name__} cannot be sent to a remote peer")
 
 
-def space_from_wire(desc: Any, _depth: int = 0) -> spaces.Space:
-    """Rebuild a space from :func:`space_to_wire` output; raises ``SpaceCodecError``."""
-    if _depth > _MAX_DEPTH:
-        raise SpaceCodecError("space description nested too deeply")
+class _Budget:
+    """Elements a description may still make us allocate."""
+
+    def __init__(self, elements: int) -> None:
+        self.left = elements
+        self.limit = elements
+
+    def charge(self, count: int, what: str) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise SpaceCodecError(
+                f"space description needs more than {self.limit} elements ({what}); "
+                "raise max_space_elements if this space is real",
+                code=ErrorCode.BAD_PAYLOAD,
+            )
+
+
+def _shape(value: Any, budget: _Budget, what: str) -> tuple[int, ...]:
+    """A shape from the wire: at most MAX_NDIM non-negative ints, its size charged to ``budget``."""
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_NDIM:
+        raise SpaceCodecError(f"malformed shape in {what}", code=ErrorCode.BAD_PAYLOAD)
+    shape = tuple(value)
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise SpaceCodecError(f"malformed shape in {what}", code=ErrorCode.BAD_PAYLOAD)
+    budget.charge(math.prod(shape), what)
+    return shape
+
+
+def _array(value: Any, dtype: np.dtype) -> np.ndarray:
+    """A bound or nvec from the wire: an array or a scalar (already bounded by the
+    payload's own limits, so only what is built from it is charged)."""
+    if not isinstance(value, (np.ndarray, np.generic, int, float, bool, list)):
+        raise SpaceCodecError(f"malformed array of type {type(value).__name__}", code=ErrorCode.BAD_PAYLOAD)
+    return np.asarray(value, dtype=dtype)
+
+
+def space_from_wire(desc: Any, *, max_elements: int = MAX_SPACE_ELEMENTS) -> spaces.Space:
+    """Rebuild a space from :func:`space_to_wire` output; raises ``SpaceCodecError``.
+
+    ``max_elements`` bounds the total size of the arrays the space needs (Box
+    bounds count twice, once for ``low`` and once for ``high``)."""
+    return _from_wire(desc, _Budget(max_elements), 0)
+
+
+def _from_wire(desc: Any, budget: _Budget, depth: int) -> spaces.Space:
+    if depth > MAX_SPACE_DEPTH:
+        raise SpaceCodecError(f"space description nested deeper than {MAX_SPACE_DEPTH}", code=ErrorCode.BAD_PAYLOAD)
     if not isinstance(desc, dict) or not isinstance(desc.get("type"), str):
-        raise SpaceCodecError(f"malformed space description: {desc!r:.200}")
+        raise SpaceCodecError(f"malformed space description: {desc!r:.200}", code=ErrorCode.BAD_PAYLOAD)
     kind = desc["type"]
     try:
         if kind == "Box":
-            dtype = np.dtype(desc["dtype"])
-            shape = tuple(int(d) for d in desc["shape"])
-            low = np.broadcast_to(np.asarray(desc["low"], dtype=dtype), shape)
-            high = np.broadcast_to(np.asarray(desc["high"], dtype=dtype), shape)
+            dtype = wire_dtype(desc["dtype"])
+            shape = _shape(desc["shape"], budget, "Box low")
+            budget.charge(math.prod(shape), "Box high")  # low and high: two arrays of that shape
+            low = np.broadcast_to(_array(desc["low"], dtype), shape)
+            high = np.broadcast_to(_array(desc["high"], dtype), shape)
             return spaces.Box(low=low.copy(), high=high.copy(), shape=shape, dtype=dtype)
         if kind == "Discrete":
-            return spaces.Discrete(int(desc["n"]), start=int(desc["start"]), dtype=np.dtype(desc.get("dtype", "<i8")))
+            n, start = desc["n"], desc["start"]
+            if type(n) is not int or type(start) is not int:
+                raise SpaceCodecError("Discrete n and start must be integers", code=ErrorCode.BAD_PAYLOAD)
+            return spaces.Discrete(n, start=start, dtype=wire_dtype(desc.get("dtype", "<i8")))
         if kind == "MultiDiscrete":
-            return spaces.MultiDiscrete(desc["nvec"], dtype=np.dtype(desc["dtype"]), start=desc["start"])
+            dtype = wire_dtype(desc["dtype"])
+            nvec = _array(desc["nvec"], dtype)
+            budget.charge(2 * nvec.size, "MultiDiscrete nvec and start")
+            return spaces.MultiDiscrete(nvec, dtype=dtype, start=_array(desc["start"], dtype))
         if kind == "MultiBinary":
             n = desc["n"]
-            return spaces.MultiBinary(n if isinstance(n, int) else [int(x) for x in n])
+            shape = _shape([n] if type(n) is int else n, budget, "MultiBinary")
+            return spaces.MultiBinary(n if type(n) is int else list(shape))
         if kind == "Dict":
-            return spaces.Dict({str(k): space_from_wire(v, _depth + 1) for k, v in desc["spaces"]})
+            pairs = desc["spaces"]
+            if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+                raise SpaceCodecError("Dict spaces must be [key, space] pairs", code=ErrorCode.BAD_PAYLOAD)
+            return spaces.Dict({str(k): _from_wire(v, budget, depth + 1) for k, v in pairs})
         if kind == "Tuple":
-            return spaces.Tuple([space_from_wire(v, _depth + 1) for v in desc["spaces"]])
+            return spaces.Tuple([_from_wire(v, budget, depth + 1) for v in _items(desc["spaces"])])
         if kind == "Text":
-            return spaces.Text(
-                max_length=int(desc["max_length"]), min_length=int(desc["min_length"]), charset=str(desc["charset"])
-            )
+            max_length, min_length, charset = desc["max_length"], desc["min_length"], desc["charset"]
+            if type(max_length) is not int or type(min_length) is not int or not isinstance(charset, str):
+                raise SpaceCodecError("malformed Text space description", code=ErrorCode.BAD_PAYLOAD)
+            budget.charge(max_length + len(charset), "Text")  # a sample may be that long
+            return spaces.Text(max_length=max_length, min_length=min_length, charset=charset)
         if kind == "Sequence":
-            return spaces.Sequence(space_from_wire(desc["space"], _depth + 1), stack=bool(desc["stack"]))
+            return spaces.Sequence(_from_wire(desc["space"], budget, depth + 1), stack=bool(desc["stack"]))
         if kind == "OneOf":
-            return spaces.OneOf([space_from_wire(v, _depth + 1) for v in desc["spaces"]])
+            return spaces.OneOf([_from_wire(v, budget, depth + 1) for v in _items(desc["spaces"])])
     except SpaceCodecError:
         raise
-    except (KeyError, TypeError, ValueError, AssertionError) as exc:
-        raise SpaceCodecError(f"malformed {kind} space description: {exc}") from None
+    except DecodeError as exc:
+        raise SpaceCodecError(f"malformed {kind} space description: {exc.message}", code=ErrorCode.BAD_PAYLOAD) from None
+    except Exception as exc:  # numpy and gymnasium raise many types for bad input; none may escape bare
+        raise SpaceCodecError(
+            f"malformed {kind} space description: {type(exc).__name__}: {exc}", code=ErrorCode.BAD_PAYLOAD
+        ) from None
     raise SpaceCodecError(f"unknown space type {kind!r}")
+
+
+def _items(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise SpaceCodecError("composite spaces must be a list of descriptions", code=ErrorCode.BAD_PAYLOAD)
+    return value
 
 
 def action_checker(space: spaces.Space) -> Callable[[Any], bool]:

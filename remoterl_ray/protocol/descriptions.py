@@ -1,0 +1,76 @@
+"""What a simulator reports about an env it made (the answer to make, make_vec
+and spaces), checked field by field on the trainer.
+
+The trainer builds real Gymnasium spaces, metadata and an ``EnvSpec`` from
+it, so a malformed or oversized description must become one coded
+``bad_payload`` error here, not a bare exception (or a 2 GiB allocation)
+somewhere in the env classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gymnasium import spaces
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ErrorCode, ProtocolError
+from .limits import MAX_SPACE_ELEMENTS
+from .spaces import space_from_wire
+
+
+class SpecInfo(BaseModel):
+    """The parts of the simulator's ``EnvSpec`` a trainer mirrors."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(min_length=1, max_length=300)
+    max_episode_steps: int | None = Field(default=None, ge=0)
+    reward_threshold: float | None = None
+    nondeterministic: bool = False
+
+
+class _Fields(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    observation_space: dict[str, Any]
+    action_space: dict[str, Any]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: SpecInfo | None = None
+    render_mode: str | None = Field(default=None, max_length=100)
+    num_envs: int = Field(default=1, ge=1)
+
+
+@dataclass(frozen=True)
+class EnvDescription:
+    observation_space: spaces.Space
+    action_space: spaces.Space
+    metadata: dict[str, Any]
+    spec: SpecInfo | None
+    render_mode: str | None
+    num_envs: int
+
+
+def parse_description(value: Any, *, max_space_elements: int = MAX_SPACE_ELEMENTS) -> EnvDescription:
+    """Check a description from a simulator; raises ``ProtocolError`` (bad_payload)."""
+    try:
+        fields = _Fields.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "description"
+        raise ProtocolError(
+            f"simulator sent a malformed env description: {where}: {first.get('msg', exc)}",
+            code=ErrorCode.BAD_PAYLOAD,
+        ) from None
+    budget = max_space_elements
+    observation_space = space_from_wire(fields.observation_space, max_elements=budget)
+    action_space = space_from_wire(fields.action_space, max_elements=budget)
+    return EnvDescription(
+        observation_space=observation_space,
+        action_space=action_space,
+        metadata=dict(fields.metadata),
+        spec=fields.spec,
+        render_mode=fields.render_mode,
+        num_envs=fields.num_envs,
+    )

@@ -1,0 +1,65 @@
+"""Every bound the protocol layer puts on what a peer may send, in one place.
+
+Bytes from the wire are hostile until checked: these bounds are checked
+*before* anything is allocated or recursed into (``codec.unpackb`` scans a
+payload's structure first; ``messages`` checks a frame's size before decoding
+it; ``spaces`` counts a space's elements before building its arrays).
+docs/security.md lists them with the flags and settings that change them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# -- payloads (trainer <-> simulator, and the relay's control messages) ------
+
+MAX_DEPTH = 64
+"""Nesting of containers (arrays, maps, tuples, object arrays) in one payload.
+A space description nested ``MAX_SPACE_DEPTH`` deep needs about 3 levels a space."""
+
+MAX_OBJECTS = 262_144
+"""Values in one payload. A numpy array is one value however large it is, so
+this only bounds the Python objects a frame can make a peer allocate (a 1-byte
+msgpack map would otherwise become a 64-byte dict: 16 MiB of them, 1 GiB)."""
+
+MAX_NDIM = 32
+"""Dimensions of one array on the wire (numpy's own limit is 64)."""
+
+# -- control messages, the only payloads the relay decodes --------------------
+
+MAX_HELLO_BYTES = 4096
+"""A hello frame's payload. Checked before the hello is decoded, so an
+unauthenticated peer cannot make the relay decode more than this."""
+
+MAX_CONTROL_BYTES = 65_536
+"""Any later control message's payload (open, release, locate)."""
+
+MAX_CAPABILITY_LENGTH = 32
+"""One capability name in a hello; at most ``MAX_CAPABILITIES`` of them."""
+
+MAX_CAPABILITIES = 16
+
+MAX_RELEASE_CHANNELS = 4096
+"""Channels one release message may name (clients send several if they hold more)."""
+
+# -- space descriptions a trainer receives from a simulator -------------------
+
+MAX_SPACE_DEPTH = 16
+"""Nesting of composite spaces (Dict, Tuple, Sequence, OneOf)."""
+
+MAX_SPACE_ELEMENTS = 2**24
+"""Elements over all arrays a space description makes the trainer build (Box
+bounds, MultiDiscrete nvec, MultiBinary shape, Text lengths): a 166-byte
+description of an 8000x8000 float64 Box would otherwise cost 1 GiB. 2**24 fits
+a 1080p RGB camera (6.2 M) with room; raise it for larger observations."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """The bounds one ``codec.unpackb`` call enforces."""
+
+    max_depth: int = MAX_DEPTH
+    max_objects: int = MAX_OBJECTS
+
+
+DEFAULT_DECODE = DecodeLimits()
