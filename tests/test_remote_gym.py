@@ -155,6 +155,17 @@ def test_register_of_a_module_not_on_the_allowlist_is_refused(trainer):
         gym.registry.pop("Sneaky-v0", None)
 
 
+def test_register_of_a_function_needs_it_named_on_the_allowlist(trainer):
+    """A module entry allows its env classes; a function runs only if named."""
+    gym.register("SpacesFn-v0", entry_point=f"{TEST_ENVS_MODULE}:all_spaces")
+    try:
+        with pytest.raises(RegistrationRefusedError, match="function") as info:
+            gym.make("SpacesFn-v0")
+        assert f"--allow {TEST_ENVS_MODULE}:all_spaces" in str(info.value)
+    finally:
+        gym.registry.pop("SpacesFn-v0", None)
+
+
 def test_callable_entry_point_stays_local_with_a_warning(trainer, caplog):
     """Libraries register (and make) envs with callables at import time; that
     must not break, and the warning says how to make such an env remote."""

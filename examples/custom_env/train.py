@@ -3,9 +3,11 @@
     REMOTERL_API_KEY=... REMOTERL_RELAY_URL=ws://relay-host:8000 python examples/custom_env/train.py
 
 The trainer registers the env by its entry point string; ``gym.register``
-is mirrored to the simulators, which import ``gridwalk`` only because their
-operator allowed it (``--allow gridwalk`` or REMOTERL_ALLOW_MODULES=gridwalk).
-The trainer itself never imports the env's code.
+is mirrored to the simulators (for this trainer's envs only), which import
+``gridwalk`` only because their operator allowed it (``--allow gridwalk`` or
+REMOTERL_ALLOW_MODULES=gridwalk). That allows gridwalk's gymnasium.Env
+subclasses such as ``GridWalkEnv``; a function entry point would have to be
+named (``--allow gridwalk:make_env``). The trainer never imports the env's code.
 """
 
 import os

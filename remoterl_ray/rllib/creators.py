@@ -1,5 +1,7 @@
 """RLlib env creators as "module:function" strings, the only form that may
-travel to a simulator (code never does)."""
+travel to a simulator (code never does). A simulator runs a creator only if
+its allowlist names that function (``--allow my_pkg.envs:make_env``), or if
+it is a ``gymnasium.Env`` subclass in an allowed module (``--allow my_pkg``)."""
 
 from __future__ import annotations
 
@@ -50,5 +52,6 @@ def creator_target(creator: Any, name: str) -> str:
         "(a lambda, a nested function or something defined in __main__ is code, and code never "
         "travels). Put the creator in a module the simulators can import and register it by name: "
         f"register_env({name!r}, 'my_pkg.envs:make_env'), then start the simulators with "
-        "--allow my_pkg"
+        "--allow my_pkg.envs:make_env (a function must be named; a gymnasium.Env subclass "
+        "needs only its module: --allow my_pkg)"
     )

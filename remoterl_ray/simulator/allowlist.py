@@ -1,11 +1,19 @@
-"""Which modules a simulator may import on a trainer's behalf.
+"""What a simulator's operator allows trainers to run: the allowlist.
 
-A trainer can mirror ``gym.register(id, entry_point="module:attr")`` and can
-ask for ids of the form ``"module:Env-v0"`` (which Gymnasium resolves by
-importing ``module``). Both would import code named by a remote peer, so the
-simulator does it only for modules its operator listed. Ids already in the
-simulator's own Gymnasium registry are always allowed: they were put there by
-code the operator runs.
+Two kinds of entry, from ``--allow`` (repeatable), ``REMOTERL_ALLOW_MODULES``
+(comma separated) and ``init(role="simulator", allow_modules=[...])``:
+
+- ``pkg``: importing ``pkg`` and its submodules; the ``gymnasium.Env``
+  subclasses found there as entry points and RLlib creators; ids written
+  ``pkg:Env-v0`` (Gymnasium imports ``pkg`` for those).
+- ``pkg.mod:name``: that one function (or env class) as an entry point or
+  creator, and importing ``pkg.mod`` to reach it. Nothing else in ``pkg.mod``.
+
+Functions need naming because a module's functions are arbitrary code (an env
+package re-exports ``gymnasium.register``, for one); an env class is what a
+module allowed for its envs is expected to offer. Ids already in the
+simulator's own Gymnasium registry need no entry: the operator's code put them
+there. How an entry point is checked lives in ``entry_points``.
 """
 
 from __future__ import annotations
@@ -23,35 +31,61 @@ def allowed_modules_from_env() -> list[str]:
     return [m.strip() for m in raw.split(",") if m.strip()]
 
 
-class Allowlist:
-    def __init__(self, modules: Iterable[str] = ()) -> None:
-        self.modules = tuple(sorted({m.strip() for m in modules if m and m.strip()}))
+def is_module_name(name: str) -> bool:
+    """A dotted name of identifiers: ``pkg`` or ``pkg.sub.mod``."""
+    return bool(name) and all(part.isidentifier() for part in name.split("."))
 
-    def allows(self, module: str) -> bool:
+
+def split_target(target: str) -> tuple[str, str] | None:
+    """``"pkg.mod:name"`` as ``("pkg.mod", "name")``; None if malformed."""
+    module, sep, attr = target.partition(":")
+    if not sep or not is_module_name(module) or not attr.isidentifier():
+        return None
+    return module, attr
+
+
+def _parse(entry: str) -> str | tuple[str, str]:
+    entry = entry.strip()
+    if ":" in entry:
+        target = split_target(entry)
+        if target is not None:
+            return target
+    elif is_module_name(entry):
+        return entry
+    raise ValueError(
+        f"--allow {entry!r} is not an allowlist entry: write a module ('my_pkg', 'my_pkg.envs') "
+        "or one function ('my_pkg.envs:make_env')"
+    )
+
+
+class Allowlist:
+    """Module entries and named ``module:name`` entries; see the module docstring."""
+
+    def __init__(self, entries: Iterable[str] = ()) -> None:
+        parsed = [_parse(e) for e in entries if e and e.strip()]
+        self.modules = tuple(sorted({p for p in parsed if isinstance(p, str)}))
+        self.named = frozenset(p for p in parsed if isinstance(p, tuple))
+
+    def allows_module(self, module: str) -> bool:
+        """True if a module entry covers ``module`` (itself or a parent package)."""
         return any(module == m or module.startswith(m + ".") for m in self.modules)
 
-    def check(self, module: str, *, what: str) -> None:
-        if not self.allows(module):
-            listed = ", ".join(self.modules) or "none"
-            raise RegistrationRefusedError(
-                f"{what} needs module {module!r}, which is not on this simulator's allowlist "
-                f"(allowed: {listed}); start the simulator with --allow {module} "
-                f"or {ENV_VAR}={module}"
-            )
+    def names(self, module: str, attr: str) -> bool:
+        """True if ``module:attr`` itself is on the allowlist."""
+        return (module, attr) in self.named
 
-    def check_entry_point(self, entry_point: object) -> str:
-        """Validate a mirrored entry point; returns its module name."""
-        if not isinstance(entry_point, str) or ":" not in entry_point:
-            raise RegistrationRefusedError(
-                f"entry point must be a 'module:attr' string, got {entry_point!r:.100}"
-            )
-        module, _, attr = entry_point.partition(":")
-        if not module or not attr or not all(part.isidentifier() for part in module.split(".")):
-            raise RegistrationRefusedError(f"malformed entry point {entry_point!r:.100}")
-        self.check(module, what=f"entry point {entry_point!r}")
-        return module
+    def describe(self) -> str:
+        entries = [*self.modules, *sorted(f"{m}:{a}" for m, a in self.named)]
+        return ", ".join(entries) or "nothing"
 
     def check_env_id(self, env_id: str) -> None:
-        """Gymnasium imports ``module`` for ids written ``module:Env-v0``."""
-        if ":" in env_id:
-            self.check(env_id.split(":", 1)[0], what=f"env id {env_id!r}")
+        """Gymnasium imports ``module`` for ids written ``module:Env-v0``: only module entries allow that."""
+        if ":" not in env_id:
+            return
+        module = env_id.split(":", 1)[0]
+        if not self.allows_module(module):
+            raise RegistrationRefusedError(
+                f"env id {env_id!r} makes Gymnasium import module {module!r}, which is not on this "
+                f"simulator's allowlist (allowed: {self.describe()}); start the simulator with "
+                f"--allow {module} or {ENV_VAR}={module}"
+            )

@@ -1,8 +1,9 @@
 """RLlib-style env creators (``creator(env_config) -> Env``) run on a simulator.
 
 A trainer's ``register_env(name, "module:function")`` reaches the simulator
-as that string; the simulator imports it only if the module is on its
-allowlist, and calls it once per sub-env with a ``CreatorContext``: the
+as that string; the simulator resolves it by the same rules as any entry
+point (a function the allowlist names, or a ``gymnasium.Env`` subclass of an
+allowed module), and calls it once per sub-env with a ``CreatorContext``: the
 env_config dict plus RLlib ``EnvContext``'s fields, so creators written for
 RLlib (``config.worker_index``, ``config.vector_index``) run unchanged
 without Ray installed here.
@@ -14,10 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
-from gymnasium.envs.registration import load_env_creator
 
 from ..protocol.errors import ErrorCode, ProtocolError
 from .allowlist import Allowlist
+from .entry_points import plain_kwargs, resolve_entry_point
 
 
 class CreatorContext(dict):
@@ -41,12 +42,10 @@ def make_with_creator(
     allowlist: Allowlist, arg: dict[str, Any], *, num_envs: int, first_index: int, vector_kwargs: dict[str, Any]
 ) -> gym.vector.VectorEnv:
     """A ``SyncVectorEnv`` of ``num_envs`` envs from ``arg["target"]``."""
-    target = arg.get("target")
-    allowlist.check_entry_point(target)
-    env_config = arg.get("env_config") or {}
-    if not isinstance(env_config, dict):
-        raise ProtocolError("creator env_config must be a map", code=ErrorCode.BAD_PAYLOAD)
-    creator: Callable[[dict[str, Any]], gym.Env] = load_env_creator(target)
+    env_config = plain_kwargs(arg.get("env_config"), "creator env_config")
+    creator: Callable[[dict[str, Any]], gym.Env] = resolve_entry_point(
+        allowlist, arg.get("target"), what="env creator"
+    )
     worker_index, num_workers = _int(arg, "worker_index"), _int(arg, "num_workers")
     if not isinstance(first_index, int) or first_index < 0:
         raise ProtocolError("first_index must be a non-negative integer", code=ErrorCode.BAD_PAYLOAD)

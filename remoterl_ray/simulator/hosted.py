@@ -4,6 +4,11 @@ Each op takes the decoded request argument and returns a codec-safe value.
 Errors are raised as ``RemoteRLError`` subclasses with a stable code; any
 other exception from the env itself becomes ``env_error`` carrying the
 exception's type, which the trainer re-raises.
+
+Registrations mirrored by a trainer never enter Gymnasium's registry: each is
+kept for the channel it came on and dropped with that channel, so it cannot
+change what the simulator makes for anyone else, and an id the registry
+already resolves always means the simulator's own env.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from enum import Enum
 from typing import Any
 
 import gymnasium as gym
+from gymnasium.envs.registration import EnvSpec, find_highest_version, parse_env_id
 
 from ..protocol import codec
 from ..protocol.errors import (
@@ -20,6 +26,7 @@ from ..protocol.errors import (
     InvalidActionError,
     NoSimulatorError,
     ProtocolError,
+    RegistrationRefusedError,
     RemoteRLError,
     UnknownEnvError,
 )
@@ -27,6 +34,7 @@ from ..protocol.frames import Op
 from ..protocol.spaces import action_checker, space_to_wire
 from .allowlist import Allowlist
 from .creators import make_with_creator
+from .entry_points import plain_kwargs, resolve_entry_point
 
 _VECTOR_MODES = ("sync", "async", "vector_entry_point")
 
@@ -45,10 +53,43 @@ def _env_id(arg: dict[str, Any]) -> str:
 
 
 def _kwargs(arg: dict[str, Any], key: str = "kwargs") -> dict[str, Any]:
-    kwargs = arg.get(key) or {}
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        raise ProtocolError(f"{key} must be a map with string keys", code=ErrorCode.BAD_PAYLOAD)
-    return kwargs
+    return plain_kwargs(arg.get(key), key)
+
+
+# The EnvSpec fields a registration may set, with the types each accepts (None: unset).
+_SPEC_FIELDS: dict[str, tuple[type, ...]] = {
+    "max_episode_steps": (int,),
+    "reward_threshold": (int, float),
+    "nondeterministic": (bool,),
+    "order_enforce": (bool,),
+    "disable_env_checker": (bool,),
+}
+
+
+def _spec_fields(arg: dict[str, Any]) -> dict[str, Any]:
+    """The registration's allowed spec fields, type-checked; other fields are ignored."""
+    spec = plain_kwargs(arg.get("spec"), "registration spec", registration=True)
+    fields = {}
+    for name, types in _SPEC_FIELDS.items():
+        value = spec.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            raise ProtocolError(f"registration spec {name} has the wrong type", code=ErrorCode.BAD_PAYLOAD)
+        fields[name] = value
+    return fields
+
+
+def in_simulator_registry(env_id: str) -> bool:
+    """True if Gymnasium's own lookup finds ``env_id`` here: the id itself, or
+    for an unversioned id any version of it (``make`` picks the latest)."""
+    if env_id in gym.registry:
+        return True
+    try:
+        namespace, name, version = parse_env_id(env_id)
+    except gym.error.Error:
+        return False
+    return version is None and find_highest_version(namespace, name) is not None
 
 
 def _wire_safe(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +116,38 @@ def _spec_of(env: Any) -> dict[str, Any] | None:
         "reward_threshold": spec.reward_threshold,
         "nondeterministic": bool(spec.nondeterministic),
     }
+
+
+class Registrations:
+    """Mirrored registrations as specs per channel, bounded per channel and in all.
+
+    A trainer mirrors one registration per make, so a few per channel is
+    plenty; the total bounds what trainers can make a simulator keep.
+    """
+
+    def __init__(self, per_channel: int = 4, total: int = 1024) -> None:
+        self.per_channel = per_channel
+        self.total = total
+        self.count = 0
+        self.by_channel: dict[int, dict[str, EnvSpec]] = {}
+
+    def add(self, channel: int, spec: EnvSpec) -> None:
+        specs = self.by_channel.get(channel, {})
+        if spec.id not in specs:
+            if len(specs) >= self.per_channel:
+                raise RegistrationRefusedError(
+                    f"a channel may hold at most {self.per_channel} registrations on this simulator"
+                )
+            if self.count >= self.total:
+                raise RegistrationRefusedError(f"this simulator holds at most {self.total} registrations")
+            self.count += 1
+        self.by_channel.setdefault(channel, specs)[spec.id] = spec
+
+    def get(self, channel: int, env_id: str) -> EnvSpec | None:
+        return self.by_channel.get(channel, {}).get(env_id)
+
+    def drop(self, channel: int) -> None:
+        self.count -= len(self.by_channel.pop(channel, {}))
 
 
 class Hosted:
@@ -136,6 +209,7 @@ class EnvTable:
         self.allowlist = allowlist
         self.max_envs = max_envs
         self.by_channel: dict[int, Hosted] = {}
+        self.registrations = Registrations()
 
     @property
     def hosted_envs(self) -> int:
@@ -144,12 +218,13 @@ class EnvTable:
     def handle(self, op: int, channel: int, arg: Any) -> Any:
         """Run one request; returns the answer value."""
         if op == Op.REGISTER:
-            return self.register(_require_dict(arg, "register"))
+            return self.register(channel, _require_dict(arg, "register"))
         if op in (Op.MAKE, Op.MAKE_VEC):
             return self.make(channel, _require_dict(arg, "make"), vector=op == Op.MAKE_VEC)
         hosted = self.by_channel.get(channel)
         if hosted is None:
             if op == Op.CLOSE:
+                self.close(channel)  # drops the channel's registrations
                 return None
             raise EnvClosedError(f"no env is open on channel {channel} (closed, or never made)")
         if op == Op.STEP:
@@ -165,25 +240,41 @@ class EnvTable:
             return None
         raise ProtocolError(f"unknown op {op}", code=ErrorCode.UNKNOWN_OP)
 
-    def register(self, arg: dict[str, Any]) -> dict[str, Any]:
+    def register(self, channel: int, arg: dict[str, Any]) -> dict[str, Any]:
+        """Keep a trainer's registration for ``channel`` only; never touches Gymnasium's registry."""
         env_id = _env_id(arg)
-        if env_id in gym.registry:
+        if ":" in env_id:
+            raise RegistrationRefusedError(
+                f"cannot register {env_id!r}: an id with ':' names a module for Gymnasium to import; "
+                "register the id without it"
+            )
+        if in_simulator_registry(env_id):
             return {"registered": False, "reason": "already in this simulator's registry"}
-        self.allowlist.check_env_id(env_id)
-        entry_point = arg.get("entry_point")
-        self.allowlist.check_entry_point(entry_point)
-        kwargs = _kwargs(arg)
-        allowed = {"max_episode_steps", "reward_threshold", "nondeterministic", "order_enforce", "disable_env_checker"}
-        spec_args = {k: v for k, v in _kwargs(arg, "spec").items() if k in allowed}
-        gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs, **spec_args)
+        kwargs = plain_kwargs(arg.get("kwargs"), "registration kwargs", registration=True)
+        fields = _spec_fields(arg)
+        entry_point = resolve_entry_point(self.allowlist, arg.get("entry_point"))
+        try:
+            spec = EnvSpec(id=env_id, entry_point=entry_point, kwargs=kwargs, **fields)
+        except gym.error.Error as exc:  # an id Gymnasium cannot parse
+            raise RegistrationRefusedError(f"cannot register {env_id!r}: {exc}") from None
+        self.registrations.add(channel, spec)
         return {"registered": True}
+
+    def spec_for(self, channel: int, env_id: str) -> str | EnvSpec:
+        """What ``make`` builds for ``env_id`` on ``channel``: the simulator's own
+        registry entry (by id, left to Gymnasium), else the channel's registration."""
+        if ":" in env_id or in_simulator_registry(env_id):
+            self.allowlist.check_env_id(env_id)
+            return env_id
+        registered = self.registrations.get(channel, env_id)
+        return env_id if registered is None else registered  # an unknown id: Gymnasium's make says so
 
     def make(self, channel: int, arg: dict[str, Any], *, vector: bool) -> dict[str, Any]:
         if channel in self.by_channel:
             raise ProtocolError(f"channel {channel} already hosts an env", code=ErrorCode.BAD_PAYLOAD)
         env_id = _env_id(arg)
         kwargs = _kwargs(arg)
-        self.allowlist.check_env_id(env_id)
+        spec = self.spec_for(channel, env_id)
         num_envs = 1
         if vector:
             num_envs = arg.get("num_envs")
@@ -208,14 +299,14 @@ class EnvTable:
                 if mode not in _VECTOR_MODES:
                     raise ProtocolError(f"unknown vectorization mode {mode!r}", code=ErrorCode.BAD_PAYLOAD)
                 env = gym.make_vec(
-                    env_id,
+                    spec,
                     num_envs=num_envs,
                     vectorization_mode=mode,
                     vector_kwargs=_kwargs(arg, "vector_kwargs"),
                     **kwargs,
                 )
             else:
-                env = gym.make(env_id, **kwargs)
+                env = gym.make(spec, **kwargs)
         except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv) as exc:  # NameNotFound etc. derive from it
             raise UnknownEnvError(str(exc), remote_type=type(exc).__name__) from None
         hosted = Hosted(env, vector=vector, num_envs=num_envs)
@@ -228,6 +319,8 @@ class EnvTable:
         return description
 
     def close(self, channel: int) -> None:
+        """Close the channel's env and forget its registrations (on close, detach or failure)."""
+        self.registrations.drop(channel)
         hosted = self.by_channel.pop(channel, None)
         if hosted is not None:
             try:
@@ -236,7 +329,7 @@ class EnvTable:
                 pass
 
     def close_all(self) -> None:
-        for channel in list(self.by_channel):
+        for channel in list(self.by_channel) + list(self.registrations.by_channel):
             self.close(channel)
 
 

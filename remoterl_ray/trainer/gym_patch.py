@@ -114,8 +114,9 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
             refusal = (
                 f"gym.register({id!r}, entry_point={entry_point!r}) is not mirrored to simulators, "
                 f"so {id!r} is made locally: a callable entry point is code, and code never travels. "
-                "Pass it as a 'module:attr' string (e.g. entry_point='my_pkg.envs:MyEnv') and allow "
-                "that module on the simulator with --allow my_pkg"
+                "Pass it as a 'module:attr' string and allow it on the simulators: "
+                "entry_point='my_pkg.envs:MyEnv' (a gymnasium.Env subclass) needs --allow my_pkg; "
+                "entry_point='my_pkg.envs:make_env' (a function) needs --allow my_pkg.envs:make_env"
             )
         spec = {
             "reward_threshold": reward_threshold,
