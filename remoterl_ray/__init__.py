@@ -20,6 +20,7 @@ from .protocol.errors import (
     RemoteRLError,
     RemoteTimeoutError,
     SimulatorLostError,
+    TLSError,
     UnknownEnvError,
     UnsupportedError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "RemoteTimeoutError",
     "RemoteVectorEnv",
     "SimulatorLostError",
+    "TLSError",
     "UnknownEnvError",
     "UnsupportedError",
     "__version__",

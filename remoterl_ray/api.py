@@ -15,6 +15,7 @@ from .config import (
     ENV_SIMULATOR_WAIT,
     ENV_TIMEOUT,
     resolve_api_key,
+    resolve_ca_file,
     resolve_relay_url,
     resolve_seconds,
     resolve_tensorboard_dir,
@@ -47,6 +48,7 @@ def init(
     simulator_wait: float | None = None,
     tensorboard_dir: str | None = None,
     region: str | None = None,
+    ca_file: str | None = None,
 ) -> bool:
     """Connect this process to a relay as a trainer or a simulator.
 
@@ -54,7 +56,8 @@ def init(
     workspace is online (waiting up to ``simulator_wait`` seconds for
     ``num_workers`` of them), False if the relay or any simulator cannot be
     reached in time; raises ``AuthenticationError`` (a ``RuntimeError``) if the
-    relay rejects the key. From then on ``gymnasium.make``/``make_vec`` return
+    relay rejects the key, ``TLSError`` if a ``wss://`` relay's certificate
+    cannot be verified. From then on ``gymnasium.make``/``make_vec`` return
     remote envs, each simulator hosting at most ``num_env_runners`` envs of
     this trainer while there are enough simulators (with fewer, the envs are
     spread over those there are).
@@ -70,6 +73,10 @@ def init(
     algorithms and Tune experiments use ``RemoteEnvRunner``. With
     ``tensorboard_dir`` (or ``REMOTERL_TENSORBOARD_DIR``) the remote-env
     metrics are written there as TensorBoard scalars.
+
+    Both roles verify a ``wss://`` relay's certificate against the system
+    trust store, or only against ``ca_file`` (or ``REMOTERL_CA_FILE``), PEM
+    certificates of a private CA. There is no way to skip verification.
     """
     if role not in ("trainer", "simulator"):
         raise ValueError(f"role must be 'trainer' or 'simulator', got {role!r}")
@@ -82,6 +89,7 @@ def init(
             resolve_api_key(api_key),
             allow_modules=modules,
             region=region or os.environ.get(ENV_REGION) or None,
+            ca_file=resolve_ca_file(ca_file),
         )
         run_simulator(host)
         return True
@@ -94,6 +102,7 @@ def init(
         connect_timeout=connect_timeout,
         simulator_wait=simulator_wait,
         tensorboard_dir=tensorboard_dir,
+        ca_file=ca_file,
     )
     return _init_trainer(settings)
 
@@ -108,6 +117,7 @@ def trainer_settings(
     connect_timeout: float | None = None,
     simulator_wait: float | None = None,
     tensorboard_dir: str | None = None,
+    ca_file: str | None = None,
 ) -> TrainerSettings:
     """Trainer settings from the arguments given, then ``REMOTERL_*`` env vars, then defaults."""
     return TrainerSettings(
@@ -119,6 +129,7 @@ def trainer_settings(
         connect_timeout=resolve_seconds(connect_timeout, ENV_CONNECT_TIMEOUT, 10.0),
         simulator_wait=resolve_seconds(simulator_wait, ENV_SIMULATOR_WAIT, 10.0),
         tensorboard_dir=resolve_tensorboard_dir(tensorboard_dir),
+        ca_file=resolve_ca_file(ca_file),
     )
 
 

@@ -15,6 +15,7 @@ ENV_SIMULATOR_WAIT = "REMOTERL_SIMULATOR_WAIT"
 ENV_TENSORBOARD_DIR = "REMOTERL_TENSORBOARD_DIR"
 ENV_ADMIN_TOKEN = "REMOTERL_ADMIN_TOKEN"
 ENV_DB = "REMOTERL_DB"  # the relay's accounts store
+ENV_CA_FILE = "REMOTERL_CA_FILE"  # PEM CA certificates clients trust instead of the system store
 DEFAULT_DB = "~/.remoterl/relay.db"
 
 
@@ -24,6 +25,14 @@ def resolve_api_key(api_key: str | None) -> str | None:
 
 def resolve_relay_url(relay_url: str | None) -> str:
     return relay_url or os.environ.get(ENV_RELAY_URL) or DEFAULT_RELAY_URL
+
+
+def resolve_ca_file(path: str | None) -> str | None:
+    """The CA file clients verify the relay with: ``path``, else ``REMOTERL_CA_FILE``;
+    None means the system trust store. Absolute, since settings travel to
+    processes (RLlib env runners) that may start in another directory."""
+    chosen = path or os.environ.get(ENV_CA_FILE) or None
+    return os.path.abspath(os.path.expanduser(chosen)) if chosen else None
 
 
 def resolve_seconds(value: float | None, env_var: str, default: float) -> float:

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from typing import IO, Any
 
 from .config import ENV_ADMIN_TOKEN, ENV_API_KEY, ENV_DB
 from .relay.auth import OPEN_WORKSPACE, workspace_for_key
+from .transport.tls import client_context
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -85,20 +87,26 @@ class LocalRelay:
     host: str
     port: int
     admin_token: str | None = None
+    tls: bool = False  # serves wss:// and https://
+    ca_file: str | None = None  # what its HTTP helpers verify it with (None: the system trust store)
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
+        return f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The verifying context for this relay's HTTPS endpoints; None without TLS."""
+        return client_context(self.ca_file) if self.tls else None
 
     def stats(self, timeout: float = 5.0) -> dict[str, Any]:
         request = urllib.request.Request(f"{self.http_url}/v1/stats")
         if self.admin_token:
             request.add_header("Authorization", f"Bearer {self.admin_token}")
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout, context=self.ssl_context()) as resp:
             return json.loads(resp.read())
 
     def peers(self, api_key: str | None, role: str, workspace: str | None = None) -> list[dict[str, Any]]:
@@ -126,13 +134,17 @@ class LocalRelay:
         return self.process.stop()
 
 
-def wait_http(url: str, process: LocalProcess, timeout: float) -> None:
+def wait_http(url: str, process: LocalProcess, timeout: float, *, context: ssl.SSLContext | None = None) -> None:
+    """Wait until ``url`` answers; ``context`` verifies an ``https://`` URL (an
+    untrusted certificate is raised at once: waiting would not change it)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=1.0):
+            with urllib.request.urlopen(url, timeout=1.0, context=context):
                 return
-        except OSError:
+        except OSError as exc:
+            if isinstance(getattr(exc, "reason", exc), ssl.SSLCertVerificationError):
+                raise
             if not process.alive():
                 raise RuntimeError(f"process exited before serving {url}:\n{process.output()}") from None
             if time.monotonic() > deadline:
@@ -150,13 +162,19 @@ def start_relay(
     timeout: float = 30.0,
     admin_token: str | None = None,
     env: dict[str, str] | None = None,
+    tls: tuple[str, str] | None = None,
+    ca_file: str | None = None,
 ) -> LocalRelay:
     """A relay subprocess; ``admin_token`` travels in its environment, not its argv.
 
     Without ``--db`` or ``REMOTERL_DB`` it keeps its accounts in a fresh temp
-    store, so a demo or benchmark never writes to the user's own."""
+    store, so a demo or benchmark never writes to the user's own. With
+    ``tls=(cert_file, key_file)`` it serves ``wss://``/``https://``, and its
+    helpers verify it with ``ca_file`` (None: the system trust store)."""
     port = port or free_port(host)
     args = _cli("relay", "--host", host, "--port", str(port), *extra_args)
+    if tls:
+        args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
     if "--db" not in extra_args and not (env or {}).get(ENV_DB, os.environ.get(ENV_DB)):
         args += ["--db", os.path.join(tempfile.mkdtemp(prefix="remoterl-relay-"), "relay.db")]
     for key in api_keys:
@@ -167,8 +185,12 @@ def start_relay(
     child_env.pop(ENV_ADMIN_TOKEN, None)
     if admin_token:
         child_env[ENV_ADMIN_TOKEN] = admin_token
-    relay = LocalRelay(LocalProcess(args, env=child_env), host, port, admin_token)
-    wait_http(f"{relay.http_url}/healthz", relay.process, timeout)
+    relay = LocalRelay(LocalProcess(args, env=child_env), host, port, admin_token, tls=tls is not None, ca_file=ca_file)
+    try:
+        wait_http(f"{relay.http_url}/healthz", relay.process, timeout, context=relay.ssl_context())
+    except BaseException:
+        relay.stop()
+        raise
     return relay
 
 

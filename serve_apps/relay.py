@@ -49,7 +49,9 @@ class RelayArgs(BaseModel):
     )
     open: bool = Field(default=False, description="accept any key, each its own workspace, and no key")
     public_url: str | None = Field(
-        default=None, description="ws:// URL simulators use for this region (default: this node's proxy)"
+        default=None,
+        description="ws:// or wss:// URL simulators use for this region (default: this node's proxy, wss:// "
+        "when Serve's http_options carry ssl_certfile/ssl_keyfile)",
     )
     route_prefix: str = "/"
     direct: bool = Field(
@@ -91,6 +93,7 @@ class Relay:
             replica=replica,
             sync_interval=args.sync_interval,
             direct_host=replica_host() if args.direct and haproxy_enabled() else None,
+            direct_scheme=ws_scheme(serve_http_options()),
         )
         config = RelayConfig(
             keys=keys,
@@ -106,19 +109,28 @@ class Relay:
         return create_app(config)
 
 
-def _http_options() -> dict[str, Any]:
+def serve_http_options() -> dict[str, Any]:
+    """The ``http_options`` the running Serve instance uses (set when it started)."""
     return serve.context._get_global_client().get_serve_details()["http_options"]
+
+
+def ws_scheme(options: dict[str, Any]) -> str:
+    """``wss`` when Serve's HTTP servers speak TLS (its proxies, and replicas'
+    direct-ingress servers, which share these options), else ``ws``."""
+    return "wss" if options.get("ssl_certfile") else "ws"
 
 
 def default_public_url(route_prefix: str) -> str:
     """This node's Serve proxy: right when every node runs one (Serve's default)."""
-    return f"ws://{ray.util.get_node_ip_address()}:{int(_http_options()['port'])}{route_prefix.rstrip('/')}"
+    options = serve_http_options()
+    address = f"{ray.util.get_node_ip_address()}:{int(options['port'])}"
+    return f"{ws_scheme(options)}://{address}{route_prefix.rstrip('/')}"
 
 
 def replica_host() -> str:
     """The address this replica's own (direct ingress) port listens on: Serve's
     HTTP host when it names one, else this node's address."""
-    host = str(_http_options().get("host") or "")
+    host = str(serve_http_options().get("host") or "")
     return host if host not in ("", "0.0.0.0", "::") else ray.util.get_node_ip_address()
 
 

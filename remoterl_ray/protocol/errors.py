@@ -40,6 +40,7 @@ class ErrorCode(str, Enum):
     WORKSPACE_BLOCKED = "workspace_blocked"
     RATE_LIMITED = "rate_limited"
     DISCONNECTED = "disconnected"  # an operator closed this connection
+    TLS = "tls_failed"  # the relay's certificate was not trusted, or TLS was expected and not spoken
 
 
 class RemoteRLError(RuntimeError):
@@ -97,6 +98,15 @@ class DisconnectedError(RemoteRLError):
     """A relay operator closed this connection: do not dial again on your own."""
 
     default_code = ErrorCode.DISCONNECTED
+
+
+class TLSError(RemoteRLError):
+    """A secure connection to the relay could not be made (an untrusted or
+    mismatched certificate, an unusable CA file, TLS on one side only).
+    Final: retrying cannot fix it, and clients never fall back to an
+    unverified or cleartext connection instead."""
+
+    default_code = ErrorCode.TLS
 
 
 class NoSimulatorError(RemoteRLError):
@@ -183,6 +193,7 @@ _CLASS_BY_CODE: dict[ErrorCode, type[RemoteRLError]] = {
     ErrorCode.WORKSPACE_BLOCKED: WorkspaceBlockedError,
     ErrorCode.RATE_LIMITED: RateLimitedError,
     ErrorCode.DISCONNECTED: DisconnectedError,
+    ErrorCode.TLS: TLSError,
 }
 
 

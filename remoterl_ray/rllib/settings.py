@@ -1,6 +1,7 @@
 """How a RemoteEnvRunner, a Ray actor in another process, learns where the
-relay is: the trainer's settings ride in the algorithm config's env_config
-under one reserved key (stripped before the env_config reaches any env)."""
+relay is and how to trust it: the trainer's settings (relay URL, key, CA file)
+ride in the algorithm config's env_config under one reserved key (stripped
+before the env_config reaches any env)."""
 
 from __future__ import annotations
 

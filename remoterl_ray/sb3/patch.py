@@ -23,7 +23,6 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from ..protocol import codec
-from ..protocol.spaces import space_from_wire
 from ..trainer.gym_patch import GYM_MODULES, env_id_of, make_kwargs, stays_local
 from ..trainer.patching import Patcher
 from ..trainer.remote_env import RemoteEnv
@@ -43,12 +42,12 @@ class DeferredEnv(gym.Env):
         self.env_id = env_id
         self.kwargs = kwargs
         description = session.describe(env_id, kwargs)
-        self.observation_space = space_from_wire(description["observation_space"])
-        self.action_space = space_from_wire(description["action_space"])
-        self.metadata = dict(description.get("metadata") or {})
-        self.render_mode = description.get("render_mode")
-        spec = description.get("spec")
-        self.spec = EnvSpec(id=spec["id"], max_episode_steps=spec.get("max_episode_steps")) if spec else None
+        self.observation_space = description.observation_space
+        self.action_space = description.action_space
+        self.metadata = dict(description.metadata)
+        self.render_mode = description.render_mode
+        spec = description.spec
+        self.spec = EnvSpec(id=spec.id, max_episode_steps=spec.max_episode_steps) if spec else None
         self._env: RemoteEnv | None = None
 
     @property

@@ -48,8 +48,12 @@ class SimulatorHost:
         max_envs: int = 256,
         name: str | None = None,
         region: str | None = None,
+        ca_file: str | None = None,
     ) -> None:
+        """``ca_file``: PEM CA certificates a ``wss://`` relay is verified with
+        (None: the system trust store)."""
         self.relay_url = relay_url
+        self.ca_file = ca_file
         self.region = region  # None: the nearest one
         self.api_key = api_key
         self.table = EnvTable(Allowlist(allow_modules), max_envs)
@@ -68,13 +72,19 @@ class SimulatorHost:
         )
 
     def serve(self, stop: threading.Event) -> None:
-        """Serve until ``stop`` is set. Raises ``AuthenticationError`` for a bad key."""
+        """Serve until ``stop`` is set. Raises ``AuthenticationError`` for a bad key,
+        ``TLSError`` for a relay certificate it cannot verify."""
         while not stop.is_set():
             url = self.pick_url(stop)
             if url is None:
                 break
             conn = RelayConnection.open_with_backoff(
-                url, self.hello(), deadline=time.monotonic() + REPICK_SECONDS, stop=stop, timeout=5.0
+                url,
+                self.hello(),
+                deadline=time.monotonic() + REPICK_SECONDS,
+                stop=stop,
+                timeout=5.0,
+                ca_file=self.ca_file,
             )
             if conn is None:
                 continue  # that region stayed unreachable: choose again (or stop)
@@ -106,7 +116,7 @@ class SimulatorHost:
         delay = 0.1
         while not stop.is_set():
             try:
-                return choose_region(self.relay_url, self.region).url
+                return choose_region(self.relay_url, self.region, ca_file=self.ca_file).url
             except UnknownRegionError as exc:
                 if self._last_url is None:
                     raise

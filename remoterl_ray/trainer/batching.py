@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from ..protocol.errors import ErrorCode, ProtocolError
+
 _ARRAY_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
 
@@ -64,10 +66,16 @@ def merge_infos(infos: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]
         if all(isinstance(v, dict) for _, v in present):
             out[key] = merge_infos([info.get(key, {}) for info in infos], sizes)
             continue
-        sample = np.asarray(present[0][1])
-        if sample.ndim == 0:  # not in the batched layout: keep the first shard's value
-            out[key] = present[0][1]
+        sample = present[0][1]
+        if not isinstance(sample, np.ndarray) or sample.ndim == 0:
+            out[key] = sample  # not in the batched layout: keep the first shard's value
             continue
+        for i, value in present:  # checked before allocating: no shard may size the whole batch
+            if not isinstance(value, np.ndarray) or value.shape != (sizes[i], *sample.shape[1:]):
+                raise ProtocolError(
+                    f"info {key!r} of a shard of {sizes[i]} envs has shape {np.shape(value)}",
+                    code=ErrorCode.BAD_PAYLOAD,
+                )
         if sample.dtype == object:
             merged = np.full((total, *sample.shape[1:]), None, dtype=object)
         else:

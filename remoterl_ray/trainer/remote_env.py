@@ -7,6 +7,7 @@ from typing import Any
 import gymnasium as gym
 
 from ..protocol.frames import Op
+from .answers import reset_answer, step_answer
 from .session import TrainerSession
 from .shards import Shards, ShardsRebuilt
 
@@ -23,8 +24,8 @@ class RemoteEnv(gym.Env):
         description = self._remote.description
         self.observation_space = self._remote.observation_space
         self.action_space = self._remote.action_space
-        self.metadata = dict(description.get("metadata") or {})
-        self.render_mode = description.get("render_mode")
+        self.metadata = dict(description.metadata)
+        self.render_mode = description.render_mode
         self.spec = self._remote.spec()
 
     @property
@@ -35,16 +36,15 @@ class RemoteEnv(gym.Env):
         super().reset(seed=seed)  # keeps self.np_random consistent with a local env
         request = [{"seed": seed, "options": options}]
         try:
-            obs, info = self._remote.request(Op.RESET, request)[0]
+            answer = self._remote.request(Op.RESET, request)[0]
         except ShardsRebuilt:  # made again on a new connection: reset the new env instead
-            obs, info = self._remote.request(Op.RESET, request)[0]
-        return obs, info
+            answer = self._remote.request(Op.RESET, request)[0]
+        return reset_answer(answer)
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         if not self._remote.needs_reset:
             try:
-                obs, reward, terminated, truncated, info = self._remote.request(Op.STEP, [action])[0]
-                return obs, reward, terminated, truncated, info
+                return step_answer(self._remote.request(Op.STEP, [action])[0])
             except ShardsRebuilt:
                 pass
         # The env was made again on a new connection: this episode ends here, truncated.

@@ -10,6 +10,7 @@ including Gymnasium's default NEXT_STEP autoreset.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, iterate
 
 from ..protocol.frames import Op
+from .answers import malformed, reset_answer, vector_step_answer
 from .batching import concat_arrays, concat_batches, merge_infos, slice_batch
 from .session import TrainerSession
 from .remote_env import RECONNECTED
@@ -51,11 +53,11 @@ class RemoteVectorEnv(VectorEnv):
         self.single_action_space = self._remote.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self.metadata = dict(description.get("metadata") or {})
+        self.metadata = dict(description.metadata)
         self.metadata.setdefault("autoreset_mode", AutoresetMode.NEXT_STEP)
         if isinstance(self.metadata["autoreset_mode"], str):
             self.metadata["autoreset_mode"] = AutoresetMode(self.metadata["autoreset_mode"])
-        self.render_mode = description.get("render_mode")
+        self.render_mode = description.render_mode
         self.spec = self._remote.spec()
         self._autoreset_step: tuple[Any, dict[str, Any]] | None = None  # see _truncated_by_reconnect
 
@@ -83,10 +85,10 @@ class RemoteVectorEnv(VectorEnv):
         self._autoreset_step = None
         requests = [{"seed": s, "options": o} for s, o in zip(seeds, shard_options)]
         try:
-            results = self._remote.request(Op.RESET, requests)
+            results = [reset_answer(r) for r in self._remote.request(Op.RESET, requests)]
         except ShardsRebuilt:  # made again, maybe cut into other shards: seeds and masks are re-split
             return self.reset(seed=seed, options=options)
-        obs = concat_batches(self.single_observation_space, [r[0] for r in results])
+        obs = self._joined(lambda: concat_batches(self.single_observation_space, [r[0] for r in results]))
         return obs, merge_infos([r[1] for r in results], self._remote.sizes)
 
     def _shard_options(self, options: dict[str, Any] | None, start: int, stop: int) -> dict[str, Any] | None:
@@ -108,15 +110,24 @@ class RemoteVectorEnv(VectorEnv):
         else:
             parts = [slice_batch(self.single_action_space, actions, a, b) for a, b in bounds]
         try:
-            results = self._remote.request(Op.STEP, parts)
+            answers = self._remote.request(Op.STEP, parts)
         except ShardsRebuilt:
             return self._truncated_by_reconnect()
-        obs = concat_batches(self.single_observation_space, [r[0] for r in results])
+        results = [vector_step_answer(a, n) for a, n in zip(answers, self._remote.sizes)]
+        obs = self._joined(lambda: concat_batches(self.single_observation_space, [r[0] for r in results]))
         rewards = concat_arrays([r[1] for r in results])
         terminations = concat_arrays([r[2] for r in results])
         truncations = concat_arrays([r[3] for r in results])
         infos = merge_infos([r[4] for r in results], self._remote.sizes)
         return obs, rewards, terminations, truncations, infos
+
+    @staticmethod
+    def _joined(join: Callable[[], Any]) -> Any:
+        """Shards' observations joined; shards that disagree are a malformed answer."""
+        try:
+            return join()
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise malformed(f"shard observations do not join into one batch: {exc}") from None
 
     def _truncated_by_reconnect(self) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Every env was made again on a new relay connection: report all episodes

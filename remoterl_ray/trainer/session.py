@@ -22,7 +22,9 @@ from typing import Any
 
 from ..protocol import codec
 from ..protocol.errors import ProtocolError, RelayUnavailableError, RemoteRLError
+from ..protocol.descriptions import EnvDescription, parse_description
 from ..protocol.frames import Kind, Op
+from ..protocol.limits import MAX_RELEASE_CHANNELS, MAX_SPACE_ELEMENTS
 from ..protocol.messages import (
     CAP_LOCATE,
     CAP_NOTICE,
@@ -61,6 +63,8 @@ class TrainerSettings:
     simulator_wait: float = 10.0
     tensorboard_dir: str | None = None  # remote-env metrics as TensorBoard scalars
     metrics_interval: float = 5.0  # seconds between TensorBoard points
+    ca_file: str | None = None  # PEM CAs a wss:// relay is verified with (None: the system trust store)
+    max_space_elements: int = MAX_SPACE_ELEMENTS  # largest space a simulator may describe (protocol/limits.py)
 
 
 @dataclass
@@ -82,7 +86,7 @@ class Made:
 
     conn: RelayConnection
     shard: Shard
-    description: dict[str, Any]
+    description: EnvDescription
 
 
 def split_by_weight(total: int, weights: list[int]) -> list[int]:
@@ -101,7 +105,7 @@ class TrainerSession:
         self.settings = settings
         self.registrations: dict[str, Registration] = {}
         self.unmirrored: dict[str, str] = {}  # id -> why its registration stayed local
-        self._descriptions: dict[bytes, dict[str, Any]] = {}
+        self._descriptions: dict[bytes, EnvDescription] = {}
         self.simulators = 0
         self.metrics = RemoteMetrics()
         self._conn: RelayConnection | None = None
@@ -137,6 +141,7 @@ class TrainerSession:
             ),
             deadline=time.monotonic() + timeout,
             timeout=min(timeout, 10.0) or 1.0,
+            ca_file=self.settings.ca_file,
             **handlers,
         )
 
@@ -309,13 +314,17 @@ class TrainerSession:
             replies = conn.call(requests, self.settings.make_timeout)
             for reply in replies:  # registration errors come first, then make errors
                 reply.value()
-            descriptions = [r.value() for r in replies if r.op in (Op.MAKE, Op.MAKE_VEC)]
+            descriptions = [
+                parse_description(r.value(), max_space_elements=self.settings.max_space_elements)
+                for r in replies
+                if r.op in (Op.MAKE, Op.MAKE_VEC)
+            ]
         except BaseException:
             self.release(conn, [s.channel for s in shards], close_first=True)
             raise
         return [Made(conn, shard, description) for shard, description in zip(shards, descriptions)]
 
-    def describe(self, env_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def describe(self, env_id: str, kwargs: dict[str, Any]) -> EnvDescription:
         """What a simulator reports about ``make(env_id, **kwargs)`` (spaces,
         metadata, spec), from one throwaway env; cached per id and kwargs."""
         key = codec.packb([env_id, kwargs])
@@ -335,7 +344,8 @@ class TrainerSession:
             if close_first and live:
                 requests = [(Kind.REQUEST, Op.CLOSE, ch, codec.packb(None)) for ch in live]
                 conn.call(requests, min(self.settings.timeout, 10.0))
-            conn.send(control_frame(Release(channels=channels)))
+            for start in range(0, len(channels), MAX_RELEASE_CHANNELS):
+                conn.send(control_frame(Release(channels=channels[start : start + MAX_RELEASE_CHANNELS])))
         except RemoteRLError as exc:
             log.debug("releasing channels %s: %s", channels, exc)
 

@@ -22,7 +22,6 @@ from ..protocol import codec
 from ..protocol.errors import EnvClosedError, RelayUnavailableError, RemoteRLError
 from ..protocol.frames import Kind, Op
 from ..protocol.messages import Shard
-from ..protocol.spaces import space_from_wire
 from ..transport import RelayConnection, Reply
 from .session import Made, TrainerSession, group_channels
 
@@ -45,13 +44,10 @@ class Shards:
         made = session.create(env_id, num_envs, make_arg, vector=vector)
         self._adopt(made)
         self.description = made[0].description
-        self.observation_space = space_from_wire(self.description["observation_space"])
-        self.action_space = space_from_wire(self.description["action_space"])
+        self.observation_space = self.description.observation_space
+        self.action_space = self.description.action_space
         for other in (m.description for m in made[1:]):
-            if (space_from_wire(other["observation_space"]), space_from_wire(other["action_space"])) != (
-                self.observation_space,
-                self.action_space,
-            ):
+            if (other.observation_space, other.action_space) != (self.observation_space, self.action_space):
                 log.warning("simulators of %s report different spaces; using the first one's", env_id)
         self.closed = False
 
@@ -88,15 +84,15 @@ class Shards:
         raise ShardsRebuilt(f"{lost}; the envs were made again on a new connection")
 
     def spec(self) -> EnvSpec | None:
-        spec = self.description.get("spec")
-        if not spec:
+        spec = self.description.spec
+        if spec is None:
             return None
         return EnvSpec(
-            id=str(spec["id"]),
+            id=spec.id,
             entry_point="remoterl_ray.trainer.remote_env:RemoteEnv",
-            max_episode_steps=spec.get("max_episode_steps"),
-            reward_threshold=spec.get("reward_threshold"),
-            nondeterministic=bool(spec.get("nondeterministic", False)),
+            max_episode_steps=spec.max_episode_steps,
+            reward_threshold=spec.reward_threshold,
+            nondeterministic=spec.nondeterministic,
         )
 
     def request(self, op: int, args: list[Any], timeout: float | None = None) -> list[Any]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlunsplit
 
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from ..protocol import codec
@@ -36,13 +36,17 @@ from ..protocol.errors import (
     RelayUnavailableError,
     RemoteRLError,
     RemoteTimeoutError,
+    TLSError,
     error_from_wire,
 )
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE, MAX_SEQ, Kind, Op, pack, payload_of, unpack_header
 from ..protocol.messages import Hello, Welcome, control_frame, parse_control
+from ..rate_limited_log import RateLimitedLog
 from .discovery import direct_route, split_relay_url
+from .tls import client_context, expects_tls, tls_failure, warn_if_cleartext
 
 log = logging.getLogger("remoterl.transport")
+_peer_log = RateLimitedLog(log)
 
 DIRECT_TIMEOUT = 3.0  # a replica address that does not answer by then is not reachable from here
 
@@ -72,8 +76,21 @@ class Reply:
 
 @dataclass
 class _Slot:
+    """A request in flight: what its answer must carry to be accepted."""
+
     channel: int
+    op: int
+    kind: int  # REQUEST (answered by the simulator owning ``channel``) or CONTROL (by the relay)
     reply: Reply | None = None
+
+    def accepts(self, kind: int, op: int, channel: int) -> bool:
+        """An answer on another channel, or for another op, is not this request's,
+        whatever its seq says (a simulator can guess the seqs of other shards)."""
+        if channel != self.channel or op != self.op:
+            return False
+        if self.kind == Kind.REQUEST:
+            return kind == Kind.RESPONSE or kind == Kind.ERROR
+        return kind == Kind.CONTROL or kind == Kind.ERROR
 
 
 @dataclass
@@ -92,6 +109,18 @@ def closing_error(code: int, reason: str) -> RemoteRLError | None:
     if error_code not in ErrorCode._value2member_map_:
         return None
     return error_from_wire({"code": error_code, "message": message})
+
+
+def connect_error(url: str, exc: BaseException, ca_file: str | None, timeout: float) -> RemoteRLError:
+    """What a failed WebSocket connect means: a final ``TLSError`` when TLS is
+    the cause (an untrusted certificate, TLS on one side only), else an
+    unreachable relay (``RelayUnavailableError``, dialled again with backoff)."""
+    failure = tls_failure(url, exc, ca_file)
+    if failure is None and exc.__cause__ is not None:  # a handshake error wrapping the TLS one
+        failure = tls_failure(url, exc.__cause__, ca_file)
+    if failure is None and isinstance(exc, InvalidMessage):  # no HTTP answer: a TLS port dialled as ws://?
+        failure = expects_tls(url, min(timeout, DIRECT_TIMEOUT))
+    return failure or RelayUnavailableError(f"cannot reach relay at {url}: {exc}")
 
 
 class RelayConnection:
@@ -133,19 +162,24 @@ class RelayConnection:
         ping_interval: float | None = 10.0,
         ping_timeout: float | None = 20.0,
         additional_headers: dict[str, str] | None = None,
+        ca_file: str | None = None,
         **handlers: Any,
     ) -> RelayConnection:
         """Connect and greet once. Raises ``RelayUnavailableError`` if the relay
         cannot be reached, ``AuthenticationError``/``ProtocolVersionError`` if it
-        refuses us (those are final: retrying will not help).
+        refuses us, ``TLSError`` if a ``wss://`` relay's certificate fails
+        verification (against ``ca_file``, else the system trust store) or only
+        one side speaks TLS (those are final: retrying will not help).
 
         Sends the affinity header so that, under Ray Serve, every peer of one
         workspace reaches the same relay replica."""
         url = endpoint(relay_url)
+        warn_if_cleartext(url, hello.api_key)
         headers = {SESSION_HEADER: session_id_for(hello.api_key), **(additional_headers or {})}
         try:
             ws = connect(
                 url,
+                ssl=client_context(ca_file) if url.startswith("wss://") else None,
                 open_timeout=timeout,
                 compression=None,
                 max_size=max_frame + HEADER_SIZE,
@@ -157,7 +191,7 @@ class RelayConnection:
                 legacy=True,  # a plain connection; reconnecting is ours (open_with_backoff)
             )
         except (OSError, InvalidHandshake, TimeoutError, InvalidURI) as exc:
-            raise RelayUnavailableError(f"cannot reach relay at {url}: {exc}") from None
+            raise connect_error(url, exc, ca_file, timeout) from None
         try:
             ws.send(control_frame(hello))
             frame = ws.recv(timeout=timeout)
@@ -183,16 +217,24 @@ class RelayConnection:
         return conn
 
     @classmethod
-    def open_routed(cls, relay_url: str, hello: Hello, *, timeout: float = 10.0, **kwargs: Any) -> RelayConnection:
+    def open_routed(
+        cls, relay_url: str, hello: Hello, *, timeout: float = 10.0, ca_file: str | None = None, **kwargs: Any
+    ) -> RelayConnection:
         """:meth:`open`, dialling the relay replica directly when the relay offers
-        its address (``GET /v1/route``) and it answers; else ``relay_url``."""
-        direct = direct_route(relay_url, hello.api_key, timeout=min(timeout, 5.0))
+        its address (``GET /v1/route``) and it answers; else ``relay_url``.
+
+        ``ca_file`` verifies both. A replica address whose certificate does not
+        verify is skipped with a warning, for ``relay_url`` (itself verified, and
+        never less secure: see ``keeps_security``); a TLS failure there is raised."""
+        direct = direct_route(relay_url, hello.api_key, timeout=min(timeout, 5.0), ca_file=ca_file)
         if direct is not None:
             try:
-                return cls.open(direct, hello, timeout=min(timeout, DIRECT_TIMEOUT), **kwargs)
+                return cls.open(direct, hello, timeout=min(timeout, DIRECT_TIMEOUT), ca_file=ca_file, **kwargs)
             except RelayUnavailableError as exc:
                 log.info("relay replica address %s not reachable (%s); using %s", direct, exc, relay_url)
-        return cls.open(relay_url, hello, timeout=timeout, **kwargs)
+            except TLSError as exc:
+                log.warning("not dialling relay replica %s directly: %s; using %s", direct, exc, relay_url)
+        return cls.open(relay_url, hello, timeout=timeout, ca_file=ca_file, **kwargs)
 
     @classmethod
     def open_with_backoff(
@@ -209,7 +251,8 @@ class RelayConnection:
         """Retry :meth:`open_routed` with capped, jittered exponential backoff.
 
         Returns None when ``deadline`` (a ``time.monotonic()`` value) passes or
-        ``stop`` is set. Refusals (bad key, bad version) are raised at once.
+        ``stop`` is set. Refusals (bad key, bad version) and TLS failures (an
+        untrusted certificate) are raised at once.
         """
         delay = first_delay
         while True:
@@ -288,7 +331,7 @@ class RelayConnection:
                     raise self.lost_channels[channel]
             for kind, op, channel, payload in requests:
                 seq = self.next_seq()
-                slot = _Slot(channel)
+                slot = _Slot(channel, op, kind)
                 self._pending[seq] = slot
                 slots.append((seq, slot))
                 frames.append(pack(kind, op, channel, seq, payload))
@@ -382,6 +425,13 @@ class RelayConnection:
             return
         payload = payload_of(frame)
         slot = self._pending.get(seq) if seq else None
+        if slot is not None and not slot.accepts(kind, op, channel):
+            _peer_log.warning(
+                "mismatched answer",
+                "dropping an answer for seq %d that does not match its request (channel %d op %d, expected channel %d op %d)",
+                seq, channel, op, slot.channel, slot.op,
+            )  # fmt: skip
+            return
         if kind == Kind.ERROR:
             try:
                 error = error_from_wire(codec.unpackb(payload))

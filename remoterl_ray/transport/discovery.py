@@ -9,6 +9,10 @@ it lands in the region nearest to it; ``--region`` names one instead.
 like the WebSocket that follows) names the relay replica's own address when
 it has one a client may dial directly (Serve behind HAProxy): one proxy hop
 less each way on every frame.
+
+For a ``wss://`` relay these calls use HTTPS with the same verifying context
+as the WebSocket (:mod:`.tls`); an untrusted certificate is a final
+``TLSError``, never a reason to try another URL.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..protocol.affinity import SESSION_HEADER, session_id_for
+from .tls import client_context, expects_tls, tls_failure
 
 log = logging.getLogger("remoterl.transport")
 
@@ -59,16 +64,29 @@ def split_relay_url(url: str) -> tuple[str, str, str, str]:
     return parts.scheme, parts.netloc, path, parts.query
 
 
-def _connection(ws_url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+def _connection(ws_url: str, timeout: float, ca_file: str | None = None) -> tuple[http.client.HTTPConnection, str]:
+    """HTTP for ``ws://``, verified HTTPS for ``wss://``."""
     scheme, netloc, prefix, _ = split_relay_url(ws_url)
-    cls = http.client.HTTPSConnection if scheme == "wss" else http.client.HTTPConnection
-    return cls(netloc, timeout=timeout), prefix
+    if scheme == "wss":
+        return http.client.HTTPSConnection(netloc, timeout=timeout, context=client_context(ca_file)), prefix
+    return http.client.HTTPConnection(netloc, timeout=timeout), prefix
 
 
-def direct_route(relay_url: str, api_key: str | None, timeout: float = 5.0) -> str | None:
-    """The ``ws://`` address of the replica that serves ``api_key``'s workspace, if offered."""
+def _raise_if_tls(url: str, exc: BaseException, ca_file: str | None, timeout: float) -> None:
+    """A TLS failure is final: raised, never taken for "no answer" (which would try another URL)."""
+    failure = tls_failure(url, exc, ca_file)
+    if failure is None and isinstance(exc, http.client.RemoteDisconnected):  # a TLS port asked in plain HTTP?
+        failure = expects_tls(url, timeout)
+    if failure is not None:
+        raise failure from None
+
+
+def direct_route(
+    relay_url: str, api_key: str | None, timeout: float = 5.0, *, ca_file: str | None = None
+) -> str | None:
+    """The ``ws(s)://`` address of the replica that serves ``api_key``'s workspace, if offered."""
     try:
-        conn, prefix = _connection(relay_url, timeout)
+        conn, prefix = _connection(relay_url, timeout, ca_file)
         try:
             conn.request("GET", f"{prefix}/v1/route", headers={SESSION_HEADER: session_id_for(api_key)})
             response = conn.getresponse()
@@ -79,18 +97,20 @@ def direct_route(relay_url: str, api_key: str | None, timeout: float = 5.0) -> s
             return None
         direct = json.loads(body).get("direct_url")
     except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:
+        _raise_if_tls(relay_url, exc, ca_file, timeout)
         log.debug("no direct route from %s: %s", relay_url, exc)
         return None
     return direct if isinstance(direct, str) and keeps_security(relay_url, direct) else None
 
 
-def fetch_regions(relay_url: str, timeout: float = 5.0) -> list[RegionEndpoint]:
-    """The regions ``relay_url`` publishes. Raises ``RegionsUnavailableError`` if it cannot be asked.
+def fetch_regions(relay_url: str, timeout: float = 5.0, *, ca_file: str | None = None) -> list[RegionEndpoint]:
+    """The regions ``relay_url`` publishes. Raises ``RegionsUnavailableError`` if it cannot be asked,
+    ``TLSError`` if its certificate is not trusted.
 
     Regions whose URL would downgrade ``wss://`` to ``ws://`` are left out.
     """
     try:
-        conn, prefix = _connection(relay_url, timeout)
+        conn, prefix = _connection(relay_url, timeout, ca_file)
         try:
             conn.request("GET", f"{prefix}/v1/regions")
             response = conn.getresponse()
@@ -109,6 +129,7 @@ def fetch_regions(relay_url: str, timeout: float = 5.0) -> list[RegionEndpoint]:
     except RegionsUnavailableError:
         raise
     except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as exc:
+        _raise_if_tls(relay_url, exc, ca_file, timeout)
         raise RegionsUnavailableError(f"no region list from {relay_url}: {exc}") from None
     out = []
     for name, url in listed:
@@ -119,10 +140,11 @@ def fetch_regions(relay_url: str, timeout: float = 5.0) -> list[RegionEndpoint]:
     return out
 
 
-def measure_rtt(ws_url: str, tries: int = 3, timeout: float = 3.0) -> float | None:
-    """Best of ``tries`` ``GET /healthz`` round trips after one warm-up; None if unreachable."""
+def measure_rtt(ws_url: str, tries: int = 3, timeout: float = 3.0, *, ca_file: str | None = None) -> float | None:
+    """Best of ``tries`` ``GET /healthz`` round trips after one warm-up; None if
+    unreachable, or if its certificate is not trusted (logged: that region is skipped)."""
     try:
-        conn, prefix = _connection(ws_url, timeout)
+        conn, prefix = _connection(ws_url, timeout, ca_file)
     except ValueError:
         return None
     best = None
@@ -138,6 +160,10 @@ def measure_rtt(ws_url: str, tries: int = 3, timeout: float = 3.0) -> float | No
             if attempt > 0:  # the first one also paid for connecting
                 best = elapsed if best is None else min(best, elapsed)
     except (OSError, http.client.HTTPException) as exc:
+        failure = tls_failure(ws_url, exc, ca_file)
+        if failure is not None:
+            log.warning("skipping region %s: %s", ws_url, failure.message)
+            return None
         log.debug("cannot time %s: %s", ws_url, exc)
         return None
     finally:
@@ -145,15 +171,18 @@ def measure_rtt(ws_url: str, tries: int = 3, timeout: float = 3.0) -> float | No
     return best
 
 
-def choose_region(relay_url: str, region: str | None = None, *, timeout: float = 5.0) -> RegionEndpoint:
+def choose_region(
+    relay_url: str, region: str | None = None, *, timeout: float = 5.0, ca_file: str | None = None
+) -> RegionEndpoint:
     """The region to dial: ``region`` if named, else the one with the lowest RTT.
 
     Without a region list (the relay is down or predates regions) the relay is
     dialled as given, unless ``region`` is named: then ``RegionsUnavailableError``.
-    A named region the relay does not publish is an ``UnknownRegionError``.
+    A named region the relay does not publish is an ``UnknownRegionError``;
+    a certificate ``relay_url`` cannot be verified with is a ``TLSError``.
     """
     try:
-        regions = fetch_regions(relay_url, timeout)
+        regions = fetch_regions(relay_url, timeout, ca_file=ca_file)
     except RegionsUnavailableError as exc:
         if region is not None:
             raise
@@ -170,7 +199,7 @@ def choose_region(relay_url: str, region: str | None = None, *, timeout: float =
     with ThreadPoolExecutor(max_workers=min(8, len(regions))) as pool:
         timed = [
             RegionEndpoint(r.name, r.url, rtt)
-            for r, rtt in zip(regions, pool.map(lambda r: measure_rtt(r.url), regions))
+            for r, rtt in zip(regions, pool.map(lambda r: measure_rtt(r.url, ca_file=ca_file), regions))
         ]
     reachable = [r for r in timed if r.rtt is not None]
     if not reachable:

@@ -1,0 +1,53 @@
+"""Check what a simulator answered before the env classes use it.
+
+A simulator is another party: its answer to a reset or step must have the
+shape Gymnasium's API promises (and, for a vector shard, one entry per env of
+that shard), or the trainer raises one coded ``bad_payload`` error naming
+what was wrong, instead of a bare ``ValueError`` from unpacking or a huge
+allocation when shards are joined.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..protocol.errors import ErrorCode, ProtocolError
+
+_SCALARS = (bool, int, float, np.bool_, np.number)
+
+
+def malformed(what: str) -> ProtocolError:
+    return ProtocolError(f"simulator sent a malformed answer: {what}", code=ErrorCode.BAD_PAYLOAD)
+
+
+def _items(value: Any, count: int, op: str) -> list[Any]:
+    if not isinstance(value, list) or len(value) != count:
+        raise malformed(f"{op} must answer a list of {count} items, got {type(value).__name__}")
+    if not isinstance(value[-1], dict):
+        raise malformed(f"{op} info must be a map, got {type(value[-1]).__name__}")
+    return value
+
+
+def reset_answer(value: Any) -> tuple[Any, dict[str, Any]]:
+    obs, info = _items(value, 2, "reset")
+    return obs, info
+
+
+def step_answer(value: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    obs, reward, terminated, truncated, info = _items(value, 5, "step")
+    for name, item in (("reward", reward), ("terminated", terminated), ("truncated", truncated)):
+        if not isinstance(item, _SCALARS):
+            raise malformed(f"step {name} must be a number, got {type(item).__name__}")
+    return obs, reward, terminated, truncated, info
+
+
+def vector_step_answer(value: Any, envs: int) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """One shard's step: rewards, terminations and truncations hold one entry per env of the shard."""
+    obs, rewards, terminations, truncations, info = _items(value, 5, "step")
+    for name, item in (("rewards", rewards), ("terminations", terminations), ("truncations", truncations)):
+        if not isinstance(item, np.ndarray) or item.shape != (envs,) or item.dtype.kind not in "biuf":
+            shape = getattr(item, "shape", type(item).__name__)
+            raise malformed(f"step {name} must be a numeric array of shape ({envs},), got {shape}")
+    return obs, rewards, terminations, truncations, info
