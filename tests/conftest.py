@@ -24,6 +24,9 @@ SUPPORT = Path(__file__).parent / "support"
 sys.path.insert(0, str(SUPPORT))
 
 TEST_ENVS_MODULE = "remoterl_testenvs"
+# What test simulators allow by default: the module's env classes, and the one
+# function the RLlib tests register as a creator (functions must be named).
+TEST_ENVS_ALLOW = (TEST_ENVS_MODULE, f"{TEST_ENVS_MODULE}:make_corridor")
 
 # Relays started by tests keep their accounts in a store of this run, never the user's.
 os.environ["REMOTERL_DB"] = os.path.join(tempfile.mkdtemp(prefix="remoterl-tests-"), "relay.db")
@@ -72,7 +75,7 @@ class SimulatorPool:
         self.key = key
         self.procs: list[LocalProcess] = []
 
-    def start(self, count: int = 1, *, allow: tuple[str, ...] = (TEST_ENVS_MODULE,), wait: bool = True,
+    def start(self, count: int = 1, *, allow: tuple[str, ...] = TEST_ENVS_ALLOW, wait: bool = True,
               extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> list[LocalProcess]:
         child_env = {**sim_env(), **(env or {})}
         new = [start_simulator(self.relay.url, self.key, allow=allow, env=child_env, extra_args=extra_args)
@@ -135,14 +138,21 @@ IDLE_PEERS = Path(__file__).resolve().parents[1] / "bench" / "idle_peers.py"
 
 
 @contextmanager
-def idle_peers(url: str, keys: list[str], count: int = 1) -> Iterator[list[str]]:
+def idle_peers(
+    url: str, keys: list[str], count: int = 1, max_envs: int | None = None, timeout: float = 300.0
+) -> Iterator[list[str]]:
     """Hold ``count`` idle simulator connections per key (bench/idle_peers.py, one
-    process per key) while inside; yields each process's ``ready N direct=D`` line."""
+    process per key), each declaring ``max_envs`` if given, while inside; yields
+    each process's ``ready N direct=D`` line ("" if it failed), waiting at most
+    ``timeout`` seconds for them all."""
+    import select
     import subprocess
+    import time
 
+    declared = [] if max_envs is None else [str(max_envs)]
     holders = [
         subprocess.Popen(
-            [sys.executable, str(IDLE_PEERS), url, key, str(count)],
+            [sys.executable, str(IDLE_PEERS), url, key, str(count), *declared],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -150,7 +160,15 @@ def idle_peers(url: str, keys: list[str], count: int = 1) -> Iterator[list[str]]
         for key in keys
     ]
     try:
-        yield [holder.stdout.readline().strip() if holder.stdout else "" for holder in holders]
+        deadline = time.monotonic() + timeout
+        lines = []
+        for holder in holders:
+            assert holder.stdout is not None
+            readable, _, _ = select.select([holder.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not readable:
+                raise TimeoutError(f"{count} idle peers per key not ready after {timeout}s")
+            lines.append(holder.stdout.readline().strip())
+        yield lines
     finally:
         for holder in holders:
             if holder.stdin:

@@ -114,7 +114,7 @@ def create_app(config: RelayConfig) -> FastAPI:
                 for workspace in await directory.sync(board):
                     for peer in board.idle_peers(workspace):
                         if CAP_RECONNECT in peer.capabilities:
-                            peer.moving = True
+                            board.mark_moving(peer)
                             await peer.send(control_frame(Reconnect(reason="workspace moved to another replica")))
             except Exception:  # the shared state may be restarting; keep serving
                 log.warning("relay state sync failed", exc_info=True)
@@ -233,7 +233,7 @@ def create_app(config: RelayConfig) -> FastAPI:
                 f"unexpected control message {message.op!r} from a {peer.role}", code=ErrorCode.BAD_PAYLOAD
             )
         if isinstance(message, Open):
-            await peer.send(control_frame(board.open(peer, message), seq))
+            await peer.send(control_frame(await board.open(peer, message), seq))
         elif isinstance(message, Locate):
             await peer.send(control_frame(Regions(regions=directory.regions_for(peer.workspace, board)), seq))
         else:

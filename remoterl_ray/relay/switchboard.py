@@ -8,15 +8,24 @@ rewriting: the relay looks at the 10-byte header, never at the payload.
 Everything here runs on the relay's one event loop, so plain dicts need no
 locks. It does not import Ray or any web framework: peers are handed in with
 async ``send`` and ``close`` callables.
+
+Placement must stay cheap however many simulators a workspace has, since one
+tenant's ``open`` runs on the loop every other tenant shares: each workspace
+keeps its simulators with room in a heap (least loaded first), every count a
+request needs is kept up to date rather than counted, and large opens,
+releases and departures yield to the loop as they go.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from ..protocol.errors import ErrorCode, NoSimulatorError, ProtocolError, RemoteRLError
@@ -27,6 +36,10 @@ log = logging.getLogger("remoterl.relay")
 
 SendFn = Callable[[bytes], Awaitable[None]]
 CloseFn = Callable[[int, str], Awaitable[None]]
+
+# Channels one trainer connection may hold: its state on the relay stays bounded,
+# and one release message (at most 4096 channels) can still close them all.
+DEFAULT_MAX_CHANNELS_PER_TRAINER = 4096
 
 
 async def _no_close(code: int, reason: str) -> None:
@@ -58,7 +71,7 @@ class Peer:
     channels: set[int] = field(default_factory=set)
     capabilities: frozenset[str] = frozenset()
     alive: bool = True
-    moving: bool = False  # asked to reconnect elsewhere: gets no new channels
+    moving: bool = False  # asked to reconnect elsewhere: no new channels (Switchboard.mark_moving)
 
     async def send(self, frame: bytes) -> bool:
         """Send, counting bytes; False if the peer is already gone."""
@@ -91,12 +104,158 @@ class Peer:
         }
 
 
-@dataclass(eq=False)
+class Seat(Enum):
+    """Where a simulator stands for placement. The switchboard keeps it, so a
+    simulator is in exactly one place: the heap, out of it, or out for good."""
+
+    READY = "ready"  # eligible and has room: in its workspace's heap
+    FULL = "full"  # eligible, hosts its max_envs: back in the heap on a release
+    HELD = "held"  # taken out of the heap by an open being placed right now
+    MOVING = "moving"  # asked to reconnect elsewhere: never chosen again
+    GONE = "gone"  # left, or found dead: never chosen again
+
+
+ELIGIBLE = frozenset({Seat.READY, Seat.FULL, Seat.HELD})
+
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    """A simulator's place in its workspace's pool."""
+
+    peer: Peer
+    seat: Seat = Seat.FULL
+    entry: tuple[int, int, Slot] | None = None  # its one live heap entry while READY
+
+    @property
+    def room(self) -> int:
+        return max(0, self.peer.max_envs - self.peer.hosted_envs)
+
+
+@dataclass(eq=False, slots=True)
 class Channel:
     id: int
     trainer: Peer
     simulator: Peer
     envs: int
+    placing: Placement | None = None  # the open still placing it: its trainer has not been told yet
+
+
+@dataclass(eq=False, slots=True)
+class Placement:
+    """One ``open`` while it is being placed: what it holds and what it placed, so
+    that interleaved opens and departures see consistent state and a failure
+    undoes exactly this call's work."""
+
+    trainer: Peer
+    per_simulator: int
+    held: list[Slot] = field(default_factory=list)  # out of the heap for this call; settled at the end
+    deferred: list[Slot] = field(default_factory=list)  # held, already has per_simulator of this trainer's envs
+    next_deferred: int = 0
+    placed: list[tuple[Channel, Shard]] = field(default_factory=list)
+    lost: int = 0  # envs of placed channels whose simulator left meanwhile: to place again
+    steps: int = 0  # heap entries looked at plus shards placed, for yielding
+
+    def due(self, every: int) -> bool:
+        """Count one step; True once every ``every`` steps (time to yield to the loop)."""
+        self.steps += 1
+        return self.steps % every == 0
+
+
+class Pool:
+    """A workspace's simulators, those with room in a heap keyed (hosted_envs, join_order).
+
+    An entry whose simulator changed since (released envs, left, moving) is not
+    searched for: it stays and is skipped when it surfaces, and the heap is
+    rebuilt once such stale entries outnumber live ones, so it stays O(n) in
+    size at amortised O(1) per change. Counts a request needs are kept, not
+    counted.
+    """
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[int, int, Slot]] = []
+        self.slots: dict[str, Slot] = {}
+        self.online = 0  # simulators READY, FULL or HELD
+        self.room = 0  # free envs over READY simulators
+        self.ready = 0  # live heap entries
+        self.stale = 0  # dead heap entries
+        self.movers = 0  # simulators still connected that were asked to move
+        self.examined = 0  # heap entries looked at (live or stale), for tests and benchmarks
+
+    def add(self, peer: Peer) -> None:
+        slot = self.slots[peer.id] = Slot(peer)
+        self.online += 1
+        self.settle(slot)
+
+    def settle(self, slot: Slot) -> None:
+        """Put a slot that is out of the heap (FULL, HELD) where it now belongs."""
+        if slot.seat not in (Seat.FULL, Seat.HELD):
+            return
+        if not slot.peer.alive:
+            self.retire(slot, Seat.GONE)
+        elif slot.room > 0:
+            entry = (slot.peer.hosted_envs, slot.peer.join_order, slot)
+            slot.seat, slot.entry = Seat.READY, entry
+            heapq.heappush(self.heap, entry)
+            self.ready += 1
+            self.room += slot.peer.max_envs - entry[0]
+        else:
+            slot.seat = Seat.FULL
+
+    def refresh(self, slot: Slot) -> None:
+        """The simulator's hosted envs went down: key it again (O(log n))."""
+        if slot.seat is Seat.READY:
+            self._withdraw(slot)
+            slot.seat = Seat.FULL
+            self.settle(slot)
+            self._compact()
+        elif slot.seat is Seat.FULL:
+            self.settle(slot)
+
+    def retire(self, slot: Slot, seat: Seat) -> None:
+        """Out of placement for good (``seat`` is MOVING or GONE)."""
+        if slot.seat is Seat.GONE:
+            return
+        if slot.seat is Seat.READY:
+            self._withdraw(slot)
+            self._compact()
+        if slot.seat in ELIGIBLE:
+            self.online -= 1
+        slot.seat = seat  # a HELD slot is dropped by its placement when it looks again
+
+    def pop(self) -> Slot | None:
+        """The least loaded simulator with room, now HELD; None if there is none."""
+        while self.heap:
+            entry = heapq.heappop(self.heap)
+            self.examined += 1
+            slot = entry[2]
+            if slot.entry is not entry:
+                self.stale -= 1
+                continue
+            self.ready -= 1
+            self.room -= slot.peer.max_envs - entry[0]
+            slot.entry, slot.seat = None, Seat.HELD
+            if slot.peer.alive:
+                return slot
+            self.retire(slot, Seat.GONE)
+        return None
+
+    def _withdraw(self, slot: Slot) -> None:
+        entry = slot.entry
+        assert entry is not None
+        slot.entry = None
+        self.ready -= 1
+        self.stale += 1
+        self.room -= slot.peer.max_envs - entry[0]
+
+    def _compact(self) -> None:
+        if self.stale > 64 and self.stale > self.ready:
+            self.heap = [e for e in self.heap if e[2].entry is e]
+            heapq.heapify(self.heap)
+            self.stale = 0
+
+
+class _Exhausted(Exception):
+    """No simulator has room for what an open still has to place."""
 
 
 @dataclass
@@ -104,12 +263,20 @@ class Workspace:
     name: str
     trainers: dict[str, Peer] = field(default_factory=dict)
     simulators: dict[str, Peer] = field(default_factory=dict)
+    pool: Pool = field(default_factory=Pool)
 
 
 class Switchboard:
-    def __init__(self) -> None:
+    # Work between turns for the event loop, each slice about a millisecond at most on a slow core:
+    YIELD_EVERY = 128  # placement steps (heap entries looked at, shards placed)
+    CLOSES_PER_TURN = 8  # channels closed: each sends a frame, some 20 placement steps' worth
+
+    def __init__(self, max_channels_per_trainer: int = DEFAULT_MAX_CHANNELS_PER_TRAINER) -> None:
         self.workspaces: dict[str, Workspace] = {}
         self.channels: dict[int, Channel] = {}
+        self.max_channels_per_trainer = max_channels_per_trainer
+        self._peers: dict[str, Peer] = {}
+        self._mine: dict[tuple[str, str], int] = {}  # (trainer id, simulator id) -> that trainer's envs there
         self._channel_ids = itertools.count(1)
         self._join_order = itertools.count(1)
 
@@ -125,8 +292,10 @@ class Switchboard:
         """Add ``peer``; returns the number of simulators its workspace has online."""
         ws = self._workspace(peer.workspace)
         peer.join_order = next(self._join_order)
+        self._peers[peer.id] = peer
         if peer.role == "simulator":
             ws.simulators[peer.id] = peer
+            ws.pool.add(peer)
             await self._announce_simulators(ws)
         else:
             ws.trainers[peer.id] = peer
@@ -136,12 +305,21 @@ class Switchboard:
         """Remove ``peer`` and tell the other end of each of its channels."""
         peer.alive = False
         ws = self.workspaces.get(peer.workspace)
-        for channel_id in sorted(peer.channels):
+        slot = ws.pool.slots.get(peer.id) if ws and peer.role == "simulator" else None
+        if slot is not None:
+            ws.pool.retire(slot, Seat.GONE)  # before any await: never chosen from here on
+        for done, channel_id in enumerate(sorted(peer.channels), 1):
+            if done % self.CLOSES_PER_TURN == 0:  # a peer may hold thousands of channels: let others in
+                await asyncio.sleep(0)
             channel = self.channels.pop(channel_id, None)
             if channel is None:
                 continue
             if peer.role == "simulator":
                 channel.trainer.channels.discard(channel_id)
+                self._count(channel, -channel.envs)
+                if channel.placing is not None:  # its trainer never heard of it: placed again elsewhere
+                    channel.placing.lost += channel.envs
+                    continue
                 gone = RemoteRLError(
                     f"simulator {peer.name or peer.id} hosting channel {channel_id} disconnected",
                     code=ErrorCode.SIMULATOR_GONE,
@@ -150,15 +328,32 @@ class Switchboard:
             else:
                 await self._detach(channel)
         peer.channels.clear()
+        if self._peers.get(peer.id) is peer:
+            del self._peers[peer.id]
         if ws is None:
             return
         if peer.role == "simulator":
-            ws.simulators.pop(peer.id, None)
-            await self._announce_simulators(ws)
+            if ws.simulators.pop(peer.id, None) is not None:
+                ws.pool.slots.pop(peer.id, None)
+                if peer.moving:
+                    ws.pool.movers -= 1
+                await self._announce_simulators(ws)
         else:
             ws.trainers.pop(peer.id, None)
         if not ws.simulators and not ws.trainers:
             self.workspaces.pop(ws.name, None)
+
+    def mark_moving(self, peer: Peer) -> None:
+        """``peer`` was asked to reconnect elsewhere: it gets no new channels, and
+        the simulator counts stop including it."""
+        if peer.moving:
+            return
+        peer.moving = True
+        ws = self.workspaces.get(peer.workspace)
+        slot = ws.pool.slots.get(peer.id) if ws and peer.role == "simulator" else None
+        if slot is not None:
+            ws.pool.movers += 1
+            ws.pool.retire(slot, Seat.MOVING)
 
     async def _announce_simulators(self, ws: Workspace) -> None:
         frame = control_frame(Simulators(count=len(ws.simulators)))
@@ -166,71 +361,199 @@ class Switchboard:
             await trainer.send(frame)
 
     async def _detach(self, channel: Channel) -> None:
+        self._unplace(channel)
+        await channel.simulator.send(control_frame(Detach(channel=channel.id)))
+
+    def _unplace(self, channel: Channel) -> None:
+        """Undo a channel's bookkeeping on its simulator (the channel is already off the board)."""
         sim = channel.simulator
         sim.channels.discard(channel.id)
         sim.hosted_envs -= channel.envs
-        await sim.send(control_frame(Detach(channel=channel.id)))
+        self._count(channel, -channel.envs)
+        ws = self.workspaces.get(sim.workspace)
+        slot = ws.pool.slots.get(sim.id) if ws else None
+        if slot is not None:
+            ws.pool.refresh(slot)
+
+    def _count(self, channel: Channel, envs: int) -> None:
+        key = (channel.trainer.id, channel.simulator.id)
+        now = self._mine.get(key, 0) + envs
+        if now > 0:
+            self._mine[key] = now
+        else:
+            self._mine.pop(key, None)
 
     # -- channels ---------------------------------------------------------
 
-    def open(self, trainer: Peer, request: Open) -> Opened:
+    async def open(self, trainer: Peer, request: Open) -> Opened:
         """Spread ``request.envs`` envs over the workspace's simulators.
 
         Uses ceil(envs / per_simulator) simulators, or all there are if fewer,
-        least loaded first, with the envs split evenly; simulators never get
-        more than their declared ``max_envs``.
+        least loaded first (by hosted envs, then join order), preferring those
+        where this trainer has fewer than per_simulator envs, with the envs
+        split evenly; simulators never get more than their declared
+        ``max_envs``, and further simulators are used only where one is full.
+        Moving and departed simulators are never chosen.
+
+        Costs O((k + s) log n) for n simulators, k shards made and s simulators
+        skipped because this trainer already has per_simulator envs there (at
+        most its own channels), and yields to the loop every ``YIELD_EVERY``
+        steps, so no workspace holds the loop for long. Raises
+        ``NoSimulatorError`` (code ``no_simulator``, or ``capacity`` when there
+        is not room or the trainer holds ``max_channels_per_trainer`` channels);
+        a failure part way undoes what this call placed.
         """
         ws = self.workspaces.get(trainer.workspace)
-        sims = [s for s in (ws.simulators.values() if ws else ()) if s.alive and not s.moving]
-        if not sims:
+        pool = ws.pool if ws is not None else None
+        if pool is None or pool.online == 0:
             raise NoSimulatorError(f"no simulator is online in workspace {trainer.workspace}")
-        mine = {s.id: 0 for s in sims}
-        for channel_id in trainer.channels:
-            ch = self.channels.get(channel_id)
-            if ch is not None and ch.simulator.id in mine:
-                mine[ch.simulator.id] += ch.envs
-        wanted = min(len(sims), -(-request.envs // request.per_simulator))
-        sims.sort(key=lambda s: (mine[s.id] >= request.per_simulator, s.hosted_envs, s.join_order))
-        plan = self._split(request.envs, sims[:wanted], sims[wanted:])
+        self._check_channel_cap(trainer, 1)
+        if pool.room < request.envs:
+            raise self._no_room(pool, request.envs)
+        placement = Placement(trainer, request.per_simulator)
+        try:
+            wanted = min(pool.online, -(-request.envs // request.per_simulator))
+            chosen: list[Slot] = []
+            while len(chosen) < wanted:
+                slot = await self._next_slot(pool, placement)
+                if slot is None:
+                    break
+                chosen.append(slot)
+                self._check_channel_cap(trainer, len(chosen))
+            # Simulators that moved or left while this call yielded drop out here.
+            chosen = [s for s in chosen if s.seat is Seat.HELD and s.peer.alive]
+            left = request.envs
+            for slot, envs in zip(chosen, self._split(request.envs, [s.room for s in chosen])):
+                if placement.due(self.YIELD_EVERY):
+                    await asyncio.sleep(0)
+                if slot.seat is Seat.HELD and slot.peer.alive:
+                    self._place(placement, slot, envs)
+                    left -= envs
+            while True:  # spill: only where a simulator is full (or left meanwhile)
+                left += placement.lost
+                placement.lost = 0
+                if left == 0:
+                    held, placement.held = placement.held, []
+                    if not held:
+                        break  # nothing awaited since the last look: every placed channel stands
+                    for slot in held:  # back in the heap, a turn for the loop now and then
+                        if placement.due(self.YIELD_EVERY):
+                            await asyncio.sleep(0)
+                        pool.settle(slot)
+                    continue  # a simulator may have left meanwhile: its envs go round again
+                self._check_channel_cap(trainer, 1)
+                slot = await self._next_slot(pool, placement)
+                if slot is None:
+                    raise _Exhausted
+                if slot.seat is Seat.HELD and slot.peer.alive:
+                    envs = min(slot.room, left)
+                    self._place(placement, slot, envs)
+                    left -= envs
+        except BaseException as exc:
+            self._undo(placement)
+            if isinstance(exc, _Exhausted):  # told after the undo, so the room it names is all there is
+                raise self._no_room(pool, request.envs) from None
+            raise
         shards = []
-        for sim, envs in plan:
-            channel = Channel(next(self._channel_ids), trainer, sim, envs)
-            self.channels[channel.id] = channel
-            trainer.channels.add(channel.id)
-            sim.channels.add(channel.id)
-            sim.hosted_envs += envs
-            shards.append(Shard(channel=channel.id, envs=envs, simulator=sim.id))
+        for channel, shard in placement.placed:
+            if self.channels.get(channel.id) is channel:
+                channel.placing = None
+                shards.append(shard)
         return Opened(shards=shards)
 
+    async def _next_slot(self, pool: Pool, placement: Placement) -> Slot | None:
+        """The next simulator in placement order, HELD for ``placement``: the least
+        loaded where its trainer has fewer than per_simulator envs, else the least
+        loaded of the rest; None when none has room."""
+        trainer_id = placement.trainer.id
+        while True:
+            if placement.due(self.YIELD_EVERY):
+                await asyncio.sleep(0)
+            slot = pool.pop()
+            if slot is None:
+                break
+            placement.held.append(slot)
+            if self._mine.get((trainer_id, slot.peer.id), 0) < placement.per_simulator:
+                return slot
+            placement.deferred.append(slot)
+        while placement.next_deferred < len(placement.deferred):
+            slot = placement.deferred[placement.next_deferred]
+            placement.next_deferred += 1
+            if slot.seat is Seat.HELD and slot.peer.alive:
+                return slot
+        return None
+
+    def _place(self, placement: Placement, slot: Slot, envs: int) -> None:
+        sim, trainer = slot.peer, placement.trainer
+        channel = Channel(next(self._channel_ids), trainer, sim, envs, placing=placement)
+        self.channels[channel.id] = channel
+        trainer.channels.add(channel.id)
+        sim.channels.add(channel.id)
+        sim.hosted_envs += envs
+        key = (trainer.id, sim.id)
+        self._mine[key] = self._mine.get(key, 0) + envs
+        placement.placed.append((channel, Shard(channel=channel.id, envs=envs, simulator=sim.id)))
+
+    def _undo(self, placement: Placement) -> None:
+        """Take back every channel ``placement`` made (no simulator has heard of them) and its holds."""
+        for channel, _ in placement.placed:
+            if self.channels.get(channel.id) is channel:
+                del self.channels[channel.id]
+                channel.trainer.channels.discard(channel.id)
+                self._unplace(channel)
+        ws = self.workspaces.get(placement.trainer.workspace)
+        if ws is not None:
+            for slot in placement.held:
+                ws.pool.settle(slot)
+
+    def _check_channel_cap(self, trainer: Peer, more: int) -> None:
+        if len(trainer.channels) + more > self.max_channels_per_trainer:
+            raise NoSimulatorError(
+                f"a trainer may hold at most {self.max_channels_per_trainer} channels "
+                f"(max_channels_per_trainer); it holds {len(trainer.channels)}: release some, "
+                "or ask for more envs per simulator",
+                code=ErrorCode.CAPACITY,
+            )
+
     @staticmethod
-    def _split(envs: int, chosen: list[Peer], spare: list[Peer]) -> list[tuple[Peer, int]]:
-        """Even split over ``chosen``; spill into ``spare`` only where a simulator is full."""
-        room = {s.id: max(0, s.max_envs - s.hosted_envs) for s in chosen + spare}
-        plan: dict[str, int] = {}
-        pool = list(chosen)
+    def _no_room(pool: Pool, envs: int) -> NoSimulatorError:
+        if pool.online == 0:
+            return NoSimulatorError("no simulator is online in this workspace any more")
+        return NoSimulatorError(
+            f"simulators have room for {pool.room} more envs, {envs} were asked for", code=ErrorCode.CAPACITY
+        )
+
+    @staticmethod
+    def _split(envs: int, rooms: list[int]) -> list[int]:
+        """Even split of ``envs`` over simulators with ``rooms`` free (in placement order).
+
+        Where a share does not divide evenly the first in order get one more;
+        a simulator with less room than its share takes what it has and the
+        others share the rest. The shares fall short of ``envs`` only when every
+        room is used up: the caller then spills onto further simulators.
+        """
+        shares = [0] * len(rooms)
         left = envs
-        while left > 0:
-            pool = [s for s in pool if room[s.id] > plan.get(s.id, 0)]
-            if not pool:
-                pool = [s for s in spare if room[s.id] > plan.get(s.id, 0)][:1]
-                spare = [s for s in spare if s not in pool]
-                if not pool:
-                    total = sum(room.values())
-                    raise NoSimulatorError(
-                        f"simulators have room for {total} more envs, {envs} were asked for", code=ErrorCode.CAPACITY
-                    )
-            share = max(1, left // len(pool))
-            for sim in pool:
-                take = min(share, room[sim.id] - plan.get(sim.id, 0), left)
-                plan[sim.id] = plan.get(sim.id, 0) + take
-                left -= take
-                if left == 0:
-                    break
-        by_id = {s.id: s for s in chosen + spare}
-        return [(by_id[sid], n) for sid, n in plan.items() if n > 0]
+        by_room = sorted(range(len(rooms)), key=rooms.__getitem__)
+        for pos, i in enumerate(by_room):
+            level = left // (len(rooms) - pos)
+            if rooms[i] <= level:
+                shares[i] = rooms[i]
+                left -= rooms[i]
+                continue
+            rest = sorted(by_room[pos:])  # each has room for level + 1
+            extra = left - level * len(rest)
+            for rank, j in enumerate(rest):
+                shares[j] = level + (rank < extra)
+            break
+        return shares
 
     async def release(self, trainer: Peer, channel_ids: list[int]) -> None:
-        for channel_id in channel_ids:
+        """Close ``trainer``'s channels among ``channel_ids`` (others are ignored); each
+        one is closed whole, and the loop gets a turn every ``CLOSES_PER_TURN`` of them."""
+        for done, channel_id in enumerate(channel_ids, 1):
+            if done % self.CLOSES_PER_TURN == 0:
+                await asyncio.sleep(0)
             channel = self.channels.get(channel_id)
             if channel is None or channel.trainer is not trainer:
                 continue
@@ -273,14 +596,12 @@ class Switchboard:
         return [p for ws in spaces for p in (*ws.trainers.values(), *ws.simulators.values())]
 
     def find(self, peer_id: str) -> Peer | None:
-        for peer in self.peers():
-            if peer.id == peer_id:
-                return peer
-        return None
+        return self._peers.get(peer_id)
 
     def simulator_count(self, workspace: str) -> int:
+        """Simulators of ``workspace`` online and not moving elsewhere (kept, not counted)."""
         ws = self.workspaces.get(workspace)
-        return sum(1 for s in ws.simulators.values() if not s.moving) if ws else 0
+        return len(ws.simulators) - ws.pool.movers if ws else 0
 
     def idle_peers(self, workspace: str) -> list[Peer]:
         """Peers of ``workspace`` with no channel, not yet moving: free to move elsewhere."""
