@@ -11,15 +11,18 @@ from typing import Literal
 
 from .config import (
     ENV_CONNECT_TIMEOUT,
+    ENV_MAX_SPACE_ELEMENTS,
     ENV_REGION,
     ENV_SIMULATOR_WAIT,
     ENV_TIMEOUT,
     resolve_api_key,
     resolve_ca_file,
+    resolve_count,
     resolve_relay_url,
     resolve_seconds,
     resolve_tensorboard_dir,
 )
+from .protocol.limits import MAX_SPACE_ELEMENTS
 from .simulator.allowlist import allowed_modules_from_env
 from .simulator.host import SimulatorHost, run_simulator
 from .trainer.gym_patch import patch_gymnasium
@@ -49,6 +52,7 @@ def init(
     tensorboard_dir: str | None = None,
     region: str | None = None,
     ca_file: str | None = None,
+    max_space_elements: int | None = None,
 ) -> bool:
     """Connect this process to a relay as a trainer or a simulator.
 
@@ -77,6 +81,10 @@ def init(
     Both roles verify a ``wss://`` relay's certificate against the system
     trust store, or only against ``ca_file`` (or ``REMOTERL_CA_FILE``), PEM
     certificates of a private CA. There is no way to skip verification.
+
+    ``max_space_elements`` (or ``REMOTERL_MAX_SPACE_ELEMENTS``; default 2**24)
+    bounds the arrays a simulator's space description may make the trainer
+    build: raise it for observations larger than about 16 million elements.
     """
     if role not in ("trainer", "simulator"):
         raise ValueError(f"role must be 'trainer' or 'simulator', got {role!r}")
@@ -103,6 +111,7 @@ def init(
         simulator_wait=simulator_wait,
         tensorboard_dir=tensorboard_dir,
         ca_file=ca_file,
+        max_space_elements=max_space_elements,
     )
     return _init_trainer(settings)
 
@@ -118,6 +127,7 @@ def trainer_settings(
     simulator_wait: float | None = None,
     tensorboard_dir: str | None = None,
     ca_file: str | None = None,
+    max_space_elements: int | None = None,
 ) -> TrainerSettings:
     """Trainer settings from the arguments given, then ``REMOTERL_*`` env vars, then defaults."""
     return TrainerSettings(
@@ -130,6 +140,7 @@ def trainer_settings(
         simulator_wait=resolve_seconds(simulator_wait, ENV_SIMULATOR_WAIT, 10.0),
         tensorboard_dir=resolve_tensorboard_dir(tensorboard_dir),
         ca_file=resolve_ca_file(ca_file),
+        max_space_elements=resolve_count(max_space_elements, ENV_MAX_SPACE_ELEMENTS, MAX_SPACE_ELEMENTS),
     )
 
 

@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from .accounts.store import AccountsError, AccountStore
-from .config import DEFAULT_RELAY_URL, ENV_ADMIN_TOKEN, ENV_API_KEY, ENV_DB, ENV_REGION, ENV_RELAY_URL, resolve_db
+from .config import (
+    DEFAULT_RELAY_URL,
+    ENV_ADMIN_TOKEN,
+    ENV_API_KEY,
+    ENV_CA_FILE,
+    ENV_DB,
+    ENV_REGION,
+    ENV_RELAY_URL,
+    resolve_ca_file,
+    resolve_db,
+)
 from .protocol.errors import RemoteRLError
 from .protocol.frames import DEFAULT_MAX_FRAME
 
@@ -55,13 +65,20 @@ def relay(
     max_frame: Annotated[int, typer.Option(help="Largest frame payload in bytes.")] = DEFAULT_MAX_FRAME,
     ping_interval: Annotated[float, typer.Option(help="Seconds between heartbeats to each peer.")] = 10.0,
     ping_timeout: Annotated[float, typer.Option(help="Seconds a peer may take to answer one.")] = 20.0,
+    tls_cert: Annotated[
+        Optional[str],
+        typer.Option("--tls-cert", help="PEM certificate (chain): serve wss:// and https:// only (with --tls-key)."),
+    ] = None,
+    tls_key: Annotated[
+        Optional[str], typer.Option("--tls-key", help="PEM private key of --tls-cert (not encrypted).")
+    ] = None,
     serve: Annotated[
         bool, typer.Option("--serve", help="Deploy on Ray Serve (RAY_ADDRESS's cluster, or a local one).")
     ] = False,
     replicas: Annotated[int, typer.Option(min=1, help="With --serve: relay replicas.")] = 1,
     region: Annotated[str, typer.Option(help="With --serve: the region this relay serves.")] = "local",
     public_url: Annotated[
-        Optional[str], typer.Option(help="With --serve: the ws:// URL simulators should use for this region.")
+        Optional[str], typer.Option(help="With --serve: the ws(s):// URL simulators should use for this region.")
     ] = None,
     haproxy: Annotated[
         Optional[bool],
@@ -70,6 +87,28 @@ def relay(
     direct: Annotated[
         bool, typer.Option("--direct/--no-direct", help="With --serve and HAProxy: clients may dial replicas directly.")
     ] = True,
+    max_connections: Annotated[
+        Optional[int], typer.Option(min=1, help="Open connections in all (default 8192, kept below the open-file limit).")
+    ] = None,
+    max_connections_per_address: Annotated[
+        Optional[int], typer.Option(min=1, help="Open connections from one address, an IPv6 /64 counting as one (default 1024).")
+    ] = None,
+    max_pending_per_address: Annotated[
+        Optional[int], typer.Option(min=1, help="Connections from one address not yet admitted (default 64).")
+    ] = None,
+    handshake_timeout: Annotated[
+        Optional[float], typer.Option(min=0.1, help="Seconds for a whole HTTP request or upgrade to arrive (default 10).")
+    ] = None,
+    max_peer_buffer: Annotated[
+        Optional[int], typer.Option(min=65536, help="Bytes queued to a peer that does not read before it is cut off (default 64 MiB or 4 frames).")
+    ] = None,
+    trusted_proxy: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--trusted-proxy",
+            help="Address of a proxy whose X-Forwarded-For is believed (repeat for several; default: none).",
+        ),
+    ] = None,
     config: ConfigOption = None,
     db: DbOption = None,
     admin_token: Annotated[
@@ -88,6 +127,7 @@ def relay(
     from .relay.server import run_relay
 
     _logging(verbose)
+    tls = _tls_files(tls_cert, tls_key)
     keys = list(api_key or [])
     settings = _settings(config, admin_token)
     db_path = resolve_db(db or settings.db)
@@ -96,7 +136,9 @@ def relay(
         shared = settings.model_copy(
             update={"db": db_path, "admin_tokens": {n: f"sha256:{d}" for n, d in settings.admin_digests().items()}}
         )
-        _relay_on_serve(keys, open_mode, host, port, max_frame, replicas, region, public_url, haproxy, direct, shared)
+        _relay_on_serve(
+            keys, open_mode, host, port, max_frame, replicas, region, public_url, haproxy, direct, shared, tls
+        )
         return
     store = AccountStore(db_path)
     active = sum(1 for k in store.list_keys() if k["revoked"] is None)
@@ -106,10 +148,24 @@ def relay(
             f"{db_path}), give --api-key, or --open to accept any key",
             param_hint="--api-key",
         )
+    limits = settings.server_limits(
+        max_frame,
+        max_connections=max_connections,
+        max_connections_per_address=max_connections_per_address,
+        max_pending_per_address=max_pending_per_address,
+        handshake_timeout=handshake_timeout,
+        peer_buffer=max_peer_buffer,
+    )
+    if open_mode and host not in ("127.0.0.1", "::1", "localhost"):
+        typer.echo(
+            "warning: --open on a reachable address: anyone who can connect gets a workspace (one per key; "
+            "keyless peers share the workspace 'open'). Use account keys outside a trusted network.",
+            err=True,
+        )
     mode = "open mode" if open_mode else f"{active} account key(s), {len(keys)} --api-key key(s)"
-    typer.echo(f"remoterl relay on ws://{host}:{port} ({mode}; accounts in {db_path})")
+    typer.echo(f"remoterl relay on {'wss' if tls else 'ws'}://{host}:{port} ({mode}; accounts in {db_path})")
     if settings.admin_tokens:
-        typer.echo(f"dashboard: http://{host}:{port}/dashboard")
+        typer.echo(f"dashboard: {'https' if tls else 'http'}://{host}:{port}/dashboard")
     run_relay(
         RelayConfig(
             keys=StaticKeys(keys, open_mode=open_mode),
@@ -119,12 +175,48 @@ def relay(
             max_frame=max_frame,
             accounts_interval=settings.flush_seconds,
             limiter=settings.limiter,
+            **settings.peer_limits(),
         ),
         host=host,
         port=port,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        tls_cert=tls[0] if tls else None,
+        tls_key=tls[1] if tls else None,
+        limits=limits,
+        trusted_proxies=list(trusted_proxy or []) or settings.trusted_proxies,
     )
+
+
+def _tls_files(cert: str | None, key: str | None) -> tuple[str, str] | None:
+    """Both TLS files (absolute paths) or neither; loaded once here, so that a
+    missing, unreadable or mismatched file is one clear line, not a traceback."""
+    import ssl
+
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise typer.BadParameter("give both --tls-cert and --tls-key, or neither", param_hint="--tls-cert / --tls-key")
+
+    def encrypted() -> bytes:
+        raise ValueError("the key file is encrypted; give an unencrypted key (readable by the relay's user only)")
+
+    try:
+        for path in (cert, key):
+            with open(path, "rb"):
+                pass
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password=encrypted)
+    except ssl.SSLError as exc:
+        raise typer.BadParameter(
+            f"cannot serve TLS with certificate {cert} and key {key}: {exc.reason or exc} "
+            "(expected PEM files: the certificate chain, and its matching private key)",
+            param_hint="--tls-cert / --tls-key",
+        ) from None
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {exc.filename}: {exc.strerror}", param_hint="--tls-cert / --tls-key")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tls-key") from None
+    return os.path.abspath(cert), os.path.abspath(key)
 
 
 def _relay_on_serve(
@@ -139,16 +231,23 @@ def _relay_on_serve(
     haproxy: bool | None,
     direct: bool,
     settings: RelaySettings,
+    tls: tuple[str, str] | None,
 ) -> None:
     import threading
 
     from serve_apps.relay import haproxy_enabled
-    from serve_apps.run import deploy, haproxy_available, serve_until, use_haproxy
+    from serve_apps.run import TLS_UNDER_HAPROXY, deploy, haproxy_available, serve_until, use_haproxy
 
     from .protocol.affinity import key_digest
     from .simulator.host import stop_on_signals
 
+    if tls and haproxy is None:
+        haproxy = False
+        typer.echo("note: --tls-cert/--tls-key are served by Serve's proxy; for HAProxy, terminate TLS in front")
     use_haproxy(haproxy_available() if haproxy is None else haproxy)
+    if tls and haproxy_enabled():
+        raise typer.BadParameter(TLS_UNDER_HAPROXY, param_hint="--tls-cert / --haproxy")
+    scheme = "wss" if tls else "ws"
     args = {
         "region": region,
         "api_key_digests": [key_digest(k) for k in keys],  # keys stay out of Serve's config
@@ -156,13 +255,19 @@ def _relay_on_serve(
         "max_frame": max_frame,
         "direct": direct,
         # Behind one address (not 0.0.0.0), that address is how simulators reach this region.
-        "public_url": public_url or (f"ws://{host}:{port}" if host not in ("0.0.0.0", "::") else None),
+        "public_url": public_url or (f"{scheme}://{host}:{port}" if host not in ("0.0.0.0", "::") else None),
         "settings": settings.model_dump(),  # admin tokens as digests only
     }
     name = f"relay-{region}"
-    owns_cluster = deploy(args, host=host, port=port, replicas=replicas, name=name)
+    try:
+        owns_cluster = deploy(args, host=host, port=port, replicas=replicas, name=name, tls=tls)
+    except ValueError as exc:  # TLS asked of an ingress that cannot serve it (the cluster's own)
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     ingress = "HAProxy" if haproxy_enabled() else "Serve proxy"
-    typer.echo(f"remoterl relay on Ray Serve at ws://{host}:{port} ({replicas} replica(s), region {region}, {ingress})")
+    typer.echo(
+        f"remoterl relay on Ray Serve at {scheme}://{host}:{port} ({replicas} replica(s), region {region}, {ingress})"
+    )
     stop = threading.Event()
     with stop_on_signals(stop):
         serve_until(stop, name, owns_cluster=owns_cluster)
@@ -177,13 +282,27 @@ def simulator(
         Optional[str], typer.Option(envvar=ENV_API_KEY, help="API key (or set REMOTERL_API_KEY).")
     ] = None,
     allow: Annotated[
-        Optional[list[str]], typer.Option("--allow", help="Module whose entry points trainers may register.")
+        Optional[list[str]], typer.Option(
+            "--allow",
+            help="Repeatable. 'pkg': trainers may use the gymnasium.Env subclasses in pkg and its "
+            "submodules as entry points and RLlib creators, and ids 'pkg:Env-v0'. 'pkg.mod:make_env': "
+            "that one function (and no other code of pkg.mod). Functions run only when named; ids "
+            "already in this simulator's registry need no entry. Added to REMOTERL_ALLOW_MODULES.",
+        )
     ] = None,
     max_envs: Annotated[int, typer.Option(help="Most envs this simulator hosts at once.")] = 256,
     name: Annotated[Optional[str], typer.Option(help="Name shown on the relay (default host:pid).")] = None,
     region: Annotated[
         Optional[str],
         typer.Option(envvar=ENV_REGION, help="Relay region to use (default: the one with the lowest round trip)."),
+    ] = None,
+    ca_file: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ca-file",
+            envvar=ENV_CA_FILE,
+            help="PEM CA certificate(s) to verify a wss:// relay with, instead of the system trust store.",
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -194,7 +313,18 @@ def simulator(
 
     _logging(verbose)
     modules = list(allow or []) + allowed_modules_from_env()
-    host = SimulatorHost(relay_url, api_key, allow_modules=modules, max_envs=max_envs, name=name, region=region)
+    try:
+        host = SimulatorHost(
+            relay_url,
+            api_key,
+            allow_modules=modules,
+            max_envs=max_envs,
+            name=name,
+            region=region,
+            ca_file=resolve_ca_file(ca_file),
+        )
+    except ValueError as exc:  # a malformed --allow entry or REMOTERL_ALLOW_MODULES
+        raise typer.BadParameter(str(exc), param_hint="--allow / REMOTERL_ALLOW_MODULES") from None
     typer.echo(f"remoterl simulator {host.name} -> {relay_url} (allow: {', '.join(modules) or 'registry only'})")
     try:
         run_simulator(host)

@@ -15,6 +15,7 @@ ENV_SIMULATOR_WAIT = "REMOTERL_SIMULATOR_WAIT"
 ENV_TENSORBOARD_DIR = "REMOTERL_TENSORBOARD_DIR"
 ENV_ADMIN_TOKEN = "REMOTERL_ADMIN_TOKEN"
 ENV_DB = "REMOTERL_DB"  # the relay's accounts store
+ENV_MAX_SPACE_ELEMENTS = "REMOTERL_MAX_SPACE_ELEMENTS"  # largest space a simulator may describe
 ENV_CA_FILE = "REMOTERL_CA_FILE"  # PEM CA certificates clients trust instead of the system store
 DEFAULT_DB = "~/.remoterl/relay.db"
 
@@ -48,6 +49,21 @@ def resolve_seconds(value: float | None, env_var: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"timeouts must be positive, got {value}")
     return float(value)
+
+
+def resolve_count(value: int | None, env_var: str, default: int) -> int:
+    """A positive count from ``value``, else ``env_var``, else ``default``."""
+    if value is None:
+        raw = os.environ.get(env_var)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{env_var} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"counts must be positive, got {value}")
+    return int(value)
 
 
 def resolve_tensorboard_dir(path: str | None) -> str | None:

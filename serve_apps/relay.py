@@ -77,6 +77,9 @@ class RelayArgs(BaseModel):
 class Relay:
     def __init__(self, args: dict[str, Any]) -> None:
         self.args = RelayArgs.model_validate(args)
+        # This replica's own HTTP server (direct ingress) starts after us and reads
+        # this: X-Forwarded-For is believed only from the proxies the operator named.
+        os.environ["FORWARDED_ALLOW_IPS"] = forwarded_allow_ips(self.args.settings.trusted_proxies)
 
     def __serve_build_asgi_app__(self) -> Any:
         from .accounts import RayAccounts  # import Ray's actor API only inside replicas
@@ -103,10 +106,17 @@ class Relay:
             max_frame=args.max_frame,
             accounts_interval=settings.flush_seconds,
             limiter=settings.limiter,
+            **settings.peer_limits(),
             observer=RelayMetrics(args.region, replica),
             directory=directory,
         )
         return create_app(config)
+
+
+def forwarded_allow_ips(trusted_proxies: list[str]) -> str:
+    """uvicorn's setting for ``trusted_proxies``; with none, a name no client address
+    ever matches (its default would believe any header sent from loopback)."""
+    return ",".join(trusted_proxies) or "no-trusted-proxy"
 
 
 def serve_http_options() -> dict[str, Any]:

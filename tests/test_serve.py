@@ -22,7 +22,7 @@ import pytest
 
 from remoterl_ray.accounts.store import AccountStore
 from remoterl_ray.local import LocalProcess, free_port, start_simulator
-from remoterl_ray.protocol.affinity import session_id_for
+from remoterl_ray.relay.auth import workspace_for_key
 from remoterl_ray.trainer.remote_env import RECONNECTED, RemoteEnv
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
 from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
@@ -70,7 +70,7 @@ class ServeCluster:
 
     def where(self, key: str, workspace: str | None = None) -> dict[str, list[tuple[str, str, int]]]:
         """role -> [(region, replica, count)] of the key's workspace (or ``workspace``), from the gathered state."""
-        workspace = workspace or session_id_for(key)
+        workspace = workspace or workspace_for_key(key)
         found: dict[str, list[tuple[str, str, int]]] = {"trainers": [], "simulators": []}
         for region, info in self.cluster_stats()["regions"].items():
             for replica, stats in info["replicas"].items():
@@ -256,7 +256,7 @@ def test_relay_counters_are_exported_as_ray_metrics(serve_cluster: ServeCluster)
         return "\n".join(texts)
 
     deadline = time.monotonic() + 90  # Ray's metrics agents export every few seconds
-    wanted = f'workspace="{session_id_for(key)}"'
+    wanted = f'workspace="{workspace_for_key(key)}"'
     while not any("remoterl_relay_env_steps" in line and wanted in line for line in scrape().splitlines()):
         assert time.monotonic() < deadline, "the relay's counters never reached Ray's metrics"
         time.sleep(2)

@@ -89,3 +89,28 @@ def test_serve_run_local_config_serves_a_trainer(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 run.kill()
         run.stop()
+
+
+def construct_replica(args: dict) -> None:
+    """What a replica runs before its own HTTP server starts: the deployment class's constructor."""
+    import asyncio
+
+    from serve_apps.relay import Relay
+
+    cls = Relay.func_or_class
+    replica = cls.__new__(cls)
+    result = replica.__init__(args)  # Serve's ingress wrapper makes it a coroutine
+    if asyncio.iscoroutine(result):
+        asyncio.run(result)
+
+
+def test_replicas_believe_forwarded_for_only_from_named_proxies(monkeypatch) -> None:
+    from uvicorn.middleware.proxy_headers import _TrustedHosts
+
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    construct_replica({"api_keys": ["k"]})
+    trusted = _TrustedHosts(os.environ["FORWARDED_ALLOW_IPS"])
+    assert "127.0.0.1" not in trusted and "::1" not in trusted  # uvicorn's default would trust loopback
+    construct_replica({"api_keys": ["k"], "settings": {"trusted_proxies": ["10.0.0.5"]}})
+    trusted = _TrustedHosts(os.environ["FORWARDED_ALLOW_IPS"])
+    assert "10.0.0.5" in trusted and "127.0.0.1" not in trusted

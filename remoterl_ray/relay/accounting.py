@@ -135,16 +135,24 @@ class Accounting:
 
     # -- admission ------------------------------------------------------------
 
-    async def admit(self, api_key: str | None, source: str) -> Identity:
-        """The identity a hello may open a session as; raises a coded error otherwise."""
+    def check_rate(self, source: str) -> None:
+        """Raise ``RateLimitedError`` while ``source`` must wait after too many refusals."""
         wait = self.limiter.limited(source)
         if wait:
             raise RateLimitedError(
                 f"too many refused connection attempts from {source}; try again in {wait:.0f} s with a valid key"
             )
+
+    def failed(self, source: str) -> None:
+        """``source`` was refused (bad key, malformed or missing hello): it counts towards its limit."""
+        self.limiter.failed(source)
+
+    async def admit(self, api_key: str | None, source: str) -> Identity:
+        """The identity a hello may open a session as; raises a coded error otherwise
+        (after :meth:`check_rate`, which the caller runs before reading the hello)."""
         identity, why = await self._identify(api_key)
         if identity is None:
-            self.limiter.failed(source)
+            self.failed(source)
             if why == "revoked":
                 raise AuthenticationError("this API key was revoked by the relay operator", code=ErrorCode.KEY_REVOKED)
             if not api_key:

@@ -18,15 +18,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from fastapi import FastAPI, Request, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from ..rate_limited_log import RateLimitedLog
 from ..protocol.errors import ErrorCode, FrameTooLargeError, ProtocolError, ProtocolVersionError, RemoteRLError
 from ..protocol.frames import (
     DEFAULT_MAX_FRAME,
@@ -41,7 +42,6 @@ from ..protocol.frames import (
 from ..protocol.messages import (
     CAP_LOCATE,
     CAP_RECONNECT,
-    Hello,
     Locate,
     Open,
     Reconnect,
@@ -50,7 +50,8 @@ from ..protocol.messages import (
     Welcome,
     control_frame,
     error_frame,
-    parse_control,
+    parse_hello,
+    parse_peer_control,
 )
 from ..accounts.plans import Prices
 from ..accounts.store import Identity
@@ -59,10 +60,12 @@ from .admin import AdminAuth
 from .auth import StaticKeys
 from .dashboard import AdminGate, dashboard_router, source_of
 from .directory import Directory, LocalDirectory
+from .http_guard import HttpGuard
 from .ratelimit import FailureLimiter
 from .switchboard import Peer, Switchboard
 
 log = logging.getLogger("remoterl.relay")
+peer_log = RateLimitedLog(log)  # refused and broken connections: one short line each, rate-limited
 
 # WebSocket close codes (RFC 6455 section 7.4.1).
 CLOSE_PROTOCOL_ERROR = 1002
@@ -77,10 +80,32 @@ class RelayConfig:
     max_frame: int = DEFAULT_MAX_FRAME
     hello_timeout: float = 10.0
     max_protocol_errors: int = 100  # per connection, then it is cut off
+    max_channels_per_trainer: int = 4096  # open channels one trainer connection may hold
     accounts_interval: float = 1.0  # seconds between usage flushes (what a crash can lose at most)
     limiter: Callable[[], FailureLimiter] = FailureLimiter  # refused hellos (and, apart, admin tokens) per address
     observer: UsageObserver | None = None  # sees each second's counts (Ray metrics under Serve)
     directory: Directory = field(default_factory=LocalDirectory)
+
+
+CONNECTION_EXTENSION = "remoterl.connection"
+"""ASGI scope extension by which the embedded server (``server.py``) offers hooks
+for one connection; other servers (Ray Serve's) do not, and the relay works
+without it."""
+
+
+class ServerConnection(Protocol):
+    def authenticated(self) -> None:
+        """The peer passed its hello: it may use the limits of an admitted peer."""
+
+
+class _NoServerHooks:
+    def authenticated(self) -> None:
+        return None
+
+
+def server_connection(ws: WebSocket) -> ServerConnection:
+    hooks = ws.scope.get("extensions", {}).get(CONNECTION_EXTENSION)
+    return hooks if hooks is not None else _NoServerHooks()
 
 
 class _Refused(Exception):
@@ -92,7 +117,7 @@ class _Refused(Exception):
 def create_app(config: RelayConfig) -> FastAPI:
     if not config.keys and config.accounts is None:
         raise ValueError("a relay needs API keys (an accounts store or --api-key), or open mode")
-    board = Switchboard()
+    board = Switchboard(max_channels_per_trainer=config.max_channels_per_trainer)
     directory = config.directory
     accounting = Accounting(config.keys, config.accounts, config.prices, config.limiter(), config.observer)
     admin = AdminAuth(config.admin_tokens)
@@ -144,7 +169,8 @@ def create_app(config: RelayConfig) -> FastAPI:
                 await config.accounts.close()
             await directory.close()
 
-    app = FastAPI(title="remoterl relay", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title="remoterl relay", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(HttpGuard)
     app.state.switchboard = board
     app.state.relay_config = config
     peer_ids = itertools.count(1)
@@ -152,7 +178,7 @@ def create_app(config: RelayConfig) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:
-        return {"ok": True, "pid": os.getpid()}
+        return {"ok": True}
 
     @app.get("/v1/stats")
     async def stats(request: Request) -> dict[str, object]:
@@ -181,36 +207,37 @@ def create_app(config: RelayConfig) -> FastAPI:
     async def send_bytes(ws: WebSocket, data: bytes) -> None:
         await ws.send({"type": "websocket.send", "bytes": data})
 
-    async def greet(ws: WebSocket) -> tuple[Peer, Identity]:
+    async def greet(ws: WebSocket, source: str) -> tuple[Peer, Identity]:
+        """Read and check the hello: rate limit first, then size and shape, then the key."""
         try:
             message = await asyncio.wait_for(ws.receive(), config.hello_timeout)
         except asyncio.TimeoutError:
+            accounting.failed(source)
             raise _Refused(ProtocolError("no hello received in time", code=ErrorCode.BAD_HELLO), CLOSE_POLICY) from None
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
-        data = message.get("bytes")
-        if data is None:
-            raise _Refused(
-                ProtocolError("the hello must be a binary frame", code=ErrorCode.BAD_HELLO), CLOSE_PROTOCOL_ERROR
-            )
         try:
+            accounting.check_rate(source)  # a refused address is turned away before its hello is decoded
+        except RemoteRLError as exc:
+            raise _Refused(exc, CLOSE_POLICY) from None
+        data = message.get("bytes")
+        try:
+            if data is None:
+                raise ProtocolError("the hello must be a binary frame", code=ErrorCode.BAD_HELLO)
             header = unpack_header(data)
             if header.kind != Kind.CONTROL:
-                raise ProtocolError("the first frame must be a CONTROL hello")
-            hello = parse_control(payload_of(data))
-            if not isinstance(hello, Hello):
-                raise ProtocolError(f"the first message must be a hello, not {hello.op!r}")
-        except ProtocolError as exc:
-            raise _Refused(ProtocolError(exc.message, code=ErrorCode.BAD_HELLO), CLOSE_PROTOCOL_ERROR) from None
-        if hello.protocol not in SUPPORTED_VERSIONS:
-            raise _Refused(
-                ProtocolVersionError(
+                raise ProtocolError("the first frame must be a CONTROL hello", code=ErrorCode.BAD_HELLO)
+            hello = parse_hello(payload_of(data))
+            if hello.protocol not in SUPPORTED_VERSIONS:
+                raise ProtocolVersionError(
                     f"protocol version {hello.protocol} is not supported; this relay speaks {sorted(SUPPORTED_VERSIONS)}"
-                ),
-                CLOSE_PROTOCOL_ERROR,
-            )
+                )
+        except ProtocolError as exc:
+            accounting.failed(source)  # malformed hellos count like bad keys
+            code = exc.code if isinstance(exc, ProtocolVersionError) else ErrorCode.BAD_HELLO
+            raise _Refused(type(exc)(exc.message, code=code), CLOSE_PROTOCOL_ERROR) from None
         try:
-            identity = await accounting.admit(hello.api_key, source_of(ws))
+            identity = await accounting.admit(hello.api_key, source)
         except RemoteRLError as exc:
             raise _Refused(exc, CLOSE_POLICY) from None
         peer = Peer(
@@ -226,8 +253,17 @@ def create_app(config: RelayConfig) -> FastAPI:
         )
         return peer, identity
 
+    async def refuse(ws: WebSocket, source: str, refused: _Refused) -> None:
+        """Tell a refused peer why (if it still listens) and close: one short log line, never a traceback."""
+        peer_log.info(refused.error.code.value, "refused a connection from %s: %s", source, refused.error)
+        try:
+            await send_bytes(ws, error_frame(refused.error.to_wire()))
+            await ws.close(refused.close_code, close_reason(refused.error))
+        except (OSError, RuntimeError, WebSocketDisconnect):
+            pass  # it hung up first: nothing left to tell it
+
     async def handle_control(peer: Peer, seq: int, payload: memoryview) -> None:
-        message = parse_control(payload)
+        message = parse_peer_control(payload)
         if peer.role != "trainer" or not isinstance(message, (Open, Release, Locate)):
             raise ProtocolError(
                 f"unexpected control message {message.op!r} from a {peer.role}", code=ErrorCode.BAD_PAYLOAD
@@ -246,15 +282,23 @@ def create_app(config: RelayConfig) -> FastAPI:
 
     @app.websocket("/ws")
     async def relay_socket(ws: WebSocket) -> None:
-        await ws.accept()
+        source = source_of(ws)
         try:
-            peer, identity = await greet(ws)
-        except _Refused as refused:
-            await send_bytes(ws, error_frame(refused.error.to_wire()))
-            await ws.close(refused.close_code, close_reason(refused.error))
-            return
-        except WebSocketDisconnect:
-            return
+            await ws.accept()
+            try:
+                peer, identity = await greet(ws, source)
+            except _Refused as refused:
+                await refuse(ws, source, refused)
+                return
+            server_connection(ws).authenticated()
+            await serve_peer(ws, peer, identity)
+        except (OSError, WebSocketDisconnect):
+            pass  # the peer went away mid-send: its handler has cleaned up
+        except Exception as exc:  # a peer must never be able to fill the log with tracebacks
+            peer_log.warning(type(exc).__name__, "connection from %s ended by %s: %s", source, type(exc).__name__, exc)
+            log.debug("connection from %s ended", source, exc_info=True)
+
+    async def serve_peer(ws: WebSocket, peer: Peer, identity: Identity) -> None:
         try:
             simulators = await board.join(peer)
             await peer.send(
@@ -322,6 +366,8 @@ def create_app(config: RelayConfig) -> FastAPI:
                         if route is not None and route.simulator is peer:
                             await route.trainer.send(error_frame(exc.to_wire(), op=op_, channel=channel_, seq=seq_))
             if peer.protocol_errors > config.max_protocol_errors:
+                peer_log.info("too many protocol errors", "closing %s from %s: too many protocol errors", peer.id,
+                              source_of(ws))  # fmt: skip
                 if peer.alive:  # not already closed by an operator action
                     await ws.close(CLOSE_POLICY, "too many protocol errors")
                 return

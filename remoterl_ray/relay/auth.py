@@ -1,24 +1,28 @@
 """Which API keys the relay accepts, and the workspace each key belongs to.
 
 Keys are never kept in clear: only their SHA-256 digests are held, and the
-workspace name is derived from the digest, so a log line or a stats page
-never reveals a key.
+workspace name is derived from a digest of the *whole* key, so a log line or
+a stats page never reveals a key, and knowing a key's public parts (its
+affinity header, an account key's workspace tag) reaches no workspace.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Iterable
 
-from ..protocol.affinity import OPEN_SESSION, key_digest, session_id_for
+from ..protocol.affinity import OPEN_SESSION, key_digest
 
-OPEN_WORKSPACE = OPEN_SESSION
+OPEN_WORKSPACE = OPEN_SESSION  # keyless peers of an open-mode relay: one shared workspace, named so
 
 
 def workspace_for_key(api_key: str) -> str:
-    """The per-key workspace name: a short, stable, non-reversible tag. It is
-    also the key's affinity header, so a workspace lives in one Serve replica."""
-    return session_id_for(api_key)
+    """The per-key workspace name: 128 bits of a digest of the whole key,
+    secret included. Unlike the affinity header (``ws-`` and 48 bits, sent in
+    clear), it cannot be derived from anything a key holder shows on the wire,
+    and 128 bits cannot be searched for a collision."""
+    return "ws-" + hashlib.sha256(b"remoterl workspace\x00" + api_key.encode("utf-8")).hexdigest()[:32]
 
 
 class StaticKeys:
@@ -26,9 +30,9 @@ class StaticKeys:
 
     Account keys (``remoterl keys create``) live in the accounts store instead.
 
-    In open mode any key is accepted and gets its own workspace; no key at all
-    lands in the shared ``open`` workspace. Outside open mode a missing key is
-    refused.
+    In open mode any key is accepted and gets its own workspace (two peers meet
+    only if they hold the very same key); no key at all lands in the one shared
+    workspace named ``open``. Outside open mode a missing key is refused.
     """
 
     def __init__(self, keys: Iterable[str] = (), *, open_mode: bool = False, digests: Iterable[str] = ()) -> None:

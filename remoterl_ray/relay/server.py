@@ -1,13 +1,24 @@
-"""Run the relay app embedded, under uvicorn (no Ray needed)."""
+"""Run the relay app embedded, under uvicorn (no Ray needed).
+
+The server's own protocol classes (``guarded_server.py``) bound every
+connection before the app sees it; client addresses come from the socket,
+or from ``X-Forwarded-For`` only when the operator names trusted proxies.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import uvicorn
 
 from ..protocol.frames import HEADER_SIZE
+from ..rate_limited_log import RateLimitedLog, RateLimitFilter
 from .app import RelayConfig, create_app
+from .guarded_server import ServerLimits, protocol_classes, raise_fd_limit
 
 log = logging.getLogger("remoterl.relay")
 
@@ -20,23 +31,76 @@ def run_relay(
     ping_interval: float = 10.0,
     ping_timeout: float = 20.0,
     log_level: str = "warning",
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    limits: ServerLimits | None = None,
+    trusted_proxies: Sequence[str] = (),
 ) -> None:
     """Serve until interrupted (uvicorn handles SIGINT/SIGTERM gracefully).
+
+    With ``tls_cert`` and ``tls_key`` (PEM files) it serves ``wss://`` and
+    ``https://`` only, so keys never cross the network in clear.
 
     uvicorn's own frame limit sits well above ours so that an oversized frame
     reaches the app and gets a coded ``frame_too_large`` answer; only frames
     beyond twice the limit are cut off by uvicorn itself (close code 1009).
     """
-    app = create_app(config)
-    uvicorn.run(
-        app,
+    limits = raise_fd_limit(limits or ServerLimits.for_frame(config.max_frame))
+    http, ws = protocol_classes(limits)
+    server_config = uvicorn.Config(
+        create_app(config),
         host=host,
         port=port,
         log_level=log_level,
-        ws="websockets-sansio",
+        http=http,
+        ws=ws,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
         ws_max_size=2 * config.max_frame + HEADER_SIZE,
         ws_ping_interval=ping_interval,
         ws_ping_timeout=ping_timeout,
         ws_per_message_deflate=False,
         timeout_graceful_shutdown=3,
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=list(trusted_proxies) or None,
+        server_header=False,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
     )
+    quiet = RateLimitFilter(RateLimitedLog(logging.getLogger("uvicorn.error")))
+    for name in ("uvicorn.error", "asyncio"):  # lines a peer can trigger: rate-limited, no tracebacks
+        logging.getLogger(name).addFilter(quiet)
+    _run(uvicorn.Server(server_config).serve(), relay_loop(limits.handshake_timeout))
+
+
+def _run(main: Coroutine[Any, Any, None], loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main)
+        return
+    loop = loop_factory()  # pragma: no cover (Python 3.10)
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main)
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+def relay_loop(handshake_timeout: float) -> type[asyncio.AbstractEventLoop]:
+    """uvloop's loop (asyncio's without it) whose TLS servers give a client
+    ``handshake_timeout`` seconds to finish the TLS handshake, not asyncio's 60:
+    until then the connection is not the relay's to count or limit."""
+    try:
+        import uvloop
+
+        base: type[asyncio.AbstractEventLoop] = uvloop.Loop
+    except ImportError:
+        base = asyncio.SelectorEventLoop
+
+    class RelayLoop(base):  # type: ignore[misc, valid-type]
+        async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.AbstractServer:
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", handshake_timeout)
+            return await super().create_server(*args, **kwargs)
+
+    return RelayLoop

@@ -10,6 +10,11 @@ store lives, the operators and their admin tokens, and plan prices.
       alice: sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
     rate_limit: {max_failures: 20, window_seconds: 10, cooldown_seconds: 30}
     flush_seconds: 1
+    hello_timeout: 10
+    max_protocol_errors: 100
+    max_channels_per_trainer: 4096
+    limits: {max_connections: 8192, max_connections_per_address: 1024, handshake_timeout: 10}
+    trusted_proxies: [10.0.0.5]
     prices:
       free_included_bytes: 1000000000
       premium_per_gb: 0.10
@@ -18,8 +23,10 @@ store lives, the operators and their admin tokens, and plan prices.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -27,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..accounts.plans import Prices
 from .admin import token_digest
 from .ratelimit import FailureLimiter
+from .server_limits import ServerLimits
 
 
 class RateLimit(BaseModel):
@@ -53,6 +61,44 @@ class RelaySettings(BaseModel):
     flush_seconds: float = Field(
         default=1.0, gt=0, le=60, description="Usage is stored this often (a crash loses at most this much)."
     )
+    hello_timeout: float = Field(default=10.0, gt=0, le=300, description="Seconds a new peer has to send its hello.")
+    max_protocol_errors: int = Field(
+        default=100, ge=1, description="Malformed frames a peer may send before it is cut off."
+    )
+    max_channels_per_trainer: int = Field(
+        default=4096, ge=1, description="Open channels (env shards) one trainer connection may hold."
+    )
+    limits: dict[str, Any] = Field(
+        default_factory=dict, description="Connection limits of the embedded relay (relay/server_limits.py)."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="Proxies whose X-Forwarded-For is believed (none by default)."
+    )
+
+    @field_validator("limits")
+    @classmethod
+    def _known_limits(cls, limits: dict[str, Any]) -> dict[str, Any]:
+        ServerLimits(**limits)  # unknown names and bad values fail at load time
+        return limits
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            ipaddress.ip_network(proxy, strict=False)  # an address or a network; a ValueError names it
+        return proxies
+
+    def peer_limits(self) -> dict[str, Any]:
+        """The relay app's own limits (``RelayConfig`` fields), embedded or on Serve."""
+        return {
+            "hello_timeout": self.hello_timeout,
+            "max_protocol_errors": self.max_protocol_errors,
+            "max_channels_per_trainer": self.max_channels_per_trainer,
+        }
+
+    def server_limits(self, max_frame: int, **flags: Any) -> ServerLimits:
+        """The config's limits, then the command line's (flags that are None are not given)."""
+        return ServerLimits.for_frame(max_frame, **{**self.limits, **{k: v for k, v in flags.items() if v is not None}})
 
     @field_validator("admin_tokens")
     @classmethod

@@ -24,15 +24,24 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..protocol import codec
-from ..protocol.errors import ErrorCode, ProtocolError, RelayUnavailableError, RemoteEnvError, RemoteRLError
+from ..protocol.errors import (
+    ErrorCode,
+    ProtocolError,
+    RelayUnavailableError,
+    RemoteEnvError,
+    RemoteRLError,
+    error_from_wire,
+)
 from ..protocol.frames import Kind, pack, payload_of, unpack_header
 from ..protocol.messages import CAP_NOTICE, CAP_RECONNECT, Detach, Hello, Notice, Reconnect, error_frame, parse_control
+from ..rate_limited_log import RateLimitedLog
 from ..transport import RelayConnection
 from ..transport.discovery import RegionsUnavailableError, UnknownRegionError, choose_region
 from .allowlist import Allowlist
 from .hosted import EnvTable, remote_type_of
 
 log = logging.getLogger("remoterl.simulator")
+_relay_log = RateLimitedLog(log)
 
 POLL_SECONDS = 0.25  # how often an idle simulator checks for a stop request
 REPICK_SECONDS = 30.0  # a region unreachable this long is given up for the nearest other one
@@ -144,7 +153,7 @@ class SimulatorHost:
         try:
             kind, op, channel, seq = unpack_header(frame)
         except ProtocolError as exc:
-            log.warning("dropping malformed frame from the relay: %s", exc)
+            _relay_log.warning("malformed frame", "dropping malformed frame from the relay: %s", exc)
             return
         payload = payload_of(frame)
         if kind == Kind.REQUEST:
@@ -153,7 +162,7 @@ class SimulatorHost:
             try:
                 message = parse_control(payload)
             except ProtocolError as exc:
-                log.warning("dropping malformed control message: %s", exc)
+                _relay_log.warning("malformed control", "dropping malformed control message: %s", exc)
                 return
             if isinstance(message, Detach):
                 self.table.close(message.channel)
@@ -162,7 +171,11 @@ class SimulatorHost:
             elif isinstance(message, Notice):
                 log.warning("remoterl: %s", message.message)
         elif kind == Kind.ERROR:
-            log.warning("relay reported an error on channel %s: %s", channel, codec.unpackb(payload))
+            try:
+                error: object = error_from_wire(codec.unpackb(payload))
+            except ProtocolError as exc:
+                error = exc
+            _relay_log.warning("relay error", "relay reported an error on channel %s: %s", channel, error)
 
     def _answer(self, conn: RelayConnection, op: int, channel: int, seq: int, payload: memoryview) -> bytes:
         try:

@@ -1,0 +1,145 @@
+"""Hostile peers for the attack tests: raw sockets and WebSockets from chosen
+loopback addresses, and a simulator that answers however a test tells it to.
+
+Linux routes all of 127.0.0.0/8 to loopback, so an attacker can come from
+127.0.0.2 while the bystander stays on 127.0.0.1, as two hosts would.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+from websockets.sync.client import ClientConnection, connect
+
+from remoterl_ray.protocol import codec
+from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, Op, pack, unpack_header
+from remoterl_ray.protocol.messages import Hello, Welcome, control_frame, parse_control
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def tcp(relay: Any, source: str = "127.0.0.2", timeout: float = 10.0) -> socket.socket:
+    """A plain TCP connection to the relay from ``source``."""
+    sock = socket.create_connection((relay.host, relay.port), timeout=timeout, source_address=(source, 0))
+    sock.settimeout(timeout)
+    return sock
+
+
+def websocket(relay: Any, source: str = "127.0.0.2", **kwargs: Any) -> ClientConnection:
+    """A WebSocket to the relay's /ws from ``source`` (nothing sent yet)."""
+    kwargs.setdefault("open_timeout", 10)
+    return connect(
+        f"{relay.url}/ws", sock=tcp(relay, source), compression=None, max_size=None, proxy=None, legacy=True, **kwargs
+    )
+
+
+def greeted(relay: Any, hello: Hello, source: str = "127.0.0.2") -> ClientConnection:
+    return welcomed(relay, hello, source)[0]
+
+
+def welcomed(relay: Any, hello: Hello, source: str = "127.0.0.2") -> tuple[ClientConnection, Welcome]:
+    ws = websocket(relay, source)
+    ws.send(control_frame(hello))
+    reply = ws.recv(timeout=10)
+    message = parse_control(memoryview(reply)[HEADER_SIZE:])
+    assert isinstance(message, Welcome), message
+    return ws, message
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    """True once the relay closes ``sock`` (whatever it sent first), within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except socket.timeout:
+            return False
+        except OSError:
+            return True
+    return False
+
+
+def nested_tuples(depth: int) -> bytes:
+    """The version-1 payload that crashed every decoder: a tuple in a tuple ... ``depth`` deep,
+    each level an ext-3 value holding the next level's bytes."""
+    data = msgpack.packb([1])
+    for _ in range(depth):
+        data = msgpack.packb(msgpack.ExtType(3, b"\x91" + data))
+    return data
+
+
+Answer = Callable[[int, int, Any], Any]  # (op, channel, request) -> answer value
+
+
+class ScriptedSimulator:
+    """A simulator peer that answers each request with ``answer(op, channel, request)``
+    (raw bytes are sent as the payload as they are), and may also send ``extra``
+    frames of its own after each answer. It runs in a thread until closed."""
+
+    def __init__(self, relay: Any, key: str, answer: Answer, *, name: str = "scripted",
+                 extra: Callable[[int, int, int], list[bytes]] | None = None) -> None:  # fmt: skip
+        hello = Hello(role="simulator", api_key=key, name=name, max_envs=64)
+        self.ws, welcome = welcomed(relay, hello, source="127.0.0.1")
+        self.peer_id = welcome.peer_id
+        self.answer = answer
+        self.extra = extra
+        self.requests: list[tuple[int, int, int]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                frame = self.ws.recv()
+                kind, op, channel, seq = unpack_header(frame)
+                if kind != Kind.REQUEST:
+                    continue
+                self.requests.append((op, channel, seq))
+                value = self.answer(op, channel, codec.unpackb(memoryview(frame)[HEADER_SIZE:]))
+                body = value if isinstance(value, bytes) else codec.packb(value)
+                self.ws.send(pack(Kind.RESPONSE, op, channel, seq, body))
+                for forged in self.extra(op, channel, seq) if self.extra else ():
+                    self.ws.send(forged)
+        except Exception:  # closed by the test or the relay
+            return
+
+    def close(self) -> None:
+        self.ws.close()
+        self._thread.join(10)
+
+
+def forged_answer(op: int, channel: int, seq: int, value: Any) -> bytes:
+    return pack(Kind.RESPONSE, op, channel, seq, codec.packb(value))
+
+
+__all__ = [
+    "Op",
+    "ScriptedSimulator",
+    "UPGRADE",
+    "closed_by_peer",
+    "forged_answer",
+    "greeted",
+    "nested_tuples",
+    "rss_mb",
+    "tcp",
+    "websocket",
+]

@@ -1,0 +1,531 @@
+"""The security review's findings, each replayed as an attack on real processes.
+
+One relay (with small limits so attacks are cheap) serves a bystander
+workspace: a real simulator process and a real trainer in this process.
+Attackers come from other loopback addresses (127.0.0.2 and up), as other
+hosts would. After every attack the relay must still be up, its memory
+bounded, and the bystander must keep stepping with every step metered.
+Registration attacks live in test_registration_security.py, placement at
+scale in test_placement_scale.py, TLS in test_tls.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import gymnasium as gym
+import httpx
+import numpy as np
+import pytest
+from attackers import (
+    UPGRADE,
+    ScriptedSimulator,
+    closed_by_peer,
+    forged_answer,
+    greeted,
+    nested_tuples,
+    rss_mb,
+    tcp,
+    websocket,
+)
+from conftest import SimulatorPool, new_key
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from remoterl_ray.api import trainer_settings
+from remoterl_ray.local import LocalRelay, start_relay
+from remoterl_ray.protocol import codec
+from remoterl_ray.protocol.api_keys import format_key
+from remoterl_ray.protocol.errors import ErrorCode, ProtocolError
+from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, Op, pack, unpack_header
+from remoterl_ray.protocol.messages import Hello, Open, control_frame, encode_control, parse_control
+from remoterl_ray.relay.auth import workspace_for_key
+from remoterl_ray.simulator.hosted import Hosted
+from remoterl_ray.trainer.remote_env import RemoteEnv
+from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
+from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
+
+ADMIN = "attack-tests-admin-token-0123"
+PEER_BUFFER = 1 << 20
+MEMORY_SLACK_MB = 48  # what an attack may leave the relay holding, at most
+
+
+@dataclass
+class Site:
+    relay: LocalRelay
+    attacker_key: str
+    bystander_key: str
+    session: TrainerSession
+    env: gym.Env
+
+    def metered_steps(self) -> int:
+        workspace = self.relay.stats()["workspaces"].get(workspace_for_key(self.bystander_key), {})
+        return sum(t["env_steps"] for t in workspace.get("trainers", []))
+
+    def bystander_steps(self, count: int = 20) -> None:
+        """The bystander steps ``count`` times, and the relay meters every one of them."""
+        before = self.metered_steps()
+        self.env.reset(seed=0)
+        for _ in range(count):
+            _, reward, terminated, truncated, _ = self.env.step(self.env.action_space.sample())
+            assert reward == 1.0
+            if terminated or truncated:
+                self.env.reset()
+        assert self.metered_steps() == before + count
+
+    def rss(self) -> float:
+        return rss_mb(self.relay.process.pid)
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    attacker, bystander = new_key("attacker"), new_key("bystander")
+    relay = start_relay(
+        api_keys=[attacker, bystander],
+        admin_token=ADMIN,
+        extra_args=["--handshake-timeout", "2", "--max-pending-per-address", "16", "--max-peer-buffer", str(PEER_BUFFER)],
+    )
+    pool = SimulatorPool(relay, bystander)
+    session = None
+    try:
+        pool.start(1)
+        session = TrainerSession(TrainerSettings(relay_url=relay.url, api_key=bystander, timeout=30.0))
+        assert session.wait_for_simulators(1, 30) == 1
+        env = RemoteEnv(session, "CartPole-v1")
+        yield Site(relay, attacker, bystander, session, env)
+    finally:
+        if session is not None:
+            session.close()
+        pool.stop()
+        relay.stop()
+
+
+@pytest.fixture
+def watched(site: Site) -> Iterator[Site]:
+    """The site, checked after the test's attack: relay up, memory bounded, bystander served."""
+    site.bystander_steps(5)
+    before = site.rss()
+    yield site
+    assert site.relay.process.alive(), site.relay.process.output()[-3000:]
+    assert site.rss() < before + MEMORY_SLACK_MB, (before, site.rss())
+    site.bystander_steps()
+
+
+def expect_error(ws, code: str) -> dict:
+    frame = ws.recv(timeout=10)
+    assert unpack_header(frame).kind == Kind.ERROR
+    record = codec.unpackb(memoryview(frame)[HEADER_SIZE:])
+    assert record["code"] == code, record
+    return record
+
+
+def expect_closed(ws, code: int | None = None) -> None:
+    with pytest.raises(ConnectionClosed) as info:
+        for _ in range(10):
+            ws.recv(timeout=10)
+    if code is not None:
+        assert info.value.rcvd is not None and info.value.rcvd.code == code, info.value
+
+
+def hello_frame(payload: bytes) -> bytes:
+    return pack(Kind.CONTROL, Op.NONE, 0, 0, payload)
+
+
+# -- 1. one unauthenticated frame must not kill anything -----------------------
+
+
+def test_nested_hello_gets_bad_hello_and_the_relay_stays_up(watched):
+    ws = websocket(watched.relay, "127.0.0.2")
+    ws.send(hello_frame(nested_tuples(250)))
+    expect_error(ws, "bad_hello")
+    expect_closed(ws, 1002)
+
+
+def test_nested_request_gets_bad_payload_from_the_simulator(watched):
+    ws = greeted(watched.relay, Hello(role="trainer", api_key=watched.bystander_key), "127.0.0.2")
+    ws.send(pack(Kind.CONTROL, Op.NONE, 0, 1, encode_control(Open(envs=1))))
+    channel = parse_control(memoryview(ws.recv(timeout=10))[HEADER_SIZE:]).shards[0].channel
+    for depth in (250, 5000):
+        ws.send(pack(Kind.REQUEST, Op.MAKE, channel, depth, nested_tuples(depth)))
+        assert "bad_payload" == expect_error(ws, "bad_payload")["code"]
+    ws.close()
+
+
+def test_nested_answer_gets_a_coded_error_on_the_trainer(watched):
+    sim = ScriptedSimulator(watched.relay, watched.attacker_key, lambda op, channel, request: nested_tuples(5000))
+    session = TrainerSession(TrainerSettings(relay_url=watched.relay.url, api_key=watched.attacker_key, timeout=10))
+    try:
+        assert session.wait_for_simulators(1, 10) == 1
+        with pytest.raises(ProtocolError) as info:
+            RemoteEnv(session, "CartPole-v1")
+        assert info.value.code is ErrorCode.BAD_PAYLOAD
+    finally:
+        session.close()
+        sim.close()
+
+
+# -- 3. resources are bounded before authentication and after ---------------------
+
+
+def test_a_ping_flood_that_never_reads_is_cut_off(watched):
+    sock = tcp(watched.relay, "127.0.0.2")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(UPGRADE + b"\r\n")
+    ping = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125
+    sent, deadline = 0, time.monotonic() + 20
+    with pytest.raises(OSError):  # reset by the relay: it does not keep pongs for a peer that never reads
+        while time.monotonic() < deadline:
+            sock.sendall(ping * 64)
+            sent += len(ping) * 64
+    assert sent < 200 * 1024 * 1024
+    sock.close()
+
+
+def test_a_trainer_that_does_not_read_its_answers_is_cut_off(watched):
+    big = np.zeros(900_000, dtype=np.uint8)
+    sim = ScriptedSimulator(watched.relay, watched.attacker_key, lambda op, channel, request: big)
+    sock = tcp(watched.relay, "127.0.0.2")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        from websockets.sync.client import connect
+
+        ws = connect(f"{watched.relay.url}/ws", sock=sock, compression=None, max_size=None, proxy=None, legacy=True)
+        ws.send(control_frame(Hello(role="trainer", api_key=watched.attacker_key)))
+        ws.recv(timeout=10)
+        ws.send(pack(Kind.CONTROL, Op.NONE, 0, 1, encode_control(Open(envs=1))))
+        frame = ws.recv(timeout=10)
+        while unpack_header(frame).seq != 1:
+            frame = ws.recv(timeout=10)
+        channel = parse_control(memoryview(frame)[HEADER_SIZE:]).shards[0].channel
+        for seq in range(2, 80):  # 70 MB of answers for a peer that reads none of them
+            ws.send(pack(Kind.REQUEST, Op.STEP, channel, seq, codec.packb(0)))
+        assert closed_by_peer(sock, 20), "the relay kept buffering for a trainer that does not read"
+    finally:
+        sock.close()
+        sim.close()
+
+
+def test_silent_and_half_sent_requests_are_closed_and_refused_beyond_the_cap(watched):
+    relay = watched.relay
+    silent = [tcp(relay, "127.0.0.3") for _ in range(8)]
+    half = [tcp(relay, "127.0.0.3") for _ in range(8)]
+    for sock in half:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: relay\r\nX-Slow: ")
+    over = tcp(relay, "127.0.0.3")  # the address has 16 connections not yet admitted: refused at once
+    assert over.recv(200).startswith(b"HTTP/1.1 503")
+    with urllib.request.urlopen(f"{relay.http_url}/healthz", timeout=5) as resp:  # other addresses are served
+        assert json.loads(resp.read()) == {"ok": True}
+    assert all(closed_by_peer(sock, 6) for sock in silent + half)
+    for sock in silent + half + [over]:
+        sock.close()
+
+
+def test_headers_are_bounded_and_a_long_upgrade_line_is_answered(watched):
+    sock = tcp(watched.relay, "127.0.0.4")
+    with pytest.raises(OSError):  # 20 MB of headers: cut off long before the end
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n")
+        for i in range(2000):
+            sock.sendall(b"X-Pad-%d: %s\r\n" % (i, b"a" * 10_000))
+    sock.close()
+    for extra in (b"X-Long: " + b"a" * 9000 + b"\r\n", b"".join(b"X-%d: a\r\n" % i for i in range(300))):
+        sock = tcp(watched.relay, "127.0.0.4")
+        sock.sendall(UPGRADE + extra + b"\r\n")
+        status = sock.recv(100)
+        assert status.startswith(b"HTTP/1.1 4"), status  # 400/431, never a hang
+        assert closed_by_peer(sock, 10)
+        sock.close()
+
+
+def test_hello_fields_and_size_are_bounded(watched):
+    ws = websocket(watched.relay, "127.0.0.4")
+    ws.send(hello_frame(codec.packb({"op": "hello", "role": "trainer", "capabilities": ["x" * 1000] * 2})))
+    assert "capabilities" in expect_error(ws, "bad_hello")["message"]
+    ws = websocket(watched.relay, "127.0.0.4")
+    ws.send(hello_frame(codec.packb({"op": "hello", "role": "trainer", "name": "n" * 5000})))
+    assert "exceeds" in expect_error(ws, "bad_hello")["message"]
+    ws = websocket(watched.relay, "127.0.0.4")
+    ws.send(hello_frame(b"\x00" * 200_000))  # beyond what a peer may send before it is admitted
+    expect_closed(ws, 1009)
+
+
+def test_connections_in_all_are_capped_with_a_clear_refusal():
+    relay = start_relay(api_keys=[new_key("cap")], extra_args=["--max-connections", "24"])
+    try:
+        held = [tcp(relay, f"127.0.1.{i}") for i in range(1, 25)]
+        time.sleep(0.5)
+        with pytest.raises(InvalidStatus) as info:
+            websocket(relay, "127.0.1.99")
+        assert info.value.response.status_code == 503
+        assert b"maximum of 24 connections" in info.value.response.body
+        for sock in held:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while True:  # freed slots are served again
+            try:
+                websocket(relay, "127.0.1.99").close()
+                break
+            except InvalidStatus:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        relay.stop()
+
+
+# -- 5. open mode: a key reaches only its own workspace -------------------------
+
+
+def test_open_mode_keys_with_the_same_tag_do_not_meet():
+    relay = start_relay(open_mode=True)
+    tag, key_id = "0123456789", "89abcdef"
+    owner, other = format_key(tag, key_id, "a" * 48), format_key(tag, key_id, "b" * 48)
+    sim = ScriptedSimulator(relay, owner, lambda op, channel, request: None)
+    try:
+        for key, simulators in ((other, 0), (owner, 1)):
+            ws = greeted(relay, Hello(role="trainer", api_key=key), "127.0.0.1")
+            ws.send(pack(Kind.CONTROL, Op.NONE, 0, 1, encode_control(Open(envs=1))))
+            frame = ws.recv(timeout=10)
+            if simulators:
+                assert unpack_header(frame).kind == Kind.CONTROL
+            else:
+                assert codec.unpackb(memoryview(frame)[HEADER_SIZE:])["code"] == "no_simulator"
+            ws.close()
+        # keyless peers share the one workspace named "open"
+        keyless = greeted(relay, Hello(role="trainer", api_key=None), "127.0.0.1")
+        keyless.close()
+        assert workspace_for_key(owner) != workspace_for_key(other)
+    finally:
+        sim.close()
+        relay.stop()
+
+
+# -- 6. a simulator cannot hurt its trainer ------------------------------------
+
+
+def describe_as(space: gym.spaces.Space) -> dict:
+    env = gym.make("CartPole-v1")
+    env.observation_space = space
+    return Hosted(env, vector=False, num_envs=1).describe()
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        {**describe_as(gym.spaces.Discrete(2)), "observation_space": {"type": "Box", "low": 0.0, "high": 1.0,
+                                                                       "shape": [8000, 8000], "dtype": "<f8"}},
+        {**describe_as(gym.spaces.Discrete(2)), "observation_space": {"type": "Discrete", "n": 2**64 - 1, "start": 0}},
+        {**describe_as(gym.spaces.Discrete(2)), "spec": {"id": 7}},
+        ["not", "a", "description"],
+    ],
+    ids=["huge-box", "huge-discrete", "bad-spec", "not-a-map"],
+)
+def test_a_malicious_description_is_a_coded_error_not_an_allocation(watched, description):
+    sim = ScriptedSimulator(watched.relay, watched.attacker_key, lambda op, channel, request: description)
+    session = TrainerSession(TrainerSettings(relay_url=watched.relay.url, api_key=watched.attacker_key, timeout=10))
+    before = rss_mb(__import__("os").getpid())
+    try:
+        assert session.wait_for_simulators(1, 10) == 1
+        with pytest.raises(ProtocolError) as info:
+            RemoteEnv(session, "CartPole-v1")
+        assert info.value.code is ErrorCode.BAD_PAYLOAD
+        assert rss_mb(__import__("os").getpid()) < before + 100
+    finally:
+        session.close()
+        sim.close()
+
+
+def test_the_space_limit_is_the_trainers_to_set(watched, monkeypatch):
+    image = describe_as(gym.spaces.Box(0, 255, (20, 20), np.uint8))
+    sim = ScriptedSimulator(watched.relay, watched.attacker_key, lambda op, channel, request: image)
+    try:
+        for limit, fits in ((2 * 400 - 1, False), (2 * 400, True)):  # low and high: 400 elements each
+            settings = TrainerSettings(relay_url=watched.relay.url, api_key=watched.attacker_key, max_space_elements=limit)
+            session = TrainerSession(settings)
+            try:
+                assert session.wait_for_simulators(1, 10) == 1
+                if fits:
+                    assert RemoteEnv(session, "CartPole-v1").observation_space.shape == (20, 20)
+                else:
+                    with pytest.raises(ProtocolError, match="max_space_elements"):
+                        RemoteEnv(session, "CartPole-v1")
+            finally:
+                session.close()
+    finally:
+        sim.close()
+    monkeypatch.setenv("REMOTERL_MAX_SPACE_ELEMENTS", "800")
+    assert trainer_settings().max_space_elements == 800
+
+
+class LyingShard:
+    """Hosts a CartPole-shaped vector shard and, after every answer, forges answers
+    for the neighbouring seqs and channels (another shard's requests) with obs 666."""
+
+    def __init__(self) -> None:
+        self.envs: dict[int, int] = {}
+
+    def answer(self, op: int, channel: int, request: object) -> object:
+        if op == Op.MAKE_VEC:
+            self.envs[channel] = request["num_envs"]
+            env = gym.make_vec("CartPole-v1", num_envs=self.envs[channel], vectorization_mode="sync")
+            return Hosted(env, vector=True, num_envs=self.envs[channel]).describe()
+        n = self.envs.get(channel, 1)
+        obs = np.zeros((n, 4), np.float32)
+        if op == Op.RESET:
+            return [obs, {}]
+        if op == Op.STEP:
+            return [obs, np.ones(n), np.zeros(n, bool), np.zeros(n, bool), {}]
+        return None
+
+    def forge(self, op: int, channel: int, seq: int) -> list[bytes]:
+        n = self.envs.get(channel, 1)
+        lie = [np.full((n, 4), 666, np.float32), np.ones(n), np.zeros(n, bool), np.zeros(n, bool), {}]
+        return [
+            forged_answer(op, ch, s, lie)
+            for ch in (channel - 1, channel, channel + 1)
+            for s in range(max(1, seq - 3), seq + 4)
+            if (ch, s) != (channel, seq)
+        ]
+
+
+def test_answers_count_only_from_the_simulator_owning_the_channel(watched):
+    key = new_key("liar")
+    relay = start_relay(api_keys=[key])
+    pool = SimulatorPool(relay, key)
+    shard = LyingShard()
+    liar = None
+    session = TrainerSession(TrainerSettings(relay_url=relay.url, api_key=key, timeout=10, num_env_runners=2))
+    try:
+        pool.start(1)
+        liar = ScriptedSimulator(relay, key, shard.answer, extra=shard.forge, name="liar")
+        assert session.wait_for_simulators(2, 10) == 2
+        envs = RemoteVectorEnv(session, "CartPole-v1", 4)
+        shards = envs._remote.shards
+        assert len(shards) == 2
+        [(start, stop)] = [envs._remote.bounds[i] for i, s in enumerate(shards) if s.simulator != liar.peer_id]
+        obs, _ = envs.reset(seed=1)
+        honest = [obs[start:stop]]
+        for _ in range(60):
+            obs, *_ = envs.step(envs.action_space.sample())
+            honest.append(obs[start:stop])
+        # The liar may say what it likes about its own shard, never about the honest one's.
+        assert not any((batch == 666).any() for batch in honest), "a forged answer was taken for another shard"
+        assert all(np.abs(batch).sum() > 0 for batch in honest)  # real CartPole states
+        assert liar.requests  # and it did get requests to lie after
+        envs.close()
+    finally:
+        session.close()
+        if liar is not None:
+            liar.close()
+        pool.stop()
+        relay.stop()
+
+
+# -- 7. refused and broken connections cost one short log line each -------------
+
+
+def test_refusals_and_garbage_do_not_flood_the_log_or_print_tracebacks(watched):
+    relay = watched.relay
+    log_before = relay.process.output()
+    for i in range(40):  # a refused hello, then at once a hang-up
+        ws = websocket(relay, f"127.0.2.{i % 8 + 1}")
+        ws.send(control_frame(Hello(role="trainer", api_key="forged")))
+        ws.close()
+    for i in range(40):  # a text frame that is not UTF-8
+        sock = tcp(relay, f"127.0.3.{i % 8 + 1}")
+        sock.sendall(UPGRADE + b"\r\n")
+        sock.recv(4096)
+        sock.sendall(bytes([0x81, 0x82]) + b"\0\0\0\0" + b"\xff\xfe")
+        closed_by_peer(sock, 5)
+        sock.close()
+    codes = []
+    for _ in range(25):  # malformed hellos count like bad keys towards the address's limit
+        ws = websocket(relay, "127.0.4.1")
+        ws.send(hello_frame(b"\xc1"))
+        codes.append(codec.unpackb(memoryview(ws.recv(timeout=10))[HEADER_SIZE:])["code"])
+        ws.close()
+    assert codes[0] == "bad_hello" and codes[-1] == "rate_limited"
+    time.sleep(0.5)
+    added = relay.process.output()[len(log_before) :]
+    assert "Traceback" not in added
+    assert len(added.splitlines()) < 60, added
+
+
+# -- 8. proxy headers are believed only from proxies the operator names ---------
+
+
+def bad_key_from(relay: LocalRelay, source: str, forwarded_for: str) -> str:
+    ws = websocket(relay, source, additional_headers={"X-Forwarded-For": forwarded_for})
+    ws.send(control_frame(Hello(role="trainer", api_key="forged")))
+    code = codec.unpackb(memoryview(ws.recv(timeout=10))[HEADER_SIZE:])["code"]
+    ws.close()
+    return code
+
+
+def test_forwarded_for_is_ignored_unless_the_proxy_is_trusted(watched):
+    relay = watched.relay
+    codes = [bad_key_from(relay, "127.0.5.1", f"10.0.0.{i}") for i in range(22)]  # a new "address" each time
+    assert codes[-1] == "rate_limited", codes  # counted against the real source all the same
+    assert bad_key_from(relay, "127.0.5.2", "127.0.5.1") == "auth_failed"  # a victim's address is not blamed
+    trusting = start_relay(api_keys=[new_key("proxy")], extra_args=["--trusted-proxy", "127.0.6.1"])
+    try:
+        codes = [bad_key_from(trusting, "127.0.6.1", "10.9.9.9") for _ in range(22)]
+        assert codes[-1] == "rate_limited"
+        assert bad_key_from(trusting, "127.0.6.1", "10.9.9.8") == "auth_failed"  # the proxy's other clients
+    finally:
+        trusting.stop()
+
+
+# -- 10. the smaller points -------------------------------------------------------
+
+
+def test_no_schema_no_pid_and_safe_http_headers(watched):
+    base = watched.relay.http_url
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + path, timeout=5)
+        assert info.value.code == 404
+    with urllib.request.urlopen(base + "/healthz", timeout=5) as resp:
+        assert json.loads(resp.read()) == {"ok": True}
+        assert resp.headers["X-Frame-Options"] == "DENY" and resp.headers["X-Content-Type-Options"] == "nosniff"
+    with httpx.Client(base_url=base, timeout=5) as http:
+        page = http.get("/dashboard")
+        policy = page.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "unsafe-inline" not in policy and "script-src 'sha256-" in policy
+        assert http.post("/dashboard/logout", headers={"Origin": "http://evil.example"}).status_code == 403
+        assert http.post("/dashboard/login", json={"token": ADMIN}, headers={"Origin": "http://evil.example"}).status_code == 403
+        assert http.post("/dashboard/login", content=b"x" * 100_000, headers={"content-type": "application/json"}).status_code == 413
+        assert http.post("/dashboard/logout").status_code == 200
+
+
+def test_limits_come_from_the_config_file(tmp_path):
+    config = tmp_path / "relay.yaml"
+    config.write_text(
+        "hello_timeout: 1\nmax_channels_per_trainer: 2\nmax_protocol_errors: 3\n"
+        "limits: {max_connections_per_address: 4, handshake_timeout: 1}\n"
+    )
+    key = new_key("configured")
+    relay = start_relay(api_keys=[key], extra_args=["--config", str(config)])
+    sim = ScriptedSimulator(relay, key, lambda op, channel, request: None)
+    try:
+        ws = websocket(relay, "127.0.7.1")  # says nothing: refused after the hello timeout
+        assert "no hello" in expect_error(ws, "bad_hello")["message"]
+        trainer = greeted(relay, Hello(role="trainer", api_key=key), "127.0.7.2")
+        codes = []
+        for seq in (1, 2, 3):
+            trainer.send(pack(Kind.CONTROL, Op.NONE, 0, seq, encode_control(Open(envs=1))))
+            frame = trainer.recv(timeout=10)
+            codes.append(codec.unpackb(memoryview(frame)[HEADER_SIZE:]).get("code", "opened"))
+        assert codes[:2] == ["opened", "opened"] and codes[2] == "capacity"
+        for _ in range(4):  # malformed frames beyond max_protocol_errors end the connection
+            trainer.send(b"\x00")
+        expect_closed(trainer, 1008)
+        held = [tcp(relay, "127.0.7.3") for _ in range(4)]
+        assert tcp(relay, "127.0.7.3").recv(200).startswith(b"HTTP/1.1 503")
+        assert all(closed_by_peer(sock, 5) for sock in held)  # the 1 s handshake deadline
+    finally:
+        sim.close()
+        relay.stop()
