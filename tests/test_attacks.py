@@ -169,6 +169,50 @@ def test_nested_answer_gets_a_coded_error_on_the_trainer(watched):
         sim.close()
 
 
+# -- 2. a trainer cannot run code on a simulator ----------------------------------
+
+
+def request(ws, op: int, channel: int, seq: int, arg: object) -> dict:
+    """Send one request; the simulator's answer (or error record) for it."""
+    ws.send(pack(Kind.REQUEST, op, channel, seq, codec.packb(arg)))
+    while True:
+        frame = ws.recv(timeout=30)
+        header = unpack_header(frame)
+        if header.seq == seq and header.kind in (Kind.RESPONSE, Kind.ERROR):
+            value = codec.unpackb(memoryview(frame)[HEADER_SIZE:])
+            return value if header.kind == Kind.ERROR else {"code": "ok", "value": value}
+
+
+def open_channel(ws, seq: int) -> int:
+    ws.send(pack(Kind.CONTROL, Op.NONE, 0, seq, encode_control(Open(envs=1))))
+    while True:
+        frame = ws.recv(timeout=30)
+        if unpack_header(frame).seq == seq:
+            return parse_control(memoryview(frame)[HEADER_SIZE:]).shards[0].channel
+
+
+def test_the_register_chain_runs_nothing_on_the_simulator(watched, tmp_path):
+    marker = tmp_path / "pwned"
+    pool = SimulatorPool(watched.relay, watched.attacker_key)
+    try:
+        [simulator] = pool.start(1, allow=("template_envs", "gymnasium"))
+        ws = greeted(watched.relay, Hello(role="trainer", api_key=watched.attacker_key), "127.0.0.2")
+        stage, pwn = open_channel(ws, 1), open_channel(ws, 2)
+        plant = {"id": "Pwn-v0", "entry_point": "os:system"}
+        for entry_point in ("template_envs:register", "gymnasium:register", "gymnasium.envs.registration:register"):
+            answer = request(ws, Op.REGISTER, stage, 3, {"id": "Stage-v0", "entry_point": entry_point, "kwargs": plant})
+            assert answer["code"] == "register_refused", answer
+        assert request(ws, Op.MAKE, stage, 4, {"id": "Stage-v0", "kwargs": {}})["code"] == "unknown_env"
+        answer = request(ws, Op.MAKE, pwn, 5, {"id": "Pwn-v0", "kwargs": {"command": f"touch {marker}"}})
+        assert answer["code"] == "unknown_env"
+        poison = {"id": "CartPole-v1", "entry_point": "template_envs:TinyEnv"}  # the next trainer's env
+        assert request(ws, Op.REGISTER, stage, 6, poison)["value"]["registered"] is False
+        ws.close()
+        assert not marker.exists() and simulator.alive()
+    finally:
+        pool.stop()
+
+
 # -- 3. resources are bounded before authentication and after ---------------------
 
 

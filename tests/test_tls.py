@@ -505,3 +505,26 @@ def test_the_warning_shows_without_logging_configured(lan_relay: tuple[LocalRela
     )
     assert out.returncode == 0, out.stderr
     assert "in clear text" in out.stderr and address in out.stderr
+
+
+def test_a_client_that_never_finishes_the_tls_handshake_is_cut_off(pki: Pki, tls_keys: list[str]) -> None:
+    """Until its TLS handshake is done a connection is not the relay's to count:
+    the handshake gets --handshake-timeout, not asyncio's 60 s."""
+    relay = start_relay(api_keys=tls_keys[:1], tls=(pki.cert, pki.key), ca_file=pki.ca,
+                        extra_args=["--handshake-timeout", "1"])  # fmt: skip
+    try:
+        silent = socket.create_connection((relay.host, relay.port), timeout=10)
+        half = socket.create_connection((relay.host, relay.port), timeout=10)
+        half.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the first bytes of a ClientHello
+        for sock in (silent, half):
+            sock.settimeout(10)  # well within asyncio's own 60 s: a timeout here fails the test
+            try:
+                assert sock.recv(4096) == b""  # closed by the relay, nothing said
+            except ConnectionResetError:
+                pass  # or reset: closed all the same
+            sock.close()
+        context = client_tls.client_context(pki.ca)
+        with urllib.request.urlopen(f"{relay.http_url}/healthz", timeout=10, context=context) as resp:
+            assert resp.status == 200  # and the relay serves everyone else
+    finally:
+        relay.stop()
