@@ -27,7 +27,6 @@ bystander step or an unmetered one.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import secrets
 import socket
@@ -43,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from remoterl_ray.local import LocalRelay, start_relay, start_simulator  # noqa: E402
+from remoterl_ray.local import LocalRelay, rss_mb, start_relay, start_simulator  # noqa: E402
 from remoterl_ray.protocol import codec  # noqa: E402
 from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, Op, pack, unpack_header  # noqa: E402
 from remoterl_ray.protocol.messages import Hello, Open, Release, control_frame, encode_control  # noqa: E402
@@ -55,14 +54,6 @@ UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 # -- what to send ---------------------------------------------------------------

@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 from websockets.sync.client import connect
 
+from stepping import pct, step_latencies
+
 from remoterl_ray.local import LocalProcess, start_relay, start_simulator
 from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, unpack_header
 from remoterl_ray.protocol.messages import Hello, Locate, Open, Release, control_frame, parse_control
@@ -66,8 +68,6 @@ LOADS: dict[str, tuple[str, list[tuple[int, int]] | None]] = {
 }
 
 
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) * 1000
 
 
 # -- the switchboard alone ----------------------------------------------------
@@ -204,15 +204,6 @@ def hold_idle(url: str, key: str, count: int) -> subprocess.Popen:
     )
 
 
-def step_latencies(env: RemoteEnv, steps: int) -> list[float]:
-    out = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        out.append(time.perf_counter() - started)
-        if terminated or truncated:
-            env.reset()
-    return out
 
 
 def main() -> None:

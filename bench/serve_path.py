@@ -28,10 +28,10 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
+
+from stepping import pct, step_latencies
 
 from remoterl_ray.local import LocalProcess, free_port, start_relay, start_simulator, wait_http
 from remoterl_ray.trainer.remote_env import RemoteEnv
@@ -52,19 +52,8 @@ def serve_relay(key: str, idle_key: str, *flags: str) -> tuple[LocalProcess, str
     return proc, f"ws://127.0.0.1:{port}"
 
 
-def step_latencies(env: RemoteEnv, steps: int) -> list[float]:
-    out = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        out.append(time.perf_counter() - started)
-        if terminated or truncated:
-            env.reset()
-    return out
 
 
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) * 1000
 
 
 def main() -> None:

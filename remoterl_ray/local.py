@@ -77,6 +77,15 @@ class LocalProcess:
             self.popen.wait(10)
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process on this (Linux) machine, in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "remoterl_ray", *args]
 

@@ -34,6 +34,11 @@ def board_with(sims: int, **kw) -> tuple[Switchboard, Peer, list[Peer]]:
     board = Switchboard()
     trainer = peer("trainer", "t")
     simulators = [peer("simulator", f"s{i}", **kw) for i in range(sims)]
+    return joined(board, trainer, simulators)
+
+
+def joined(board: Switchboard, trainer: Peer, simulators: list[Peer]) -> tuple[Switchboard, Peer, list[Peer]]:
+    """``board`` with ``trainer``, then each of ``simulators``, joined in that order."""
 
     async def setup() -> None:
         await board.join(trainer)
@@ -155,14 +160,7 @@ def big_board(sims: int, max_envs: int = 1, **kw) -> tuple[Switchboard, Peer, li
         WatchedPeer(id=f"s{i}", role="simulator", workspace="w", name="", send_raw=noop, max_envs=max_envs)
         for i in range(sims)
     ]
-
-    async def setup() -> None:
-        await board.join(trainer)
-        for s in simulators:
-            await board.join(s)
-
-    asyncio.run(setup())
-    return board, trainer, simulators
+    return joined(board, trainer, simulators)
 
 
 def assert_consistent(board: Switchboard) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 from websockets.sync.client import ClientConnection, connect
 
+from remoterl_ray.local import rss_mb
 from remoterl_ray.protocol import codec
 from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, Op, pack, unpack_header
 from remoterl_ray.protocol.messages import Hello, Welcome, control_frame, parse_control
@@ -24,15 +25,6 @@ UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
 )
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, in MiB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def tcp(relay: Any, source: str = "127.0.0.2", timeout: float = 10.0) -> socket.socket:
