@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 DEFAULT_RELAY_URL = "ws://127.0.0.1:8000"
 
@@ -36,34 +37,29 @@ def resolve_ca_file(path: str | None) -> str | None:
     return os.path.abspath(os.path.expanduser(chosen)) if chosen else None
 
 
-def resolve_seconds(value: float | None, env_var: str, default: float) -> float:
-    """A positive number of seconds from ``value``, else ``env_var``, else ``default``."""
+def _positive(value: float | None, env_var: str, default: float, parse: type, what: str) -> Any:
+    """``value``, else ``env_var`` parsed with ``parse``, else ``default``; it must be positive."""
     if value is None:
         raw = os.environ.get(env_var)
         if not raw:
             return default
         try:
-            value = float(raw)
+            value = parse(raw)
         except ValueError:
-            raise ValueError(f"{env_var} must be a number of seconds, got {raw!r}") from None
+            raise ValueError(f"{env_var} must be {what}, got {raw!r}") from None
     if value <= 0:
-        raise ValueError(f"timeouts must be positive, got {value}")
-    return float(value)
+        raise ValueError(f"{what} must be positive, got {value}")
+    return parse(value)
+
+
+def resolve_seconds(value: float | None, env_var: str, default: float) -> float:
+    """A positive number of seconds from ``value``, else ``env_var``, else ``default``."""
+    return float(_positive(value, env_var, default, float, "a number of seconds"))
 
 
 def resolve_count(value: int | None, env_var: str, default: int) -> int:
     """A positive count from ``value``, else ``env_var``, else ``default``."""
-    if value is None:
-        raw = os.environ.get(env_var)
-        if not raw:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"{env_var} must be a whole number, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"counts must be positive, got {value}")
-    return int(value)
+    return int(_positive(value, env_var, default, int, "a whole number"))
 
 
 def resolve_tensorboard_dir(path: str | None) -> str | None:
