@@ -9,31 +9,18 @@ import sys
 import threading
 from typing import Literal
 
-from .config import (
-    ENV_CONNECT_TIMEOUT,
-    ENV_MAX_SPACE_ELEMENTS,
-    ENV_REGION,
-    ENV_SIMULATOR_WAIT,
-    ENV_TIMEOUT,
-    resolve_api_key,
-    resolve_ca_file,
-    resolve_count,
-    resolve_relay_url,
-    resolve_seconds,
-    resolve_tensorboard_dir,
-)
-from .protocol.limits import MAX_SPACE_ELEMENTS
+from .config import ENV_REGION, resolve_api_key, resolve_ca_file, resolve_relay_url
 from .simulator.allowlist import allowed_modules_from_env
 from .simulator.host import SimulatorHost, run_simulator
 from .trainer.gym_patch import patch_gymnasium
 from .trainer.import_hooks import when_imported
 from .trainer.patching import Patcher
+from .trainer.configure import current_session, set_current_session, trainer_settings
 from .trainer.session import TrainerSession, TrainerSettings
 
 log = logging.getLogger("remoterl")
 
 _lock = threading.RLock()
-_session: TrainerSession | None = None
 _patcher = Patcher()
 _atexit_registered = False
 
@@ -116,36 +103,8 @@ def init(
     return _init_trainer(settings)
 
 
-def trainer_settings(
-    api_key: str | None = None,
-    relay_url: str | None = None,
-    *,
-    num_workers: int = 1,
-    num_env_runners: int = 2,
-    timeout: float | None = None,
-    connect_timeout: float | None = None,
-    simulator_wait: float | None = None,
-    tensorboard_dir: str | None = None,
-    ca_file: str | None = None,
-    max_space_elements: int | None = None,
-) -> TrainerSettings:
-    """Trainer settings from the arguments given, then ``REMOTERL_*`` env vars, then defaults."""
-    return TrainerSettings(
-        relay_url=resolve_relay_url(relay_url),
-        api_key=resolve_api_key(api_key),
-        num_workers=num_workers,
-        num_env_runners=num_env_runners,
-        timeout=resolve_seconds(timeout, ENV_TIMEOUT, 60.0),
-        connect_timeout=resolve_seconds(connect_timeout, ENV_CONNECT_TIMEOUT, 10.0),
-        simulator_wait=resolve_seconds(simulator_wait, ENV_SIMULATOR_WAIT, 10.0),
-        tensorboard_dir=resolve_tensorboard_dir(tensorboard_dir),
-        ca_file=resolve_ca_file(ca_file),
-        max_space_elements=resolve_count(max_space_elements, ENV_MAX_SPACE_ELEMENTS, MAX_SPACE_ELEMENTS),
-    )
-
-
 def _init_trainer(settings: TrainerSettings) -> bool:
-    global _session, _atexit_registered
+    global _atexit_registered
     with _lock:
         shutdown()
         session = TrainerSession(settings)
@@ -162,7 +121,7 @@ def _init_trainer(settings: TrainerSettings) -> bool:
             return False
         if online < settings.num_workers:
             log.warning("remoterl: %d of %d simulators online; going on with those", online, settings.num_workers)
-        _session = session
+        set_current_session(session)
         patch_gymnasium(session, _patcher)
         _patch_frameworks(session)
         if not _atexit_registered:
@@ -196,18 +155,16 @@ def _patch_frameworks(session: TrainerSession) -> None:
 
 def shutdown() -> None:
     """Restore every patched function and close the connection. Idempotent."""
-    global _session
     with _lock:
         _patcher.restore()
-        if _session is not None:
-            _session.close()
-            _session = None
-
-
-def current_session() -> TrainerSession | None:
-    """The active trainer session, for integrations; None when not initialized."""
-    return _session
+        session = current_session()
+        if session is not None:
+            session.close()
+            set_current_session(None)
 
 
 def is_initialized() -> bool:
-    return _session is not None
+    return current_session() is not None
+
+
+__all__ = ["current_session", "init", "is_initialized", "shutdown", "trainer_settings"]

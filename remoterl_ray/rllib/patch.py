@@ -12,6 +12,7 @@ from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
+from ..trainer.configure import current_session
 from ..trainer.patching import Patcher
 from ..trainer.session import TrainerSettings
 from .env_runner import RemoteEnvRunner
@@ -36,8 +37,6 @@ def use_remote_env_runners(config: AlgorithmConfig, settings: TrainerSettings | 
         log.warning("remoterl: only single-agent configs on RLlib's new API stack run remotely; this one stays local")
         return config
     if settings is None:
-        from ..api import current_session
-
         session = current_session()
         settings = session.settings if session is not None else None
     config = config.copy(copy_frozen=False)
@@ -56,8 +55,6 @@ def _algorithm_init(self: Algorithm, config: Any = None, *args: Any, **kwargs: A
     """``Algorithm.__init__`` while a trainer is initialized. Module-level, so
     Tune can pickle algorithm classes by reference; in processes without a
     session (env runners, Tune trials) it is the original."""
-    from ..api import current_session
-
     session = current_session()
     if session is not None and isinstance(config, AlgorithmConfig):
         config = use_remote_env_runners(config, session.settings)

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 from ..protocol.errors import NoSimulatorError, RelayUnavailableError
+from ..trainer.configure import current_session, trainer_settings
 from ..trainer.session import TrainerSession, TrainerSettings
 
 SETTINGS_KEY = "_remoterl"
@@ -23,8 +24,6 @@ def settings_in(env_config: Any) -> TrainerSettings:
     settings = (env_config or {}).get(SETTINGS_KEY)
     if isinstance(settings, TrainerSettings):
         return settings
-    from ..api import trainer_settings
-
     return trainer_settings()
 
 
@@ -34,8 +33,6 @@ def env_config_for_envs(env_config: Any) -> dict[str, Any]:
 
 def session_for(settings: TrainerSettings) -> TrainerSession:
     """One connection per process and settings, shared by its env runners."""
-    from ..api import current_session
-
     active = current_session()
     if active is not None and active.settings == settings:
         return active
