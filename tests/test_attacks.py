@@ -580,3 +580,28 @@ def test_limits_come_from_the_config_file(tmp_path):
     finally:
         sim.close()
         relay.stop()
+
+
+def test_the_connection_cap_stays_below_the_open_file_limit():
+    """With few file descriptors the relay serves fewer connections rather than
+    letting accept() fail (which starved /healthz and every real peer)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import resource\n"
+        "from remoterl_ray.relay.guarded_server import raise_fd_limit\n"
+        "from remoterl_ray.relay.server_limits import ServerLimits\n"
+        "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (300, hard))\n"
+        "print(raise_fd_limit(ServerLimits(max_connections=900)).max_connections)\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))\n"
+        "print(raise_fd_limit(ServerLimits()).max_connections)\n"
+        "print(hard)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    raised, soft, fitted, hard = (int(line) for line in out.stdout.split())
+    assert raised == min(900, hard - 64) and soft == min(900 + 64, hard)  # raised as far as the cap needs
+    assert fitted == 300 - 64  # the hard limit allows no more: serve fewer
