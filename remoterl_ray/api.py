@@ -39,7 +39,7 @@ def init(
     tensorboard_dir: str | None = None,
     region: str | None = None,
     ca_file: str | None = None,
-    max_space_elements: int | None = None,
+    max_space_bytes: int | None = None,
 ) -> bool:
     """Connect this process to a relay as a trainer or a simulator.
 
@@ -69,9 +69,10 @@ def init(
     trust store, or only against ``ca_file`` (or ``REMOTERL_CA_FILE``), PEM
     certificates of a private CA. There is no way to skip verification.
 
-    ``max_space_elements`` (or ``REMOTERL_MAX_SPACE_ELEMENTS``; default 2**24)
-    bounds the arrays a simulator's space description may make the trainer
-    build: raise it for observations larger than about 16 million elements.
+    ``max_space_bytes`` (or ``REMOTERL_MAX_SPACE_BYTES``; default 256 MiB)
+    bounds the memory a simulator's space descriptions may make the trainer
+    allocate (a vector env's batched spaces included): raise it for larger
+    observation spaces.
     """
     if role not in ("trainer", "simulator"):
         raise ValueError(f"role must be 'trainer' or 'simulator', got {role!r}")
@@ -98,7 +99,7 @@ def init(
         simulator_wait=simulator_wait,
         tensorboard_dir=tensorboard_dir,
         ca_file=ca_file,
-        max_space_elements=max_space_elements,
+        max_space_bytes=max_space_bytes,
     )
     return _init_trainer(settings)
 

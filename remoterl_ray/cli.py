@@ -109,6 +109,16 @@ def relay(
             help="Address of a proxy whose X-Forwarded-For is believed (repeat for several; default: none).",
         ),
     ] = None,
+    max_queued: Annotated[
+        Optional[int],
+        typer.Option("--max-queued-bytes", min=1 << 20, help="Bytes queued to all peers together (default 1 GiB)."),
+    ] = None,
+    local_stats: Annotated[
+        bool,
+        typer.Option(
+            "--local-stats", help="Without an admin token, answer /v1/stats on loopback (no proxy on this host)."
+        ),
+    ] = False,
     config: ConfigOption = None,
     db: DbOption = None,
     admin_token: Annotated[
@@ -148,14 +158,20 @@ def relay(
             f"{db_path}), give --api-key, or --open to accept any key",
             param_hint="--api-key",
         )
-    limits = settings.server_limits(
-        max_frame,
-        max_connections=max_connections,
-        max_connections_per_address=max_connections_per_address,
-        max_pending_per_address=max_pending_per_address,
-        handshake_timeout=handshake_timeout,
-        peer_buffer=max_peer_buffer,
-    )
+    try:
+        limits = settings.server_limits(
+            max_frame,
+            max_connections=max_connections,
+            max_connections_per_address=max_connections_per_address,
+            max_pending_per_address=max_pending_per_address,
+            handshake_timeout=handshake_timeout,
+            peer_buffer=max_peer_buffer,
+            max_queued_bytes=max_queued,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-peer-buffer / limits") from None
+    if local_stats:
+        settings = settings.model_copy(update={"local_stats": True})
     if open_mode and host not in ("127.0.0.1", "::1", "localhost"):
         typer.echo(
             "warning: --open on a reachable address: anyone who can connect gets a workspace (one per key; "
@@ -291,6 +307,13 @@ def simulator(
         )
     ] = None,
     max_envs: Annotated[int, typer.Option(help="Most envs this simulator hosts at once.")] = 256,
+    allow_processes: Annotated[
+        bool,
+        typer.Option("--allow-processes", help="Let trainers ask for async vector envs (one process per env)."),
+    ] = False,
+    max_make_bytes: Annotated[
+        int, typer.Option(min=1024, help="Largest make or register request, in bytes (their kwargs reach env constructors).")
+    ] = 65_536,
     name: Annotated[Optional[str], typer.Option(help="Name shown on the relay (default host:pid).")] = None,
     region: Annotated[
         Optional[str],
@@ -322,6 +345,8 @@ def simulator(
             name=name,
             region=region,
             ca_file=resolve_ca_file(ca_file),
+            allow_processes=allow_processes,
+            max_make_bytes=max_make_bytes,
         )
     except ValueError as exc:  # a malformed --allow entry or REMOTERL_ALLOW_MODULES
         raise typer.BadParameter(str(exc), param_hint="--allow / REMOTERL_ALLOW_MODULES") from None

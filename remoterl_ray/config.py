@@ -16,7 +16,7 @@ ENV_SIMULATOR_WAIT = "REMOTERL_SIMULATOR_WAIT"
 ENV_TENSORBOARD_DIR = "REMOTERL_TENSORBOARD_DIR"
 ENV_ADMIN_TOKEN = "REMOTERL_ADMIN_TOKEN"
 ENV_DB = "REMOTERL_DB"  # the relay's accounts store
-ENV_MAX_SPACE_ELEMENTS = "REMOTERL_MAX_SPACE_ELEMENTS"  # largest space a simulator may describe
+ENV_MAX_SPACE_BYTES = "REMOTERL_MAX_SPACE_BYTES"  # largest space a simulator may describe
 ENV_CA_FILE = "REMOTERL_CA_FILE"  # PEM CA certificates clients trust instead of the system store
 DEFAULT_DB = "~/.remoterl/relay.db"
 

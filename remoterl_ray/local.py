@@ -173,6 +173,7 @@ def start_relay(
     env: dict[str, str] | None = None,
     tls: tuple[str, str] | None = None,
     ca_file: str | None = None,
+    local_stats: bool = True,
 ) -> LocalRelay:
     """A relay subprocess; ``admin_token`` travels in its environment, not its argv.
 
@@ -190,6 +191,8 @@ def start_relay(
         args += ["--api-key", key]
     if open_mode:
         args.append("--open")
+    if local_stats and not admin_token and "--local-stats" not in extra_args:
+        args.append("--local-stats")  # LocalRelay.stats() reads /v1/stats from this machine
     child_env = dict(os.environ, **(env or {}))
     child_env.pop(ENV_ADMIN_TOKEN, None)
     if admin_token:

@@ -11,7 +11,10 @@ scale in test_placement_scale.py, TLS in test_tls.py.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import os
 import socket
 import time
 import urllib.error
@@ -25,6 +28,7 @@ import numpy as np
 import pytest
 from attackers import (
     UPGRADE,
+    RawPeer,
     ScriptedSimulator,
     closed_by_peer,
     forged_answer,
@@ -44,14 +48,21 @@ from remoterl_ray.protocol.api_keys import format_key
 from remoterl_ray.protocol.errors import ErrorCode, ProtocolError
 from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, Op, pack, unpack_header
 from remoterl_ray.protocol.messages import Hello, Open, control_frame, encode_control, parse_control
+from remoterl_ray.protocol.affinity import session_id_for
+from remoterl_ray.protocol.descriptions import parse_description
+from remoterl_ray.relay.addresses import address_key
 from remoterl_ray.relay.auth import workspace_for_key
+from remoterl_ray.relay.dashboard import source_of
+from remoterl_ray.trainer.answers import check_batch, check_vector_info
+from remoterl_ray.trainer.batching import merge_infos
 from remoterl_ray.simulator.hosted import Hosted
 from remoterl_ray.trainer.remote_env import RemoteEnv
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
 from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
 
 ADMIN = "attack-tests-admin-token-0123"
-PEER_BUFFER = 1 << 20
+MAX_FRAME = 2 << 20
+PEER_BUFFER = 2 * MAX_FRAME
 MEMORY_SLACK_MB = 48  # what an attack may leave the relay holding, at most
 
 
@@ -88,7 +99,8 @@ def site() -> Iterator[Site]:
     relay = start_relay(
         api_keys=[attacker, bystander],
         admin_token=ADMIN,
-        extra_args=["--handshake-timeout", "2", "--max-pending-per-address", "16", "--max-peer-buffer", str(PEER_BUFFER)],
+        extra_args=["--handshake-timeout", "2", "--max-pending-per-address", "16", "--max-frame", str(MAX_FRAME),
+                    "--max-peer-buffer", str(PEER_BUFFER)],  # fmt: skip
     )
     pool = SimulatorPool(relay, bystander)
     session = None
@@ -375,15 +387,22 @@ def describe_as(space: gym.spaces.Space) -> dict:
     ids=["huge-box", "huge-discrete", "bad-spec", "not-a-map"],
 )
 def test_a_malicious_description_is_a_coded_error_not_an_allocation(watched, description):
+    refused_without_allocating(watched, description)
+
+
+def refused_without_allocating(watched, description, budget: int = 32 << 20) -> None:
+    """A trainer given ``description`` raises a coded error, having allocated at most its space budget."""
     sim = ScriptedSimulator(watched.relay, watched.attacker_key, lambda op, channel, request: description)
-    session = TrainerSession(TrainerSettings(relay_url=watched.relay.url, api_key=watched.attacker_key, timeout=10))
-    before = rss_mb(__import__("os").getpid())
+    settings = TrainerSettings(relay_url=watched.relay.url, api_key=watched.attacker_key, timeout=10,
+                               max_space_bytes=budget)  # fmt: skip
+    session = TrainerSession(settings)
+    before = rss_mb(os.getpid())
     try:
         assert session.wait_for_simulators(1, 10) == 1
         with pytest.raises(ProtocolError) as info:
             RemoteEnv(session, "CartPole-v1")
         assert info.value.code is ErrorCode.BAD_PAYLOAD
-        assert rss_mb(__import__("os").getpid()) < before + 100
+        assert rss_mb(os.getpid()) < before + 2 * budget / 2**20 + 32
     finally:
         session.close()
         sim.close()
@@ -393,22 +412,22 @@ def test_the_space_limit_is_the_trainers_to_set(watched, monkeypatch):
     image = describe_as(gym.spaces.Box(0, 255, (20, 20), np.uint8))
     sim = ScriptedSimulator(watched.relay, watched.attacker_key, lambda op, channel, request: image)
     try:
-        for limit, fits in ((2 * 400 - 1, False), (2 * 400, True)):  # low and high: 400 elements each
-            settings = TrainerSettings(relay_url=watched.relay.url, api_key=watched.attacker_key, max_space_elements=limit)
+        for limit, fits in ((4 * 400 - 1, False), (4 * 400, True)):  # low, high, bounded_below/above: 400 bytes each
+            settings = TrainerSettings(relay_url=watched.relay.url, api_key=watched.attacker_key, max_space_bytes=limit)
             session = TrainerSession(settings)
             try:
                 assert session.wait_for_simulators(1, 10) == 1
                 if fits:
                     assert RemoteEnv(session, "CartPole-v1").observation_space.shape == (20, 20)
                 else:
-                    with pytest.raises(ProtocolError, match="max_space_elements"):
+                    with pytest.raises(ProtocolError, match="max_space_bytes"):
                         RemoteEnv(session, "CartPole-v1")
             finally:
                 session.close()
     finally:
         sim.close()
-    monkeypatch.setenv("REMOTERL_MAX_SPACE_ELEMENTS", "800")
-    assert trainer_settings().max_space_elements == 800
+    monkeypatch.setenv("REMOTERL_MAX_SPACE_BYTES", "800")
+    assert trainer_settings().max_space_bytes == 800
 
 
 class LyingShard:
@@ -605,3 +624,142 @@ def test_the_connection_cap_stays_below_the_open_file_limit():
     raised, soft, fitted, hard = (int(line) for line in out.stdout.split())
     assert raised == min(900, hard - 64) and soft == min(900 + 64, hard)  # raised as far as the cap needs
     assert fitted == 300 - 64  # the hard limit allows no more: serve fewer
+
+
+# -- found by an attacker's review of the above --------------------------------
+
+
+def test_an_error_that_repeats_a_huge_request_cannot_end_the_simulator(watched):
+    pool = SimulatorPool(watched.relay, watched.attacker_key)
+    try:  # one simulator takes make requests of any size, one keeps the default limit
+        [open_sim] = pool.start(1, extra_args=("--max-make-bytes", str(32 << 20)))
+        ws = greeted(watched.relay, Hello(role="trainer", api_key=watched.attacker_key), "127.0.0.2")
+        channel = open_channel(ws, 1)
+        huge = {"id": "CartPole-v1", "kwargs": {"k" * (MAX_FRAME * 3 // 4): 1}}  # its TypeError repeats the kwargs
+        answer = request(ws, Op.MAKE, channel, 2, huge)
+        assert answer["code"] == "env_error" and len(answer["message"]) < 3000, answer["code"]
+        assert request(ws, Op.MAKE, channel, 3, {"id": "CartPole-v1", "kwargs": {}})["code"] == "ok"
+        assert open_sim.alive()
+        [strict] = pool.start(1)
+        pool.procs.remove(open_sim)
+        open_sim.stop()
+        watched.relay.wait_for(watched.attacker_key, "simulator", 1)
+        channel = open_channel(ws, 4)
+        answer = request(ws, Op.MAKE, channel, 5, {"id": "CartPole-v1", "kwargs": {"desc": ["S" * 100] * 1000}})
+        assert answer["code"] == "bad_payload" and "--max-make-bytes" in answer["message"]
+        answer = request(ws, Op.MAKE_VEC, channel, 6, {"id": "CartPole-v1", "num_envs": 16, "vectorization_mode": "async"})
+        assert answer["code"] == "unsupported" and "--allow-processes" in answer["message"]
+        assert strict.alive()
+        ws.close()
+    finally:
+        pool.stop()
+
+
+def test_a_closed_connection_lets_go_of_what_its_peer_never_read(tmp_path):
+    config = tmp_path / "relay.yaml"
+    config.write_text("limits: {close_timeout: 1, max_connections: 2}\n")
+    key = new_key("hoarder")
+    relay = start_relay(api_keys=[key], extra_args=["--config", str(config)])
+    big = np.zeros(900_000, dtype=np.uint8)
+    sim = ScriptedSimulator(relay, key, lambda op, channel, request: big)
+    try:
+        hoarder = RawPeer(relay, "127.0.7.4", rcvbuf=4096)
+        hoarder.send(control_frame(Hello(role="trainer", api_key=key)))
+        hoarder.recv()  # the welcome
+        hoarder.send(pack(Kind.CONTROL, Op.NONE, 0, 1, encode_control(Open(envs=1))))
+        channel = parse_control(hoarder.recv()[HEADER_SIZE:]).shards[0].channel
+        for seq in range(2, 22):  # 18 MB of answers, under the 64 MiB cap, none of them read
+            hoarder.send(pack(Kind.REQUEST, Op.STEP, channel, seq, codec.packb(0)))
+        time.sleep(1)
+        assert upgrade_reply(relay, "127.0.7.5").startswith(b"HTTP/1.1 503")  # simulator, hoarder, this: full
+        hoarder.send(b"\x03\xe8", opcode=0x8)  # a close, and still not a byte read (reading would drain it)
+        deadline = time.monotonic() + 15
+        while upgrade_reply(relay, "127.0.7.5").startswith(b"HTTP/1.1 503"):  # its place is free again
+            assert time.monotonic() < deadline, "the closed connection still counts"
+            time.sleep(0.2)
+    finally:
+        sim.close()
+        relay.stop()
+
+
+def test_trusted_proxies_are_not_capped_as_one_client():
+    relay = start_relay(api_keys=[new_key("proxied")],
+                        extra_args=["--trusted-proxy", "127.0.8.1", "--max-pending-per-address", "4"])  # fmt: skip
+    try:
+        through_proxy = [tcp(relay, "127.0.8.1") for _ in range(10)]  # ten of the proxy's clients
+        with tcp(relay, "127.0.8.1") as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        direct = [tcp(relay, "127.0.8.2") for _ in range(4)]
+        assert upgrade_reply(relay, "127.0.8.2").startswith(b"HTTP/1.1 503")  # others are still capped
+        for sock in through_proxy + direct:
+            sock.close()
+    finally:
+        relay.stop()
+
+
+def test_stats_need_a_token_or_an_explicit_local_stats():
+    relay = start_relay(api_keys=[new_key("quiet")], local_stats=False)
+    try:  # a proxy on this host would make every client a loopback one
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"{relay.http_url}/v1/stats", timeout=5)
+        assert info.value.code == 401 and b"--local-stats" in info.value.read()
+    finally:
+        relay.stop()
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        {**describe_as(gym.spaces.Discrete(2)),
+         "observation_space": {"type": "Box", "low": 0, "high": 1, "shape": [4], "dtype": "|S300000000"}},
+        {**describe_as(gym.spaces.Discrete(2)),
+         "observation_space": functools.reduce(lambda inner, _: {"type": "Sequence", "space": inner, "stack": True},
+                                               range(16), {"type": "Box", "low": 0.0, "high": 1.0, "shape": [64, 64],
+                                                           "dtype": "<f8"})},
+        {**describe_as(gym.spaces.Discrete(2)), "spec": {"id": "a/b/c:::v"}},
+        {**describe_as(gym.spaces.Discrete(2)), "metadata": {"autoreset_mode": "bogus"}},
+    ],
+    ids=["string-dtype", "stacked-sequences", "spec-id", "autoreset-mode"],
+)  # fmt: skip
+def test_descriptions_that_would_allocate_or_break_later_are_refused(watched, description):
+    refused_without_allocating(watched, description)
+
+
+def test_vector_infos_and_batches_are_checked_before_use():
+    with pytest.raises(ProtocolError, match="mask"):  # a mask longer than the shard
+        check_vector_info({"x": np.zeros(3), "_x": np.ones(5, bool)}, 3)
+    with pytest.raises(ProtocolError, match="keys must be strings"):
+        check_vector_info({1: np.zeros(3)}, 3)
+    with pytest.raises(ProtocolError, match="one row per env"):
+        check_vector_info({"final_info": [1], "_final_info": np.ones(3, bool)}, 3)
+    check_vector_info({"episode": {"r": np.zeros(3), "_r": np.ones(3, bool)}, "_episode": np.ones(3, bool)}, 3)
+    lonely = np.array([np.zeros(250_000)], dtype=object)  # one env of 512 reports a big info
+    with pytest.raises(ProtocolError, match="filling"):
+        merge_infos([{"x": np.zeros((1, 250_000)), "_x": np.ones(1, bool)}, {}], [1, 511])
+    assert list(merge_infos([{"b": lonely[:0], "a": 1}, {"c": 2, "a": 3}], [0, 1])) == ["b", "a", "c"]
+    image = describe_as(gym.spaces.Box(0, 1, (1024, 1024), np.float64))
+    description = parse_description(image)
+    check_batch(description, 4, 256 << 20)
+    with pytest.raises(ProtocolError, match="max_space_bytes"):
+        check_batch(description, 16, 256 << 20)  # a within-budget space, copied per env past the budget
+
+
+def test_per_address_limits_count_an_ipv6_64_as_one_client():
+    assert address_key("2001:db8:1:2::1") == address_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("::ffff:10.0.0.1") == "10.0.0.1" and address_key("10.0.0.1") == "10.0.0.1"
+
+    class Client:
+        host = "2001:db8:1:2::77"
+
+    class Connection:
+        client = Client()
+
+    assert source_of(Connection()) == "2001:db8:1:2::/64"  # what the bad-key and admin-token limiters count by
+
+
+def test_the_affinity_header_of_a_plain_key_is_slow_to_search():
+    header = session_id_for("robotlab2024")
+    assert header.startswith("ws-") and len(header) == 15 and header == session_id_for("robotlab2024")
+    assert header[3:] != hashlib.sha256(b"robotlab2024").hexdigest()[:12]

@@ -556,3 +556,29 @@ def test_room_taken_meanwhile_is_a_capacity_error_that_undoes_the_open():
     asyncio.run(scenario())
     assert sum(s.hosted_envs for s in sims) in (2, 3)  # only the open that succeeded holds envs
     assert_consistent(board)
+
+
+def test_simulator_churn_is_announced_coalesced_and_never_lost():
+    """Joins and leaves cost O(1) each: trainers hear the latest count at most once a
+    second, in turns, however fast simulators come and go, and always the last one."""
+
+    async def scenario() -> tuple[list[list[int]], int]:
+        board = Switchboard()
+        board.ANNOUNCE_SECONDS = 0.2
+        trainers = [peer("trainer", f"t{i}") for i in range(50)]
+        for t in trainers:
+            await board.join(t)
+        churn = [peer("simulator", f"s{i}") for i in range(200)]
+        for s in churn:  # 200 joins and 199 leaves in a burst
+            await board.join(s)
+            if s is not churn[-1]:
+                await board.leave(s)
+        await asyncio.sleep(0.5)
+        seen = [[codec.unpackb(f[HEADER_SIZE:])["count"] for f in t.sent if unpack_header(f).kind == Kind.CONTROL]
+                for t in trainers]  # fmt: skip
+        return seen, len(board.workspaces["w"].simulators)
+
+    seen, online = asyncio.run(scenario())
+    assert online == 1
+    assert all(counts and counts[-1] == 1 for counts in seen)  # the latest count always arrives
+    assert all(len(counts) <= 3 for counts in seen)  # not one frame per join and leave

@@ -528,3 +528,26 @@ def test_a_client_that_never_finishes_the_tls_handshake_is_cut_off(pki: Pki, tls
             assert resp.status == 200  # and the relay serves everyone else
     finally:
         relay.stop()
+
+
+def test_connections_are_counted_before_their_tls_handshake(pki: Pki, tls_keys: list[str]) -> None:
+    """Silent TLS clients from one address are capped like any other (the handshake
+    runs after the count), so one address cannot hold every descriptor."""
+    relay = start_relay(api_keys=tls_keys[:1], tls=(pki.cert, pki.key), ca_file=pki.ca,
+                        extra_args=["--max-pending-per-address", "8", "--handshake-timeout", "5"])  # fmt: skip
+    try:
+        held = [socket.create_connection((relay.host, relay.port), timeout=10, source_address=("127.0.0.9", 0))
+                for _ in range(8)]  # fmt: skip
+        extra = socket.create_connection((relay.host, relay.port), timeout=10, source_address=("127.0.0.9", 0))
+        extra.settimeout(3)  # refused at once, long before the handshake deadline: a timeout fails the test
+        try:
+            assert extra.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        context = client_tls.client_context(pki.ca)
+        with urllib.request.urlopen(f"{relay.http_url}/healthz", timeout=10, context=context) as resp:
+            assert resp.status == 200  # another address is served meanwhile
+        for sock in [*held, extra]:
+            sock.close()
+    finally:
+        relay.stop()

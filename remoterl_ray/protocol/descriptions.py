@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from gymnasium import spaces
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from gymnasium.envs.registration import parse_env_id
+from gymnasium.error import Error as GymnasiumError
+from gymnasium.vector import AutoresetMode
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ErrorCode, ProtocolError
-from .limits import MAX_SPACE_ELEMENTS
-from .spaces import space_from_wire
+from .limits import MAX_SPACE_BYTES
+from .spaces import space_bytes, space_from_wire
 
 
 class SpecInfo(BaseModel):
@@ -30,6 +33,15 @@ class SpecInfo(BaseModel):
     reward_threshold: float | None = None
     nondeterministic: bool = False
 
+    @field_validator("id")
+    @classmethod
+    def _an_id_gymnasium_parses(cls, env_id: str) -> str:
+        try:
+            parse_env_id(env_id)
+        except GymnasiumError as exc:  # the trainer builds an EnvSpec from it
+            raise ValueError(str(exc)) from None
+        return env_id
+
 
 class _Fields(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -40,6 +52,14 @@ class _Fields(BaseModel):
     spec: SpecInfo | None = None
     render_mode: str | None = Field(default=None, max_length=100)
     num_envs: int = Field(default=1, ge=1)
+
+    @field_validator("metadata")
+    @classmethod
+    def _known_autoreset_mode(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        mode = metadata.get("autoreset_mode")
+        if mode is not None and mode not in {m.value for m in AutoresetMode}:
+            raise ValueError(f"unknown autoreset_mode {mode!r:.40}")
+        return metadata
 
 
 @dataclass(frozen=True)
@@ -52,7 +72,7 @@ class EnvDescription:
     num_envs: int
 
 
-def parse_description(value: Any, *, max_space_elements: int = MAX_SPACE_ELEMENTS) -> EnvDescription:
+def parse_description(value: Any, *, max_space_bytes: int = MAX_SPACE_BYTES) -> EnvDescription:
     """Check a description from a simulator; raises ``ProtocolError`` (bad_payload)."""
     try:
         fields = _Fields.model_validate(value)
@@ -63,9 +83,8 @@ def parse_description(value: Any, *, max_space_elements: int = MAX_SPACE_ELEMENT
             f"simulator sent a malformed env description: {where}: {first.get('msg', exc)}",
             code=ErrorCode.BAD_PAYLOAD,
         ) from None
-    budget = max_space_elements
-    observation_space = space_from_wire(fields.observation_space, max_elements=budget)
-    action_space = space_from_wire(fields.action_space, max_elements=budget)
+    observation_space = space_from_wire(fields.observation_space, max_bytes=max_space_bytes)
+    action_space = space_from_wire(fields.action_space, max_bytes=max_space_bytes - space_bytes(observation_space))
     return EnvDescription(
         observation_space=observation_space,
         action_space=action_space,

@@ -12,6 +12,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
+from .limits import MAX_ERROR_MESSAGE
+
 
 class ErrorCode(str, Enum):
     """Wire error codes. Values are part of the protocol: append, never rename."""
@@ -59,7 +61,8 @@ class RemoteRLError(RuntimeError):
         return f"[{self.code.value}] {self.message}{where}"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"code": self.code.value, "message": self.message, "remote_type": self.remote_type}
+        """The error record, its message cut to ``MAX_ERROR_MESSAGE`` characters."""
+        return {"code": self.code.value, "message": _cut(self.message), "remote_type": _cut(self.remote_type, 200)}
 
 
 class ProtocolError(RemoteRLError):
@@ -197,6 +200,12 @@ _CLASS_BY_CODE: dict[ErrorCode, type[RemoteRLError]] = {
 }
 
 
+def _cut(text: str | None, limit: int = MAX_ERROR_MESSAGE) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
 def error_from_wire(record: Any) -> RemoteRLError:
     """Build the typed exception for an error record received from a peer.
 
@@ -209,7 +218,7 @@ def error_from_wire(record: Any) -> RemoteRLError:
         code = ErrorCode(record.get("code"))
     except ValueError:
         code = ErrorCode.ENV_ERROR
-    message = str(record.get("message", ""))
+    message = _cut(str(record.get("message", ""))) or ""
     remote_type = record.get("remote_type")
     cls = _CLASS_BY_CODE.get(code, RemoteRLError)
-    return cls(message, code=code, remote_type=str(remote_type) if remote_type else None)
+    return cls(message, code=code, remote_type=_cut(str(remote_type), 200) if remote_type else None)

@@ -25,6 +25,11 @@ msgpack map would otherwise become a 64-byte dict: 16 MiB of them, 1 GiB)."""
 MAX_NDIM = 32
 """Dimensions of one array on the wire (numpy's own limit is 64)."""
 
+MAX_ERROR_MESSAGE = 2000
+"""Characters of an error message on the wire (longer ones are cut): an env's
+exception text may repeat whatever a trainer sent, so it must never grow an
+error frame past the frame limit."""
+
 # -- control messages, the only payloads the relay decodes --------------------
 
 MAX_HELLO_BYTES = 4096
@@ -47,11 +52,12 @@ MAX_RELEASE_CHANNELS = 4096
 MAX_SPACE_DEPTH = 16
 """Nesting of composite spaces (Dict, Tuple, Sequence, OneOf)."""
 
-MAX_SPACE_ELEMENTS = 2**24
-"""Elements over all arrays a space description makes the trainer build (Box
-bounds, MultiDiscrete nvec, MultiBinary shape, Text lengths): a 166-byte
-description of an 8000x8000 float64 Box would otherwise cost 1 GiB. 2**24 fits
-a 1080p RGB camera (6.2 M) with room; raise it for larger observations."""
+MAX_SPACE_BYTES = 256 * 1024 * 1024
+"""Memory the arrays of a simulator's spaces may make a trainer allocate (Box
+bounds, MultiDiscrete nvec, ...), for the single env and, in a vector env, for
+the batched copies (a copy per env): a 166-byte description of an 8000x8000
+float64 Box would otherwise cost 2 GiB. 256 MiB fits 16 envs of a 1080p RGB
+camera; raise it for more."""
 
 
 @dataclass(frozen=True)

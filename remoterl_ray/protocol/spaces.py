@@ -6,9 +6,9 @@ Tuple, Text (charset order kept), Sequence and OneOf, nested up to
 ``MAX_SPACE_DEPTH`` deep.
 
 A description comes from a peer, so rebuilding one is bounded: a shared
-element budget (``max_elements``) is charged for every array a space would
-allocate *before* it is built, and any malformed field is a coded
-``SpaceCodecError``, never a bare numpy or Python exception.
+budget of bytes (``max_bytes``) is charged for every array a space would
+allocate *before* it is built, dtypes are numeric, and any malformed field is
+a coded ``SpaceCodecError``, never a bare numpy or Python exception.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from gymnasium import spaces
 
 from .codec import DecodeError, wire_dtype
 from .errors import ErrorCode, ProtocolError
-from .limits import MAX_NDIM, MAX_SPACE_DEPTH, MAX_SPACE_ELEMENTS
+from .limits import MAX_NDIM, MAX_SPACE_BYTES, MAX_SPACE_DEPTH
 
 
 class SpaceCodecError(ProtocolError):
@@ -74,31 +74,38 @@ def space_to_wire(space: spaces.Space) -> dict[str, Any]:
 
 
 class _Budget:
-    """Elements a description may still make us allocate."""
+    """Bytes a description may still make us allocate, charged before each allocation."""
 
-    def __init__(self, elements: int) -> None:
-        self.left = elements
-        self.limit = elements
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.limit = limit
 
     def charge(self, count: int, what: str) -> None:
         self.left -= count
         if self.left < 0:
             raise SpaceCodecError(
-                f"space description needs more than {self.limit} elements ({what}); "
-                "raise max_space_elements if this space is real",
+                f"space description needs more than {self.limit} bytes ({what}); "
+                "raise max_space_bytes if this space is real",
                 code=ErrorCode.BAD_PAYLOAD,
             )
 
 
-def _shape(value: Any, budget: _Budget, what: str) -> tuple[int, ...]:
-    """A shape from the wire: at most MAX_NDIM non-negative ints, its size charged to ``budget``."""
+def _shape(value: Any) -> tuple[int, ...]:
+    """A shape from the wire: at most MAX_NDIM non-negative ints."""
     if not isinstance(value, (list, tuple)) or len(value) > MAX_NDIM:
-        raise SpaceCodecError(f"malformed shape in {what}", code=ErrorCode.BAD_PAYLOAD)
+        raise SpaceCodecError("malformed shape", code=ErrorCode.BAD_PAYLOAD)
     shape = tuple(value)
     if not all(type(d) is int and d >= 0 for d in shape):
-        raise SpaceCodecError(f"malformed shape in {what}", code=ErrorCode.BAD_PAYLOAD)
-    budget.charge(math.prod(shape), what)
+        raise SpaceCodecError("malformed shape", code=ErrorCode.BAD_PAYLOAD)
     return shape
+
+
+def _numeric(text: Any, kinds: str) -> np.dtype:
+    """A space's dtype: numeric kinds only (a string dtype of 300 MB per element is a dtype too)."""
+    dtype = wire_dtype(text)
+    if dtype.kind not in kinds:
+        raise SpaceCodecError(f"a space of dtype {dtype.str} cannot be built", code=ErrorCode.BAD_PAYLOAD)
+    return dtype
 
 
 def _array(value: Any, dtype: np.dtype) -> np.ndarray:
@@ -109,12 +116,31 @@ def _array(value: Any, dtype: np.dtype) -> np.ndarray:
     return np.asarray(value, dtype=dtype)
 
 
-def space_from_wire(desc: Any, *, max_elements: int = MAX_SPACE_ELEMENTS) -> spaces.Space:
+def space_from_wire(desc: Any, *, max_bytes: int = MAX_SPACE_BYTES) -> spaces.Space:
     """Rebuild a space from :func:`space_to_wire` output; raises ``SpaceCodecError``.
 
-    ``max_elements`` bounds the total size of the arrays the space needs (Box
-    bounds count twice, once for ``low`` and once for ``high``)."""
-    return _from_wire(desc, _Budget(max_elements), 0)
+    ``max_bytes`` bounds the memory of the arrays the space is built of
+    (:func:`space_bytes` of the result), charged before each is allocated."""
+    return _from_wire(desc, _Budget(max_bytes), 0)
+
+
+def space_bytes(space: spaces.Space) -> int:
+    """About what ``space`` holds in arrays: what a description is charged, and what
+    each copy costs when a vector env batches it (``batch_space`` copies it per env)."""
+    if isinstance(space, spaces.Box):
+        return space.low.nbytes + space.high.nbytes + space.bounded_below.nbytes + space.bounded_above.nbytes
+    if isinstance(space, spaces.MultiDiscrete):
+        return space.nvec.nbytes + space.start.nbytes
+    if isinstance(space, spaces.MultiBinary):
+        return math.prod(space.shape)
+    if isinstance(space, spaces.Text):
+        return 4 * space.max_length
+    if isinstance(space, (spaces.Dict, spaces.Tuple, spaces.OneOf)):
+        subs = space.spaces.values() if isinstance(space, spaces.Dict) else space.spaces
+        return sum(space_bytes(sub) for sub in subs)
+    if isinstance(space, spaces.Sequence):
+        return space_bytes(space.feature_space) * (2 if space.stack else 1)
+    return 16
 
 
 def _from_wire(desc: Any, budget: _Budget, depth: int) -> spaces.Space:
@@ -125,9 +151,9 @@ def _from_wire(desc: Any, budget: _Budget, depth: int) -> spaces.Space:
     kind = desc["type"]
     try:
         if kind == "Box":
-            dtype = wire_dtype(desc["dtype"])
-            shape = _shape(desc["shape"], budget, "Box low")
-            budget.charge(math.prod(shape), "Box high")  # low and high: two arrays of that shape
+            dtype = _numeric(desc["dtype"], "biuf")
+            shape = _shape(desc["shape"])
+            budget.charge(math.prod(shape) * (2 * dtype.itemsize + 2), "Box")  # low, high, bounded_below/above
             low = np.broadcast_to(_array(desc["low"], dtype), shape)
             high = np.broadcast_to(_array(desc["high"], dtype), shape)
             return spaces.Box(low=low.copy(), high=high.copy(), shape=shape, dtype=dtype)
@@ -135,15 +161,16 @@ def _from_wire(desc: Any, budget: _Budget, depth: int) -> spaces.Space:
             n, start = desc["n"], desc["start"]
             if type(n) is not int or type(start) is not int:
                 raise SpaceCodecError("Discrete n and start must be integers", code=ErrorCode.BAD_PAYLOAD)
-            return spaces.Discrete(n, start=start, dtype=wire_dtype(desc.get("dtype", "<i8")))
+            return spaces.Discrete(n, start=start, dtype=_numeric(desc.get("dtype", "<i8"), "iu"))
         if kind == "MultiDiscrete":
-            dtype = wire_dtype(desc["dtype"])
+            dtype = _numeric(desc["dtype"], "iu")
             nvec = _array(desc["nvec"], dtype)
-            budget.charge(2 * nvec.size, "MultiDiscrete nvec and start")
+            budget.charge(2 * nvec.nbytes, "MultiDiscrete")  # nvec and start
             return spaces.MultiDiscrete(nvec, dtype=dtype, start=_array(desc["start"], dtype))
         if kind == "MultiBinary":
             n = desc["n"]
-            shape = _shape([n] if type(n) is int else n, budget, "MultiBinary")
+            shape = _shape([n] if type(n) is int else n)
+            budget.charge(math.prod(shape), "MultiBinary")
             return spaces.MultiBinary(n if type(n) is int else list(shape))
         if kind == "Dict":
             pairs = desc["spaces"]
@@ -156,10 +183,15 @@ def _from_wire(desc: Any, budget: _Budget, depth: int) -> spaces.Space:
             max_length, min_length, charset = desc["max_length"], desc["min_length"], desc["charset"]
             if type(max_length) is not int or type(min_length) is not int or not isinstance(charset, str):
                 raise SpaceCodecError("malformed Text space description", code=ErrorCode.BAD_PAYLOAD)
-            budget.charge(max_length + len(charset), "Text")  # a sample may be that long
+            budget.charge(4 * max(0, max_length), "Text")  # a sample may be that long
             return spaces.Text(max_length=max_length, min_length=min_length, charset=charset)
         if kind == "Sequence":
-            return spaces.Sequence(_from_wire(desc["space"], budget, depth + 1), stack=bool(desc["stack"]))
+            stack = bool(desc["stack"])
+            before = budget.left
+            feature = _from_wire(desc["space"], budget, depth + 1)
+            if stack:  # Gymnasium keeps a batched copy of a stacked Sequence's feature space
+                budget.charge(before - budget.left, "stacked Sequence")
+            return spaces.Sequence(feature, stack=stack)
         if kind == "OneOf":
             return spaces.OneOf([_from_wire(v, budget, depth + 1) for v in _items(desc["spaces"])])
     except SpaceCodecError:

@@ -61,7 +61,7 @@ from .auth import StaticKeys
 from .dashboard import AdminGate, dashboard_router, source_of
 from .directory import Directory, LocalDirectory
 from .http_guard import HttpGuard
-from .ratelimit import FailureLimiter
+from .ratelimit import ErrorBudget, FailureLimiter
 from .switchboard import Peer, Switchboard
 
 log = logging.getLogger("remoterl.relay")
@@ -79,8 +79,9 @@ class RelayConfig:
     admin_tokens: dict[str, str] = field(default_factory=dict)  # operator -> SHA-256 digest of its token
     max_frame: int = DEFAULT_MAX_FRAME
     hello_timeout: float = 10.0
-    max_protocol_errors: int = 100  # per connection, then it is cut off
+    max_protocol_errors: int = 100  # refused frames a connection may send at once (refilled per minute), then it is cut off
     max_channels_per_trainer: int = 4096  # open channels one trainer connection may hold
+    local_stats: bool = False  # without an admin token, /v1/stats and /v1/cluster answer loopback clients
     accounts_interval: float = 1.0  # seconds between usage flushes (what a crash can lose at most)
     limiter: Callable[[], FailureLimiter] = FailureLimiter  # refused hellos (and, apart, admin tokens) per address
     observer: UsageObserver | None = None  # sees each second's counts (Ray metrics under Serve)
@@ -121,7 +122,7 @@ def create_app(config: RelayConfig) -> FastAPI:
     directory = config.directory
     accounting = Accounting(config.keys, config.accounts, config.prices, config.limiter(), config.observer)
     admin = AdminAuth(config.admin_tokens)
-    gate = AdminGate(admin, config.limiter())
+    gate = AdminGate(admin, config.limiter(), local_stats=config.local_stats)
 
     async def account_forever(interval: float) -> None:
         """Flush usage and apply revocations, blocks, disconnects and quota notices."""
@@ -276,8 +277,7 @@ def create_app(config: RelayConfig) -> FastAPI:
             await board.release(peer, message.channels)
 
     async def report(peer: Peer, error: RemoteRLError, op: int, channel: int, seq: int) -> None:
-        if isinstance(error, ProtocolError):  # only malformed traffic counts towards a cut-off
-            peer.protocol_errors += 1
+        peer.refused += 1
         await peer.send(error_frame(error.to_wire(), op=op, channel=channel, seq=seq))
 
     @app.websocket("/ws")
@@ -327,7 +327,9 @@ def create_app(config: RelayConfig) -> FastAPI:
         """The hot loop: one iteration per frame the peer sends."""
         unpack = HEADER.unpack_from
         max_frame = config.max_frame + HEADER_SIZE
+        errors = ErrorBudget(config.max_protocol_errors)
         while True:
+            refused_before = peer.refused
             message = await ws.receive()
             data = message.get("bytes")
             if data is None:
@@ -365,11 +367,11 @@ def create_app(config: RelayConfig) -> FastAPI:
                         route = board.channels.get(channel_)
                         if route is not None and route.simulator is peer:
                             await route.trainer.send(error_frame(exc.to_wire(), op=op_, channel=channel_, seq=seq_))
-            if peer.protocol_errors > config.max_protocol_errors:
-                peer_log.info("too many protocol errors", "closing %s from %s: too many protocol errors", peer.id,
+            if peer.refused > refused_before and not errors.spend():
+                peer_log.info("too many refused frames", "closing %s from %s: too many refused frames", peer.id,
                               source_of(ws))  # fmt: skip
                 if peer.alive:  # not already closed by an operator action
-                    await ws.close(CLOSE_POLICY, "too many protocol errors")
+                    await ws.close(CLOSE_POLICY, "too many refused frames")
                 return
 
     return app

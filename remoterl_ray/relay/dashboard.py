@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 from ..accounts.store import AccountsError
 from ..protocol.errors import ErrorCode
 from .accounting import Accounting
+from .addresses import address_key
 from .admin import COOKIE, COOKIE_SECONDS, AdminAuth
 from .ratelimit import FailureLimiter
 from .switchboard import Switchboard
@@ -74,7 +75,15 @@ def _error(status: int, code: ErrorCode, message: str) -> JSONResponse:
 
 
 def source_of(connection: HTTPConnection) -> str:
-    return connection.client.host if connection.client else "?"
+    """The client's address as per-address limits count it (an IPv6 /64 is one)."""
+    return address_key(connection.client.host if connection.client else None)
+
+
+def _loopback(connection: HTTPConnection) -> bool:
+    try:
+        return ipaddress.ip_address(connection.client.host if connection.client else "").is_loopback
+    except ValueError:
+        return False
 
 
 class AdminRefused(Exception):
@@ -86,20 +95,26 @@ class AdminRefused(Exception):
 class AdminGate:
     """Who may see and act: operators by token or login cookie; wrong tokens are rate-limited."""
 
-    def __init__(self, admin: AdminAuth, limiter: FailureLimiter) -> None:
+    def __init__(self, admin: AdminAuth, limiter: FailureLimiter, *, local_stats: bool = False) -> None:
+        """``local_stats``: with no admin token, the stats endpoints answer loopback
+        clients. Off by default: a proxy on the relay's host makes anyone a loopback client."""
         self.admin = admin
         self.limiter = limiter
+        self.local_stats = local_stats
 
     def operator(self, request: Request, *, loopback_without_tokens: bool = False) -> str:
         """The operator behind ``request``, else HTTP 401 (429 while rate-limited).
 
         With no admin token configured, only ``loopback_without_tokens`` endpoints
-        answer, and only to this machine."""
+        answer, only to this machine, and only if the relay was told to (``local_stats``)."""
         source = source_of(request)
         if not self.admin:
-            if loopback_without_tokens and ipaddress.ip_address(source if source != "?" else "0.0.0.0").is_loopback:
+            if loopback_without_tokens and self.local_stats and _loopback(request):
                 return "local"
-            raise HTTPException(404 if not loopback_without_tokens else 401, "this relay has no admin token configured")
+            raise HTTPException(
+                404 if not loopback_without_tokens else 401,
+                "this relay has no admin token configured (give it one; --local-stats answers this machine without)",
+            )
         authorization, cookie = request.headers.get("authorization"), request.cookies.get(COOKIE)
         try:
             return self.check(

@@ -5,18 +5,22 @@ the bounds that must hold *before* that live here, in subclasses of
 uvicorn's h11 HTTP protocol and its sans-I/O WebSocket protocol:
 
 * connections in all, per client address, and per address not yet admitted
-  (HTTP requests, WebSockets before their hello passes), refused with a 503
-  before a byte is parsed (IPv6 clients count per /64, as they get one each);
-* a request must arrive in full within ``handshake_timeout`` (slow or silent
-  clients are cut off), with headers of at most ``max_header_bytes``;
-* the largest message a peer may send before it is admitted (its hello is a
-  few hundred bytes; afterwards, the frame limit);
-* bytes queued to a peer: the transport's high-water mark is set to the cap,
+  (HTTP requests, WebSockets before their hello passes), counted when the TCP
+  connection is accepted and refused before a byte is parsed; an IPv6 client
+  counts per /64. The TLS handshake runs here too, after the count (with
+  asyncio's own TLS layer, ``asyncio.sslproto``, which works on uvloop's
+  transports as well): handed to uvicorn, it would happen before any count;
+* a request (and a TLS handshake) must arrive in full within
+  ``handshake_timeout``, with headers of at most ``max_header_bytes``;
+* the largest message a peer may send before it is admitted;
+* bytes queued to a peer: the transport's high-water mark is the peer's cap,
   and a peer that lets it fill (it does not read, or floods pings and never
-  reads the pongs) is aborted, never waited for: the relay's senders never
-  block on one slow peer. Peers get a small cap until the app admits them;
-* a closing connection whose peer does not take our last bytes is aborted
-  after ``close_timeout`` instead of holding its buffer for ever;
+  reads the pongs) is aborted, never waited for, so the relay's senders never
+  block on one slow peer. Peers get a small cap until the app admits them,
+  and all peers together get ``max_queued_bytes``;
+* every close: a peer that does not take our last bytes within
+  ``close_timeout`` is aborted, so a closed connection frees its buffer, its
+  descriptor and its place in the counts;
 * text frames that are not UTF-8 and malformed upgrade requests end the
   connection with one short, rate-limited log line, not a traceback.
 
@@ -27,9 +31,11 @@ provides these bounds (docs/security.md).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import itertools
 import logging
 import resource
+import ssl
+from asyncio import sslproto
 from typing import Any, ClassVar
 
 import h11
@@ -37,6 +43,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ..rate_limited_log import RateLimitedLog
+from .addresses import Networks, address_key
 from .app import CONNECTION_EXTENSION
 from .server_limits import ServerLimits
 
@@ -44,28 +51,14 @@ log = logging.getLogger("remoterl.relay")
 peer_log = RateLimitedLog(log)
 
 FD_RESERVE = 64  # descriptors kept for the store, logs and the process itself
-
-
-def address_key(host: str | None) -> str:
-    """What per-address limits count by: the address, or its /64 for IPv6."""
-    if not host:
-        return "?"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
+_connection_ids = itertools.count(1)
 
 
 class _Entry:
     __slots__ = ("address", "pending")
 
-    def __init__(self, address: str) -> None:
-        self.address = address
+    def __init__(self, address: str | None) -> None:
+        self.address = address  # None: not counted per address (a trusted proxy's)
         self.pending = True
 
 
@@ -79,18 +72,23 @@ class ConnectionGate:
         self._pending: dict[str, int] = {}
         self._entries: dict[int, _Entry] = {}
 
-    def enter(self, key: int, address: str) -> str | None:
-        """Count a new connection; returns why it is refused (then it is not counted)."""
+    def enter(self, key: int, address: str | None) -> str | None:
+        """Count a new connection (per address unless ``address`` is None); returns
+        why it is refused, and then it is not counted."""
         limits = self.limits
         if self.total >= limits.max_connections:
             return f"the relay holds its maximum of {limits.max_connections} connections"
-        if self._open.get(address, 0) >= limits.max_connections_per_address:
-            return f"too many connections from {address} (at most {limits.max_connections_per_address})"
-        if self._pending.get(address, 0) >= limits.max_pending_per_address:
-            return f"too many connections from {address} not yet admitted (at most {limits.max_pending_per_address})"
+        if address is not None:
+            if self._open.get(address, 0) >= limits.max_connections_per_address:
+                return f"too many connections from {address} (at most {limits.max_connections_per_address})"
+            if self._pending.get(address, 0) >= limits.max_pending_per_address:
+                return (
+                    f"too many connections from {address} not yet admitted "
+                    f"(at most {limits.max_pending_per_address})"
+                )
+            self._open[address] = self._open.get(address, 0) + 1
+            self._pending[address] = self._pending.get(address, 0) + 1
         self.total += 1
-        self._open[address] = self._open.get(address, 0) + 1
-        self._pending[address] = self._pending.get(address, 0) + 1
         self._entries[key] = _Entry(address)
         return None
 
@@ -98,16 +96,18 @@ class ConnectionGate:
         entry = self._entries.get(key)
         if entry is not None and entry.pending:
             entry.pending = False
-            _decrement(self._pending, entry.address)
+            if entry.address is not None:
+                _decrement(self._pending, entry.address)
 
     def leave(self, key: int) -> None:
         entry = self._entries.pop(key, None)
         if entry is None:
             return
         self.total -= 1
-        _decrement(self._open, entry.address)
-        if entry.pending:
-            _decrement(self._pending, entry.address)
+        if entry.address is not None:
+            _decrement(self._open, entry.address)
+            if entry.pending:
+                _decrement(self._pending, entry.address)
 
 
 def _decrement(counts: dict[str, int], address: str) -> None:
@@ -118,56 +118,170 @@ def _decrement(counts: dict[str, int], address: str) -> None:
         counts.pop(address, None)
 
 
+class QueueBudget:
+    """Bytes queued to all peers together. Each write updates its connection's
+    share; past the limit the shares are re-read and the peers with the most
+    queued are cut off until the rest fit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self.members: set[GuardedTransport] = set()
+
+    def changed(self, transport: GuardedTransport, delta: int) -> None:
+        self.total += delta
+        if self.total > self.limit:
+            self._shed()
+
+    def _shed(self) -> None:
+        self.total = 0
+        for member in self.members:
+            member.queued = member.inner.get_write_buffer_size()
+            self.total += member.queued
+        while self.total > self.limit and self.members:
+            worst = max(self.members, key=lambda m: m.queued)
+            peer_log.info("queue budget", "closing %s: the relay's queues are full and it holds the most (%d bytes)",
+                          worst.client, worst.queued)  # fmt: skip
+            self.forget(worst)
+            worst.inner.abort()
+
+    def forget(self, transport: GuardedTransport) -> None:
+        if transport in self.members:
+            self.members.discard(transport)
+            self.total -= transport.queued
+            transport.queued = 0
+
+
+class GuardedTransport:
+    """A connection's transport as the relay's protocols see it: every ``close``
+    turns into an abort if the peer has not taken our last bytes ``grace``
+    seconds later, and what it queues counts towards the server's budget."""
+
+    def __init__(self, inner: asyncio.Transport, guard: ServerGuard, key: int, client: str) -> None:
+        self.inner = inner
+        self.guard = guard
+        self.key = key  # its entry in the gate
+        self.client = client
+        self.queued = 0
+        self._closing = False
+        guard.queue.members.add(self)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        inner = self.inner
+        inner.write(data)
+        size = inner.get_write_buffer_size()
+        if size != self.queued:
+            delta, self.queued = size - self.queued, size
+            self.guard.queue.changed(self, delta)
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def close(self) -> None:
+        self.inner.close()
+        if not self._closing:
+            self._closing = True
+            asyncio.get_running_loop().call_later(self.guard.limits.close_timeout, self.inner.abort)  # no-op once closed
+
+    def lost(self) -> None:
+        """The connection is gone: out of every count."""
+        self.guard.queue.forget(self)
+        self.guard.gate.leave(self.key)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 class ServerGuard:
     """What the protocol classes of one server share."""
 
-    def __init__(self, limits: ServerLimits) -> None:
+    def __init__(self, limits: ServerLimits, *, trusted_proxies: Networks, tls: ssl.SSLContext | None) -> None:
         self.limits = limits
         self.gate = ConnectionGate(limits)
-
-
-def close_then_abort(transport: asyncio.BaseTransport, grace: float) -> None:
-    """Close ``transport``; if the peer has not taken our last bytes ``grace`` s later, abort it."""
-    transport.close()
-    asyncio.get_running_loop().call_later(grace, transport.abort)  # type: ignore[attr-defined]  # no-op once closed
+        self.queue = QueueBudget(limits.max_queued_bytes)
+        self.trusted_proxies = trusted_proxies
+        self.tls = tls
 
 
 class GuardedHttpProtocol(H11Protocol):
-    """uvicorn's h11 protocol with connection counting and a request deadline."""
+    """uvicorn's h11 protocol with connection counting, TLS in turn, and a request deadline."""
 
     guard: ClassVar[ServerGuard]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
-        self._refused = False
+        self._guarded: GuardedTransport | None = None
+        self._handshaking: tuple[int, str | None] | None = None  # (gate key, host) during a TLS handshake
         self._upgraded = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        address = address_key(self.client[0] if self.client else None)
-        refusal = self.guard.gate.enter(id(transport), address)
+        if self._handshaking is not None:  # called again by the TLS layer: the handshake is done
+            key, host = self._handshaking
+            self._handshaking = None
+            self._begin(transport, key, host)
+            return
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, (tuple, list)) and peer else None
+        key = next(_connection_ids)
+        trusted = host in self.guard.trusted_proxies  # its clients are counted by the proxy, not here
+        refusal = self.guard.gate.enter(key, None if trusted else address_key(host))
         if refusal is not None:
-            self._refused = True
-            peer_log.warning("connection refused", "refused a connection from %s: %s", address, refusal)
+            self._refuse(transport, host, refusal)
+            return
+        if self.guard.tls is None:
+            self._begin(transport, key, host)
+            return
+        # TLS on a connection already counted: the TLS layer takes the socket now, so
+        # not a byte reaches h11 first, and calls connection_made again once done.
+        self._handshaking = (key, host)
+        done = self.loop.create_future()
+        done.add_done_callback(self._handshake_done)
+        layer = sslproto.SSLProtocol(
+            self.loop, self, self.guard.tls, done, server_side=True, call_connection_made=True,
+            ssl_handshake_timeout=self.guard.limits.handshake_timeout,
+        )  # fmt: skip
+        transport.set_protocol(layer)
+        layer.connection_made(transport)
+
+    def _handshake_done(self, done: asyncio.Future[None]) -> None:
+        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        if error is None or self._handshaking is None:
+            return
+        key, host = self._handshaking
+        self._handshaking = None
+        peer_log.info("tls handshake", "closing a connection from %s: TLS handshake failed (%s)", host,
+                      type(error).__name__)  # fmt: skip
+        self.guard.gate.leave(key)
+
+    def _begin(self, transport: asyncio.Transport, key: int, host: str | None) -> None:
+        self._guarded = GuardedTransport(transport, self.guard, key, host or "?")
+        super().connection_made(self._guarded)  # type: ignore[arg-type]
+        self._arm_deadline()
+
+    def _refuse(self, transport: asyncio.Transport, host: str | None, refusal: str) -> None:
+        peer_log.warning("connection refused", "refused a connection from %s: %s", host, refusal)
+        if self.guard.tls is None:  # a TLS client could not read a plain answer
             body = f"{refusal}; try again later\n".encode()
             transport.write(
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
                 + f"Content-Length: {len(body)}\r\nRetry-After: 5\r\n\r\n".encode()
                 + body
             )
-            close_then_abort(transport, self.guard.limits.close_timeout)
-            return
-        self._arm_deadline()
+        transport.close()
+        self.loop.call_later(self.guard.limits.close_timeout, transport.abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._guarded is None:
+            return  # refused: never counted, nothing of uvicorn's set up
         self._disarm_deadline()
-        if not self._refused and not self._upgraded:
-            self.guard.gate.leave(id(self.transport))
+        if not self._upgraded:
+            self._guarded.lost()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._guarded is None:
             return
         super().data_received(data)
         if self.conn.their_state is h11.DONE:  # the whole request is in: the app has it now
@@ -180,7 +294,7 @@ class GuardedHttpProtocol(H11Protocol):
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         self._disarm_deadline()
-        self._upgraded = True  # the WebSocket protocol owns the gate entry from here on
+        self._upgraded = True  # the WebSocket protocol owns the counts from here on
         super().handle_websocket_upgrade(event)
 
     def send_400_response(self, msg: str) -> None:
@@ -224,7 +338,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     guard: ClassVar[ServerGuard]
 
-    def connection_made(self, transport: Any) -> None:
+    def connection_made(self, transport: Any) -> None:  # the h11 protocol's GuardedTransport
         super().connection_made(transport)
         self.close_timeout = self.guard.limits.close_timeout
         transport.set_write_buffer_limits(high=self.guard.limits.pre_auth_buffer)
@@ -232,12 +346,12 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self.conn.max_message_size = self.guard.limits.pre_auth_message
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.guard.gate.leave(id(self.transport))
+        self.transport.lost()
         super().connection_lost(exc)
 
     def admitted(self) -> None:
         """The app accepted this peer's hello: the admitted peer's buffer and counts apply."""
-        self.guard.gate.admitted(id(self.transport))
+        self.guard.gate.admitted(self.transport.key)
         self.conn.max_message_size = self._admitted_message
         if not self.transport.is_closing():
             self.transport.set_write_buffer_limits(high=self.guard.limits.peer_buffer)
@@ -267,7 +381,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
                 )
                 self.transport.write(b"".join(self.conn.data_to_send()))
                 self.close_sent = True
-                close_then_abort(self.transport, self.close_timeout)
+                self.transport.close()
                 return
             self.handle_events()
             return
@@ -299,19 +413,32 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
-        close_then_abort(self.transport, self.close_timeout)
+        self.transport.close()
 
 
 def _client(client: tuple[str, int] | None) -> str:
     return client[0] if client else "?"
 
 
-def protocol_classes(limits: ServerLimits) -> tuple[type[GuardedHttpProtocol], type[GuardedWebSocketProtocol]]:
-    """HTTP and WebSocket protocol classes sharing one gate, for one server."""
-    guard = ServerGuard(limits)
+def protocol_classes(
+    limits: ServerLimits, *, trusted_proxies: Networks | None = None, tls: ssl.SSLContext | None = None
+) -> tuple[type[GuardedHttpProtocol], type[GuardedWebSocketProtocol]]:
+    """HTTP and WebSocket protocol classes sharing one gate and budget, for one server.
+    With ``tls`` the HTTP protocol runs the TLS handshake itself, after counting
+    the connection (uvicorn must then not be given certificates of its own)."""
+    guard = ServerGuard(limits, trusted_proxies=trusted_proxies or Networks(), tls=tls)
     http = type("RelayHttpProtocol", (GuardedHttpProtocol,), {"guard": guard})
     ws = type("RelayWebSocketProtocol", (GuardedWebSocketProtocol,), {"guard": guard})
     return http, ws
+
+
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The relay's TLS context for ``wss://`` and ``https://`` (HTTP/1.1, TLS 1.2 or newer)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def raise_fd_limit(limits: ServerLimits) -> ServerLimits:

@@ -1,24 +1,24 @@
 """Run the relay app embedded, under uvicorn (no Ray needed).
 
 The server's own protocol classes (``guarded_server.py``) bound every
-connection before the app sees it; client addresses come from the socket,
-or from ``X-Forwarded-For`` only when the operator names trusted proxies.
+connection before the app sees it, and run the TLS handshake themselves once
+a connection is counted; client addresses come from the socket, or from
+``X-Forwarded-For`` only when the operator names trusted proxies.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import uvicorn
 
 from ..protocol.frames import HEADER_SIZE
 from ..rate_limited_log import RateLimitedLog, RateLimitFilter
+from .addresses import Networks
 from .app import RelayConfig, create_app
-from .guarded_server import ServerLimits, protocol_classes, raise_fd_limit
+from .guarded_server import protocol_classes, raise_fd_limit, server_tls_context
+from .server_limits import ServerLimits
 
 log = logging.getLogger("remoterl.relay")
 
@@ -46,7 +46,8 @@ def run_relay(
     beyond twice the limit are cut off by uvicorn itself (close code 1009).
     """
     limits = raise_fd_limit(limits or ServerLimits.for_frame(config.max_frame))
-    http, ws = protocol_classes(limits)
+    tls = server_tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    http, ws = protocol_classes(limits, trusted_proxies=Networks(trusted_proxies), tls=tls)
     server_config = uvicorn.Config(
         create_app(config),
         host=host,
@@ -63,44 +64,8 @@ def run_relay(
         proxy_headers=bool(trusted_proxies),
         forwarded_allow_ips=list(trusted_proxies) or None,
         server_header=False,
-        ssl_certfile=tls_cert,
-        ssl_keyfile=tls_key,
     )
     quiet = RateLimitFilter(RateLimitedLog(logging.getLogger("uvicorn.error")))
     for name in ("uvicorn.error", "asyncio"):  # lines a peer can trigger: rate-limited, no tracebacks
         logging.getLogger(name).addFilter(quiet)
-    _run(uvicorn.Server(server_config).serve(), relay_loop(limits.handshake_timeout))
-
-
-def _run(main: Coroutine[Any, Any, None], loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
-    if sys.version_info >= (3, 11):
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(main)
-        return
-    loop = loop_factory()  # pragma: no cover (Python 3.10)
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(main)
-    finally:
-        loop.close()
-        asyncio.set_event_loop(None)
-
-
-def relay_loop(handshake_timeout: float) -> type[asyncio.AbstractEventLoop]:
-    """uvloop's loop (asyncio's without it) whose TLS servers give a client
-    ``handshake_timeout`` seconds to finish the TLS handshake, not asyncio's 60:
-    until then the connection is not the relay's to count or limit."""
-    try:
-        import uvloop
-
-        base: type[asyncio.AbstractEventLoop] = uvloop.Loop
-    except ImportError:
-        base = asyncio.SelectorEventLoop
-
-    class RelayLoop(base):  # type: ignore[misc, valid-type]
-        async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.AbstractServer:
-            if kwargs.get("ssl") is not None:
-                kwargs.setdefault("ssl_handshake_timeout", handshake_timeout)
-            return await super().create_server(*args, **kwargs)
-
-    return RelayLoop
+    uvicorn.Server(server_config).run()

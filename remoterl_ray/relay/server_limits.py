@@ -43,13 +43,24 @@ class ServerLimits(BaseModel):
         ge=65_536,
         description="Bytes queued to an admitted peer that does not read before it is cut off.",
     )
+    max_queued_bytes: int = Field(
+        default=1 << 30,
+        ge=1 << 20,
+        description="Bytes queued to all peers together; past it, the peer with the most queued is cut off.",
+    )
     close_timeout: float = Field(
         default=5.0, gt=0, le=60, description="Seconds a closing peer has to take our last bytes."
     )
 
     @classmethod
     def for_frame(cls, max_frame: int, **overrides: Any) -> ServerLimits:
-        """Limits whose peer buffer holds a few of the largest frames (``None`` overrides are ignored)."""
+        """Limits whose peer buffer holds a few of the largest frames (``None`` overrides are ignored).
+        A peer buffer that cannot hold two frames would cut off every peer sent a large one."""
         values: dict[str, Any] = {"peer_buffer": max(MIN_PEER_BUFFER, 4 * max_frame)}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        limits = cls(**values)
+        if limits.peer_buffer < 2 * max_frame:
+            raise ValueError(
+                f"the peer buffer ({limits.peer_buffer} bytes) must hold two frames of --max-frame ({max_frame})"
+            )
+        return limits

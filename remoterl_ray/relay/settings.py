@@ -74,6 +74,10 @@ class RelaySettings(BaseModel):
     trusted_proxies: list[str] = Field(
         default_factory=list, description="Proxies whose X-Forwarded-For is believed (none by default)."
     )
+    local_stats: bool = Field(
+        default=False,
+        description="Without an admin token, answer /v1/stats and /v1/cluster on loopback (no proxy on this host).",
+    )
 
     @field_validator("limits")
     @classmethod
@@ -94,6 +98,7 @@ class RelaySettings(BaseModel):
             "hello_timeout": self.hello_timeout,
             "max_protocol_errors": self.max_protocol_errors,
             "max_channels_per_trainer": self.max_channels_per_trainer,
+            "local_stats": self.local_stats,
         }
 
     def server_limits(self, max_frame: int, **flags: Any) -> ServerLimits:

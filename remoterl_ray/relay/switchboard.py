@@ -65,7 +65,7 @@ class Peer:
     frames_in: int = 0
     frames_out: int = 0
     env_steps: int = 0
-    protocol_errors: int = 0
+    refused: int = 0  # error replies the relay sent this peer for its own frames
     steps_per_s: float = 0.0  # over the last metering interval
     hosted_envs: int = 0
     channels: set[int] = field(default_factory=set)
@@ -264,12 +264,15 @@ class Workspace:
     trainers: dict[str, Peer] = field(default_factory=dict)
     simulators: dict[str, Peer] = field(default_factory=dict)
     pool: Pool = field(default_factory=Pool)
+    announcing: asyncio.Task[None] | None = None  # the coalesced simulator count on its way to trainers
 
 
 class Switchboard:
     # Work between turns for the event loop, each slice about a millisecond at most on a slow core:
     YIELD_EVERY = 128  # placement steps (heap entries looked at, shards placed)
     CLOSES_PER_TURN = 8  # channels closed: each sends a frame, some 20 placement steps' worth
+    ANNOUNCE_SECONDS = 1.0  # simulator counts go to a workspace's trainers at most this often
+    SENDS_PER_TURN = 32  # announcement frames sent between turns
 
     def __init__(self, max_channels_per_trainer: int = DEFAULT_MAX_CHANNELS_PER_TRAINER) -> None:
         self.workspaces: dict[str, Workspace] = {}
@@ -356,9 +359,26 @@ class Switchboard:
             ws.pool.retire(slot, Seat.MOVING)
 
     async def _announce_simulators(self, ws: Workspace) -> None:
-        frame = control_frame(Simulators(count=len(ws.simulators)))
-        for trainer in list(ws.trainers.values()):
-            await trainer.send(frame)
+        """Tell the workspace's trainers its simulator count, soon: joins and leaves
+        within ``ANNOUNCE_SECONDS`` make one announcement of the latest count, sent in
+        turns, so churning simulators cost O(1) per join or leave, never O(trainers)."""
+        if ws.announcing is None or ws.announcing.done():
+            ws.announcing = asyncio.get_running_loop().create_task(self._announce_later(ws))
+
+    async def _announce_later(self, ws: Workspace) -> None:
+        sent = None
+        while True:
+            await asyncio.sleep(0)  # after the join or leave that asked for it
+            count = len(ws.simulators)
+            if count == sent:
+                return  # nothing changed meanwhile: the next change starts a new announcement
+            frame = control_frame(Simulators(count=count))
+            for i, trainer in enumerate(list(ws.trainers.values()), 1):
+                await trainer.send(frame)
+                if i % self.SENDS_PER_TURN == 0:
+                    await asyncio.sleep(0)
+            sent = count
+            await asyncio.sleep(self.ANNOUNCE_SECONDS)
 
     async def _detach(self, channel: Channel) -> None:
         self._unplace(channel)

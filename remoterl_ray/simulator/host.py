@@ -26,13 +26,14 @@ from typing import Any
 from ..protocol import codec
 from ..protocol.errors import (
     ErrorCode,
+    FrameTooLargeError,
     ProtocolError,
     RelayUnavailableError,
     RemoteEnvError,
     RemoteRLError,
     error_from_wire,
 )
-from ..protocol.frames import Kind, pack, payload_of, unpack_header
+from ..protocol.frames import Kind, Op, pack, payload_of, unpack_header
 from ..protocol.messages import CAP_NOTICE, CAP_RECONNECT, Detach, Hello, Notice, Reconnect, error_frame, parse_control
 from ..rate_limited_log import RateLimitedLog
 from ..transport import RelayConnection
@@ -43,6 +44,8 @@ from .hosted import EnvTable, remote_type_of
 log = logging.getLogger("remoterl.simulator")
 _relay_log = RateLimitedLog(log)
 
+MAX_MAKE_BYTES = 65_536  # make/register requests: env ids, kwargs and specs are small
+_MAKING = frozenset({Op.MAKE, Op.MAKE_VEC, Op.REGISTER})
 POLL_SECONDS = 0.25  # how often an idle simulator checks for a stop request
 REPICK_SECONDS = 30.0  # a region unreachable this long is given up for the nearest other one
 
@@ -58,14 +61,19 @@ class SimulatorHost:
         name: str | None = None,
         region: str | None = None,
         ca_file: str | None = None,
+        allow_processes: bool = False,
+        max_make_bytes: int = MAX_MAKE_BYTES,
     ) -> None:
         """``ca_file``: PEM CA certificates a ``wss://`` relay is verified with
-        (None: the system trust store)."""
+        (None: the system trust store). ``allow_processes``: trainers may ask for
+        async vector envs (a process per env). ``max_make_bytes``: the largest
+        make or register request (their kwargs reach env constructors)."""
         self.relay_url = relay_url
         self.ca_file = ca_file
         self.region = region  # None: the nearest one
         self.api_key = api_key
-        self.table = EnvTable(Allowlist(allow_modules), max_envs)
+        self.max_make_bytes = max_make_bytes
+        self.table = EnvTable(Allowlist(allow_modules), max_envs, allow_processes=allow_processes)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.max_envs = max_envs
         self.reconnect_asked = False  # the relay asked us to dial again once idle
@@ -157,7 +165,11 @@ class SimulatorHost:
             return
         payload = payload_of(frame)
         if kind == Kind.REQUEST:
-            conn.send(self._answer(conn, op, channel, seq, payload))
+            answer = self._answer(conn, op, channel, seq, payload)
+            try:
+                conn.send(answer)
+            except FrameTooLargeError as exc:  # never ends serving: say so in a frame that fits
+                conn.send(error_frame(exc.to_wire(), op=op, channel=channel, seq=seq))
         elif kind == Kind.CONTROL:
             try:
                 message = parse_control(payload)
@@ -179,6 +191,12 @@ class SimulatorHost:
 
     def _answer(self, conn: RelayConnection, op: int, channel: int, seq: int, payload: memoryview) -> bytes:
         try:
+            if op in _MAKING and len(payload) > self.max_make_bytes:
+                raise ProtocolError(
+                    f"{Op(op).name.lower()} request of {len(payload)} bytes exceeds this simulator's limit of "
+                    f"{self.max_make_bytes} (--max-make-bytes)",
+                    code=ErrorCode.BAD_PAYLOAD,
+                )
             result = self.table.handle(op, channel, codec.unpackb(payload))
             body = codec.packb(result)
             if len(body) > conn.max_frame:

@@ -21,6 +21,7 @@ from gymnasium.envs.registration import EnvSpec, find_highest_version, parse_env
 
 from ..protocol import codec
 from ..protocol.errors import (
+    UnsupportedError,
     EnvClosedError,
     ErrorCode,
     InvalidActionError,
@@ -205,9 +206,12 @@ class Hosted:
 class EnvTable:
     """All envs this simulator hosts, by channel."""
 
-    def __init__(self, allowlist: Allowlist, max_envs: int) -> None:
+    def __init__(self, allowlist: Allowlist, max_envs: int, *, allow_processes: bool = False) -> None:
+        """``allow_processes``: trainers may ask for ``vectorization_mode="async"``,
+        which starts a process per env; off, such a request is refused."""
         self.allowlist = allowlist
         self.max_envs = max_envs
+        self.allow_processes = allow_processes
         self.by_channel: dict[int, Hosted] = {}
         self.registrations = Registrations()
 
@@ -298,6 +302,12 @@ class EnvTable:
                 mode = arg.get("vectorization_mode") or "sync"
                 if mode not in _VECTOR_MODES:
                     raise ProtocolError(f"unknown vectorization mode {mode!r}", code=ErrorCode.BAD_PAYLOAD)
+                if mode == "async" and not self.allow_processes:
+                    raise UnsupportedError(
+                        "this simulator does not start env processes for trainers: ask for "
+                        "vectorization_mode='sync' (the same results), or start the simulator with "
+                        "--allow-processes"
+                    )
                 env = gym.make_vec(
                     spec,
                     num_envs=num_envs,

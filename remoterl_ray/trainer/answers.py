@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ..protocol.descriptions import EnvDescription
 from ..protocol.errors import ErrorCode, ProtocolError
+from ..protocol.spaces import space_bytes
 
 _SCALARS = (bool, int, float, np.bool_, np.number)
 
@@ -43,6 +45,12 @@ def step_answer(value: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
     return obs, reward, terminated, truncated, info
 
 
+def vector_reset_answer(value: Any, envs: int) -> tuple[Any, dict[str, Any]]:
+    obs, info = reset_answer(value)
+    check_vector_info(info, envs)
+    return obs, info
+
+
 def vector_step_answer(value: Any, envs: int) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """One shard's step: rewards, terminations and truncations hold one entry per env of the shard."""
     obs, rewards, terminations, truncations, info = _items(value, 5, "step")
@@ -50,4 +58,33 @@ def vector_step_answer(value: Any, envs: int) -> tuple[Any, np.ndarray, np.ndarr
         if not isinstance(item, np.ndarray) or item.shape != (envs,) or item.dtype.kind not in "biuf":
             shape = getattr(item, "shape", type(item).__name__)
             raise malformed(f"step {name} must be a numeric array of shape ({envs},), got {shape}")
+    check_vector_info(info, envs)
     return obs, rewards, terminations, truncations, info
+
+
+def check_vector_info(info: dict[str, Any], envs: int, where: str = "info") -> None:
+    """Gymnasium's batched info layout for ``envs`` envs: string keys, and for every
+    key with a ``_key`` mask, a boolean mask and a value (an array, or a map of
+    the same layout) with one row per env. What SB3 and RLlib unpack per env."""
+    for key, value in info.items():
+        if not isinstance(key, str):
+            raise malformed(f"{where} keys must be strings, got {type(key).__name__}")
+        mask = info.get("_" + key)
+        if mask is None or key.startswith("_"):
+            continue
+        if not isinstance(mask, np.ndarray) or mask.dtype.kind != "b" or mask.shape != (envs,):
+            raise malformed(f"{where} mask _{key} must be booleans of shape ({envs},)")
+        if isinstance(value, dict):
+            check_vector_info(value, envs, f"{where}[{key!r}]")
+        elif not isinstance(value, np.ndarray) or value.shape[:1] != (envs,):
+            raise malformed(f"{where}[{key!r}] must have one row per env ({envs}), got {np.shape(value)}")
+
+
+def check_batch(description: EnvDescription, num_envs: int, max_space_bytes: int) -> None:
+    """A vector env batches its spaces, a copy per env: that too within the trainer's budget."""
+    need = (space_bytes(description.observation_space) + space_bytes(description.action_space)) * num_envs
+    if need > max_space_bytes:
+        raise malformed(
+            f"the spaces of {num_envs} envs need {need} bytes, more than max_space_bytes ({max_space_bytes}); "
+            "raise it if these spaces are real"
+        )

@@ -8,6 +8,7 @@ Dict/Tuple spaces, and tuples of items for the rest (Text, Sequence, OneOf).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from gymnasium import spaces
 from ..protocol.errors import ErrorCode, ProtocolError
 
 _ARRAY_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+MAX_INFO_FILL = 1 << 22  # elements made up for envs whose shards lack an info key (what others sent bounds the rest)
 
 
 def slice_batch(space: spaces.Space, batch: Any, start: int, stop: int) -> Any:
@@ -57,9 +59,9 @@ def merge_infos(infos: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]
         return infos[0]
     total = sum(sizes)
     offsets = np.cumsum([0, *sizes])
-    keys: list[str] = []
+    keys: dict[str, None] = {}  # every shard's keys, in first-seen order (a dict: linear, not quadratic)
     for info in infos:
-        keys.extend(k for k in info if k not in keys)
+        keys.update(dict.fromkeys(info))
     out: dict[str, Any] = {}
     for key in keys:
         present = [(i, info[key]) for i, info in enumerate(infos) if key in info]
@@ -76,6 +78,13 @@ def merge_infos(infos: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]
                     f"info {key!r} of a shard of {sizes[i]} envs has shape {np.shape(value)}",
                     code=ErrorCode.BAD_PAYLOAD,
                 )
+        missing = total - sum(sizes[i] for i, _ in present)
+        if missing * math.prod(sample.shape[1:]) > MAX_INFO_FILL:  # filler for envs whose shards sent nothing
+            raise ProtocolError(
+                f"info {key!r} of shape {sample.shape[1:]} per env, from some shards only, would need "
+                f"filling for {missing} envs: more than {MAX_INFO_FILL} elements",
+                code=ErrorCode.BAD_PAYLOAD,
+            )
         if sample.dtype == object:
             merged = np.full((total, *sample.shape[1:]), None, dtype=object)
         else:

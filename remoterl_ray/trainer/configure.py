@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..config import (
     ENV_CONNECT_TIMEOUT,
-    ENV_MAX_SPACE_ELEMENTS,
+    ENV_MAX_SPACE_BYTES,
     ENV_SIMULATOR_WAIT,
     ENV_TIMEOUT,
     resolve_api_key,
@@ -20,7 +20,7 @@ from ..config import (
     resolve_seconds,
     resolve_tensorboard_dir,
 )
-from ..protocol.limits import MAX_SPACE_ELEMENTS
+from ..protocol.limits import MAX_SPACE_BYTES
 from .session import TrainerSession, TrainerSettings
 
 _current: TrainerSession | None = None
@@ -47,7 +47,7 @@ def trainer_settings(
     simulator_wait: float | None = None,
     tensorboard_dir: str | None = None,
     ca_file: str | None = None,
-    max_space_elements: int | None = None,
+    max_space_bytes: int | None = None,
 ) -> TrainerSettings:
     """Trainer settings from the arguments given, then ``REMOTERL_*`` env vars, then defaults."""
     return TrainerSettings(
@@ -60,5 +60,5 @@ def trainer_settings(
         simulator_wait=resolve_seconds(simulator_wait, ENV_SIMULATOR_WAIT, 10.0),
         tensorboard_dir=resolve_tensorboard_dir(tensorboard_dir),
         ca_file=resolve_ca_file(ca_file),
-        max_space_elements=resolve_count(max_space_elements, ENV_MAX_SPACE_ELEMENTS, MAX_SPACE_ELEMENTS),
+        max_space_bytes=resolve_count(max_space_bytes, ENV_MAX_SPACE_BYTES, MAX_SPACE_BYTES),
     )

@@ -18,7 +18,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, iterate
 
 from ..protocol.frames import Op
-from .answers import malformed, reset_answer, vector_step_answer
+from .answers import check_batch, malformed, vector_reset_answer, vector_step_answer
 from .batching import concat_arrays, concat_batches, merge_infos, slice_batch
 from .session import TrainerSession
 from .remote_env import RECONNECTED
@@ -51,6 +51,7 @@ class RemoteVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.single_observation_space = self._remote.observation_space
         self.single_action_space = self._remote.action_space
+        check_batch(description, num_envs, session.settings.max_space_bytes)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.metadata = dict(description.metadata)
@@ -85,7 +86,8 @@ class RemoteVectorEnv(VectorEnv):
         self._autoreset_step = None
         requests = [{"seed": s, "options": o} for s, o in zip(seeds, shard_options)]
         try:
-            results = [reset_answer(r) for r in self._remote.request(Op.RESET, requests)]
+            answers = self._remote.request(Op.RESET, requests)
+            results = [vector_reset_answer(a, n) for a, n in zip(answers, self._remote.sizes)]
         except ShardsRebuilt:  # made again, maybe cut into other shards: seeds and masks are re-split
             return self.reset(seed=seed, options=options)
         obs = self._joined(lambda: concat_batches(self.single_observation_space, [r[0] for r in results]))

@@ -24,7 +24,7 @@ from ..protocol import codec
 from ..protocol.errors import ProtocolError, RelayUnavailableError, RemoteRLError
 from ..protocol.descriptions import EnvDescription, parse_description
 from ..protocol.frames import Kind, Op
-from ..protocol.limits import MAX_RELEASE_CHANNELS, MAX_SPACE_ELEMENTS
+from ..protocol.limits import MAX_RELEASE_CHANNELS, MAX_SPACE_BYTES
 from ..protocol.messages import (
     CAP_LOCATE,
     CAP_NOTICE,
@@ -64,7 +64,7 @@ class TrainerSettings:
     tensorboard_dir: str | None = None  # remote-env metrics as TensorBoard scalars
     metrics_interval: float = 5.0  # seconds between TensorBoard points
     ca_file: str | None = None  # PEM CAs a wss:// relay is verified with (None: the system trust store)
-    max_space_elements: int = MAX_SPACE_ELEMENTS  # largest space a simulator may describe (protocol/limits.py)
+    max_space_bytes: int = MAX_SPACE_BYTES  # largest space a simulator may describe (protocol/limits.py)
 
 
 @dataclass
@@ -315,7 +315,7 @@ class TrainerSession:
             for reply in replies:  # registration errors come first, then make errors
                 reply.value()
             descriptions = [
-                parse_description(r.value(), max_space_elements=self.settings.max_space_elements)
+                parse_description(r.value(), max_space_bytes=self.settings.max_space_bytes)
                 for r in replies
                 if r.op in (Op.MAKE, Op.MAKE_VEC)
             ]

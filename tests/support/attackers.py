@@ -79,6 +79,58 @@ def nested_tuples(depth: int) -> bytes:
     return data
 
 
+class RawPeer:
+    """A peer on a raw socket, speaking WebSocket frames by hand: it reads only
+    when told to, however much the relay sends."""
+
+    def __init__(self, relay: Any, source: str, *, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(10)
+        self.sock.bind((source, 0))
+        self.sock.connect((relay.host, relay.port))
+        self.sock.sendall(UPGRADE + b"\r\n")
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"closed during the upgrade: {reply[:200]!r}")
+            reply += chunk
+        if not reply.startswith(b"HTTP/1.1 101"):
+            raise ConnectionError(f"upgrade refused: {reply[:200]!r}")
+
+    def send(self, payload: bytes, opcode: int = 0x2) -> None:
+        n = len(payload)
+        head = bytes([0x80 | opcode])
+        if n < 126:
+            head += bytes([0x80 | n])
+        elif n < 65536:
+            head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+        else:
+            head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+        self.sock.sendall(head + b"\0\0\0\0" + payload)  # a zero mask: the payload goes as it is
+
+    def recv(self) -> bytes:
+        """The payload of the relay's next frame."""
+        head = self._exactly(2)
+        size = head[1] & 0x7F
+        if size == 126:
+            size = int.from_bytes(self._exactly(2), "big")
+        elif size == 127:
+            size = int.from_bytes(self._exactly(8), "big")
+        return self._exactly(size)
+
+    def _exactly(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("closed by the relay")
+            data += chunk
+        return data
+
+
 Answer = Callable[[int, int, Any], Any]  # (op, channel, request) -> answer value
 
 
@@ -125,6 +177,7 @@ def forged_answer(op: int, channel: int, seq: int, value: Any) -> bytes:
 
 __all__ = [
     "Op",
+    "RawPeer",
     "ScriptedSimulator",
     "UPGRADE",
     "closed_by_peer",
