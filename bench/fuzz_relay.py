@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from websockets.frames import Frame, Opcode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -127,16 +128,7 @@ class Attack:
 
     def frame(self, payload: bytes, opcode: int = 0x2) -> bytes:
         """A masked client WebSocket frame."""
-        n = len(payload)
-        head = bytes([0x80 | opcode])
-        if n < 126:
-            head += bytes([0x80 | n])
-        elif n < 65536:
-            head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-        else:
-            head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-        mask = self.rng.randbytes(4)
-        return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        return Frame(Opcode(opcode), payload).serialize(mask=True)
 
     def upgraded(self) -> socket.socket:
         sock = self.tcp()

@@ -322,6 +322,14 @@ def upgrade_reply(relay: LocalRelay, source: str) -> bytes:
         return reply
 
 
+def served_again(relay: LocalRelay, source: str, timeout: float, why: str) -> None:
+    """Wait (at most ``timeout`` s) until an upgrade from ``source`` is no longer refused with a 503."""
+    deadline = time.monotonic() + timeout
+    while upgrade_reply(relay, source).startswith(b"HTTP/1.1 503"):
+        assert time.monotonic() < deadline, why
+        time.sleep(0.1)
+
+
 def test_connections_in_all_are_capped_with_a_clear_refusal():
     relay = start_relay(api_keys=[new_key("cap")], extra_args=["--max-connections", "24"])
     try:
@@ -331,10 +339,7 @@ def test_connections_in_all_are_capped_with_a_clear_refusal():
         assert refused.startswith(b"HTTP/1.1 503") and b"maximum of 24 connections" in refused, refused
         for sock in held:
             sock.close()
-        deadline = time.monotonic() + 10
-        while upgrade_reply(relay, "127.0.1.99").startswith(b"HTTP/1.1 503"):  # freed slots are served again
-            assert time.monotonic() < deadline, "closed connections were never uncounted"
-            time.sleep(0.1)
+        served_again(relay, "127.0.1.99", 10, "closed connections were never uncounted")
     finally:
         relay.stop()
 
@@ -673,10 +678,7 @@ def test_a_closed_connection_lets_go_of_what_its_peer_never_read(tmp_path):
         time.sleep(1)
         assert upgrade_reply(relay, "127.0.7.5").startswith(b"HTTP/1.1 503")  # simulator, hoarder, this: full
         hoarder.send(b"\x03\xe8", opcode=0x8)  # a close, and still not a byte read (reading would drain it)
-        deadline = time.monotonic() + 15
-        while upgrade_reply(relay, "127.0.7.5").startswith(b"HTTP/1.1 503"):  # its place is free again
-            assert time.monotonic() < deadline, "the closed connection still counts"
-            time.sleep(0.2)
+        served_again(relay, "127.0.7.5", 15, "the closed connection still counts")
     finally:
         sim.close()
         relay.stop()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+from websockets.frames import Frame, Opcode
 from websockets.sync.client import ClientConnection, connect
 
 from remoterl_ray.local import rss_mb
@@ -101,15 +102,7 @@ class RawPeer:
             raise ConnectionError(f"upgrade refused: {reply[:200]!r}")
 
     def send(self, payload: bytes, opcode: int = 0x2) -> None:
-        n = len(payload)
-        head = bytes([0x80 | opcode])
-        if n < 126:
-            head += bytes([0x80 | n])
-        elif n < 65536:
-            head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-        else:
-            head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-        self.sock.sendall(head + b"\0\0\0\0" + payload)  # a zero mask: the payload goes as it is
+        self.sock.sendall(Frame(Opcode(opcode), payload).serialize(mask=True))
 
     def recv(self) -> bytes:
         """The payload of the relay's next frame."""
