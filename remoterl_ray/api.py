@@ -12,10 +12,10 @@ from typing import Literal
 from .config import ENV_REGION, resolve_api_key, resolve_ca_file, resolve_relay_url
 from .simulator.allowlist import allowed_modules_from_env
 from .simulator.host import SimulatorHost, run_simulator
+from .trainer.configure import current_session, set_current_session, trainer_settings
 from .trainer.gym_patch import patch_gymnasium
 from .trainer.import_hooks import when_imported
 from .trainer.patching import Patcher
-from .trainer.configure import current_session, set_current_session, trainer_settings
 from .trainer.session import TrainerSession, TrainerSettings
 
 log = logging.getLogger("remoterl")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from .accounts.store import AccountsError, AccountStore
+from .addresses import is_loopback
 from .config import (
     DEFAULT_RELAY_URL,
     ENV_ADMIN_TOKEN,
@@ -172,7 +173,7 @@ def relay(
         raise typer.BadParameter(str(exc), param_hint="--max-peer-buffer / limits") from None
     if local_stats:
         settings = settings.model_copy(update={"local_stats": True})
-    if open_mode and host not in ("127.0.0.1", "::1", "localhost"):
+    if open_mode and not is_loopback(host):
         typer.echo(
             "warning: --open on a reachable address: anyone who can connect gets a workspace (one per key; "
             "keyless peers share the workspace 'open'). Use account keys outside a trusted network.",

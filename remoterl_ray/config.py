@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+Number = TypeVar("Number", int, float)
 
 DEFAULT_RELAY_URL = "ws://127.0.0.1:8000"
 
@@ -37,7 +40,9 @@ def resolve_ca_file(path: str | None) -> str | None:
     return os.path.abspath(os.path.expanduser(chosen)) if chosen else None
 
 
-def _positive(value: float | None, env_var: str, default: float, parse: type, what: str) -> Any:
+def _positive(
+    value: Number | None, env_var: str, default: Number, parse: Callable[[Any], Number], what: str
+) -> Number:
     """``value``, else ``env_var`` parsed with ``parse``, else ``default``; it must be positive."""
     if value is None:
         raw = os.environ.get(env_var)
@@ -54,12 +59,12 @@ def _positive(value: float | None, env_var: str, default: float, parse: type, wh
 
 def resolve_seconds(value: float | None, env_var: str, default: float) -> float:
     """A positive number of seconds from ``value``, else ``env_var``, else ``default``."""
-    return float(_positive(value, env_var, default, float, "a number of seconds"))
+    return _positive(value, env_var, default, float, "a number of seconds")
 
 
 def resolve_count(value: int | None, env_var: str, default: int) -> int:
     """A positive count from ``value``, else ``env_var``, else ``default``."""
-    return int(_positive(value, env_var, default, int, "a whole number"))
+    return _positive(value, env_var, default, int, "a whole number")
 
 
 def resolve_tensorboard_dir(path: str | None) -> str | None:

@@ -25,6 +25,7 @@ import pytest
 from conftest import TEST_ENVS_MODULE, SimulatorPool, init_trainer, new_key, sim_env
 
 import remoterl_ray
+from remoterl_ray.addresses import is_loopback
 from remoterl_ray.local import LocalRelay, start_relay, start_simulator
 from remoterl_ray.protocol.errors import ErrorCode, TLSError, error_from_wire
 from remoterl_ray.protocol.messages import Hello
@@ -488,8 +489,8 @@ def test_no_warning_for_loopback_or_without_a_key(
         RelayConnection.open(f"ws://{host}:{relay.port}", Hello(role="trainer", api_key=key)).close()
     RelayConnection.open(f"ws://{address}:{relay.port}", Hello(role="trainer", api_key=None)).close()
     assert _warnings(caplog) == []
-    assert client_tls.is_loopback("127.8.9.10") and client_tls.is_loopback("::1")
-    assert not client_tls.is_loopback("10.0.0.1") and not client_tls.is_loopback("relay.example")
+    assert is_loopback("127.8.9.10") and is_loopback("::1")
+    assert not is_loopback("10.0.0.1") and not is_loopback("relay.example")
 
 
 def test_the_warning_shows_without_logging_configured(lan_relay: tuple[LocalRelay, str, str]) -> None:

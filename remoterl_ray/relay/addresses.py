@@ -1,8 +1,10 @@
-"""Client addresses as the relay's limits count them.
+"""Network addresses, as the relay's limits count them and as clients judge them.
 
 An IPv6 client is given a whole /64 by its provider, so counting single
 addresses would hand it 2^64 fresh starts: every per-address limit (refused
-hellos, admin tokens, connections) counts by /64 instead.
+hellos, admin tokens, connections) counts by /64 instead. Loopback traffic
+never leaves the machine: a key sent there in clear is not exposed, and a
+loopback client is this machine (unless a proxy runs on it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,18 @@ def address_key(host: str | None) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
+
+
+def is_loopback(host: str | None) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Networks:

@@ -276,9 +276,10 @@ def create_app(config: RelayConfig) -> FastAPI:
         else:
             await board.release(peer, message.channels)
 
-    async def report(peer: Peer, error: RemoteRLError, op: int, channel: int, seq: int) -> None:
-        peer.refused += 1
+    async def report(peer: Peer, errors: ErrorBudget, error: RemoteRLError, op: int, channel: int, seq: int) -> bool:
+        """Answer a refused frame; False once the peer has used up its budget of them."""
         await peer.send(error_frame(error.to_wire(), op=op, channel=channel, seq=seq))
+        return errors.spend()
 
     @app.websocket("/ws")
     async def relay_socket(ws: WebSocket) -> None:
@@ -329,13 +330,14 @@ def create_app(config: RelayConfig) -> FastAPI:
         max_frame = config.max_frame + HEADER_SIZE
         errors = ErrorBudget(config.max_protocol_errors)
         while True:
-            refused_before = peer.refused
+            within_budget = True
             message = await ws.receive()
             data = message.get("bytes")
             if data is None:
                 if message["type"] == "websocket.disconnect":
                     return
-                await report(peer, ProtocolError("text frames are not part of the protocol"), 0, 0, 0)
+                text = ProtocolError("text frames are not part of the protocol")
+                within_budget = await report(peer, errors, text, 0, 0, 0)
             else:
                 size = len(data)
                 peer.bytes_in += size
@@ -361,13 +363,13 @@ def create_app(config: RelayConfig) -> FastAPI:
                     op_, channel_, seq_ = (
                         (op if op in VALID_OPS else 0, channel, seq) if size >= HEADER_SIZE else (0, 0, 0)
                     )
-                    await report(peer, exc, op_, channel_, seq_)
+                    within_budget = await report(peer, errors, exc, op_, channel_, seq_)
                     if isinstance(exc, FrameTooLargeError) and peer.role == "simulator":
                         # Fail the trainer's request now instead of letting it time out.
                         route = board.channels.get(channel_)
                         if route is not None and route.simulator is peer:
                             await route.trainer.send(error_frame(exc.to_wire(), op=op_, channel=channel_, seq=seq_))
-            if peer.refused > refused_before and not errors.spend():
+            if not within_budget:
                 peer_log.info("too many refused frames", "closing %s from %s: too many refused frames", peer.id,
                               source_of(ws))  # fmt: skip
                 if peer.alive:  # not already closed by an operator action

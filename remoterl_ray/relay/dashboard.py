@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,9 +28,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..accounts.store import AccountsError
+from ..addresses import address_key, is_loopback
 from ..protocol.errors import ErrorCode
 from .accounting import Accounting
-from .addresses import address_key
 from .admin import COOKIE, COOKIE_SECONDS, AdminAuth
 from .ratelimit import FailureLimiter
 from .switchboard import Switchboard
@@ -79,13 +78,6 @@ def source_of(connection: HTTPConnection) -> str:
     return address_key(connection.client.host if connection.client else None)
 
 
-def _loopback(connection: HTTPConnection) -> bool:
-    try:
-        return ipaddress.ip_address(connection.client.host if connection.client else "").is_loopback
-    except ValueError:
-        return False
-
-
 class AdminRefused(Exception):
     def __init__(self, status: int, code: ErrorCode, message: str) -> None:
         super().__init__(message)
@@ -109,7 +101,8 @@ class AdminGate:
         answer, only to this machine, and only if the relay was told to (``local_stats``)."""
         source = source_of(request)
         if not self.admin:
-            if loopback_without_tokens and self.local_stats and _loopback(request):
+            local = is_loopback(request.client.host if request.client else None)
+            if loopback_without_tokens and self.local_stats and local:
                 return "local"
             raise HTTPException(
                 404 if not loopback_without_tokens else 401,

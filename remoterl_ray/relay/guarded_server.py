@@ -42,8 +42,8 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from ..addresses import Networks, address_key
 from ..rate_limited_log import RateLimitedLog
-from .addresses import Networks, address_key
 from .app import CONNECTION_EXTENSION
 from .server_limits import ServerLimits
 
@@ -128,7 +128,7 @@ class QueueBudget:
         self.total = 0
         self.members: set[GuardedTransport] = set()
 
-    def changed(self, transport: GuardedTransport, delta: int) -> None:
+    def changed(self, delta: int) -> None:
         self.total += delta
         if self.total > self.limit:
             self._shed()
@@ -154,8 +154,9 @@ class QueueBudget:
 
 class GuardedTransport:
     """A connection's transport as the relay's protocols see it: every ``close``
-    turns into an abort if the peer has not taken our last bytes ``grace``
-    seconds later, and what it queues counts towards the server's budget."""
+    turns into an abort if the peer has not taken our last bytes
+    ``close_timeout`` seconds later, and what it queues counts towards the
+    server's budget."""
 
     def __init__(self, inner: asyncio.Transport, guard: ServerGuard, key: int, client: str) -> None:
         self.inner = inner
@@ -172,7 +173,7 @@ class GuardedTransport:
         size = inner.get_write_buffer_size()
         if size != self.queued:
             delta, self.queued = size - self.queued, size
-            self.guard.queue.changed(self, delta)
+            self.guard.queue.changed(delta)
 
     def writelines(self, chunks: Any) -> None:
         for chunk in chunks:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from ..addresses import Networks
 from ..protocol.frames import HEADER_SIZE
 from ..rate_limited_log import RateLimitedLog, RateLimitFilter
-from .addresses import Networks
 from .app import RelayConfig, create_app
 from .guarded_server import protocol_classes, raise_fd_limit, server_tls_context
 from .server_limits import ServerLimits

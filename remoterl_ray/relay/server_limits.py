@@ -54,11 +54,9 @@ class ServerLimits(BaseModel):
 
     @classmethod
     def for_frame(cls, max_frame: int, **overrides: Any) -> ServerLimits:
-        """Limits whose peer buffer holds a few of the largest frames (``None`` overrides are ignored).
+        """Limits whose peer buffer holds a few of the largest frames, unless ``overrides`` set it.
         A peer buffer that cannot hold two frames would cut off every peer sent a large one."""
-        values: dict[str, Any] = {"peer_buffer": max(MIN_PEER_BUFFER, 4 * max_frame)}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        limits = cls(**values)
+        limits = cls(**{"peer_buffer": max(MIN_PEER_BUFFER, 4 * max_frame), **overrides})
         if limits.peer_buffer < 2 * max_frame:
             raise ValueError(
                 f"the peer buffer ({limits.peer_buffer} bytes) must hold two frames of --max-frame ({max_frame})"

@@ -63,13 +63,13 @@ class RelaySettings(BaseModel):
     )
     hello_timeout: float = Field(default=10.0, gt=0, le=300, description="Seconds a new peer has to send its hello.")
     max_protocol_errors: int = Field(
-        default=100, ge=1, description="Malformed frames a peer may send before it is cut off."
+        default=100, ge=1, description="Refused frames a peer may send at once (refilled per minute) before it is cut off."
     )
     max_channels_per_trainer: int = Field(
         default=4096, ge=1, description="Open channels (env shards) one trainer connection may hold."
     )
-    limits: dict[str, Any] = Field(
-        default_factory=dict, description="Connection limits of the embedded relay (relay/server_limits.py)."
+    limits: ServerLimits = Field(
+        default_factory=ServerLimits, description="Connection limits of the embedded relay (relay/server_limits.py)."
     )
     trusted_proxies: list[str] = Field(
         default_factory=list, description="Proxies whose X-Forwarded-For is believed (none by default)."
@@ -78,12 +78,6 @@ class RelaySettings(BaseModel):
         default=False,
         description="Without an admin token, answer /v1/stats and /v1/cluster on loopback (no proxy on this host).",
     )
-
-    @field_validator("limits")
-    @classmethod
-    def _known_limits(cls, limits: dict[str, Any]) -> dict[str, Any]:
-        ServerLimits(**limits)  # unknown names and bad values fail at load time
-        return limits
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -103,7 +97,8 @@ class RelaySettings(BaseModel):
 
     def server_limits(self, max_frame: int, **flags: Any) -> ServerLimits:
         """The config's limits, then the command line's (flags that are None are not given)."""
-        return ServerLimits.for_frame(max_frame, **{**self.limits, **{k: v for k, v in flags.items() if v is not None}})
+        given = {k: v for k, v in flags.items() if v is not None}
+        return ServerLimits.for_frame(max_frame, **{**self.limits.model_dump(exclude_unset=True), **given})
 
     @field_validator("admin_tokens")
     @classmethod

@@ -65,7 +65,6 @@ class Peer:
     frames_in: int = 0
     frames_out: int = 0
     env_steps: int = 0
-    refused: int = 0  # error replies the relay sent this peer for its own frames
     steps_per_s: float = 0.0  # over the last metering interval
     hosted_envs: int = 0
     channels: set[int] = field(default_factory=set)
@@ -308,7 +307,7 @@ class Switchboard:
         """Remove ``peer`` and tell the other end of each of its channels."""
         peer.alive = False
         ws = self.workspaces.get(peer.workspace)
-        slot = ws.pool.slots.get(peer.id) if ws and peer.role == "simulator" else None
+        slot = self._slot(ws, peer)
         if slot is not None:
             ws.pool.retire(slot, Seat.GONE)  # before any await: never chosen from here on
         for done, channel_id in enumerate(sorted(peer.channels), 1):
@@ -346,6 +345,11 @@ class Switchboard:
         if not ws.simulators and not ws.trainers:
             self.workspaces.pop(ws.name, None)
 
+    @staticmethod
+    def _slot(ws: Workspace | None, peer: Peer) -> Slot | None:
+        """``peer``'s place in its workspace's pool (simulators only)."""
+        return ws.pool.slots.get(peer.id) if ws is not None and peer.role == "simulator" else None
+
     def mark_moving(self, peer: Peer) -> None:
         """``peer`` was asked to reconnect elsewhere: it gets no new channels, and
         the simulator counts stop including it."""
@@ -353,7 +357,7 @@ class Switchboard:
             return
         peer.moving = True
         ws = self.workspaces.get(peer.workspace)
-        slot = ws.pool.slots.get(peer.id) if ws and peer.role == "simulator" else None
+        slot = self._slot(ws, peer)
         if slot is not None:
             ws.pool.movers += 1
             ws.pool.retire(slot, Seat.MOVING)
@@ -391,7 +395,7 @@ class Switchboard:
         sim.hosted_envs -= channel.envs
         self._count(channel, -channel.envs)
         ws = self.workspaces.get(sim.workspace)
-        slot = ws.pool.slots.get(sim.id) if ws else None
+        slot = self._slot(ws, sim)
         if slot is not None:
             ws.pool.refresh(slot)
 

@@ -13,7 +13,6 @@ network in clear; :func:`warn_if_cleartext` says so once per host.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
@@ -22,6 +21,7 @@ import threading
 from functools import lru_cache
 from urllib.parse import urlsplit
 
+from ..addresses import is_loopback
 from ..protocol.errors import TLSError
 
 log = logging.getLogger("remoterl.transport")
@@ -127,18 +127,6 @@ def tls_failure(url: str, exc: BaseException, ca_file: str | None) -> TLSError |
     if isinstance(exc, ssl.SSLError):
         return handshake_error(url, exc)
     return None
-
-
-def is_loopback(host: str | None) -> bool:
-    """``localhost``, 127.0.0.0/8 or ::1: traffic that never leaves this machine."""
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def warn_if_cleartext(url: str, api_key: str | None) -> None:
