@@ -47,10 +47,10 @@ from remoterl_ray.protocol import codec
 from remoterl_ray.protocol.api_keys import format_key
 from remoterl_ray.protocol.errors import ErrorCode, ProtocolError
 from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, Op, pack, unpack_header
-from remoterl_ray.protocol.messages import Hello, Open, control_frame, encode_control, parse_control
+from remoterl_ray.protocol.messages import Hello, Open, Release, control_frame, encode_control, parse_control
 from remoterl_ray.protocol.affinity import session_id_for
 from remoterl_ray.protocol.descriptions import parse_description
-from remoterl_ray.relay.addresses import address_key
+from remoterl_ray.addresses import address_key
 from remoterl_ray.relay.auth import workspace_for_key
 from remoterl_ray.relay.dashboard import source_of
 from remoterl_ray.trainer.answers import check_batch, check_vector_info
@@ -765,3 +765,23 @@ def test_the_affinity_header_of_a_plain_key_is_slow_to_search():
     header = session_id_for("robotlab2024")
     assert header.startswith("ws-") and len(header) == 15 and header == session_id_for("robotlab2024")
     assert header[3:] != hashlib.sha256(b"robotlab2024").hexdigest()[:12]
+
+
+def test_a_trainer_cannot_release_or_step_another_trainers_channel(watched):
+    """Channel ids are small and guessable: a second trainer of the same workspace
+    naming the bystander's channel is refused, and the bystander never notices."""
+    ws = greeted(watched.relay, Hello(role="trainer", api_key=watched.bystander_key), "127.0.0.2")
+    victim = watched.env.unwrapped.channel
+    ws.send(control_frame(Release(channels=[victim])))  # ignored: not this trainer's channel
+    assert request(ws, Op.STEP, victim, 2, 0)["code"] == "unknown_channel"
+    assert request(ws, Op.CLOSE, victim, 3, None)["code"] == "unknown_channel"
+    ws.close()
+
+
+def test_a_frame_declaring_a_huge_length_before_the_hello_is_cut_off_unbuffered(watched):
+    sock = tcp(watched.relay, "127.0.0.2")
+    sock.sendall(UPGRADE + b"\r\n")
+    assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+    sock.sendall(bytes([0x82, 0x80 | 127]) + (2**62).to_bytes(8, "big") + b"\0\0\0\0" + b"x" * 1000)
+    assert closed_by_peer(sock, 10)  # 1009 at once: the relay never waits for (or buffers) 4 EiB
+    sock.close()
