@@ -312,6 +312,14 @@ def simulator(
         bool,
         typer.Option("--allow-processes", help="Let trainers ask for async vector envs (one process per env)."),
     ] = False,
+    env_attributes: Annotated[
+        bool,
+        typer.Option(
+            "--env-attributes/--no-env-attributes",
+            help="Let trainers call public methods of their envs and get or set public attributes "
+            "(Gymnasium's call/get_attr/set_attr, SB3's env_method).",
+        ),
+    ] = True,
     max_make_bytes: Annotated[
         int, typer.Option(min=1024, help="Largest make or register request, in bytes (their kwargs reach env constructors).")
     ] = 65_536,
@@ -347,6 +355,7 @@ def simulator(
             region=region,
             ca_file=resolve_ca_file(ca_file),
             allow_processes=allow_processes,
+            allow_attributes=env_attributes,
             max_make_bytes=max_make_bytes,
         )
     except ValueError as exc:  # a malformed --allow entry or REMOTERL_ALLOW_MODULES

@@ -19,6 +19,8 @@ import pytest
 
 import remoterl_ray
 from remoterl_ray.local import LocalProcess, LocalRelay, start_relay, start_simulator
+from remoterl_ray.trainer import gym_patch
+from remoterl_ray.trainer.gym_patch import GYM_MODULES
 
 SUPPORT = Path(__file__).parent / "support"
 sys.path.insert(0, str(SUPPORT))
@@ -114,6 +116,22 @@ def trainer_cleanup() -> Iterator[None]:
     """Whatever a test initialised, shut it down afterwards."""
     yield
     remoterl_ray.shutdown()
+
+
+@contextmanager
+def local_gym() -> Iterator[None]:
+    """Gymnasium as it is without remoterl, while inside: baselines built here are
+    really local, even those Gymnasium builds through its own ``make`` (a sync
+    ``make_vec``, SB3's ``make_vec_env``) while a trainer is initialized."""
+    names = ("make", "make_vec", "register")
+    saved = {(m, name): getattr(m, name) for m in GYM_MODULES for name in names if hasattr(m, name)}
+    for (module, name) in saved:
+        setattr(module, name, getattr(gym_patch, f"_ORIGINAL_{name.upper()}"))
+    try:
+        yield
+    finally:
+        for (module, name), value in saved.items():
+            setattr(module, name, value)
 
 
 def init_trainer(relay: LocalRelay, key: str, **kwargs) -> bool:

@@ -25,7 +25,7 @@ def test_tensorboard_event_files_hold_the_remote_env_metrics(relay, keys, tmp_pa
     with serving(relay, keys, 2) as key:
         assert init_trainer(relay, key, num_workers=2, num_env_runners=4)
         try:
-            envs = gym.make_vec("CartPole-v1", num_envs=8)
+            envs = gym.make_vec("CartPole-v1", num_envs=8, vectorization_mode="sync")
             envs.reset(seed=0)
             for _ in range(300):
                 envs.step(np.zeros(8, dtype=np.int64))

@@ -10,7 +10,7 @@ somewhere in the env classes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from gymnasium import spaces
 from gymnasium.envs.registration import parse_env_id
@@ -29,9 +29,14 @@ class SpecInfo(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: str = Field(min_length=1, max_length=300)
+    entry_point: str | None = Field(default=None, max_length=300)  # "module:attr", as data only
+    vector_entry_point: str | None = Field(default=None, max_length=300)
     max_episode_steps: int | None = Field(default=None, ge=0)
     reward_threshold: float | None = None
     nondeterministic: bool = False
+    order_enforce: bool = True
+    disable_env_checker: bool = False
+    kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("id")
     @classmethod
@@ -52,6 +57,8 @@ class _Fields(BaseModel):
     spec: SpecInfo | None = None
     render_mode: str | None = Field(default=None, max_length=100)
     num_envs: int = Field(default=1, ge=1)
+    observation_spaces: list[dict[str, Any]] | None = None  # a vector env's, per env, if they may differ
+    vectorization_mode: Literal["sync", "async", "vector_entry_point"] | None = None
 
     @field_validator("metadata")
     @classmethod
@@ -70,6 +77,8 @@ class EnvDescription:
     spec: SpecInfo | None
     render_mode: str | None
     num_envs: int
+    observation_spaces: list[spaces.Space] | None = None
+    vectorization_mode: str | None = None
 
 
 def parse_description(value: Any, *, max_space_bytes: int = MAX_SPACE_BYTES) -> EnvDescription:
@@ -84,7 +93,20 @@ def parse_description(value: Any, *, max_space_bytes: int = MAX_SPACE_BYTES) -> 
             code=ErrorCode.BAD_PAYLOAD,
         ) from None
     observation_space = space_from_wire(fields.observation_space, max_bytes=max_space_bytes)
-    action_space = space_from_wire(fields.action_space, max_bytes=max_space_bytes - space_bytes(observation_space))
+    left = max_space_bytes - space_bytes(observation_space)
+    action_space = space_from_wire(fields.action_space, max_bytes=left)
+    left -= space_bytes(action_space)
+    observation_spaces = None
+    if fields.observation_spaces is not None:
+        if len(fields.observation_spaces) != fields.num_envs:
+            raise ProtocolError(
+                f"simulator described {len(fields.observation_spaces)} observation spaces for {fields.num_envs} envs",
+                code=ErrorCode.BAD_PAYLOAD,
+            )
+        observation_spaces = []
+        for desc in fields.observation_spaces:
+            observation_spaces.append(space_from_wire(desc, max_bytes=left))
+            left -= space_bytes(observation_spaces[-1])
     return EnvDescription(
         observation_space=observation_space,
         action_space=action_space,
@@ -92,4 +114,6 @@ def parse_description(value: Any, *, max_space_bytes: int = MAX_SPACE_BYTES) -> 
         spec=fields.spec,
         render_mode=fields.render_mode,
         num_envs=fields.num_envs,
+        observation_spaces=observation_spaces,
+        vectorization_mode=fields.vectorization_mode,
     )

@@ -51,6 +51,7 @@ class Op(IntEnum):
     SPACES = 6
     REGISTER = 7
     RENDER = 8
+    ATTR = 9  # call a method, get or set an attribute of the hosted envs (public names only)
 
 
 _KINDS = frozenset(int(k) for k in Kind)

@@ -13,12 +13,12 @@ without ``gym.make``) the factories' envs are kept as they are in a plain
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import gymnasium as gym
-from gymnasium.envs.registration import EnvSpec
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
@@ -28,6 +28,7 @@ from ..trainer.patching import Patcher
 from ..trainer.remote_env import RemoteEnv
 from ..trainer.remote_vector_env import RemoteVectorEnv
 from ..trainer.session import TrainerSession
+from ..trainer.specs import remote_spec
 from .vec_env import RemoteVecEnv, Slot
 
 log = logging.getLogger("remoterl.sb3")
@@ -46,8 +47,7 @@ class DeferredEnv(gym.Env):
         self.action_space = description.action_space
         self.metadata = dict(description.metadata)
         self.render_mode = description.render_mode
-        spec = description.spec
-        self.spec = EnvSpec(id=spec.id, max_episode_steps=spec.max_episode_steps) if spec else None
+        self.spec = remote_spec(description.spec, env_id)
         self._env: RemoteEnv | None = None
 
     @property
@@ -127,7 +127,13 @@ def build_vec_env(session: TrainerSession, env_fns: list[Callable[[], gym.Env]])
     if all(plans) and len({plan[0].key for plan in plans}) == 1:  # type: ignore[index]
         first = plans[0][0]  # type: ignore[index]
         venv = RemoteVectorEnv(
-            session, first.env_id, len(envs), vector_kwargs={"autoreset_mode": "SameStep"}, **first.kwargs
+            session,
+            first.env_id,
+            len(envs),
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": "SameStep"},
+            per_env_infos=True,
+            **first.kwargs,
         )
         stacks: list[gym.Env] = []
         slots: list[Slot] = []
@@ -156,6 +162,10 @@ def patch_sb3(session: TrainerSession, patcher: Patcher) -> None:
     def __new__(cls: type, env_fns: list[Callable[[], gym.Env]] | None = None, *args: Any, **kwargs: Any) -> Any:
         if cls not in (DummyVecEnv, SubprocVecEnv) or env_fns is None:
             return object.__new__(cls)  # subclasses: their own envs (remote via gym.make) as usual
+        if cls is SubprocVecEnv:
+            start_method = kwargs.get("start_method", args[0] if args else None)
+            if start_method is not None:
+                multiprocessing.get_context(start_method)  # an unknown method raises as SB3's own check does
         return build_vec_env(session, list(env_fns))
 
     for cls in (DummyVecEnv, SubprocVecEnv):

@@ -62,18 +62,22 @@ class SimulatorHost:
         region: str | None = None,
         ca_file: str | None = None,
         allow_processes: bool = False,
+        allow_attributes: bool = True,
         max_make_bytes: int = MAX_MAKE_BYTES,
     ) -> None:
         """``ca_file``: PEM CA certificates a ``wss://`` relay is verified with
         (None: the system trust store). ``allow_processes``: trainers may ask for
-        async vector envs (a process per env). ``max_make_bytes``: the largest
+        async vector envs (a process per env). ``allow_attributes``: trainers may
+        call public env methods and get or set public attributes. ``max_make_bytes``: the largest
         make or register request (their kwargs reach env constructors)."""
         self.relay_url = relay_url
         self.ca_file = ca_file
         self.region = region  # None: the nearest one
         self.api_key = api_key
         self.max_make_bytes = max_make_bytes
-        self.table = EnvTable(Allowlist(allow_modules), max_envs, allow_processes=allow_processes)
+        self.table = EnvTable(
+            Allowlist(allow_modules), max_envs, allow_processes=allow_processes, allow_attributes=allow_attributes
+        )
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.max_envs = max_envs
         self.reconnect_asked = False  # the relay asked us to dial again once idle

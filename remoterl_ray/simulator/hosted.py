@@ -24,7 +24,6 @@ from ..protocol.errors import (
     UnsupportedError,
     EnvClosedError,
     ErrorCode,
-    InvalidActionError,
     NoSimulatorError,
     ProtocolError,
     RegistrationRefusedError,
@@ -32,12 +31,13 @@ from ..protocol.errors import (
     UnknownEnvError,
 )
 from ..protocol.frames import Op
-from ..protocol.spaces import action_checker, space_to_wire
+from ..protocol.space_values import batch_converter, convert_final_obs, sample_converter
+from ..protocol.spaces import space_to_wire
 from .allowlist import Allowlist
+from .attributes import handle_attribute
 from .creators import make_with_creator
 from .entry_points import plain_kwargs, resolve_entry_point
-
-_VECTOR_MODES = ("sync", "async", "vector_entry_point")
+from .vectors import make_vector
 
 
 def _require_dict(arg: Any, op: str) -> dict[str, Any]:
@@ -108,14 +108,21 @@ def _wire_safe(mapping: dict[str, Any]) -> dict[str, Any]:
 
 
 def _spec_of(env: Any) -> dict[str, Any] | None:
+    """The env's ``EnvSpec`` as the trainer rebuilds it: every field that is data
+    (entry points only as their "module:attr" strings, kwargs that can travel)."""
     spec = getattr(env, "spec", None)
     if spec is None:
         return None
     return {
         "id": spec.id,
+        "entry_point": spec.entry_point if isinstance(spec.entry_point, str) else None,
+        "vector_entry_point": spec.vector_entry_point if isinstance(spec.vector_entry_point, str) else None,
         "max_episode_steps": spec.max_episode_steps,
         "reward_threshold": spec.reward_threshold,
         "nondeterministic": bool(spec.nondeterministic),
+        "order_enforce": bool(spec.order_enforce),
+        "disable_env_checker": bool(spec.disable_env_checker),
+        "kwargs": _wire_safe(dict(spec.kwargs)),
     }
 
 
@@ -154,12 +161,29 @@ class Registrations:
 class Hosted:
     """One hosted env (``vector=False``) or vector env shard (``vector=True``)."""
 
-    def __init__(self, env: Any, *, vector: bool, num_envs: int) -> None:
+    def __init__(self, env: Any, *, vector: bool, num_envs: int, mode: str | None = None) -> None:
         self.env = env
         self.vector = vector
         self.num_envs = num_envs
-        self.action_space = env.action_space
-        self.check_action = action_checker(env.action_space)
+        self.mode = mode  # the vectorization mode the shard was made in
+        # Samples the codec cannot carry as they are (Graph, registered user spaces); None: nothing to do.
+        if vector:
+            self.obs_values = batch_converter(env.single_observation_space)
+            self.action_values = batch_converter(env.single_action_space, num_envs)
+            self.final_obs_values = sample_converter(env.single_observation_space)
+        else:
+            self.obs_values = sample_converter(env.observation_space)
+            self.action_values = sample_converter(env.action_space)
+            self.final_obs_values = None
+
+    def _answer(self, result: tuple[Any, ...]) -> list[Any]:
+        """A reset or step result as it travels: a list, its samples converted."""
+        out = list(result)  # a list: the envelope needs no tuple marker
+        if self.obs_values is not None:
+            out[0] = self.obs_values.to_wire(out[0])
+        if self.final_obs_values is not None:
+            out[-1] = convert_final_obs(out[-1], self.final_obs_values.to_wire)
+        return out
 
     def describe(self) -> dict[str, Any]:
         env = self.env
@@ -168,6 +192,8 @@ class Hosted:
                 "observation_space": space_to_wire(env.single_observation_space),
                 "action_space": space_to_wire(env.single_action_space),
             }
+            if getattr(env, "observation_mode", "same") == "different":  # batched from each env's own space
+                spaces["observation_spaces"] = [space_to_wire(e.observation_space) for e in env.envs]
         else:
             spaces = {
                 "observation_space": space_to_wire(env.observation_space),
@@ -179,6 +205,7 @@ class Hosted:
             "spec": _spec_of(env),
             "render_mode": getattr(env, "render_mode", None),
             "num_envs": self.num_envs,
+            "vectorization_mode": self.mode,
         }
 
     def reset(self, arg: Any) -> Any:
@@ -186,15 +213,14 @@ class Hosted:
         options = arg.get("options")
         if options is not None and not isinstance(options, dict):
             raise ProtocolError("reset options must be a map", code=ErrorCode.BAD_PAYLOAD)
-        obs, info = self.env.reset(seed=arg.get("seed"), options=options)
-        return [obs, info]  # a list: the envelope needs no tuple marker
+        return self._answer(self.env.reset(seed=arg.get("seed"), options=options))
 
     def step(self, action: Any) -> Any:
-        if not self.check_action(action):
-            raise InvalidActionError(
-                f"action {action!r:.200} is not in the action space {self.action_space}"
-            )
-        return list(self.env.step(action))
+        # The env judges its actions, as it does locally (a vector env ignores the
+        # action of an env it autoresets; MuJoCo envs take any Box action).
+        if self.action_values is not None:
+            action = self.action_values.from_wire(action)
+        return self._answer(self.env.step(action))
 
     def render(self) -> Any:
         return self.env.render()
@@ -206,12 +232,17 @@ class Hosted:
 class EnvTable:
     """All envs this simulator hosts, by channel."""
 
-    def __init__(self, allowlist: Allowlist, max_envs: int, *, allow_processes: bool = False) -> None:
+    def __init__(
+        self, allowlist: Allowlist, max_envs: int, *, allow_processes: bool = False, allow_attributes: bool = True
+    ) -> None:
         """``allow_processes``: trainers may ask for ``vectorization_mode="async"``,
-        which starts a process per env; off, such a request is refused."""
+        which starts a process per env; off, such a request is refused.
+        ``allow_attributes``: trainers may call public env methods and get or set
+        public attributes (``call``/``get_attr``/``set_attr``, SB3's ``env_method``)."""
         self.allowlist = allowlist
         self.max_envs = max_envs
         self.allow_processes = allow_processes
+        self.allow_attributes = allow_attributes
         self.by_channel: dict[int, Hosted] = {}
         self.registrations = Registrations()
 
@@ -239,6 +270,15 @@ class EnvTable:
             return hosted.render()
         if op == Op.SPACES:
             return hosted.describe()
+        if op == Op.ATTR:
+            if not self.allow_attributes:
+                raise UnsupportedError(
+                    "this simulator does not let trainers call env methods or get and set env attributes "
+                    "(it was started with --no-env-attributes)"
+                )
+            return handle_attribute(
+                hosted.env, _require_dict(arg, "attr"), vector=hosted.vector, num_envs=hosted.num_envs
+            )
         if op == Op.CLOSE:
             self.close(channel)
             return None
@@ -279,7 +319,7 @@ class EnvTable:
         env_id = _env_id(arg)
         kwargs = _kwargs(arg)
         spec = self.spec_for(channel, env_id)
-        num_envs = 1
+        num_envs, mode = 1, None
         if vector:
             num_envs = arg.get("num_envs")
             if not isinstance(num_envs, int) or num_envs < 1:
@@ -299,31 +339,24 @@ class EnvTable:
                     vector_kwargs=_kwargs(arg, "vector_kwargs"),
                 )
             elif vector:
-                mode = arg.get("vectorization_mode") or "sync"
-                if mode not in _VECTOR_MODES:
-                    raise ProtocolError(f"unknown vectorization mode {mode!r}", code=ErrorCode.BAD_PAYLOAD)
-                if mode == "async" and not self.allow_processes:
-                    raise UnsupportedError(
-                        "this simulator does not start env processes for trainers: ask for "
-                        "vectorization_mode='sync' (the same results), or start the simulator with "
-                        "--allow-processes"
-                    )
-                env = gym.make_vec(
+                env, mode = make_vector(
                     spec,
-                    num_envs=num_envs,
-                    vectorization_mode=mode,
+                    num_envs,
+                    mode=arg.get("vectorization_mode"),
+                    kwargs=kwargs,
                     vector_kwargs=_kwargs(arg, "vector_kwargs"),
-                    **kwargs,
+                    per_env_infos=arg.get("per_env_infos") is True,
+                    allow_processes=self.allow_processes,
                 )
             else:
                 env = gym.make(spec, **kwargs)
         except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv) as exc:  # NameNotFound etc. derive from it
-            raise UnknownEnvError(str(exc), remote_type=type(exc).__name__) from None
-        hosted = Hosted(env, vector=vector, num_envs=num_envs)
+            raise UnknownEnvError(str(exc), remote_type=remote_type_of(exc)) from None
         try:
+            hosted = Hosted(env, vector=vector, num_envs=num_envs, mode=mode)
             description = hosted.describe()
         except RemoteRLError:
-            hosted.close()
+            env.close()
             raise
         self.by_channel[channel] = hosted
         return description

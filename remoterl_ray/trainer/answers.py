@@ -62,6 +62,25 @@ def vector_step_answer(value: Any, envs: int) -> tuple[Any, np.ndarray, np.ndarr
     return obs, rewards, terminations, truncations, info
 
 
+def per_env_infos_answer(value: Any, items: int, envs: int) -> list[Any]:
+    """A shard's reset (2 items) or step (5) whose info is a list of one map per env."""
+    if not isinstance(value, list) or len(value) != items:
+        raise malformed(f"answer must be a list of {items} items, got {type(value).__name__}")
+    infos = value[-1]
+    if not isinstance(infos, list) or len(infos) != envs or not all(isinstance(i, dict) for i in infos):
+        raise malformed(f"per-env infos must be a list of {envs} maps")
+    if items == 5:
+        vector_step_answer([*value[:4], {}], envs)  # rewards, terminations, truncations: one per env
+    return value
+
+
+def attribute_answer(value: Any, envs: int | None) -> list[Any] | tuple[Any, ...]:
+    """A shard's per-env answer to an attribute request (``envs`` None: any length)."""
+    if not isinstance(value, (list, tuple)) or (envs is not None and len(value) != envs):
+        raise malformed(f"attribute answer must be a list of {envs} values, got {type(value).__name__}")
+    return value
+
+
 def check_vector_info(info: dict[str, Any], envs: int, where: str = "info") -> None:
     """Gymnasium's batched info layout for ``envs`` envs: string keys, and for every
     key with a ``_key`` mask, a boolean mask and a value (an array, or a map of

@@ -7,6 +7,7 @@ from typing import Any
 import gymnasium as gym
 
 from ..protocol.frames import Op
+from ..protocol.space_values import sample_converter
 from .answers import reset_answer, step_answer
 from .session import TrainerSession
 from .shards import Shards, ShardsRebuilt
@@ -27,6 +28,9 @@ class RemoteEnv(gym.Env):
         self.metadata = dict(description.metadata)
         self.render_mode = description.render_mode
         self.spec = self._remote.spec()
+        # Samples the codec cannot carry as they are (Graph, registered user spaces); None: nothing to do.
+        self._obs_values = sample_converter(self.observation_space)
+        self._action_values = sample_converter(self.action_space)
 
     @property
     def channel(self) -> int:
@@ -39,17 +43,24 @@ class RemoteEnv(gym.Env):
             answer = self._remote.request(Op.RESET, request)[0]
         except ShardsRebuilt:  # made again on a new connection: reset the new env instead
             answer = self._remote.request(Op.RESET, request)[0]
-        return reset_answer(answer)
+        return self._received(reset_answer(answer))
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         if not self._remote.needs_reset:
+            if self._action_values is not None:
+                action = self._action_values.to_wire(action)
             try:
-                return step_answer(self._remote.request(Op.STEP, [action])[0])
+                return self._received(step_answer(self._remote.request(Op.STEP, [action])[0]))
             except ShardsRebuilt:
                 pass
         # The env was made again on a new connection: this episode ends here, truncated.
         obs, info = self.reset()
         return obs, 0.0, False, True, {**info, RECONNECTED: True}
+
+    def _received(self, result: tuple[Any, ...]) -> Any:
+        if self._obs_values is None:
+            return result
+        return (self._obs_values.from_wire(result[0]), *result[1:])
 
     def render(self) -> Any:
         if self._remote.needs_reset:

@@ -2,10 +2,17 @@
 
 Envs [0, N) are split into contiguous shards, one per simulator; each vector
 step sends exactly one frame per shard, all at once, then gathers the
-answers as they come. Each shard is a ``SyncVectorEnv`` on its simulator
-(unless ``vectorization_mode`` is given), so for the same seeds and actions
-the results equal a local ``gym.make_vec(..., vectorization_mode="sync")``,
-including Gymnasium's default NEXT_STEP autoreset.
+answers as they come. Each shard is the vector env Gymnasium's ``make_vec``
+builds on its simulator in the mode asked for (by default Gymnasium's own
+choice: the env's vector entry point if it has one, else ``sync``). A vector
+entry point vectorises inside one object (one RNG for all envs, say), so such
+a vector env is never split: it lives whole on one simulator. For the same
+seeds and actions the results equal a local ``gym.make_vec``.
+
+Where a local vector env would check its arguments before stepping (how many
+actions, the reset mask, per-env ``set_attr`` values), a split vector env
+checks them here against the whole vector, so the error is the one local
+code gets.
 """
 
 from __future__ import annotations
@@ -13,16 +20,41 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space, iterate
+from gymnasium.vector.utils import batch_differing_spaces, batch_space, create_empty_array, iterate
 
+from ..protocol.errors import UnsupportedError
 from ..protocol.frames import Op
-from .answers import check_batch, malformed, vector_reset_answer, vector_step_answer
+from ..protocol.space_values import batch_converter, convert_final_obs, sample_converter
+from .answers import (
+    attribute_answer,
+    check_batch,
+    malformed,
+    per_env_infos_answer,
+    vector_reset_answer,
+    vector_step_answer,
+)
 from .batching import concat_arrays, concat_batches, merge_infos, slice_batch
-from .session import TrainerSession
 from .remote_env import RECONNECTED
-from .shards import Shards, ShardsRebuilt
+from .session import TrainerSession
+from .shards import SKIP, Shards, ShardsRebuilt
+
+
+def _mode_name(mode: Any) -> str | None:
+    """``make_vec``'s mode as its wire string (it takes the enum or its value)."""
+    if mode is None:
+        return None
+    return gym.VectorizeMode(mode).value
+
+
+def _whole(env_id: str, mode: str | None) -> bool:
+    """True when the vector env vectorises inside one object and must not be split."""
+    if mode is None:
+        spec = gym.registry.get(env_id)  # as Gymnasium would choose, if this process knows the id
+        return spec is not None and spec.vector_entry_point is not None
+    return mode == "vector_entry_point"
 
 
 class RemoteVectorEnv(VectorEnv):
@@ -32,27 +64,45 @@ class RemoteVectorEnv(VectorEnv):
         env_id: str,
         num_envs: int,
         *,
-        vectorization_mode: str | None = None,
+        vectorization_mode: Any = None,
         vector_kwargs: dict[str, Any] | None = None,
         creator: dict[str, Any] | None = None,
+        per_env_infos: bool = False,
         **kwargs: Any,
     ) -> None:
         """``creator`` (RLlib integration): ``{"target": "module:function",
         "env_config": ..., "worker_index": ..., "num_workers": ...}`` makes the
         simulators build each env as ``function(env_context)`` instead of
-        ``gym.make(env_id, **kwargs)``."""
+        ``gym.make(env_id, **kwargs)``. ``per_env_infos`` (SB3 integration):
+        reset and step return a list with each env's info as it produced it,
+        instead of Gymnasium's batched info dict."""
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
-        make_arg = {"kwargs": kwargs, "vectorization_mode": vectorization_mode, "vector_kwargs": vector_kwargs or {}}
+        mode = _mode_name(vectorization_mode)
+        vector_kwargs = dict(vector_kwargs or {})
+        observation_mode = vector_kwargs.get("observation_mode", "same")
+        if not isinstance(observation_mode, str):
+            raise UnsupportedError(
+                "observation_mode given as spaces cannot be sent to a simulator; use 'same' or 'different'"
+            )
+        make_arg: dict[str, Any] = {"kwargs": kwargs, "vectorization_mode": mode, "vector_kwargs": vector_kwargs}
         if creator is not None:
             make_arg["creator"] = creator
-        self._remote = Shards(session, env_id, num_envs, make_arg, vector=True)
+        if per_env_infos:
+            make_arg["per_env_infos"] = True
+        self.per_env_infos = per_env_infos
+        whole = creator is None and _whole(env_id, mode)
+        self._remote = Shards(session, env_id, num_envs, make_arg, vector=True, whole=whole)
         description = self._remote.description
         self.num_envs = num_envs
         self.single_observation_space = self._remote.observation_space
         self.single_action_space = self._remote.action_space
         check_batch(description, num_envs, session.settings.max_space_bytes)
-        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        per_env_spaces = [m.description.observation_spaces for m in self._remote.made]
+        if all(spaces is not None for spaces in per_env_spaces):  # observation_mode="different"
+            self.observation_space = batch_differing_spaces([s for spaces in per_env_spaces for s in spaces])
+        else:
+            self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.metadata = dict(description.metadata)
         self.metadata.setdefault("autoreset_mode", AutoresetMode.NEXT_STEP)
@@ -60,45 +110,82 @@ class RemoteVectorEnv(VectorEnv):
             self.metadata["autoreset_mode"] = AutoresetMode(self.metadata["autoreset_mode"])
         self.render_mode = description.render_mode
         self.spec = self._remote.spec()
-        self._autoreset_step: tuple[Any, dict[str, Any]] | None = None  # see _truncated_by_reconnect
+        # Samples the codec cannot carry as they are (Graph, registered user spaces); None: nothing to do.
+        self._obs_values = {n: batch_converter(self.single_observation_space, n) for n in set(self._remote.sizes)}
+        self._action_values = batch_converter(self.single_action_space)
+        self._final_obs_values = sample_converter(self.single_observation_space)
+        self._obs_parts: list[Any] = []  # each shard's last observations (a partial reset keeps the others)
+        self._autoreset_step: tuple[Any, Any] | None = None  # see _truncated_by_reconnect
 
     @property
     def shard_sizes(self) -> list[int]:
         return list(self._remote.sizes)
 
+    # -- reset and step -----------------------------------------------------
+
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Any, dict[str, Any]]:
+    ) -> tuple[Any, Any]:
         bounds = self._remote.bounds
-        if len(bounds) == 1:
+        if len(bounds) == 1:  # the shard is the whole vector: its own checks are the local ones
             seeds: list[Any] = [seed]
         elif seed is None:
             seeds = [None] * len(bounds)
         elif isinstance(seed, (int, np.integer)):
             seeds = [[int(seed) + i for i in range(a, b)] for a, b in bounds]
         else:
-            if len(seed) != self.num_envs:
-                raise ValueError(f"expected {self.num_envs} seeds, got {len(seed)}")
+            assert len(seed) == self.num_envs, (
+                f"If seeds are passed as a list the length must match num_envs={self.num_envs} "
+                f"but got length={len(seed)}."
+            )
             seeds = [list(seed[a:b]) for a, b in bounds]
-        shard_options = [self._shard_options(options, a, b) for a, b in bounds]
+        mask = None
+        if options is not None and "reset_mask" in options and len(bounds) > 1:
+            mask = self._reset_mask(options["reset_mask"])
+        requests: list[Any] = []
+        for (a, b), shard_seed in zip(bounds, seeds):
+            if mask is None:
+                requests.append({"seed": shard_seed, "options": options})
+            elif mask[a:b].any():
+                requests.append({"seed": shard_seed, "options": {**options, "reset_mask": mask[a:b]}})
+            else:
+                requests.append(SKIP)  # no env of this shard is reset: it is not asked
         if isinstance(seed, (int, np.integer)):
             super().reset(seed=int(seed))  # keeps self.np_random as a local vector env has it
         self._autoreset_step = None
-        requests = [{"seed": s, "options": o} for s, o in zip(seeds, shard_options)]
         try:
             answers = self._remote.request(Op.RESET, requests)
-            results = [vector_reset_answer(a, n) for a, n in zip(answers, self._remote.sizes)]
         except ShardsRebuilt:  # made again, maybe cut into other shards: seeds and masks are re-split
             return self.reset(seed=seed, options=options)
-        obs = self._joined(lambda: concat_batches(self.single_observation_space, [r[0] for r in results]))
-        return obs, merge_infos([r[1] for r in results], self._remote.sizes)
+        sizes = self._remote.sizes
+        if len(self._obs_parts) != len(sizes):  # never stepped, or cut into other shards
+            self._obs_parts = [None] * len(sizes)
+        infos: list[Any] = []
+        for i, (answer, envs) in enumerate(zip(answers, sizes)):
+            if answer is SKIP:
+                if self._obs_parts[i] is None:  # as a local vector env: zeros until first reset
+                    self._obs_parts[i] = create_empty_array(self.single_observation_space, n=envs, fn=np.zeros)
+                infos.append([{} for _ in range(envs)] if self.per_env_infos else {})
+                continue
+            if self.per_env_infos:
+                obs, info = per_env_infos_answer(answer, 2, envs)
+            else:
+                obs, info = vector_reset_answer(answer, envs)
+            self._obs_parts[i] = self._received_obs(obs, envs)
+            infos.append(info)
+        return self._joined_obs(), self._joined_infos(infos)
 
-    def _shard_options(self, options: dict[str, Any] | None, start: int, stop: int) -> dict[str, Any] | None:
-        if not options or "reset_mask" not in options or len(self._remote.bounds) == 1:
-            return options
-        return {**options, "reset_mask": np.asarray(options["reset_mask"])[start:stop]}
+    def _reset_mask(self, mask: Any) -> np.ndarray:
+        """A reset mask checked as a local ``SyncVectorEnv`` checks it, against the whole vector."""
+        assert isinstance(mask, np.ndarray), f"`options['reset_mask': mask]` must be a numpy array, got {type(mask)}"
+        assert mask.shape == (self.num_envs,), (
+            f"`options['reset_mask': mask]` must have shape `({self.num_envs},)`, got {mask.shape}"
+        )
+        assert mask.dtype == np.bool_, f"`options['reset_mask': mask]` must have `dtype=np.bool_`, got {mask.dtype}"
+        assert np.any(mask), f"`options['reset_mask': mask]` must contain a boolean array, got reset_mask={mask}"
+        return mask
 
-    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, Any]:
         if self._autoreset_step is not None:
             obs, info = self._autoreset_step
             self._autoreset_step = None
@@ -107,46 +194,148 @@ class RemoteVectorEnv(VectorEnv):
         if self._remote.needs_reset:
             return self._truncated_by_reconnect()
         bounds = self._remote.bounds
-        if len(bounds) == 1:
-            parts = [actions]
-        else:
-            parts = [slice_batch(self.single_action_space, actions, a, b) for a, b in bounds]
+        parts = [actions] if len(bounds) == 1 else self._split_actions(actions)
+        if self._action_values is not None:
+            parts = [self._action_values.to_wire(part) for part in parts]
         try:
             answers = self._remote.request(Op.STEP, parts)
         except ShardsRebuilt:
             return self._truncated_by_reconnect()
-        results = [vector_step_answer(a, n) for a, n in zip(answers, self._remote.sizes)]
-        obs = self._joined(lambda: concat_batches(self.single_observation_space, [r[0] for r in results]))
+        sizes = self._remote.sizes
+        if self.per_env_infos:
+            results = [per_env_infos_answer(a, 5, n) for a, n in zip(answers, sizes)]
+        else:
+            results = [vector_step_answer(a, n) for a, n in zip(answers, sizes)]
+        self._obs_parts = [self._received_obs(r[0], n) for r, n in zip(results, sizes)]
         rewards = concat_arrays([r[1] for r in results])
         terminations = concat_arrays([r[2] for r in results])
         truncations = concat_arrays([r[3] for r in results])
-        infos = merge_infos([r[4] for r in results], self._remote.sizes)
-        return obs, rewards, terminations, truncations, infos
+        return self._joined_obs(), rewards, terminations, truncations, self._joined_infos([r[4] for r in results])
+
+    def _received_obs(self, obs: Any, envs: int) -> Any:
+        if envs not in self._obs_values:  # shards cut anew after a reconnect
+            self._obs_values[envs] = batch_converter(self.single_observation_space, envs)
+        values = self._obs_values[envs]
+        return obs if values is None else values.from_wire(obs)
+
+    def _split_actions(self, actions: Any) -> list[Any]:
+        """The batch of actions cut into shards, after the checks a local vector env
+        makes (a scalar is a ``TypeError``, a wrong count a ``ValueError``)."""
+        for _ in zip(iterate(self.action_space, actions), range(self.num_envs), strict=True):
+            pass
+        return [slice_batch(self.single_action_space, actions, a, b) for a, b in self._remote.bounds]
+
+    def _joined_obs(self) -> Any:
+        """Shards' observations joined; shards that disagree are a malformed answer."""
+        return self._joined(lambda: concat_batches(self.single_observation_space, self._obs_parts))
+
+    def _joined_infos(self, infos: list[Any]) -> Any:
+        if self._final_obs_values is not None:
+            infos = [convert_final_obs(info, self._final_obs_values.from_wire) for info in infos]
+        if self.per_env_infos:
+            return [info for part in infos for info in part]
+        return merge_infos(infos, self._remote.sizes)
 
     @staticmethod
     def _joined(join: Callable[[], Any]) -> Any:
-        """Shards' observations joined; shards that disagree are a malformed answer."""
         try:
             return join()
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise malformed(f"shard observations do not join into one batch: {exc}") from None
 
-    def _truncated_by_reconnect(self) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def _truncated_by_reconnect(self) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, Any]:
         """Every env was made again on a new relay connection: report all episodes
         truncated, in the vector env's own autoreset convention."""
         obs, reset_info = self.reset()
         mode = self.metadata["autoreset_mode"]
-        # SAME_STEP returns the new episodes' reset infos with this step, as SyncVectorEnv does.
-        infos: dict[str, Any] = dict(reset_info) if mode == AutoresetMode.SAME_STEP else {}
-        for i, env_obs in enumerate(iterate(self.observation_space, obs)):
-            extra: dict[str, Any] = {RECONNECTED: True}
-            if mode == AutoresetMode.SAME_STEP:  # the new episode's first obs stands in for the lost final one
-                extra.update(final_obs=env_obs, final_info={})
-            infos = self._add_info(infos, extra, i)
+        same_step = mode == AutoresetMode.SAME_STEP
+        env_obs = list(iterate(self.observation_space, obs))
+        if self.per_env_infos:
+            infos: Any = [
+                {**(reset_info[i] if same_step else {}), RECONNECTED: True}
+                | ({"final_obs": env_obs[i], "final_info": {}} if same_step else {})
+                for i in range(self.num_envs)
+            ]
+        else:
+            # SAME_STEP returns the new episodes' reset infos with this step, as SyncVectorEnv does.
+            infos = dict(reset_info) if same_step else {}
+            for i in range(self.num_envs):
+                extra: dict[str, Any] = {RECONNECTED: True}
+                if same_step:  # the new episode's first obs stands in for the lost final one
+                    extra.update(final_obs=env_obs[i], final_info={})
+                infos = self._add_info(infos, extra, i)
         if mode == AutoresetMode.NEXT_STEP:
             self._autoreset_step = (obs, reset_info)  # the next step is the autoreset step: it ignores actions
         done = np.ones(self.num_envs, dtype=bool)
         return obs, np.zeros(self.num_envs), np.zeros(self.num_envs, dtype=bool), done, infos
+
+    # -- methods and attributes of the envs on the simulators ---------------
+
+    @property
+    def np_random_seed(self) -> Any:
+        """The hosted vector env's own ``np_random_seed`` (a sync vector env's is a
+        tuple with one seed per env)."""
+        answers = self._remote.request_all(Op.ATTR, {"do": "get", "scope": "self", "name": "np_random_seed"})
+        if len(answers) == 1:
+            return answers[0]
+        return tuple(seed for part in answers for seed in attribute_answer(part, None))
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Gymnasium's ``VectorEnv.call``, run by each shard's vector env."""
+        return self._per_env({"do": "call", "name": name, "args": list(args), "kwargs": kwargs})
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """Gymnasium's ``VectorEnv.get_attr`` (a method is called, as locally)."""
+        return self._per_env({"do": "get", "name": name})
+
+    def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
+        """Gymnasium's ``VectorEnv.set_attr``: one value for all envs, or a list or tuple of one per env."""
+        if isinstance(values, (list, tuple)):
+            if len(values) != self.num_envs:
+                raise ValueError(
+                    "Values must be a list or tuple with length equal to the number of environments. "
+                    f"Got `{len(values)}` values for {self.num_envs} environments."
+                )
+            args = [{"do": "set", "name": name, "value": values[a:b]} for a, b in self._remote.bounds]
+        else:
+            args = [{"do": "set", "name": name, "value": values}] * len(self._remote.bounds)
+        self._remote.request(Op.ATTR, args)
+
+    def _per_env(self, arg: dict[str, Any]) -> tuple[Any, ...]:
+        answers = self._remote.request_all(Op.ATTR, arg)
+        return tuple(item for part, n in zip(answers, self._remote.sizes) for item in attribute_answer(part, n))
+
+    def call_each(self, indices: list[int], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        """SB3's ``env_method`` on the envs at ``indices`` (results in that order)."""
+        return self._each(indices, {"do": "call", "name": name, "args": list(args), "kwargs": kwargs})
+
+    def get_each(self, indices: list[int], name: str) -> list[Any]:
+        """SB3's ``get_attr``: the attribute as is (a method is not called)."""
+        return self._each(indices, {"do": "get", "name": name})
+
+    def set_each(self, indices: list[int], name: str, value: Any) -> None:
+        """SB3's ``set_attr``: set on the outermost env of each index."""
+        self._each(indices, {"do": "set", "name": name, "value": value})
+
+    def _each(self, indices: list[int], arg: dict[str, Any]) -> list[Any]:
+        """``arg`` on the envs at global ``indices``: one request per shard that has any."""
+        bounds = self._remote.bounds
+        local: list[list[int]] = [[] for _ in bounds]
+        where = []
+        for index in indices:
+            if not 0 <= index < self.num_envs:
+                raise IndexError(f"env index {index} out of range for {self.num_envs} envs")
+            shard = next(s for s, (a, b) in enumerate(bounds) if a <= index < b)
+            where.append((shard, len(local[shard])))
+            local[shard].append(index - bounds[shard][0])
+        args = [{**arg, "scope": "each", "indices": ix} if ix else SKIP for ix in local]
+        answers = self._remote.request(Op.ATTR, args)
+        if arg["do"] == "set":
+            return []
+        results = [attribute_answer(a, len(ix)) if ix else [] for a, ix in zip(answers, local)]
+        return [results[shard][k] for shard, k in where]
+
+    # -- rendering and closing ----------------------------------------------
 
     def render(self) -> tuple[Any, ...] | None:
         if self._remote.needs_reset:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol import codec
-from ..protocol.errors import ProtocolError, RelayUnavailableError, RemoteRLError
+from ..protocol.errors import ErrorCode, NoSimulatorError, ProtocolError, RelayUnavailableError, RemoteRLError
 from ..protocol.descriptions import EnvDescription, parse_description
 from ..protocol.frames import Kind, Op
 from ..protocol.limits import MAX_RELEASE_CHANNELS, MAX_SPACE_BYTES
@@ -248,8 +248,11 @@ class TrainerSession:
 
     # -- env lifecycle ----------------------------------------------------
 
-    def create(self, env_id: str, num_envs: int, make_arg: dict[str, Any], *, vector: bool) -> list[Made]:
-        """Open channels for ``num_envs`` envs and make them on the simulators.
+    def create(
+        self, env_id: str, num_envs: int, make_arg: dict[str, Any], *, vector: bool, whole: bool = False
+    ) -> list[Made]:
+        """Open channels for ``num_envs`` envs and make them on the simulators
+        (``whole``: all on one simulator, else spread).
 
         Returns each shard with its connection and the simulator's description
         of its env (spaces, metadata, spec). On any failure every channel is
@@ -258,8 +261,10 @@ class TrainerSession:
         made: list[Made] = []
         try:
             first_index = 0
-            for conn, envs in self._plan(num_envs):
-                made += self._create_on(conn, env_id, envs, make_arg, vector=vector, first_index=first_index)
+            for conn, envs in self._plan(num_envs, whole):
+                made += self._create_on(
+                    conn, env_id, envs, make_arg, vector=vector, first_index=first_index, whole=whole
+                )
                 first_index += envs
         except BaseException:
             for conn, channels in group_channels(made):
@@ -267,14 +272,14 @@ class TrainerSession:
             raise
         return made
 
-    def _plan(self, num_envs: int) -> list[tuple[RelayConnection, int]]:
+    def _plan(self, num_envs: int, whole: bool = False) -> list[tuple[RelayConnection, int]]:
         """How many envs go to which region's connection."""
         regions = [
             r
             for r in self.locate()
             if r.simulators > 0 and (r.url is None or keeps_security(self.settings.relay_url, r.url))
         ]
-        if len(regions) <= 1 or num_envs == 1:
+        if len(regions) <= 1 or num_envs == 1 or whole:
             # One region (or one env): where most simulators are, else ours (the relay says why not).
             best = max(regions, key=lambda r: (r.simulators, r.url is None), default=None)
             return [(self.conn if best is None else self.region_conn(best), num_envs)]
@@ -290,8 +295,10 @@ class TrainerSession:
         *,
         vector: bool,
         first_index: int,
+        whole: bool = False,
     ) -> list[Made]:
-        request = Open(envs=num_envs, per_simulator=self.settings.num_env_runners)
+        per_simulator = num_envs if whole else self.settings.num_env_runners
+        request = Open(envs=num_envs, per_simulator=per_simulator)
         reply = conn.call([(Kind.CONTROL, Op.NONE, 0, encode_control(request))], self.settings.timeout)[0]
         if reply.error is not None:
             raise reply.error
@@ -299,6 +306,13 @@ class TrainerSession:
         if not isinstance(opened, Opened):
             raise ProtocolError(f"relay answered an open with {opened.op!r}")
         shards = opened.shards
+        if whole and len(shards) > 1:
+            self.release(conn, [s.channel for s in shards])
+            raise NoSimulatorError(
+                f"{env_id!r} vectorises its {num_envs} envs in one object, so one simulator must host them "
+                "all, and none has room for them",
+                code=ErrorCode.CAPACITY,
+            )
         try:
             requests = []
             registration = self.registrations.get(env_id)

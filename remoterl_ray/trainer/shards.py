@@ -24,6 +24,7 @@ from ..protocol.frames import Kind, Op
 from ..protocol.messages import Shard
 from ..transport import RelayConnection, Reply
 from .session import Made, TrainerSession, group_channels
+from .specs import remote_spec
 
 log = logging.getLogger("remoterl.trainer")
 
@@ -34,14 +35,36 @@ class ShardsRebuilt(RelayUnavailableError):
     turn this into truncation; should it ever escape, it is a coded ``relay_gone``."""
 
 
+SKIP = object()  # in ``Shards.request`` args: nothing is sent to that shard, and SKIP is its answer
+
+
 class Shards:
-    def __init__(self, session: TrainerSession, env_id: str, num_envs: int, make_arg: dict[str, Any], *, vector: bool):
+    def __init__(
+        self,
+        session: TrainerSession,
+        env_id: str,
+        num_envs: int,
+        make_arg: dict[str, Any],
+        *,
+        vector: bool,
+        whole: bool = False,
+    ):
+        """``whole``: all envs on one simulator (a vector env that vectorises inside
+        one object cannot be cut into shards)."""
         self.session = session
         self.env_id = env_id
         self.num_envs = num_envs
-        self._make = (make_arg, vector)
+        self.vector = vector
+        self.whole = whole
         self.needs_reset = False  # made again after a lost connection, not reset since
-        made = session.create(env_id, num_envs, make_arg, vector=vector)
+        self._make = make_arg
+        made = session.create(env_id, num_envs, make_arg, vector=vector, whole=whole)
+        if len(made) > 1 and any(m.description.vectorization_mode == "vector_entry_point" for m in made):
+            # The simulators chose the env's vector entry point (the id is unknown here): make it whole.
+            for conn, channels in group_channels(made):
+                session.release(conn, channels, close_first=True)
+            self.whole = True
+            made = session.create(env_id, num_envs, make_arg, vector=vector, whole=True)
         self._adopt(made)
         self.description = made[0].description
         self.observation_space = self.description.observation_space
@@ -56,11 +79,8 @@ class Shards:
         self.shards: list[Shard] = [m.shard for m in made]
         self.channels = [s.channel for s in self.shards]
         self.conns = [m.conn for m in made]
-        groups: dict[int, tuple[RelayConnection, list[int]]] = {}
-        for i, conn in enumerate(self.conns):
-            groups.setdefault(id(conn), (conn, []))[1].append(i)
-        self._by_conn = list(groups.values())  # shard indices per connection (region)
-        self.single_conn: RelayConnection | None = self.conns[0] if len(self._by_conn) == 1 else None
+        regions = {id(conn) for conn in self.conns}
+        self.single_conn: RelayConnection | None = self.conns[0] if len(regions) == 1 else None
         self.sizes = [s.envs for s in self.shards]
         self.bounds = []
         start = 0
@@ -73,10 +93,11 @@ class Shards:
         log.warning("lost the relay connection of %s (%s); making its envs again", self.env_id, lost)
         for conn, channels in group_channels(self.made):
             self.session.release(conn, channels)  # channels on a live connection (another region) go back
-        make_arg, vector = self._make
         try:
             self.session.wait_for_simulators(1, self.session.settings.simulator_wait)
-            self._adopt(self.session.create(self.env_id, self.num_envs, make_arg, vector=vector))
+            self._adopt(
+                self.session.create(self.env_id, self.num_envs, self._make, vector=self.vector, whole=self.whole)
+            )
         except RemoteRLError as exc:
             raise lost from exc
         log.warning("%s is served again (%s); its episodes were truncated", self.env_id, self.sizes)
@@ -84,47 +105,50 @@ class Shards:
         raise ShardsRebuilt(f"{lost}; the envs were made again on a new connection")
 
     def spec(self) -> EnvSpec | None:
-        spec = self.description.spec
-        if spec is None:
-            return None
-        return EnvSpec(
-            id=spec.id,
-            entry_point="remoterl_ray.trainer.remote_env:RemoteEnv",
-            max_episode_steps=spec.max_episode_steps,
-            reward_threshold=spec.reward_threshold,
-            nondeterministic=spec.nondeterministic,
-        )
+        """The simulator's spec of the env, as a local ``make`` or ``make_vec`` would report it."""
+        return remote_spec(self.description.spec, self.env_id, num_envs=self.num_envs if self.vector else None)
 
     def request(self, op: int, args: list[Any], timeout: float | None = None) -> list[Any]:
-        """One request per shard (``args[i]`` for shard i), sent together; answers in order."""
+        """One request per shard (``args[i]`` for shard i, none where it is ``SKIP``),
+        sent together; answers in shard order (``SKIP`` for shards not asked)."""
         if self.closed:
             raise EnvClosedError(f"remote env {self.env_id!r} is closed")
         started = time.perf_counter()
         timeout = timeout if timeout is not None else self.session.settings.timeout
-        requests = [(Kind.REQUEST, op, ch, codec.packb(arg)) for ch, arg in zip(self.channels, args)]
+        asked = [i for i, arg in enumerate(args) if arg is not SKIP]
+        if not asked:
+            return list(args)
+        requests = [(Kind.REQUEST, op, self.channels[i], codec.packb(args[i])) for i in asked]
         try:
             if self.single_conn is not None:
                 replies = self.single_conn.call(requests, timeout)
             else:
-                replies = self._call_regions(requests, timeout)
+                replies = self._call_regions(requests, [self.conns[i] for i in asked], timeout)
         except RelayUnavailableError as exc:
             self._rebuild(exc)
         for reply in replies:
             if isinstance(reply.error, RelayUnavailableError):
                 self._rebuild(reply.error)
-        values = [reply.value() for reply in replies]
+        values: list[Any] = [SKIP] * len(args)
+        for i, reply in zip(asked, replies):
+            values[i] = reply.value()
         if op == Op.RESET:
             self.needs_reset = False
         if op == Op.STEP:
             self.session.record_step(time.perf_counter() - started, self.num_envs)
         return values
 
-    def _call_regions(self, requests: list[tuple[int, int, int, bytes]], timeout: float) -> list[Reply]:
-        """Put every region's requests in flight, then gather the answers in shard order."""
+    def _call_regions(
+        self, requests: list[tuple[int, int, int, bytes]], conns: list[RelayConnection], timeout: float
+    ) -> list[Reply]:
+        """Put every region's requests in flight, then gather the answers in request order."""
         deadline = time.monotonic() + timeout
+        by_conn: dict[int, tuple[RelayConnection, list[int]]] = {}
+        for i, conn in enumerate(conns):
+            by_conn.setdefault(id(conn), (conn, []))[1].append(i)
         pending = []
         try:
-            for conn, idx in self._by_conn:
+            for conn, idx in by_conn.values():
                 pending.append((conn, idx, conn.start([requests[i] for i in idx])))
         except BaseException:
             for conn, _, slots in pending:  # requests already sent elsewhere: stop waiting for them

@@ -147,6 +147,66 @@ class EchoTextEnv(gym.Env):
         return self.note, 0.0, False, False, {"note": self.note}
 
 
+class CurriculumEnv(gym.Env):
+    """Public state a trainer reaches through call/get_attr/set_attr (SB3's env_method):
+    a ``level`` it sets, a method that sets it, and a step counter."""
+
+    metadata = {"render_modes": []}
+    observation_space = spaces.Box(0.0, 100.0, (1,), dtype=np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, episode_length: int = 5) -> None:
+        self.level = 0
+        self.steps_taken = 0
+        self.episode_length = episode_length
+        self._elapsed = 0
+
+    def set_level(self, level: int, *, bonus: int = 0) -> int:
+        self.level = int(level) + bonus
+        return self.level
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._elapsed = 0
+        if options and "level" in options:
+            self.level = int(options["level"])
+        return np.array([self.level], dtype=np.float32), {"level": self.level, "py_float": 0.5}
+
+    def step(self, action):
+        if action not in (0, 1):
+            raise ValueError(f"CurriculumEnv takes 0 or 1, not {action!r}")
+        self.steps_taken += 1
+        self._elapsed += 1
+        obs = np.array([self.level + int(action)], dtype=np.float32)
+        info = {"steps": self.steps_taken} if self._elapsed % 2 else {"odd": False}
+        return obs, float(self.level), self._elapsed >= self.episode_length, False, info
+
+
+_made = {"count": 0}
+
+
+class VaryingBoundsEnv(gym.Env):
+    """Each instance made in a process gets the next upper bound (1, 2, 3, ...):
+    for ``observation_mode="different"``, whose batched space follows each env's own."""
+
+    metadata = {"render_modes": []}
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, index: int | None = None) -> None:
+        if index is None:
+            _made["count"] += 1
+            index = _made["count"]
+        self.bound = float(index)
+        self.observation_space = spaces.Box(0.0, float(index), (2,), dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample() * 0, {}
+
+    def step(self, action):
+        return self.observation_space.sample() * 0, 0.0, False, False, {}
+
+
 def make_corridor(config):
     """An RLlib env creator: ``config`` is the env_config plus its context."""
     return CorridorEnv(config.get("length", 5), config.worker_index, config.vector_index)
@@ -155,3 +215,5 @@ def make_corridor(config):
 # Importing this module (e.g. for the id "remoterl_testenvs:AllSpaces-v0") registers its envs.
 gym.register("AllSpaces-v0", entry_point="remoterl_testenvs:AllSpacesEnv")
 gym.register("EchoText-v0", entry_point="remoterl_testenvs:EchoTextEnv")
+gym.register("Curriculum-v0", entry_point="remoterl_testenvs:CurriculumEnv")
+gym.register("VaryingBounds-v0", entry_point="remoterl_testenvs:VaryingBoundsEnv")

@@ -1,0 +1,89 @@
+"""Layer 5: a trainer's ``call`` / ``get_attr`` / ``set_attr`` on the envs a simulator hosts.
+
+Gymnasium's vector envs and SB3's VecEnvs let the trainer reach methods and
+attributes of the envs (curriculum setters, counters). Here that reaches the
+envs on the simulator, within the threat model: only public names (no
+leading underscore, a plain identifier), no wrapper-reflection helpers that
+would take a private name as an argument, arguments and values are decoded
+payload data (never code), and a simulator can turn it off
+(``--no-env-attributes``). A result that cannot travel is a coded error.
+
+``scope`` says whose semantics apply:
+
+* ``"vector"``: the hosted vector env's own ``call``/``get_attr``/``set_attr``
+  (Gymnasium's: ``get_attr`` of a method calls it, ``set_attr`` takes one
+  value or one per env);
+* ``"each"`` with ``indices``: per sub-env, as SB3's ``DummyVecEnv`` does
+  (``get_attr`` returns the attribute as is, ``set_attr`` sets it on the
+  outermost env of each index);
+* ``"self"``: an attribute of the hosted env object itself (a vector env's
+  ``np_random_seed``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..protocol.errors import ErrorCode, ProtocolError, UnsupportedError
+from .entry_points import plain_kwargs
+
+MAX_NAME = 100
+# Reflection helpers: called through ``call`` they would read or write any name, private ones included.
+_REFLECTION = frozenset({"get_wrapper_attr", "set_wrapper_attr", "has_wrapper_attr", "call", "get_attr", "set_attr"})
+_ACTIONS = ("call", "get", "set")
+_SCOPES = ("vector", "each", "self")
+
+
+def public_name(value: Any) -> str:
+    """``value`` if it names a public attribute; a coded error otherwise."""
+    if not isinstance(value, str) or not value.isidentifier() or len(value) > MAX_NAME:
+        raise ProtocolError("an attribute name must be a Python identifier", code=ErrorCode.BAD_PAYLOAD)
+    if value.startswith("_"):
+        raise UnsupportedError(f"{value!r} is private: trainers may only reach public attributes of envs")
+    if value in _REFLECTION:
+        raise UnsupportedError(f"{value!r} cannot be called remotely: it reaches attributes by name")
+    return value
+
+
+def _indices(value: Any, num_envs: int) -> list[int]:
+    if not isinstance(value, list) or not all(type(i) is int and 0 <= i < num_envs for i in value):
+        raise ProtocolError(f"indices must be a list of env indices below {num_envs}", code=ErrorCode.BAD_PAYLOAD)
+    return value
+
+
+def handle_attribute(env: Any, arg: dict[str, Any], *, vector: bool, num_envs: int) -> Any:
+    """Run one attribute request on ``env`` (the hosted env or vector env)."""
+    action, scope = arg.get("do"), arg.get("scope", "vector")
+    if action not in _ACTIONS or scope not in _SCOPES:
+        raise ProtocolError("malformed attribute request", code=ErrorCode.BAD_PAYLOAD)
+    name = public_name(arg.get("name"))
+    args = arg.get("args") or []
+    if not isinstance(args, list):
+        raise ProtocolError("call arguments must be a list", code=ErrorCode.BAD_PAYLOAD)
+    kwargs = plain_kwargs(arg.get("kwargs"), "call kwargs")
+    value = arg.get("value")
+    if scope == "self" or not vector:
+        if action == "get":
+            return getattr(env, name)
+        if action == "set":
+            setattr(env, name, value)
+            return None
+        return getattr(env, name)(*args, **kwargs)
+    if scope == "vector":
+        if action == "get":
+            return list(env.get_attr(name))
+        if action == "set":
+            env.set_attr(name, value)
+            return None
+        return list(env.call(name, *args, **kwargs))
+    envs = getattr(env, "envs", None)
+    if envs is None:
+        raise UnsupportedError(f"{type(env).__name__} has no sub-envs to reach one by one")
+    chosen = [envs[i] for i in _indices(arg.get("indices"), num_envs)]
+    if action == "get":
+        return [e.get_wrapper_attr(name) for e in chosen]
+    if action == "set":
+        for e in chosen:
+            setattr(e, name, value)
+        return None
+    return [e.get_wrapper_attr(name)(*args, **kwargs) for e in chosen]
