@@ -127,11 +127,20 @@ def local_gym() -> Iterator[None]:
     saved = {(m, name): getattr(m, name) for m in GYM_MODULES for name in names if hasattr(m, name)}
     for (module, name) in saved:
         setattr(module, name, getattr(gym_patch, f"_ORIGINAL_{name.upper()}"))
+    vec_envs = []
+    if "stable_baselines3.common.vec_env" in sys.modules:  # SB3's VecEnvs too, if SB3 is in use
+        from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+        vec_envs = [(cls, vars(cls).get("__new__")) for cls in (DummyVecEnv, SubprocVecEnv)]
+        for cls, _ in vec_envs:
+            cls.__new__ = lambda cls, *args, **kwargs: object.__new__(cls)
     try:
         yield
     finally:
         for (module, name), value in saved.items():
             setattr(module, name, value)
+        for cls, new in vec_envs:
+            cls.__new__ = new if new is not None else (lambda cls, *args, **kwargs: object.__new__(cls))
 
 
 def init_trainer(relay: LocalRelay, key: str, **kwargs) -> bool:

@@ -27,6 +27,7 @@ import gymnasium as gym
 import gymnasium.envs.registration as registration
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import SyncVectorEnv
+from gymnasium.vector.utils import iterate
 
 from ..protocol.errors import ErrorCode, ProtocolError, UnsupportedError
 
@@ -41,7 +42,12 @@ class PerEnvInfos(SyncVectorEnv):
     _collected: list[dict[str, Any]] | None = None
 
     def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[Any, Any]:
+        """SB3 resets each env with its own options, so partial resets come before any
+        full one: envs not reset yet hold a placeholder observation until they are."""
         self._collected = [{} for _ in range(self.num_envs)]
+        if options is not None and "reset_mask" in options and any(obs is None for obs in self._env_obs):
+            blank = next(iterate(self.single_observation_space, self._observations))
+            self._env_obs = [blank if obs is None else obs for obs in self._env_obs]
         obs, _ = super().reset(seed=seed, options=options)
         return obs, self._collected
 

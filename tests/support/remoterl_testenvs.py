@@ -182,6 +182,30 @@ class CurriculumEnv(gym.Env):
         return obs, float(self.level), self._elapsed >= self.episode_length, False, info
 
 
+class StructuredActionEnv(gym.Env):
+    """A Dict action (or, with ``tuple_action=True``, a Tuple action), deterministic:
+    SB3 hands such actions over one per env."""
+
+    metadata = {"render_modes": []}
+    observation_space = spaces.Box(-np.inf, np.inf, (3,), dtype=np.float32)
+
+    def __init__(self, tuple_action: bool = False) -> None:
+        parts = {"move": spaces.Discrete(3), "force": spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)}
+        self.action_space = spaces.Tuple(parts.values()) if tuple_action else spaces.Dict(parts)
+        self.state = np.zeros(3, dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.state = self.np_random.uniform(-1, 1, 3).astype(np.float32)
+        return self.state.copy(), {"start": float(self.state[0])}
+
+    def step(self, action):
+        move, force = (action["move"], action["force"]) if isinstance(action, dict) else action
+        self.state = self.state + np.array([int(move) - 1, *force], dtype=np.float32)
+        done = bool(abs(self.state[0]) > 3)
+        return self.state.copy(), float(force[0]), done, False, {"move": int(move)}
+
+
 _made = {"count": 0}
 
 
@@ -217,3 +241,4 @@ gym.register("AllSpaces-v0", entry_point="remoterl_testenvs:AllSpacesEnv")
 gym.register("EchoText-v0", entry_point="remoterl_testenvs:EchoTextEnv")
 gym.register("Curriculum-v0", entry_point="remoterl_testenvs:CurriculumEnv")
 gym.register("VaryingBounds-v0", entry_point="remoterl_testenvs:VaryingBoundsEnv")
+gym.register("StructuredAction-v0", entry_point="remoterl_testenvs:StructuredActionEnv")
