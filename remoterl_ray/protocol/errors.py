@@ -5,12 +5,21 @@ never renamed once released), a human ``message`` and, when it came from a
 Python exception on the far side, ``remote_type`` (that exception's class
 name). :func:`error_from_wire` turns such a record back into the matching
 exception class, so user code can ``except UnknownEnvError`` and the like.
+
+When ``remote_type`` names a class on the allowlist (built-in ``Exception``
+classes, ``gymnasium.error``'s classes, and those given to
+:func:`register_remote_exception`), the rebuilt exception is also an instance
+of that local class, so code written for local envs (``except TypeError``,
+RLlib's ``except StepFailedRecreateEnvError``) catches it unchanged. The name
+is only ever a key of that dict: nothing is imported or looked up by it.
 """
 
 from __future__ import annotations
 
+import builtins
+import threading
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from .limits import MAX_ERROR_MESSAGE
 
@@ -206,6 +215,122 @@ def _cut(text: str | None, limit: int = MAX_ERROR_MESSAGE) -> str | None:
     return text[:limit] + f"... ({len(text) - limit} more characters)"
 
 
+def exception_type_name(cls: type) -> str:
+    """How a class is named in ``remote_type``: bare for builtins ("TypeError"),
+    else "module.Qualname" ("gymnasium.error.NameNotFound")."""
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+# The allowlist: remote_type -> the local class a rebuilt error also derives from.
+_LOCAL_CLASSES: dict[str, type[Exception]] = {}
+# (code class, local class) -> the class deriving from both, or None if they cannot be combined.
+_COMBINED: dict[tuple[type[RemoteRLError], type[Exception]], type[RemoteRLError] | None] = {}
+_lock = threading.Lock()
+_gymnasium_registered = False
+
+
+# Control flow, not errors: an env raising one of these is still an ordinary failure here.
+_NOT_REBUILT = frozenset({StopIteration, StopAsyncIteration})
+
+
+def _rebuildable(cls: type) -> bool:
+    """False for ``StopIteration``'s kin (control flow, not errors). Other classes
+    qualify; C-level fields (``OSError.errno``, ``AttributeError.name``) stay unset,
+    and a class that cannot be combined with a remote error and constructed from a
+    message alone (``UnicodeDecodeError``) falls back to the plain remote error."""
+    return not any(issubclass(cls, flow) for flow in _NOT_REBUILT)
+
+
+_E = TypeVar("_E", bound=type[Exception])
+
+
+def register_remote_exception(cls: _E) -> _E:
+    """Let errors whose ``remote_type`` names ``cls`` also be instances of it
+    (usable as a class decorator). ``cls`` must be an ``Exception`` subclass
+    that a remote error can also be, built from a message alone; it is keyed
+    by its "module.Qualname", the name a simulator reports."""
+    if not isinstance(cls, type) or not issubclass(cls, Exception):
+        raise TypeError(f"only Exception subclasses can be registered, got {cls!r}")
+    if issubclass(cls, RemoteRLError):
+        raise TypeError(f"{cls.__qualname__} is a remoterl error already")
+    if not _rebuildable(cls) or _combined(RemoteEnvError, cls) is None:
+        raise TypeError(f"{cls.__qualname__} cannot be rebuilt from a message alone")
+    _LOCAL_CLASSES[exception_type_name(cls)] = cls
+    return cls
+
+
+for _cls in vars(builtins).values():
+    if isinstance(_cls, type) and issubclass(_cls, Exception) and _rebuildable(_cls):
+        _LOCAL_CLASSES[exception_type_name(_cls)] = _cls
+del _cls
+
+
+def _register_gymnasium() -> None:
+    """``gymnasium.error``'s classes, imported on the first error that names
+    one (the protocol layer does not import gymnasium otherwise)."""
+    global _gymnasium_registered
+    with _lock:
+        if _gymnasium_registered:
+            return
+        try:
+            import gymnasium.error
+        except ImportError:
+            classes: list[Any] = []
+        else:
+            classes = list(vars(gymnasium.error).values())
+        for cls in classes:
+            if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "gymnasium.error":
+                if _rebuildable(cls):  # DeprecatedWrapper is an ImportError: its name/path stay local
+                    _LOCAL_CLASSES.setdefault(exception_type_name(cls), cls)
+        _gymnasium_registered = True
+
+
+def local_class(remote_type: object) -> type[Exception] | None:
+    """The allowlisted local class ``remote_type`` names, else None."""
+    if not isinstance(remote_type, str):
+        return None
+    if remote_type.startswith("gymnasium.") and not _gymnasium_registered:
+        _register_gymnasium()
+    return _LOCAL_CLASSES.get(remote_type)
+
+
+def _rebuild(base: type[RemoteRLError], local: type[Exception], message: str) -> RemoteRLError:
+    """Unpickles a combined error (pickle and Ray cannot import a class made at run time)."""
+    combined = _combined(base, local) or base
+    return combined(message)
+
+
+def _reduce(self: RemoteRLError) -> tuple[Any, ...]:
+    base, local = self._remote_bases
+    return _rebuild, (base, local, self.message), dict(vars(self))
+
+
+def _combined(base: type[RemoteRLError], local: type[Exception]) -> type[RemoteRLError] | None:
+    """The class deriving from both (made once per pair), or None if they do not combine."""
+    key = (base, local)
+    with _lock:
+        if key in _COMBINED:
+            return _COMBINED[key]
+        cls: type[RemoteRLError] | None
+        try:
+            name = f"{base.__qualname__}[{exception_type_name(local)}]"
+            cls = type(name, (base, local), {"__module__": __name__, "__qualname__": name,
+                                            "_remote_bases": (base, local), "__reduce__": _reduce})
+            str(cls("probe", remote_type=name))  # constructs and prints like its base, or is refused
+        except Exception:
+            cls = None
+        _COMBINED[key] = cls
+        return cls
+
+
+def _error_class(code: ErrorCode, remote_type: object) -> type[RemoteRLError]:
+    cls = _CLASS_BY_CODE.get(code, RemoteRLError)
+    local = local_class(remote_type)
+    if local is None or issubclass(cls, local):
+        return cls
+    return _combined(cls, local) or cls
+
+
 def error_from_wire(record: Any) -> RemoteRLError:
     """Build the typed exception for an error record received from a peer.
 
@@ -220,5 +345,9 @@ def error_from_wire(record: Any) -> RemoteRLError:
         code = ErrorCode.ENV_ERROR
     message = _cut(str(record.get("message", ""))) or ""
     remote_type = record.get("remote_type")
-    cls = _CLASS_BY_CODE.get(code, RemoteRLError)
-    return cls(message, code=code, remote_type=_cut(str(remote_type), 200) if remote_type else None)
+    shown = _cut(str(remote_type), 200) if remote_type else None
+    try:
+        cls = _error_class(code, remote_type)
+        return cls(message, code=code, remote_type=shown)
+    except Exception:  # never fail while reporting an error
+        return _CLASS_BY_CODE.get(code, RemoteRLError)(message, code=code, remote_type=shown)

@@ -32,6 +32,7 @@ from ..protocol.errors import (
     RemoteEnvError,
     RemoteRLError,
     error_from_wire,
+    exception_type_name,
 )
 from ..protocol.frames import Kind, Op, pack, payload_of, unpack_header
 from ..protocol.messages import CAP_NOTICE, CAP_RECONNECT, Detach, Hello, Notice, Reconnect, error_frame, parse_control
@@ -39,7 +40,7 @@ from ..rate_limited_log import RateLimitedLog
 from ..transport import RelayConnection
 from ..transport.discovery import RegionsUnavailableError, UnknownRegionError, choose_region
 from .allowlist import Allowlist
-from .hosted import EnvTable, remote_type_of
+from .hosted import EnvTable
 
 log = logging.getLogger("remoterl.simulator")
 _relay_log = RateLimitedLog(log)
@@ -212,7 +213,7 @@ class SimulatorHost:
         except RemoteRLError as exc:
             error: dict[str, Any] = exc.to_wire()
         except Exception as exc:  # the env raised: report it, keep serving
-            error = RemoteEnvError(str(exc), remote_type=remote_type_of(exc)).to_wire()
+            error = RemoteEnvError(str(exc), remote_type=exception_type_name(type(exc))).to_wire()
         return error_frame(error, op=op, channel=channel, seq=seq)
 
 
