@@ -59,6 +59,7 @@ class _Fields(BaseModel):
     num_envs: int = Field(default=1, ge=1)
     observation_spaces: list[dict[str, Any]] | None = None  # a vector env's, per env, if they may differ
     vectorization_mode: Literal["sync", "async", "vector_entry_point"] | None = None
+    per_env_infos: bool = False  # a vector shard answers one info map per env
 
     @field_validator("metadata")
     @classmethod
@@ -79,6 +80,7 @@ class EnvDescription:
     num_envs: int
     observation_spaces: list[spaces.Space] | None = None
     vectorization_mode: str | None = None
+    per_env_infos: bool = False
 
 
 def parse_description(value: Any, *, max_space_bytes: int = MAX_SPACE_BYTES) -> EnvDescription:
@@ -116,4 +118,5 @@ def parse_description(value: Any, *, max_space_bytes: int = MAX_SPACE_BYTES) -> 
         num_envs=fields.num_envs,
         observation_spaces=observation_spaces,
         vectorization_mode=fields.vectorization_mode,
+        per_env_infos=fields.per_env_infos,
     )

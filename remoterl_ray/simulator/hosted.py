@@ -29,6 +29,7 @@ from ..protocol.errors import (
     RegistrationRefusedError,
     RemoteRLError,
     UnknownEnvError,
+    exception_type_name,
 )
 from ..protocol.frames import Op
 from ..protocol.space_values import batch_converter, convert_final_obs, sample_converter
@@ -37,7 +38,7 @@ from .allowlist import Allowlist
 from .attributes import handle_attribute
 from .creators import make_with_creator
 from .entry_points import plain_kwargs, resolve_entry_point
-from .vectors import make_vector
+from .vectors import PerEnvInfos, answer_infos_per_env, make_vector
 
 
 def _require_dict(arg: Any, op: str) -> dict[str, Any]:
@@ -206,6 +207,7 @@ class Hosted:
             "render_mode": getattr(env, "render_mode", None),
             "num_envs": self.num_envs,
             "vectorization_mode": self.mode,
+            "per_env_infos": isinstance(env, PerEnvInfos),
         }
 
     def reset(self, arg: Any) -> Any:
@@ -338,6 +340,8 @@ class EnvTable:
                     first_index=arg.get("first_index") or 0,
                     vector_kwargs=_kwargs(arg, "vector_kwargs"),
                 )
+                if arg.get("per_env_infos") is True:
+                    answer_infos_per_env(env)
             elif vector:
                 env, mode = make_vector(
                     spec,
@@ -351,7 +355,7 @@ class EnvTable:
             else:
                 env = gym.make(spec, **kwargs)
         except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv) as exc:  # NameNotFound etc. derive from it
-            raise UnknownEnvError(str(exc), remote_type=remote_type_of(exc)) from None
+            raise UnknownEnvError(str(exc), remote_type=exception_type_name(type(exc))) from None
         try:
             hosted = Hosted(env, vector=vector, num_envs=num_envs, mode=mode)
             description = hosted.describe()
@@ -374,8 +378,3 @@ class EnvTable:
     def close_all(self) -> None:
         for channel in list(self.by_channel) + list(self.registrations.by_channel):
             self.close(channel)
-
-
-def remote_type_of(exc: BaseException) -> str:
-    cls = type(exc)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"

@@ -13,10 +13,12 @@ trainer does leaves no trace for the next:
   later single env of that class, made for another trainer, would report
   it. The simulator gives the vector env a dict of its own and puts the
   class's dict back as it was.
-* ``per_env_infos`` (for Stable-Baselines3, whose VecEnvs hand each env's
-  info over untouched): the shard returns one info dict per env, exactly as
-  each env produced it, instead of Gymnasium's batched arrays, which retype
-  values and fill missing keys with zeros.
+* ``per_env_infos``: a sync shard returns one info dict per env, exactly as
+  each env produced it, instead of Gymnasium's batched arrays. Gymnasium
+  types a batched info array by the first env that reports the key, so a
+  vector env split over simulators must batch its infos in one place, in
+  env order: the trainer does, with Gymnasium's own ``_add_info``. And
+  Stable-Baselines3's VecEnvs hand each env's info over untouched.
 """
 
 from __future__ import annotations
@@ -110,8 +112,6 @@ def make_vector(
             "this simulator does not start env processes for trainers: ask for "
             "vectorization_mode='sync' (the same results), or start the simulator with --allow-processes"
         )
-    if per_env_infos and mode != "sync":
-        raise UnsupportedError(f"per-env infos need vectorization_mode='sync', not {mode!r}")
     if mode == "vector_entry_point":
         return gym.make_vec(spec, num_envs=num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs), mode
     keeper = _MetadataKeeper()
@@ -122,6 +122,15 @@ def make_vector(
     if venv.unwrapped.spec is not None:  # make_vec records its arguments, our metadata keeper included
         venv.unwrapped.spec.kwargs.pop("wrappers", None)
     if per_env_infos:
-        venv.__class__ = PerEnvInfos  # the same SyncVectorEnv, answering infos per env
+        answer_infos_per_env(venv)
     return venv, mode
+
+
+def answer_infos_per_env(venv: gym.vector.VectorEnv) -> bool:
+    """Make a plain ``SyncVectorEnv`` answer infos per env (the same object, its
+    class swapped: a subclass that adds no state); other vector envs keep
+    Gymnasium's batched infos. True if it now answers per env."""
+    if type(venv) is SyncVectorEnv:
+        venv.__class__ = PerEnvInfos
+    return isinstance(venv, PerEnvInfos)
 

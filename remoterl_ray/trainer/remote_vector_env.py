@@ -85,11 +85,16 @@ class RemoteVectorEnv(VectorEnv):
             raise UnsupportedError(
                 "observation_mode given as spaces cannot be sent to a simulator; use 'same' or 'different'"
             )
-        make_arg: dict[str, Any] = {"kwargs": kwargs, "vectorization_mode": mode, "vector_kwargs": vector_kwargs}
+        # Sync shards answer each env's info as it was produced: batched here, in env order, a
+        # split vector env's infos are typed as a local one's (or handed to SB3 as they are).
+        make_arg: dict[str, Any] = {
+            "kwargs": kwargs,
+            "vectorization_mode": mode,
+            "vector_kwargs": vector_kwargs,
+            "per_env_infos": True,
+        }
         if creator is not None:
             make_arg["creator"] = creator
-        if per_env_infos:
-            make_arg["per_env_infos"] = True
         self.per_env_infos = per_env_infos
         whole = creator is None and _whole(env_id, mode)
         self._remote = Shards(session, env_id, num_envs, make_arg, vector=True, whole=whole)
@@ -110,6 +115,9 @@ class RemoteVectorEnv(VectorEnv):
             self.metadata["autoreset_mode"] = AutoresetMode(self.metadata["autoreset_mode"])
         self.render_mode = description.render_mode
         self.spec = self._remote.spec()
+        if per_env_infos and not self._shards_per_env:
+            self.close()
+            raise UnsupportedError(f"infos per env need vectorization_mode='sync', not {description.vectorization_mode!r}")
         # Samples the codec cannot carry as they are (Graph, registered user spaces); None: nothing to do.
         self._obs_values = {n: batch_converter(self.single_observation_space, n) for n in set(self._remote.sizes)}
         self._action_values = batch_converter(self.single_action_space)
@@ -165,9 +173,9 @@ class RemoteVectorEnv(VectorEnv):
             if answer is SKIP:
                 if self._obs_parts[i] is None:  # as a local vector env: zeros until first reset
                     self._obs_parts[i] = create_empty_array(self.single_observation_space, n=envs, fn=np.zeros)
-                infos.append([{} for _ in range(envs)] if self.per_env_infos else {})
+                infos.append([{} for _ in range(envs)] if self._shards_per_env else {})
                 continue
-            if self.per_env_infos:
+            if self._shards_per_env:
                 obs, info = per_env_infos_answer(answer, 2, envs)
             else:
                 obs, info = vector_reset_answer(answer, envs)
@@ -202,7 +210,7 @@ class RemoteVectorEnv(VectorEnv):
         except ShardsRebuilt:
             return self._truncated_by_reconnect()
         sizes = self._remote.sizes
-        if self.per_env_infos:
+        if self._shards_per_env:
             results = [per_env_infos_answer(a, 5, n) for a, n in zip(answers, sizes)]
         else:
             results = [vector_step_answer(a, n) for a, n in zip(answers, sizes)]
@@ -229,12 +237,29 @@ class RemoteVectorEnv(VectorEnv):
         """Shards' observations joined; shards that disagree are a malformed answer."""
         return self._joined(lambda: concat_batches(self.single_observation_space, self._obs_parts))
 
+    @property
+    def _shards_per_env(self) -> bool:
+        """True when the shards answer infos per env (sync shards do); else batched per shard."""
+        return all(m.description.per_env_infos for m in self._remote.made)
+
     def _joined_infos(self, infos: list[Any]) -> Any:
         if self._final_obs_values is not None:
             infos = [convert_final_obs(info, self._final_obs_values.from_wire) for info in infos]
-        if self.per_env_infos:
-            return [info for part in infos for info in part]
-        return merge_infos(infos, self._remote.sizes)
+        if not self._shards_per_env:
+            return merge_infos(infos, self._remote.sizes)
+        each = [info for part in infos for info in part]
+        return each if self.per_env_infos else self._batched_infos(each)
+
+    def _batched_infos(self, each: list[dict[str, Any]]) -> dict[str, Any]:
+        """Gymnasium's batched infos, built as a local sync vector env builds them: env
+        by env, an ended episode's ``final_obs``/``final_info`` before its reset info."""
+        out: dict[str, Any] = {}
+        for i, info in enumerate(each):
+            if "final_info" in info and "final_obs" in info:
+                out = self._add_info(out, {"final_obs": info["final_obs"], "final_info": info["final_info"]}, i)
+                info = {k: v for k, v in info.items() if k not in ("final_obs", "final_info")}
+            out = self._add_info(out, info, i)
+        return out
 
     @staticmethod
     def _joined(join: Callable[[], Any]) -> Any:
