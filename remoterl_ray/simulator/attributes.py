@@ -16,8 +16,11 @@ payload data (never code), and a simulator can turn it off
 * ``"each"`` with ``indices``: per sub-env, as SB3's ``DummyVecEnv`` does
   (``get_attr`` returns the attribute as is, ``set_attr`` sets it on the
   outermost env of each index);
-* ``"self"``: an attribute of the hosted env object itself (a vector env's
+* ``"self"``: an attribute of the hosted vector env object itself (its
   ``np_random_seed``).
+
+A single env is reached as Gymnasium's ``get_wrapper_attr`` /
+``set_wrapper_attr`` / ``has_wrapper_attr`` reach it: through its wrappers.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from .entry_points import plain_kwargs
 MAX_NAME = 100
 # Reflection helpers: called through ``call`` they would read or write any name, private ones included.
 _REFLECTION = frozenset({"get_wrapper_attr", "set_wrapper_attr", "has_wrapper_attr", "call", "get_attr", "set_attr"})
-_ACTIONS = ("call", "get", "set")
+_ACTIONS = ("call", "get", "set", "has")
 _SCOPES = ("vector", "each", "self")
 
 
@@ -62,7 +65,17 @@ def handle_attribute(env: Any, arg: dict[str, Any], *, vector: bool, num_envs: i
         raise ProtocolError("call arguments must be a list", code=ErrorCode.BAD_PAYLOAD)
     kwargs = plain_kwargs(arg.get("kwargs"), "call kwargs")
     value = arg.get("value")
-    if scope == "self" or not vector:
+    if not vector:
+        if action == "get":
+            return env.get_wrapper_attr(name)
+        if action == "set":
+            return env.set_wrapper_attr(name, value, force=arg.get("force", True) is True)
+        if action == "has":
+            return env.has_wrapper_attr(name)
+        return env.get_wrapper_attr(name)(*args, **kwargs)
+    if action == "has":
+        raise ProtocolError("'has' is asked of single envs only", code=ErrorCode.BAD_PAYLOAD)
+    if scope == "self":
         if action == "get":
             return getattr(env, name)
         if action == "set":

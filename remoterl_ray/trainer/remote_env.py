@@ -15,6 +15,11 @@ from .shards import Shards, ShardsRebuilt
 RECONNECTED = "remoterl_reconnected"  # info key: the relay connection was replaced, the episode truncated
 
 
+def _local(env: gym.Env, name: str) -> bool:
+    """True for what this object answers itself (spaces, spec, metadata, np_random, ...)."""
+    return name.startswith("_") or name in vars(env) or hasattr(type(env), name)
+
+
 class RemoteEnv(gym.Env):
     """One env hosted by one simulator, created with the same id and kwargs
     as ``gym.make`` would use locally (wrappers such as TimeLimit and
@@ -61,6 +66,25 @@ class RemoteEnv(gym.Env):
         if self._obs_values is None:
             return result
         return (self._obs_values.from_wire(result[0]), *result[1:])
+
+    # -- attributes of the env on the simulator (Gymnasium's wrapper-attribute API) --
+
+    def get_wrapper_attr(self, name: str) -> Any:
+        """An attribute of this env object, else of the env on the simulator (public names only)."""
+        if _local(self, name):
+            return getattr(self, name)
+        return self._remote.request(Op.ATTR, [{"do": "get", "name": name}])[0]
+
+    def set_wrapper_attr(self, name: str, value: Any, *, force: bool = True) -> bool:
+        if _local(self, name):
+            setattr(self, name, value)
+            return True
+        return self._remote.request(Op.ATTR, [{"do": "set", "name": name, "value": value, "force": force}])[0]
+
+    def has_wrapper_attr(self, name: str) -> bool:
+        if _local(self, name):
+            return True
+        return self._remote.request(Op.ATTR, [{"do": "has", "name": name}])[0]
 
     def render(self) -> Any:
         if self._remote.needs_reset:
