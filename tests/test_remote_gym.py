@@ -167,12 +167,17 @@ def test_register_of_a_function_needs_it_named_on_the_allowlist(trainer):
 
 def test_callable_entry_point_stays_local_with_a_warning(trainer, caplog):
     """Libraries register (and make) envs with callables at import time; that
-    must not break, and the warning says how to make such an env remote."""
+    must not break, and the warning says how to make such an env remote. (A
+    module-level class is mirrored by its module:name; a nested one cannot be.)"""
+
+    class NestedEnv(AllSpacesEnv):
+        pass
+
     try:
-        gym.register("Callable-v0", entry_point=AllSpacesEnv)
+        gym.register("Callable-v0", entry_point=NestedEnv)
         with caplog.at_level("WARNING", logger="remoterl"):
             env = gym.make("Callable-v0")
-        assert isinstance(env.unwrapped, AllSpacesEnv) and not isinstance(env, RemoteEnv)
+        assert isinstance(env.unwrapped, NestedEnv) and not isinstance(env, RemoteEnv)
         assert "module:attr" in caplog.text and "Callable-v0" in caplog.text
         env.close()
     finally:

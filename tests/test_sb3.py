@@ -167,11 +167,14 @@ def test_sb3_imported_after_init_is_patched_on_import(relay, two_sims, tmp_path)
 def test_envs_registered_with_a_callable_stay_local_in_vec_envs(trainer):
     from remoterl_testenvs import CounterEnv
 
+    class NestedCounter(CounterEnv):  # not importable by module and name: stays local
+        pass
+
     try:
-        gym.register("LocalCounter-v0", entry_point=CounterEnv)
+        gym.register("LocalCounter-v0", entry_point=NestedCounter)
         env = make_vec_env("LocalCounter-v0", n_envs=2)
         assert not isinstance(env, RemoteVecEnv)
-        assert all(isinstance(e.unwrapped, CounterEnv) for e in env.envs)
+        assert all(isinstance(e.unwrapped, NestedCounter) for e in env.envs)
         env.reset()
         env.step(np.ones(2, dtype=np.int64))
         env.close()

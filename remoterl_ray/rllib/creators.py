@@ -10,6 +10,7 @@ from typing import Any
 from gymnasium.envs.registration import load_env_creator
 
 from ..protocol.errors import UnsupportedError
+from ..trainer.targets import importable_name
 
 
 class EnvCreator:
@@ -43,10 +44,9 @@ def creator_target(creator: Any, name: str) -> str:
         return creator.target
     if isinstance(creator, str):
         return EnvCreator(creator).target
-    module = getattr(creator, "__module__", None)
-    qualname = getattr(creator, "__qualname__", "")
-    if module and module != "__main__" and qualname.isidentifier():
-        return f"{module}:{qualname}"
+    target = importable_name(creator)
+    if target is not None:
+        return target
     raise UnsupportedError(
         f"env {name!r} is created by {creator!r}, which the simulators cannot import "
         "(a lambda, a nested function or something defined in __main__ is code, and code never "

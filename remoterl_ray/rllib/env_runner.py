@@ -7,7 +7,9 @@ simulators (one frame per simulator per step). Everything else (episodes,
 connectors, the RLModule, metrics, checkpoints) is RLlib's own. A simulator
 lost mid-step surfaces as ``StepFailedRecreateEnvError``, so with
 ``restart_failed_sub_environments=True`` RLlib recreates the env on the
-simulators still online and carries on.
+simulators still online and carries on; and so does a
+``StepFailedRecreateEnvError`` the env itself raises on the simulator (it is
+registered with :func:`register_remote_exception`, so it arrives as that class).
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.utils.typing import ResultDict
 from ray.tune.registry import ENV_CREATOR, _global_registry
 
-from ..protocol.errors import RelayUnavailableError, RemoteTimeoutError, SimulatorLostError
+from ..protocol.errors import (
+    RelayUnavailableError,
+    RemoteTimeoutError,
+    SimulatorLostError,
+    register_remote_exception,
+)
 from ..trainer.remote_vector_env import RemoteVectorEnv
 from .creators import creator_target
 from .settings import env_config_for_envs, session_for, settings_in
@@ -33,6 +40,9 @@ log = logging.getLogger("remoterl.rllib")
 
 METRICS_KEY = "remoterl"
 _LOST = (SimulatorLostError, RelayUnavailableError, RemoteTimeoutError)
+
+# An env that asks RLlib to recreate it by raising this on the simulator is recreated silently, as locally.
+register_remote_exception(StepFailedRecreateEnvError)
 
 
 class LossMeansRecreate(gym.vector.VectorWrapper):
@@ -85,6 +95,8 @@ class RemoteEnvRunner(SingleAgentEnvRunner):
             "env_config": env_config,
             "worker_index": self.worker_index or 0,
             "num_workers": self.num_workers or 0,
+            # as locally: "vector_entry_point" calls the creator once for a vector env
+            "vectorization_mode": gym.VectorizeMode(self.config.gym_env_vectorize_mode).value,
         }
         return RemoteVectorEnv(session, name, num_envs, creator=call)
 

@@ -21,6 +21,7 @@ from .patching import Patcher
 from .remote_env import RemoteEnv
 from .remote_vector_env import RemoteVectorEnv
 from .session import Registration, TrainerSession
+from .specs import made_as
 
 log = logging.getLogger("remoterl")
 
@@ -32,10 +33,19 @@ _ORIGINAL_REGISTER = registration.register
 
 def env_id_of(id: str | EnvSpec) -> str:
     if isinstance(id, EnvSpec):
-        return id.id
+        return made_as(id)
     if not isinstance(id, str):
         raise TypeError(f"env id must be a string or EnvSpec, got {type(id).__name__}")
     return id
+
+
+def spec_kwargs(id: str | EnvSpec, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A spec's own kwargs under the call's, as ``make(spec, **kwargs)`` merges them;
+    the vector fields ``make_vec`` records in its spec are arguments of their own."""
+    if not isinstance(id, EnvSpec):
+        return kwargs
+    recorded = {k: v for k, v in id.kwargs.items() if k not in ("num_envs", "vectorization_mode", "vector_kwargs")}
+    return {**recorded, **kwargs}
 
 
 def make_kwargs(
@@ -69,6 +79,9 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
     ) -> Any:
         if stays_local(session, env_id_of(id)):
             return _ORIGINAL_MAKE(id, max_episode_steps, disable_env_checker, **kwargs)
+        if isinstance(id, EnvSpec) and max_episode_steps is None:
+            max_episode_steps = id.max_episode_steps  # make(spec) honours the spec's, as locally
+        kwargs = spec_kwargs(id, kwargs)
         return RemoteEnv(session, env_id_of(id), **make_kwargs(max_episode_steps, disable_env_checker, kwargs))
 
     def make_vec(
@@ -92,7 +105,7 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
             num_envs,
             vectorization_mode=vectorization_mode,
             vector_kwargs=vector_kwargs,
-            **kwargs,
+            **spec_kwargs(id, kwargs),
         )
 
     def register(
@@ -107,14 +120,23 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
         vector_entry_point: Any = None,
         kwargs: dict[str, Any] | None = None,
     ) -> None:
+        from .targets import importable_name
+
         refusal = None
+        mirrored = entry_point
         if entry_point is not None and not isinstance(entry_point, str):
+            # A class or function simulators can import travels by its name, for
+            # their allowlist to judge as it judges 'module:attr' strings.
+            mirrored = importable_name(entry_point)
+        if entry_point is not None and mirrored is None:
             # Libraries register (and even make) such envs at import time: they
             # stay local, with a warning that says how to make them remote.
             refusal = (
                 f"gym.register({id!r}, entry_point={entry_point!r}) is not mirrored to simulators, "
-                f"so {id!r} is made locally: a callable entry point is code, and code never travels. "
-                "Pass it as a 'module:attr' string and allow it on the simulators: "
+                f"so {id!r} is made locally: simulators cannot import this callable (a lambda, a nested "
+                "function or something defined in __main__ is code, and code never travels). Define it at "
+                "module level in a module the simulators can import, or pass it as a 'module:attr' string, "
+                "and allow it on the simulators: "
                 "entry_point='my_pkg.envs:MyEnv' (a gymnasium.Env subclass) needs --allow my_pkg; "
                 "entry_point='my_pkg.envs:make_env' (a function) needs --allow my_pkg.envs:make_env"
             )
@@ -139,7 +161,7 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
             session.unmirrored[id] = refusal
         elif entry_point is not None:
             session.unmirrored.pop(id, None)
-            session.registrations[id] = Registration(id, entry_point, dict(kwargs or {}), spec)
+            session.registrations[id] = Registration(id, mirrored, dict(kwargs or {}), spec)
 
     patcher.replace(GYM_MODULES, "make", _ORIGINAL_MAKE, make)
     patcher.replace(GYM_MODULES, "make_vec", _ORIGINAL_MAKE_VEC, make_vec)
