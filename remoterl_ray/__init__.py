@@ -23,7 +23,9 @@ from .protocol.errors import (
     TLSError,
     UnknownEnvError,
     UnsupportedError,
+    register_remote_exception,
 )
+from .protocol.spaces import register_space
 from .trainer.remote_env import RemoteEnv
 from .trainer.remote_vector_env import RemoteVectorEnv
 
@@ -53,5 +55,7 @@ __all__ = [
     "current_session",
     "init",
     "is_initialized",
+    "register_remote_exception",
+    "register_space",
     "shutdown",
 ]

@@ -95,6 +95,8 @@ def test_call_get_attr_set_attr_reach_the_simulator_envs(layout):
         remote.get_attr("_elapsed")
     with pytest.raises(remoterl_ray.UnsupportedError, match="by name"):
         remote.call("get_wrapper_attr", "_elapsed")
+    with pytest.raises(remoterl_ray.UnsupportedError, match="only data travels"):
+        remote.get_attr("observation_space")  # a live object
     local.close()
     remote.close()
 

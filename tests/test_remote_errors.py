@@ -313,21 +313,30 @@ def test_an_envs_type_error_arrives_as_a_type_error(trainer):
         gym.registry.pop("ErrorsTypeError-v0", None)
 
 
-def test_a_registered_function_is_mirrored_and_the_allowlist_decides(trainer):
+def test_a_registered_function_is_mirrored_and_the_allowlist_decides(trainer, caplog):
+    """Allowed: made remotely. Refused: made locally with the warning callables always
+    had (libraries register and make envs at import time; RLlib's dreamerv3 does), and
+    the warning names the --allow entry that would make it remote."""
     try:
         gym.register("ErrorsCounter-v0", entry_point=make_counter, kwargs={"start": 3})
         gym.register("ErrorsUnlisted-v0", entry_point=make_counter_unlisted)
+        gym.register("ErrorsUnlistedString-v0", entry_point="error_envs:make_counter_unlisted")
         env = gym.make("ErrorsCounter-v0")
         assert isinstance(env, RemoteEnv)
         obs, _ = env.reset(seed=0)
         assert obs[0] == 3
         env.close()
-        with pytest.raises(RegistrationRefusedError) as refused:
-            gym.make("ErrorsUnlisted-v0")
+        with caplog.at_level("WARNING", logger="remoterl"):
+            local = gym.make("ErrorsUnlisted-v0")
+        assert not isinstance(local, RemoteEnv) and local.reset(seed=0)[0][0] == 0
+        assert "--allow error_envs:make_counter_unlisted" in caplog.text
+        assert not isinstance(gym.make_vec("ErrorsUnlisted-v0", 2, vectorization_mode="sync"), RemoteVectorEnv)
+        with pytest.raises(RegistrationRefusedError) as refused:  # a string entry point is the user's own choice
+            gym.make("ErrorsUnlistedString-v0")
         assert "--allow error_envs:make_counter_unlisted" in str(refused.value)
     finally:
-        gym.registry.pop("ErrorsCounter-v0", None)
-        gym.registry.pop("ErrorsUnlisted-v0", None)
+        for env_id in ("ErrorsCounter-v0", "ErrorsUnlisted-v0", "ErrorsUnlistedString-v0"):
+            gym.registry.pop(env_id, None)
 
 
 def test_a_callable_simulators_cannot_import_stays_local_with_a_warning(trainer, caplog):

@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from conftest import SimulatorPool, init_trainer
-from error_envs import BoundedActionEnv, RecreateOnceEnv, StepCounterEnv, make_vector_env
+from error_envs import BoundedActionEnv, ConfiguredCounterEnv, RecreateOnceEnv, StepCounterEnv, make_vector_env
 from ray import tune
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
@@ -225,3 +225,21 @@ def test_an_id_the_driver_registers_with_a_class_is_made_remotely(relay, sims):
     finally:
         gym.registry.pop("FidelityCounter-v0", None)
         remoterl_ray.shutdown()
+
+
+def test_the_env_runners_vector_env_answers_get_attr_and_call_as_locally(relay, sims):
+    """``env_runner.env.unwrapped`` is a vector env whose ``get_attr``/``call`` reach the envs."""
+    tune.register_env("FidelityCounter", ConfiguredCounterEnv)
+    config = PPOConfig().environment("FidelityCounter", env_config={"start": 3}).env_runners(num_envs_per_env_runner=2)
+    local, remote = make_runner(config, relay, sims, remote=False), make_runner(config, relay, sims, remote=True)
+    try:
+        for runner in (local, remote):
+            runner.env.reset(seed=0)
+            runner.env.step(np.array([1, 0]))
+        assert remote.env.unwrapped.get_attr("t") == local.env.unwrapped.get_attr("t") == (4, 4)
+        assert remote.env.unwrapped.get_attr("start") == local.env.unwrapped.get_attr("start")
+        remote.env.unwrapped.set_attr("start", [7, 8])
+        assert remote.env.unwrapped.get_attr("start") == (7, 8)
+    finally:
+        local.stop()
+        remote.stop()

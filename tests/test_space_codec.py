@@ -6,6 +6,7 @@ samples ending as coded errors within bounds. Pure: no processes, no sockets."""
 from __future__ import annotations
 
 import sys
+import textwrap
 import tracemalloc
 from typing import Any
 
@@ -661,3 +662,19 @@ def test_conformance_envs_vectorise_and_their_batches_travel():
     custom.reset(seed=1)
     action = custom.action_space.sample()
     assert through(sample_converter(custom.action_space), action) == action
+
+
+def test_the_register_space_example_in_the_api_docs_runs_as_written():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "register_space(" in b]
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(textwrap.dedent(blocks[0]), "docs/api.md", "exec"), namespace)
+    try:
+        space = namespace["Heading"](45)
+        assert space_from_wire(space_to_wire(space)).step == 45
+    finally:
+        unregister_space("my_pkg.Heading")

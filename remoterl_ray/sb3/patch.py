@@ -23,7 +23,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from ..protocol import codec
-from ..trainer.gym_patch import GYM_MODULES, env_id_of, make_kwargs, stays_local
+from ..trainer.gym_patch import GYM_MODULES, env_id_of, make_kwargs, remote_unless_refused, stays_local
 from ..trainer.patching import Patcher
 from ..trainer.remote_env import RemoteEnv
 from ..trainer.remote_vector_env import RemoteVectorEnv
@@ -98,7 +98,12 @@ def deferred_make(session: TrainerSession) -> Iterator[None]:
     ) -> gym.Env:
         if stays_local(session, env_id_of(id)):  # registered here with a callable: a local env
             return trainer_make(id, max_episode_steps, disable_env_checker, **kwargs)
-        return DeferredEnv(session, env_id_of(id), make_kwargs(max_episode_steps, disable_env_checker, kwargs))
+        return remote_unless_refused(
+            session,
+            env_id_of(id),
+            lambda: DeferredEnv(session, env_id_of(id), make_kwargs(max_episode_steps, disable_env_checker, kwargs)),
+            lambda: trainer_make(id, max_episode_steps, disable_env_checker, **kwargs),
+        )
 
     for module, _ in saved:
         module.make = make

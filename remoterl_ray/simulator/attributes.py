@@ -6,7 +6,8 @@ envs on the simulator, within the threat model: only public names (no
 leading underscore, a plain identifier), no wrapper-reflection helpers that
 would take a private name as an argument, arguments and values are decoded
 payload data (never code), and a simulator can turn it off
-(``--no-env-attributes``). A result that cannot travel is a coded error.
+(``--no-env-attributes``). A result that cannot travel (a space, a random
+generator) is an ``unsupported`` error naming its type.
 
 ``scope`` says whose semantics apply:
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..protocol import codec
 from ..protocol.errors import ErrorCode, ProtocolError, UnsupportedError
 from .entry_points import plain_kwargs
 
@@ -55,7 +57,20 @@ def _indices(value: Any, num_envs: int) -> list[int]:
 
 
 def handle_attribute(env: Any, arg: dict[str, Any], *, vector: bool, num_envs: int) -> Any:
-    """Run one attribute request on ``env`` (the hosted env or vector env)."""
+    """Run one attribute request on ``env`` (the hosted env or vector env); the
+    result must be data the payload codec carries."""
+    result = _run(env, arg, vector=vector, num_envs=num_envs)
+    try:
+        codec.packb(result)
+    except codec.EncodeError as exc:
+        raise UnsupportedError(
+            f"the result of {arg.get('do')} {arg.get('name')!r} cannot be sent to the trainer: {exc.message} "
+            "(only data travels: numbers, strings, arrays, lists, dicts, tuples)"
+        ) from None
+    return result
+
+
+def _run(env: Any, arg: dict[str, Any], *, vector: bool, num_envs: int) -> Any:
     action, scope = arg.get("do"), arg.get("scope", "vector")
     if action not in _ACTIONS or scope not in _SCOPES:
         raise ProtocolError("malformed attribute request", code=ErrorCode.BAD_PAYLOAD)

@@ -8,6 +8,7 @@ make``) keeps the local function: patch targets are module attributes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium
@@ -16,12 +17,13 @@ import gymnasium.envs.registration as registration
 from gymnasium.envs.registration import EnvSpec
 
 from ..protocol import codec
-from ..protocol.errors import UnsupportedError
+from ..protocol.errors import RegistrationRefusedError, UnsupportedError
 from .patching import Patcher
 from .remote_env import RemoteEnv
 from .remote_vector_env import RemoteVectorEnv
 from .session import Registration, TrainerSession
 from .specs import made_as
+from .targets import importable_name
 
 log = logging.getLogger("remoterl")
 
@@ -73,6 +75,26 @@ def stays_local(session: TrainerSession, env_id: str) -> bool:
 _warned: set[str] = set()
 
 
+def remote_unless_refused(session: TrainerSession, env_id: str, remote: Callable[[], Any], local: Callable[[], Any]) -> Any:
+    """``remote()``; but an id registered here with a class or function that the
+    simulators' allowlists do not permit is made by ``local()``, with the warning
+    callables always had (libraries register and make such envs at import time,
+    and an import must not fail because a simulator does not offer their env)."""
+    try:
+        return remote()
+    except RegistrationRefusedError as exc:
+        registration = session.registrations.get(env_id)
+        if registration is None or not registration.from_object:
+            raise
+        del session.registrations[env_id]
+        session.unmirrored[env_id] = (
+            f"{env_id!r} is made locally: its entry point {registration.entry_point!r} was registered here "
+            f"as a class or function, and the simulators refused it ({exc.message})"
+        )
+        stays_local(session, env_id)
+        return local()
+
+
 def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
     def make(
         id: str | EnvSpec, max_episode_steps: int | None = None, disable_env_checker: bool | None = None, **kwargs: Any
@@ -81,8 +103,13 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
             return _ORIGINAL_MAKE(id, max_episode_steps, disable_env_checker, **kwargs)
         if isinstance(id, EnvSpec) and max_episode_steps is None:
             max_episode_steps = id.max_episode_steps  # make(spec) honours the spec's, as locally
-        kwargs = spec_kwargs(id, kwargs)
-        return RemoteEnv(session, env_id_of(id), **make_kwargs(max_episode_steps, disable_env_checker, kwargs))
+        merged = make_kwargs(max_episode_steps, disable_env_checker, spec_kwargs(id, kwargs))
+        return remote_unless_refused(
+            session,
+            env_id_of(id),
+            lambda: RemoteEnv(session, env_id_of(id), **merged),
+            lambda: _ORIGINAL_MAKE(id, max_episode_steps, disable_env_checker, **kwargs),
+        )
 
     def make_vec(
         id: str | EnvSpec,
@@ -99,13 +126,18 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
                 "make_vec(wrappers=...) takes callables, which cannot be sent to a simulator; "
                 "wrap the returned vector env with Gymnasium's vector wrappers instead"
             )
-        return RemoteVectorEnv(
+        return remote_unless_refused(
             session,
             env_id_of(id),
-            num_envs,
-            vectorization_mode=vectorization_mode,
-            vector_kwargs=vector_kwargs,
-            **spec_kwargs(id, kwargs),
+            lambda: RemoteVectorEnv(
+                session,
+                env_id_of(id),
+                num_envs,
+                vectorization_mode=vectorization_mode,
+                vector_kwargs=vector_kwargs,
+                **spec_kwargs(id, kwargs),
+            ),
+            lambda: _ORIGINAL_MAKE_VEC(id, num_envs, vectorization_mode, vector_kwargs, wrappers, **kwargs),
         )
 
     def register(
@@ -120,8 +152,6 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
         vector_entry_point: Any = None,
         kwargs: dict[str, Any] | None = None,
     ) -> None:
-        from .targets import importable_name
-
         refusal = None
         mirrored = entry_point
         if entry_point is not None and not isinstance(entry_point, str):
@@ -161,7 +191,9 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
             session.unmirrored[id] = refusal
         elif entry_point is not None:
             session.unmirrored.pop(id, None)
-            session.registrations[id] = Registration(id, mirrored, dict(kwargs or {}), spec)
+            session.registrations[id] = Registration(
+                id, mirrored, dict(kwargs or {}), spec, from_object=not isinstance(entry_point, str)
+            )
 
     patcher.replace(GYM_MODULES, "make", _ORIGINAL_MAKE, make)
     patcher.replace(GYM_MODULES, "make_vec", _ORIGINAL_MAKE_VEC, make_vec)

@@ -96,7 +96,10 @@ class RemoteVectorEnv(VectorEnv):
         if creator is not None:
             make_arg["creator"] = creator
         self.per_env_infos = per_env_infos
-        whole = creator is None and _whole(env_id, mode)
+        if creator is None:
+            whole = _whole(env_id, mode)
+        else:  # RLlib's vector entry point calls a creator once for all its envs
+            whole = creator.get("vectorization_mode") == "vector_entry_point"
         self._remote = Shards(session, env_id, num_envs, make_arg, vector=True, whole=whole)
         description = self._remote.description
         self.num_envs = num_envs

@@ -75,6 +75,7 @@ class Registration:
     entry_point: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)
+    from_object: bool = False  # registered with a class or function, sent by its importable name
 
     def to_wire(self) -> dict[str, Any]:
         return {"id": self.id, "entry_point": self.entry_point, "kwargs": self.kwargs, "spec": self.spec}

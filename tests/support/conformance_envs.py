@@ -18,7 +18,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.spaces.graph import GraphInstance
 
-from remoterl_ray.protocol.spaces import register_space
+from remoterl_ray import register_space
 
 EPISODE_LENGTH = 6
 

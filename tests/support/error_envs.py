@@ -105,6 +105,13 @@ class StepCounterEnv(gym.Env):
         return np.array([self.t], np.float32), float(action), self.t >= self.start + 8, False, {}
 
 
+class ConfiguredCounterEnv(StepCounterEnv):
+    """``StepCounterEnv`` as an RLlib creator: built from its env_config."""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__(int((config or {}).get("start", 0)))
+
+
 def make_vector_env(config: dict[str, Any]) -> gym.vector.VectorEnv:
     """An RLlib creator returning a whole vector env of ``config["num_envs"]``
     envs, for ``gym_env_vectorize_mode="vector_entry_point"`` (RLlib adds that
