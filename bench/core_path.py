@@ -205,7 +205,7 @@ def raw_path(n_envs: int, sims: int):
 def remote_path(relay, key: str, n_envs: int, sims: int):
     assert remoterl_ray.init(key, relay_url=relay.url, num_workers=sims,
                              num_env_runners=max(1, -(-n_envs // sims)))
-    step, env = stepper(gym.make, gym.make_vec, n_envs)  # patched by init: remote envs
+    step, env = stepper(gym.make, functools.partial(gym.make_vec, vectorization_mode="sync"), n_envs)  # remote
     if n_envs > 1:
         assert len(env.shard_sizes) == sims, env.shard_sizes
     rng = np.random.default_rng(1)

@@ -22,8 +22,10 @@ while not done:
 print(f"single env: return {episode_return:.0f}")
 env.close()
 
-# A vector env: 8 envs, one frame per simulator per step, NEXT_STEP autoreset.
-envs = gym.make_vec("CartPole-v1", num_envs=8)
+# A vector env: 8 envs in sync mode, spread over the simulators, one frame per simulator
+# per step, NEXT_STEP autoreset. (Without a mode, CartPole's own vector env is used, as
+# locally: it vectorises in one object, so one simulator hosts all of it.)
+envs = gym.make_vec("CartPole-v1", num_envs=8, vectorization_mode="sync")
 obs, infos = envs.reset(seed=0)
 finished = 0
 for _ in range(300):

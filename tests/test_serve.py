@@ -285,7 +285,7 @@ def test_trainer_steps_across_two_regions_at_once(serve_cluster: ServeCluster) -
     session = TrainerSession(TrainerSettings(relay_url=serve_cluster.url("near"), api_key=key))
     try:
         assert session.wait_for_simulators(2, 30) == 2
-        remote = RemoteVectorEnv(session, "CartPole-v1", 4)
+        remote = RemoteVectorEnv(session, "CartPole-v1", 4, vectorization_mode="sync")
         local = gym.make_vec("CartPole-v1", 4, vectorization_mode="sync")
         assert remote.shard_sizes == [2, 2]
         assert len({id(c) for c in remote._remote.conns}) == 2  # one connection per region
