@@ -43,10 +43,11 @@ from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
 ALLOW = ("error_envs", "error_envs:make_vector_env")
 
 
-@pytest.fixture(scope="module")
-def sims(relay, keys) -> Iterator[str]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["one", "two"])
+def sims(request, relay, keys) -> Iterator[str]:
+    """A workspace whose envs one simulator hosts, or two split."""
     pool = SimulatorPool(relay, keys.take())
-    pool.start(1, allow=ALLOW)
+    pool.start(request.param, allow=ALLOW)
     yield pool.key
     pool.stop()
 
