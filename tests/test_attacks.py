@@ -477,7 +477,7 @@ def test_answers_count_only_from_the_simulator_owning_the_channel(watched):
         pool.start(1)
         liar = ScriptedSimulator(relay, key, shard.answer, extra=shard.forge, name="liar")
         assert session.wait_for_simulators(2, 10) == 2
-        envs = RemoteVectorEnv(session, "CartPole-v1", 4)
+        envs = RemoteVectorEnv(session, "CartPole-v1", 4, vectorization_mode="sync")
         shards = envs._remote.shards
         assert len(shards) == 2
         [(start, stop)] = [envs._remote.bounds[i] for i, s in enumerate(shards) if s.simulator != liar.peer_id]

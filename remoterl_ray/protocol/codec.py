@@ -30,11 +30,11 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .errors import ErrorCode, ProtocolError
+from .errors import ErrorCode, FrameTooLargeError, ProtocolError
 from .limits import DEFAULT_DECODE, MAX_NDIM, DecodeLimits
 from .scan import EXT_NDARRAY, EXT_NPSCALAR, EXT_OBJARRAY, EXT_TUPLE, StructureError, check_structure
 
-__all__ = ["DecodeError", "EncodeError", "packb", "unpackb", "wire_dtype"]
+__all__ = ["DecodeError", "EncodeError", "packb", "packb_items", "unpackb", "wire_dtype"]
 
 _ALLOWED_KINDS = frozenset("biufcUSMm")
 # The dtype strings numpy's ``dtype.str`` gives for those kinds, and nothing
@@ -230,6 +230,20 @@ def packb(obj: Any) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         packer.reset()
         raise EncodeError(f"cannot encode payload: {exc}") from None
+
+
+def packb_items(items: list[Any] | tuple[Any, ...], max_bytes: int) -> bytes:
+    """``packb(list(items))``, built item by item so that it stops, with
+    ``FrameTooLargeError``, as soon as it passes ``max_bytes`` (a list of many
+    references to one large value costs no more than the limit to refuse)."""
+    parts = [msgpack.Packer().pack_array_header(len(items))]
+    size = len(parts[0])
+    for item in items:
+        parts.append(packb(item))
+        size += len(parts[-1])
+        if size > max_bytes:
+            raise FrameTooLargeError(f"answer passes {max_bytes} bytes after {len(parts) - 1} of {len(items)} items")
+    return b"".join(parts)
 
 
 def unpackb(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_DECODE) -> Any:

@@ -47,7 +47,7 @@ class DeferredEnv(gym.Env):
         self.action_space = description.action_space
         self.metadata = dict(description.metadata)
         self.render_mode = description.render_mode
-        self.spec = remote_spec(description.spec, env_id)
+        self.spec = remote_spec(description.spec, env_id, kwargs)
         self._env: RemoteEnv | None = None
 
     @property

@@ -27,6 +27,7 @@ from gymnasium.vector.utils import concatenate, create_empty_array
 from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
+from ..trainer.answers import malformed
 from ..trainer.remote_vector_env import RemoteVectorEnv
 
 
@@ -112,6 +113,8 @@ class RemoteVecEnv(VecEnv):
             info = dict(infos[i])
             done = bool(dones[i])
             if done:  # SAME_STEP: the step's info and last obs, then the new episode's reset info
+                if "final_obs" not in info or not isinstance(info.get("final_info"), dict):
+                    raise malformed(f"env {i} ended its episode without final_obs and final_info")
                 terminal_obs = info.pop("final_obs")
                 step_info = info.pop("final_info")
                 reset_info = info

@@ -17,8 +17,9 @@ generator) is an ``unsupported`` error naming its type.
 * ``"each"`` with ``indices``: per sub-env, as SB3's ``DummyVecEnv`` does
   (``get_attr`` returns the attribute as is, ``set_attr`` sets it on the
   outermost env of each index);
-* ``"self"``: an attribute of the hosted vector env object itself (its
-  ``np_random_seed``).
+* ``"self"``: the hosted vector env object itself, read only, and only its
+  ``np_random_seed`` (its own methods, such as an async vector env's
+  ``call_async``, would reach any name).
 
 A single env is reached as Gymnasium's ``get_wrapper_attr`` /
 ``set_wrapper_attr`` / ``has_wrapper_attr`` reach it: through its wrappers.
@@ -34,7 +35,11 @@ from .entry_points import plain_kwargs
 
 MAX_NAME = 100
 # Reflection helpers: called through ``call`` they would read or write any name, private ones included.
-_REFLECTION = frozenset({"get_wrapper_attr", "set_wrapper_attr", "has_wrapper_attr", "call", "get_attr", "set_attr"})
+_REFLECTION = frozenset(
+    {"get_wrapper_attr", "set_wrapper_attr", "has_wrapper_attr", "call", "get_attr", "set_attr", "call_async", "call_wait"}
+)
+# What a trainer may read of a hosted vector env object itself (its methods are the simulator's to call).
+_OWN = frozenset({"np_random_seed"})
 _ACTIONS = ("call", "get", "set", "has")
 _SCOPES = ("vector", "each", "self")
 
@@ -51,26 +56,33 @@ def public_name(value: Any) -> str:
 
 
 def _indices(value: Any, num_envs: int) -> list[int]:
-    if not isinstance(value, list) or not all(type(i) is int and 0 <= i < num_envs for i in value):
-        raise ProtocolError(f"indices must be a list of env indices below {num_envs}", code=ErrorCode.BAD_PAYLOAD)
+    """Distinct env indices of the shard (repeats would multiply the answer)."""
+    if (
+        not isinstance(value, list)
+        or len(value) > num_envs
+        or not all(type(i) is int and 0 <= i < num_envs for i in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ProtocolError(f"indices must be distinct env indices below {num_envs}", code=ErrorCode.BAD_PAYLOAD)
     return value
 
 
-def handle_attribute(env: Any, arg: dict[str, Any], *, vector: bool, num_envs: int) -> Any:
-    """Run one attribute request on ``env`` (the hosted env or vector env); the
-    result must be data the payload codec carries."""
-    result = _run(env, arg, vector=vector, num_envs=num_envs)
+def encode_attribute_result(result: Any, arg: dict[str, Any], max_bytes: int) -> bytes:
+    """The answer's payload: data only, encoded once, and a per-env list refused as
+    soon as it passes ``max_bytes`` (not after encoding all of it)."""
     try:
-        codec.packb(result)
+        if isinstance(result, list):
+            return codec.packb_items(result, max_bytes)
+        return codec.packb(result)
     except codec.EncodeError as exc:
         raise UnsupportedError(
             f"the result of {arg.get('do')} {arg.get('name')!r} cannot be sent to the trainer: {exc.message} "
             "(only data travels: numbers, strings, arrays, lists, dicts, tuples)"
         ) from None
-    return result
 
 
-def _run(env: Any, arg: dict[str, Any], *, vector: bool, num_envs: int) -> Any:
+def handle_attribute(env: Any, arg: dict[str, Any], *, vector: bool, num_envs: int) -> Any:
+    """Run one attribute request on ``env`` (the hosted env or vector env)."""
     action, scope = arg.get("do"), arg.get("scope", "vector")
     if action not in _ACTIONS or scope not in _SCOPES:
         raise ProtocolError("malformed attribute request", code=ErrorCode.BAD_PAYLOAD)
@@ -91,12 +103,9 @@ def _run(env: Any, arg: dict[str, Any], *, vector: bool, num_envs: int) -> Any:
     if action == "has":
         raise ProtocolError("'has' is asked of single envs only", code=ErrorCode.BAD_PAYLOAD)
     if scope == "self":
-        if action == "get":
-            return getattr(env, name)
-        if action == "set":
-            setattr(env, name, value)
-            return None
-        return getattr(env, name)(*args, **kwargs)
+        if action != "get" or name not in _OWN:
+            raise UnsupportedError(f"of a hosted vector env itself, trainers may only read {sorted(_OWN)}")
+        return getattr(env, name)
     if scope == "vector":
         if action == "get":
             return list(env.get_attr(name))

@@ -202,8 +202,7 @@ class SimulatorHost:
                     f"{self.max_make_bytes} (--max-make-bytes)",
                     code=ErrorCode.BAD_PAYLOAD,
                 )
-            result = self.table.handle(op, channel, codec.unpackb(payload))
-            body = codec.packb(result)
+            body = self.table.answer(op, channel, codec.unpackb(payload), max_bytes=conn.max_frame)
             if len(body) > conn.max_frame:
                 raise RemoteRLError(
                     f"answer of {len(body)} bytes exceeds the relay's frame limit of {conn.max_frame}",

@@ -35,7 +35,7 @@ from ..protocol.frames import Op
 from ..protocol.space_values import batch_converter, convert_final_obs, sample_converter
 from ..protocol.spaces import space_to_wire
 from .allowlist import Allowlist
-from .attributes import handle_attribute
+from .attributes import encode_attribute_result, handle_attribute
 from .creators import make_with_creator
 from .entry_points import plain_kwargs, resolve_entry_point
 from .vectors import PerEnvInfos, answer_infos_per_env, make_vector
@@ -194,7 +194,9 @@ class Hosted:
                 "action_space": space_to_wire(env.single_action_space),
             }
             if getattr(env, "observation_mode", "same") == "different":  # batched from each env's own space
-                spaces["observation_spaces"] = [space_to_wire(e.observation_space) for e in env.envs]
+                envs = getattr(env, "envs", None)  # an async vector env's live in its processes
+                each = [e.observation_space for e in envs] if envs is not None else env.get_attr("observation_space")
+                spaces["observation_spaces"] = [space_to_wire(space) for space in each]
         else:
             spaces = {
                 "observation_space": space_to_wire(env.observation_space),
@@ -251,6 +253,13 @@ class EnvTable:
     @property
     def hosted_envs(self) -> int:
         return sum(h.num_envs for h in self.by_channel.values())
+
+    def answer(self, op: int, channel: int, arg: Any, *, max_bytes: int) -> bytes:
+        """Run one request; returns the answer's payload (``max_bytes``: what fits a frame)."""
+        result = self.handle(op, channel, arg)
+        if op == Op.ATTR:
+            return encode_attribute_result(result, arg, max_bytes)
+        return codec.packb(result)
 
     def handle(self, op: int, channel: int, arg: Any) -> Any:
         """Run one request; returns the answer value."""

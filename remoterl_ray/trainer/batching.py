@@ -108,3 +108,35 @@ def unbatch_infos(infos: dict[str, Any], num_envs: int) -> list[dict[str, Any]]:
         for i in np.flatnonzero(mask):
             out[i][key] = per_env[i]
     return out
+
+
+def check_per_env_fill(each: list[dict[str, Any]], num_envs: int) -> None:
+    """Bound what batching per-env infos allocates beyond what the envs sent.
+
+    Gymnasium's ``_add_info`` gives every key an array for all ``num_envs``
+    envs, shaped by the first env that reports it, and a mask: one env's
+    1 MiB row in a vector of 2,048 envs would become 2 GiB. The part made up
+    for envs that did not send a key may be at most ``MAX_INFO_FILL``
+    elements, as when shards' infos are merged (rows counted at their
+    largest, masks included). Walks the infos without recursion.
+    """
+    rows: dict[tuple[Any, ...], int] = {}
+    sent = 0
+    stack: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((), info) for info in each]
+    while stack:
+        path, info = stack.pop()
+        for key, value in info.items():
+            where = (*path, key)
+            if isinstance(value, dict) and key != "final_obs":
+                stack.append((where, value))
+                continue
+            size = value.size if isinstance(value, np.ndarray) and key != "final_obs" else 1
+            sent += size
+            rows[where] = max(rows.get(where, 0), size)
+    made_up = num_envs * (sum(rows.values()) + len(rows)) - sent
+    if made_up > MAX_INFO_FILL:
+        raise ProtocolError(
+            f"per-env infos would need {made_up} elements made up for envs that did not send them, "
+            f"more than {MAX_INFO_FILL}",
+            code=ErrorCode.BAD_PAYLOAD,
+        )

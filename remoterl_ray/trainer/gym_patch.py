@@ -108,7 +108,7 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
             session,
             env_id_of(id),
             lambda: RemoteEnv(session, env_id_of(id), **merged),
-            lambda: _ORIGINAL_MAKE(id, max_episode_steps, disable_env_checker, **kwargs),
+            lambda: _ORIGINAL_MAKE(env_id_of(id), **merged),  # by the trainer's own id and registry
         )
 
     def make_vec(
@@ -137,7 +137,9 @@ def patch_gymnasium(session: TrainerSession, patcher: Patcher) -> None:
                 vector_kwargs=vector_kwargs,
                 **spec_kwargs(id, kwargs),
             ),
-            lambda: _ORIGINAL_MAKE_VEC(id, num_envs, vectorization_mode, vector_kwargs, wrappers, **kwargs),
+            lambda: _ORIGINAL_MAKE_VEC(
+                env_id_of(id), num_envs, vectorization_mode, vector_kwargs, wrappers, **spec_kwargs(id, kwargs)
+            ),
         )
 
     def register(

@@ -36,7 +36,7 @@ from .answers import (
     vector_reset_answer,
     vector_step_answer,
 )
-from .batching import concat_arrays, concat_batches, merge_infos, slice_batch
+from .batching import check_per_env_fill, concat_arrays, concat_batches, merge_infos, slice_batch, unbatch_infos
 from .remote_env import RECONNECTED
 from .session import TrainerSession
 from .shards import SKIP, Shards, ShardsRebuilt
@@ -101,6 +101,16 @@ class RemoteVectorEnv(VectorEnv):
         else:  # RLlib's vector entry point calls a creator once for all its envs
             whole = creator.get("vectorization_mode") == "vector_entry_point"
         self._remote = Shards(session, env_id, num_envs, make_arg, vector=True, whole=whole)
+        try:
+            self._adopt_description(session, num_envs, per_env_infos)
+        except BaseException:
+            self._remote.close()
+            raise
+        self._obs_parts: list[Any] = []  # each shard's last observations (a partial reset keeps the others)
+        self._autoreset_step: tuple[Any, Any] | None = None  # see _truncated_by_reconnect
+
+    def _adopt_description(self, session: TrainerSession, num_envs: int, per_env_infos: bool) -> None:
+        """Spaces, metadata and spec from what the simulators described."""
         description = self._remote.description
         self.num_envs = num_envs
         self.single_observation_space = self._remote.observation_space
@@ -108,7 +118,10 @@ class RemoteVectorEnv(VectorEnv):
         check_batch(description, num_envs, session.settings.max_space_bytes)
         per_env_spaces = [m.description.observation_spaces for m in self._remote.made]
         if all(spaces is not None for spaces in per_env_spaces):  # observation_mode="different"
-            self.observation_space = batch_differing_spaces([s for spaces in per_env_spaces for s in spaces])
+            try:
+                self.observation_space = batch_differing_spaces([s for spaces in per_env_spaces for s in spaces])
+            except (AssertionError, ValueError, TypeError) as exc:
+                raise malformed(f"the envs' observation spaces do not batch: {exc}") from None
         else:
             self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -118,15 +131,10 @@ class RemoteVectorEnv(VectorEnv):
             self.metadata["autoreset_mode"] = AutoresetMode(self.metadata["autoreset_mode"])
         self.render_mode = description.render_mode
         self.spec = self._remote.spec()
-        if per_env_infos and not self._shards_per_env:
-            self.close()
-            raise UnsupportedError(f"infos per env need vectorization_mode='sync', not {description.vectorization_mode!r}")
         # Samples the codec cannot carry as they are (Graph, registered user spaces); None: nothing to do.
         self._obs_values = {n: batch_converter(self.single_observation_space, n) for n in set(self._remote.sizes)}
         self._action_values = batch_converter(self.single_action_space)
         self._final_obs_values = sample_converter(self.single_observation_space)
-        self._obs_parts: list[Any] = []  # each shard's last observations (a partial reset keeps the others)
-        self._autoreset_step: tuple[Any, Any] | None = None  # see _truncated_by_reconnect
 
     @property
     def shard_sizes(self) -> list[int]:
@@ -176,9 +184,9 @@ class RemoteVectorEnv(VectorEnv):
             if answer is SKIP:
                 if self._obs_parts[i] is None:  # as a local vector env: zeros until first reset
                     self._obs_parts[i] = create_empty_array(self.single_observation_space, n=envs, fn=np.zeros)
-                infos.append([{} for _ in range(envs)] if self._shards_per_env else {})
+                infos.append([{} for _ in range(envs)] if self._infos_per_env[i] else {})
                 continue
-            if self._shards_per_env:
+            if self._infos_per_env[i]:
                 obs, info = per_env_infos_answer(answer, 2, envs)
             else:
                 obs, info = vector_reset_answer(answer, envs)
@@ -213,10 +221,10 @@ class RemoteVectorEnv(VectorEnv):
         except ShardsRebuilt:
             return self._truncated_by_reconnect()
         sizes = self._remote.sizes
-        if self._shards_per_env:
-            results = [per_env_infos_answer(a, 5, n) for a, n in zip(answers, sizes)]
-        else:
-            results = [vector_step_answer(a, n) for a, n in zip(answers, sizes)]
+        results = [
+            per_env_infos_answer(a, 5, n) if per_env else vector_step_answer(a, n)
+            for a, n, per_env in zip(answers, sizes, self._infos_per_env)
+        ]
         self._obs_parts = [self._received_obs(r[0], n) for r, n in zip(results, sizes)]
         rewards = concat_arrays([r[1] for r in results])
         terminations = concat_arrays([r[2] for r in results])
@@ -241,27 +249,37 @@ class RemoteVectorEnv(VectorEnv):
         return self._joined(lambda: concat_batches(self.single_observation_space, self._obs_parts))
 
     @property
-    def _shards_per_env(self) -> bool:
-        """True when the shards answer infos per env (sync shards do); else batched per shard."""
-        return all(m.description.per_env_infos for m in self._remote.made)
+    def _infos_per_env(self) -> list[bool]:
+        """Per shard: True if it answers infos per env (sync shards do), else batched."""
+        return [m.description.per_env_infos for m in self._remote.made]
 
     def _joined_infos(self, infos: list[Any]) -> Any:
+        """The shards' infos as one: batched here in env order when any shard sent
+        them per env (a shard that batched its own is unbatched first), or handed
+        over per env (SB3); shards that all batched are merged as they are."""
         if self._final_obs_values is not None:
             infos = [convert_final_obs(info, self._final_obs_values.from_wire) for info in infos]
-        if not self._shards_per_env:
+        per_env = self._infos_per_env
+        if not self.per_env_infos and not any(per_env):
             return merge_infos(infos, self._remote.sizes)
-        each = [info for part in infos for info in part]
+        each = []
+        for info, answered_per_env, envs in zip(infos, per_env, self._remote.sizes):
+            each += info if answered_per_env else unbatch_infos(info, envs)
         return each if self.per_env_infos else self._batched_infos(each)
 
     def _batched_infos(self, each: list[dict[str, Any]]) -> dict[str, Any]:
         """Gymnasium's batched infos, built as a local sync vector env builds them: env
         by env, an ended episode's ``final_obs``/``final_info`` before its reset info."""
+        check_per_env_fill(each, self.num_envs)
         out: dict[str, Any] = {}
-        for i, info in enumerate(each):
-            if "final_info" in info and "final_obs" in info:
-                out = self._add_info(out, {"final_obs": info["final_obs"], "final_info": info["final_info"]}, i)
-                info = {k: v for k, v in info.items() if k not in ("final_obs", "final_info")}
-            out = self._add_info(out, info, i)
+        try:
+            for i, info in enumerate(each):
+                if "final_info" in info and "final_obs" in info:
+                    out = self._add_info(out, {"final_obs": info["final_obs"], "final_info": info["final_info"]}, i)
+                    info = {k: v for k, v in info.items() if k not in ("final_obs", "final_info")}
+                out = self._add_info(out, info, i)
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:  # values of one key that do not batch
+            raise malformed(f"per-env infos do not batch: {type(exc).__name__}: {exc}") from None
         return out
 
     @staticmethod
@@ -310,11 +328,11 @@ class RemoteVectorEnv(VectorEnv):
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Gymnasium's ``VectorEnv.call``, run by each shard's vector env."""
-        return self._per_env({"do": "call", "name": name, "args": list(args), "kwargs": kwargs})
+        return self._every_env({"do": "call", "name": name, "args": list(args), "kwargs": kwargs})
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
         """Gymnasium's ``VectorEnv.get_attr`` (a method is called, as locally)."""
-        return self._per_env({"do": "get", "name": name})
+        return self._every_env({"do": "get", "name": name})
 
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
         """Gymnasium's ``VectorEnv.set_attr``: one value for all envs, or a list or tuple of one per env."""
@@ -329,7 +347,7 @@ class RemoteVectorEnv(VectorEnv):
             args = [{"do": "set", "name": name, "value": values}] * len(self._remote.bounds)
         self._remote.request(Op.ATTR, args)
 
-    def _per_env(self, arg: dict[str, Any]) -> tuple[Any, ...]:
+    def _every_env(self, arg: dict[str, Any]) -> tuple[Any, ...]:
         answers = self._remote.request_all(Op.ATTR, arg)
         return tuple(item for part, n in zip(answers, self._remote.sizes) for item in attribute_answer(part, n))
 

@@ -105,8 +105,15 @@ class Shards:
         raise ShardsRebuilt(f"{lost}; the envs were made again on a new connection")
 
     def spec(self) -> EnvSpec | None:
-        """The simulator's spec of the env, as a local ``make`` or ``make_vec`` would report it."""
-        return remote_spec(self.description.spec, self.env_id, num_envs=self.num_envs if self.vector else None)
+        """The env's spec, as a local ``make`` or ``make_vec`` would report it."""
+        vector = None
+        if self.vector:
+            vector = {
+                "num_envs": self.num_envs,
+                "vectorization_mode": self.description.vectorization_mode,
+                "vector_kwargs": self._make.get("vector_kwargs"),
+            }
+        return remote_spec(self.description.spec, self.env_id, self._make.get("kwargs") or {}, vector=vector)
 
     def request(self, op: int, args: list[Any], timeout: float | None = None) -> list[Any]:
         """One request per shard (``args[i]`` for shard i, none where it is ``SKIP``),
