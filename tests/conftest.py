@@ -111,6 +111,18 @@ def two_sims(relay: LocalRelay, keys: Keys) -> Iterator[str]:
         yield key
 
 
+@pytest.fixture(scope="module", params=["one", "two"])
+def layout(request, relay: LocalRelay, keys: Keys) -> Iterator[str]:
+    """A trainer initialized on a workspace with one simulator (a vector env is hosted
+    whole) or two (split, at most 2 envs per simulator while there are enough)."""
+    with serving(relay, keys, 1 if request.param == "one" else 2) as key:
+        assert init_trainer(relay, key, num_env_runners=2)
+        try:
+            yield request.param
+        finally:
+            remoterl_ray.shutdown()
+
+
 @pytest.fixture
 def trainer_cleanup() -> Iterator[None]:
     """Whatever a test initialised, shut it down afterwards."""

@@ -8,14 +8,13 @@ Each test states what the threat model promises; a failing test is a finding.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from attackers import greeted, welcomed
+from attackers import Refuse, ScriptedSimulator, greeted
 from conftest import SimulatorPool, init_trainer, local_gym, new_key
 from remoterl_ray.local import start_relay
 from remoterl_ray.protocol import codec
@@ -31,52 +30,6 @@ from remoterl_ray.trainer.session import TrainerSettings
 
 
 # -- helpers ---------------------------------------------------------------------
-
-
-class Refuse:
-    """An answer that is an error record (sent as a Kind.ERROR frame)."""
-
-    def __init__(self, record: dict[str, Any]) -> None:
-        self.record = record
-
-
-class Hostile:
-    """A simulator peer that answers each request with ``answer(op, channel, request)``:
-    a value (sent as the response), raw bytes, or a ``Refuse`` (an error frame)."""
-
-    def __init__(self, relay: Any, key: str, answer: Any, *, max_envs: int = 64, name: str = "hostile") -> None:
-        hello = Hello(role="simulator", api_key=key, name=name, max_envs=max_envs)
-        self.ws, welcome = welcomed(relay, hello, source="127.0.0.1")
-        self.peer_id = welcome.peer_id
-        self.answer = answer
-        self.requests: list[tuple[int, int, Any]] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while True:
-                frame = self.ws.recv()
-                kind, op, channel, seq = unpack_header(frame)
-                if kind != Kind.REQUEST:
-                    continue
-                request = codec.unpackb(memoryview(frame)[HEADER_SIZE:])
-                self.requests.append((op, channel, request))
-                value = self.answer(op, channel, request)
-                if isinstance(value, Refuse):
-                    self.ws.send(pack(Kind.ERROR, op, channel, seq, codec.packb(value.record)))
-                    continue
-                body = value if isinstance(value, bytes) else codec.packb(value)
-                self.ws.send(pack(Kind.RESPONSE, op, channel, seq, body))
-        except Exception as exc:  # closed by the test or the relay
-            self.failure = exc
-            return
-
-    failure: BaseException | None = None
-
-    def close(self) -> None:
-        self.ws.close()
-        self._thread.join(10)
 
 
 def single_description() -> dict[str, Any]:
@@ -178,7 +131,7 @@ def test_a_simulators_spec_never_chooses_code_the_trainer_runs(own_relay, tmp_pa
             return description
         return None
 
-    sim = Hostile(own_relay, key, answer)
+    sim = ScriptedSimulator(own_relay, key, answer)
     try:
         assert init_trainer(own_relay, key)
         gym.register("Pwnable-v0", entry_point=remoterl_testenvs.CounterEnv)  # mirrored as module:qualname
@@ -229,7 +182,7 @@ def test_malformed_per_env_infos_are_a_coded_error(own_relay, infos):
     """Per-env infos are batched on the trainer with Gymnasium's ``_add_info``; what a
     hostile shard sends there must end as ``bad_payload``, never a bare exception."""
     key = take_key(own_relay)
-    sim = Hostile(own_relay, key, _vector_answers(lambda n: [dict(i) for i in infos[:n]]))
+    sim = ScriptedSimulator(own_relay, key, _vector_answers(lambda n: [dict(i) for i in infos[:n]]))
     session = session_for(own_relay, key)
     try:
         assert session.wait_for_simulators(1, 10) == 1
@@ -253,7 +206,7 @@ def test_per_env_infos_cannot_make_the_trainer_fill_beyond_its_bound(own_relay):
     make up 15 M elements."""
     key = take_key(own_relay)
     row = np.zeros(1 << 20, np.uint8)
-    sim = Hostile(own_relay, key, _vector_answers(lambda n: [{"frame": row}] + [{} for _ in range(n - 1)]))
+    sim = ScriptedSimulator(own_relay, key, _vector_answers(lambda n: [{"frame": row}] + [{} for _ in range(n - 1)]))
     session = session_for(own_relay, key)
     try:
         assert session.wait_for_simulators(1, 10) == 1
@@ -279,7 +232,7 @@ def test_a_12_mib_per_env_info_is_a_coded_error_not_a_24_gib_allocation(own_rela
     where the kernel lets it through, 24 GiB of address space)."""
     key = take_key(own_relay)
     row = np.zeros(12 << 20, np.uint8)
-    sim = Hostile(own_relay, key, _vector_answers(lambda n: [{"frame": row}] + [{} for _ in range(n - 1)]),
+    sim = ScriptedSimulator(own_relay, key, _vector_answers(lambda n: [{"frame": row}] + [{} for _ in range(n - 1)]),
                   max_envs=4096)  # fmt: skip
     session = session_for(own_relay, key)
     try:
@@ -318,7 +271,7 @@ def test_sb3_done_env_without_final_obs_is_a_coded_error(own_relay, trainer_clea
             return [obs, np.ones(n), np.ones(n, bool), np.zeros(n, bool), [{} for _ in range(n)]]
         return None
 
-    sim = Hostile(own_relay, key, answer)
+    sim = ScriptedSimulator(own_relay, key, answer)
     try:
         assert init_trainer(own_relay, key)
         venv = make_vec_env("CartPole-v1", n_envs=2)
@@ -348,7 +301,7 @@ def test_per_env_observation_spaces_that_do_not_batch_are_a_coded_error(own_rela
             return description
         return None
 
-    sim = Hostile(own_relay, key, answer)
+    sim = ScriptedSimulator(own_relay, key, answer)
     session = session_for(own_relay, key)
     try:
         assert session.wait_for_simulators(1, 10) == 1

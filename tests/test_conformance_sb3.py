@@ -9,14 +9,12 @@ them (values and types), and ``SubprocVecEnv``'s argument checks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from conftest import TEST_ENVS_MODULE, init_trainer, local_gym, serving
+from conftest import TEST_ENVS_MODULE, local_gym
 from test_protocol import assert_same
 
-import remoterl_ray
 
 pytest.importorskip("stable_baselines3")
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
@@ -25,16 +23,6 @@ from stable_baselines3.common.vec_env import SubprocVecEnv  # noqa: E402
 from remoterl_ray.sb3 import RemoteVecEnv  # noqa: E402
 
 N = 4
-
-
-@pytest.fixture(scope="module", params=["one", "two"])
-def layout(request, relay, keys) -> Iterator[str]:
-    with serving(relay, keys, 1 if request.param == "one" else 2) as key:
-        assert init_trainer(relay, key, num_env_runners=2)
-        try:
-            yield request.param
-        finally:
-            remoterl_ray.shutdown()
 
 
 def pair(env_id: str, **kwargs):

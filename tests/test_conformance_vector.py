@@ -11,7 +11,6 @@ and specs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -25,17 +24,6 @@ import remoterl_ray
 from remoterl_ray import RemoteVectorEnv
 
 CURRICULUM = f"{TEST_ENVS_MODULE}:Curriculum-v0"
-
-
-@pytest.fixture(scope="module", params=["one", "two"])
-def layout(request, relay, keys) -> Iterator[str]:
-    """A workspace with one simulator (envs hosted whole) or two (envs split)."""
-    with serving(relay, keys, 1 if request.param == "one" else 2) as key:
-        assert init_trainer(relay, key, num_env_runners=2)
-        try:
-            yield request.param
-        finally:
-            remoterl_ray.shutdown()
 
 
 def pair(env_id: str, num_envs: int, **kwargs) -> tuple[gym.vector.VectorEnv, RemoteVectorEnv]:

@@ -339,16 +339,3 @@ def test_a_registered_function_is_mirrored_and_the_allowlist_decides(trainer, ca
             gym.registry.pop(env_id, None)
 
 
-def test_a_callable_simulators_cannot_import_stays_local_with_a_warning(trainer, caplog):
-    class LocalOnlyEnv(StepCounterEnv):
-        pass
-
-    try:
-        gym.register("ErrorsLocalOnly-v0", entry_point=LocalOnlyEnv)
-        with caplog.at_level("WARNING", logger="remoterl"):
-            env = gym.make("ErrorsLocalOnly-v0")
-        assert isinstance(env.unwrapped, LocalOnlyEnv) and not isinstance(env, RemoteEnv)
-        assert "module level" in caplog.text and "ErrorsLocalOnly-v0" in caplog.text
-        env.close()
-    finally:
-        gym.registry.pop("ErrorsLocalOnly-v0", None)

@@ -178,7 +178,7 @@ def test_callable_entry_point_stays_local_with_a_warning(trainer, caplog):
         with caplog.at_level("WARNING", logger="remoterl"):
             env = gym.make("Callable-v0")
         assert isinstance(env.unwrapped, NestedEnv) and not isinstance(env, RemoteEnv)
-        assert "module:attr" in caplog.text and "Callable-v0" in caplog.text
+        assert "module:attr" in caplog.text and "module level" in caplog.text and "Callable-v0" in caplog.text
         env.close()
     finally:
         gym.registry.pop("Callable-v0", None)

@@ -127,14 +127,22 @@ class RawPeer:
 Answer = Callable[[int, int, Any], Any]  # (op, channel, request) -> answer value
 
 
+class Refuse:
+    """An answer that is an error record (sent as an ERROR frame)."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+
+
 class ScriptedSimulator:
     """A simulator peer that answers each request with ``answer(op, channel, request)``
-    (raw bytes are sent as the payload as they are), and may also send ``extra``
-    frames of its own after each answer. It runs in a thread until closed."""
+    (raw bytes are sent as the payload as they are, a ``Refuse`` as an ERROR frame),
+    and may also send ``extra`` frames of its own after each answer. It runs in a
+    thread until closed."""
 
-    def __init__(self, relay: Any, key: str, answer: Answer, *, name: str = "scripted",
+    def __init__(self, relay: Any, key: str, answer: Answer, *, name: str = "scripted", max_envs: int = 64,
                  extra: Callable[[int, int, int], list[bytes]] | None = None) -> None:  # fmt: skip
-        hello = Hello(role="simulator", api_key=key, name=name, max_envs=64)
+        hello = Hello(role="simulator", api_key=key, name=name, max_envs=max_envs)
         self.ws, welcome = welcomed(relay, hello, source="127.0.0.1")
         self.peer_id = welcome.peer_id
         self.answer = answer
@@ -152,6 +160,9 @@ class ScriptedSimulator:
                     continue
                 self.requests.append((op, channel, seq))
                 value = self.answer(op, channel, codec.unpackb(memoryview(frame)[HEADER_SIZE:]))
+                if isinstance(value, Refuse):
+                    self.ws.send(pack(Kind.ERROR, op, channel, seq, codec.packb(value.record)))
+                    continue
                 body = value if isinstance(value, bytes) else codec.packb(value)
                 self.ws.send(pack(Kind.RESPONSE, op, channel, seq, body))
                 for forged in self.extra(op, channel, seq) if self.extra else ():
