@@ -17,7 +17,8 @@ import remoterl
 TIMESTEPS = int(os.environ.get("EXAMPLE_TIMESTEPS", 100_000))
 N_ENVS = 32
 
-remoterl.init(api_key=os.environ.get("REMOTERL_API_KEY"), role="trainer", num_workers=1, num_env_runners=8)
+if not remoterl.init(api_key=os.environ.get("REMOTERL_API_KEY"), role="trainer", num_workers=1, num_env_runners=8):
+    raise SystemExit("no relay or no simulator online: see the line above")
 env = make_vec_env("CartPole-v1", n_envs=N_ENVS)
 # One rollout is n_steps x N_ENVS steps: keep it within the budget (2048 steps per env at most).
 model = PPO("MlpPolicy", env, n_steps=min(2048, max(64, TIMESTEPS // N_ENVS)), verbose=1)

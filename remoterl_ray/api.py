@@ -11,8 +11,10 @@ from typing import Literal
 
 from .config import ENV_REGION, resolve_api_key, resolve_ca_file, resolve_relay_url
 from .simulator.allowlist import allowed_modules_from_env
+from .protocol.errors import NoSimulatorError, RelayUnavailableError, RemoteRLError
 from .simulator.host import SimulatorHost, run_simulator
 from .trainer.configure import current_session, set_current_session, trainer_settings
+from .trainer.fallback_guard import guard_local_fallback
 from .trainer.gym_patch import patch_gymnasium
 from .trainer.import_hooks import when_imported
 from .trainer.patching import Patcher
@@ -40,6 +42,7 @@ def init(
     region: str | None = None,
     ca_file: str | None = None,
     max_space_bytes: int | None = None,
+    strict: bool = True,
 ) -> bool:
     """Connect this process to a relay as a trainer or a simulator.
 
@@ -68,6 +71,11 @@ def init(
     Both roles verify a ``wss://`` relay's certificate against the system
     trust store, or only against ``ca_file`` (or ``REMOTERL_CA_FILE``), PEM
     certificates of a private CA. There is no way to skip verification.
+
+    ``strict`` (trainer): when ``init`` returns False, ``gym.make``/``make_vec``,
+    SB3's ``make_vec_env``, RLlib algorithms and Tune tuners raise the reason
+    instead of quietly building local envs, until ``shutdown()`` (which makes
+    local envs the deliberate choice) or a successful ``init``.
 
     ``max_space_bytes`` (or ``REMOTERL_MAX_SPACE_BYTES``; default 256 MiB)
     bounds the memory a simulator's space descriptions may make the trainer
@@ -101,25 +109,25 @@ def init(
         ca_file=ca_file,
         max_space_bytes=max_space_bytes,
     )
-    return _init_trainer(settings)
+    return _init_trainer(settings, strict=strict)
 
 
-def _init_trainer(settings: TrainerSettings) -> bool:
+def _init_trainer(settings: TrainerSettings, *, strict: bool = True) -> bool:
     global _atexit_registered
     with _lock:
         shutdown()
         session = TrainerSession(settings)
         conn = session.connect()
         if conn is None:
-            log.warning("remoterl: relay at %s is unreachable", settings.relay_url)
-            return False
+            reason = f"the relay at {settings.relay_url} is unreachable"
+            return _failed(RelayUnavailableError, reason, strict)
         if conn.welcome.quota is not None:
             print(conn.welcome.quota.banner(conn.welcome.workspace), file=sys.stderr, flush=True)
         online = session.wait_for_simulators(settings.num_workers, settings.simulator_wait)
         if online == 0:
-            log.warning("remoterl: no simulator came online within %.0fs", settings.simulator_wait)
             session.close()
-            return False
+            reason = f"no simulator of this workspace came online within {settings.simulator_wait:.0f}s"
+            return _failed(NoSimulatorError, reason, strict)
         if online < settings.num_workers:
             log.warning("remoterl: %d of %d simulators online; going on with those", online, settings.num_workers)
         set_current_session(session)
@@ -129,6 +137,15 @@ def _init_trainer(settings: TrainerSettings) -> bool:
             atexit.register(shutdown)
             _atexit_registered = True
         return True
+
+
+def _failed(error: type[RemoteRLError], reason: str, strict: bool) -> bool:
+    """A trainer ``init`` that failed: say why, and (strict) refuse local envs from now on."""
+    then = "building envs raises until shutdown() or a successful init" if strict else "envs stay local"
+    log.warning("remoterl: %s; init returns False and %s", reason, then)
+    if strict:
+        guard_local_fallback(_patcher, error, reason)
+    return False
 
 
 def _patch_frameworks(session: TrainerSession) -> None:

@@ -400,12 +400,23 @@ def keys_create(
     plan: Annotated[Optional[Plan], typer.Option(help="The workspace's plan (default: free, or as it is).")] = None,
     db: DbOption = None,
     config: ConfigOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print the key alone (for scripts: KEY=$(...)).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print key_id, workspace, plan and key as JSON.")] = False,
 ) -> None:
     """Issue a key. It is shown once: only its salted hash is stored."""
     try:
         issued = _store(db, config).create_key(workspace, plan.value if plan else None)
     except AccountsError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if quiet:
+        typer.echo(issued.key)
+        return
+    if as_json:
+        import json
+
+        record = {"key_id": issued.key_id, "workspace": issued.workspace, "plan": issued.plan, "key": issued.key}
+        typer.echo(json.dumps(record))
+        return
     typer.echo(f"key id:    {issued.key_id}")
     typer.echo(f"workspace: {issued.workspace} (plan {issued.plan})")
     typer.echo(f"key:       {issued.key}")

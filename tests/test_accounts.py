@@ -207,6 +207,19 @@ def test_operator_cookies_cannot_be_forged_from_the_token_digest():
 # -- keys and workspaces on the relay -------------------------------------------
 
 
+def test_cli_keys_create_prints_for_scripts(site):
+    """`KEY=$(remoterl keys create --workspace w --quiet)`: the key alone; --json: one record."""
+    quiet = cli("keys", "create", "--workspace", "scripted", "--quiet", db=site.db)
+    key = quiet.stdout.strip()
+    assert quiet.stdout == key + "\n" and " " not in key and len(key) > 20
+    record = json.loads(cli("keys", "create", "--workspace", "scripted", "--json", db=site.db).stdout)
+    assert set(record) == {"key_id", "workspace", "plan", "key"} and record["workspace"] == "scripted"
+    listed = json.loads(cli("keys", "list", "--json", db=site.db).stdout)
+    assert record["key_id"] in {row["key_id"] for row in listed}
+    assert init(site, key, simulator_wait=0.5) is False  # accepted by the relay (no simulator yet)
+    remoterl_ray.shutdown()
+
+
 def test_cli_keys_list_and_revoke(site):
     key_id, key = create_key(site.db, "delta")
     listed = json.loads(cli("keys", "list", "--json", db=site.db).stdout)

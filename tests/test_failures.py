@@ -31,17 +31,49 @@ def test_wrong_key_raises_runtime_error(relay, trainer_cleanup):
     assert not remoterl_ray.is_initialized()
 
 
-def test_unreachable_relay_returns_false(trainer_cleanup):
+def test_unreachable_relay_returns_false_and_nothing_runs_locally_unnoticed(trainer_cleanup):
+    """A script that ignores init's False must not train on local envs believing they are
+    remote: building envs raises the reason, until shutdown() makes local the choice."""
     url = f"ws://127.0.0.1:{free_port()}"
     make_before = gym.make
     assert remoterl_ray.init("k", role="trainer", relay_url=url, connect_timeout=1.0) is False
     assert not remoterl_ray.is_initialized()
+    for build in (lambda: gym.make("CartPole-v1"), lambda: gym.make_vec("CartPole-v1", 2)):
+        with pytest.raises(RelayUnavailableError, match="returned False .*unreachable.*LOCAL.*shutdown"):
+            build()
+    from stable_baselines3.common.env_util import make_vec_env  # its factories call gym.make
+
+    with pytest.raises(RelayUnavailableError, match="LOCAL"):
+        make_vec_env("CartPole-v1", n_envs=2)
+    from ray import tune
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    config = PPOConfig().environment("CartPole-v1")
+    with pytest.raises(RelayUnavailableError, match="LOCAL"):
+        config.build_algo()  # refused before RLlib starts Ray or any env runner
+    with pytest.raises(RelayUnavailableError, match="LOCAL"):
+        tune.Tuner("PPO", param_space=config)
+    remoterl_ray.shutdown()  # local envs, on purpose
+    assert gym.make is make_before
+    gym.make("CartPole-v1").close()
+    make_vec_env("CartPole-v1", n_envs=2).close()
+
+
+def test_not_strict_leaves_local_envs_alone(trainer_cleanup):
+    url = f"ws://127.0.0.1:{free_port()}"
+    make_before = gym.make
+    assert remoterl_ray.init("k", role="trainer", relay_url=url, connect_timeout=1.0, strict=False) is False
     assert gym.make is make_before  # nothing patched
 
 
-def test_no_simulator_online_returns_false(relay, keys, trainer_cleanup):
+def test_no_simulator_online_returns_false_and_refuses_local_envs(relay, keys, trainer_cleanup):
     assert init_trainer(relay, keys.take(), simulator_wait=0.5) is False
     assert not remoterl_ray.is_initialized()
+    with pytest.raises(NoSimulatorError, match="no simulator .* came online"):
+        gym.make("CartPole-v1")
+    assert init_trainer(relay, keys.take(), simulator_wait=0.5) is False  # a new init starts over
+    with pytest.raises(NoSimulatorError):
+        gym.make_vec("CartPole-v1", 2)
 
 
 def test_simulator_with_wrong_key_exits_with_a_clear_error(relay):
