@@ -22,6 +22,7 @@ from .config import (
     ENV_RELAY_URL,
     resolve_ca_file,
     resolve_db,
+    resolve_relay_url,
 )
 from .protocol.errors import RemoteRLError
 from .protocol.frames import DEFAULT_MAX_FRAME
@@ -180,29 +181,37 @@ def relay(
             err=True,
         )
     mode = "open mode" if open_mode else f"{active} account key(s), {len(keys)} --api-key key(s)"
-    typer.echo(f"remoterl relay on {'wss' if tls else 'ws'}://{host}:{port} ({mode}; accounts in {db_path})")
-    if settings.admin_tokens:
-        typer.echo(f"dashboard: {'https' if tls else 'http'}://{host}:{port}/dashboard")
-    run_relay(
-        RelayConfig(
-            keys=StaticKeys(keys, open_mode=open_mode),
-            accounts=LocalAccounts(store),
-            prices=settings.prices,
-            admin_tokens=settings.admin_digests(),
-            max_frame=max_frame,
-            accounts_interval=settings.flush_seconds,
-            limiter=settings.limiter,
-            **settings.peer_limits(),
-        ),
-        host=host,
-        port=port,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
-        tls_cert=tls[0] if tls else None,
-        tls_key=tls[1] if tls else None,
-        limits=limits,
-        trusted_proxies=list(trusted_proxy or []) or settings.trusted_proxies,
-    )
+
+    def listening(bound: int) -> None:  # said once the socket is bound, never before
+        typer.echo(f"remoterl relay on {'wss' if tls else 'ws'}://{host}:{bound} ({mode}; accounts in {db_path})")
+        if settings.admin_tokens:
+            typer.echo(f"dashboard: {'https' if tls else 'http'}://{host}:{bound}/dashboard")
+
+    try:
+        run_relay(
+            RelayConfig(
+                keys=StaticKeys(keys, open_mode=open_mode),
+                accounts=LocalAccounts(store),
+                prices=settings.prices,
+                admin_tokens=settings.admin_digests(),
+                max_frame=max_frame,
+                accounts_interval=settings.flush_seconds,
+                limiter=settings.limiter,
+                **settings.peer_limits(),
+            ),
+            host=host,
+            port=port,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            tls_cert=tls[0] if tls else None,
+            tls_key=tls[1] if tls else None,
+            limits=limits,
+            trusted_proxies=list(trusted_proxy or []) or settings.trusted_proxies,
+            on_listening=listening,
+        )
+    except OSError as exc:  # the address is in use, or not this machine's
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _tls_files(cert: str | None, key: str | None) -> tuple[str, str] | None:
@@ -347,7 +356,7 @@ def simulator(
     modules = list(allow or []) + allowed_modules_from_env()
     try:
         host = SimulatorHost(
-            relay_url,
+            resolve_relay_url(relay_url),
             api_key,
             allow_modules=modules,
             max_envs=max_envs,
@@ -380,7 +389,11 @@ def _settings(config: str | None, admin_token: str | None = None) -> RelaySettin
             settings = settings.model_validate(
                 {**settings.model_dump(), "admin_tokens": {**settings.admin_tokens, "admin": admin_token}}
             )
-    except (OSError, ValueError, ValidationError) as exc:
+    except ValidationError as exc:  # one line per error, never the values (admin tokens are secrets)
+        lines = [f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
+                 for e in exc.errors(include_input=False, include_url=False)]  # fmt: skip
+        raise typer.BadParameter("; ".join(lines), param_hint="--config / --admin-token") from None
+    except (OSError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--config / --admin-token") from None
     return settings
 

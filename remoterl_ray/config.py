@@ -29,7 +29,13 @@ def resolve_api_key(api_key: str | None) -> str | None:
 
 
 def resolve_relay_url(relay_url: str | None) -> str:
-    return relay_url or os.environ.get(ENV_RELAY_URL) or DEFAULT_RELAY_URL
+    """``relay_url``, else ``REMOTERL_RELAY_URL``, else the default; an ``http://`` or
+    ``https://`` URL (how the dashboard's address reads) means ``ws://`` / ``wss://``."""
+    url = relay_url or os.environ.get(ENV_RELAY_URL) or DEFAULT_RELAY_URL
+    for web, socket in (("http://", "ws://"), ("https://", "wss://")):
+        if url.lower().startswith(web):
+            return socket + url[len(web):]
+    return url
 
 
 def resolve_ca_file(path: str | None) -> str | None:

@@ -220,6 +220,13 @@ def test_cli_keys_create_prints_for_scripts(site):
     remoterl_ray.shutdown()
 
 
+def test_a_short_admin_token_is_one_line_that_does_not_echo_it(tmp_path):
+    out = cli("relay", "--admin-token", "tiny-secret", "--port", "0", db=tmp_path / "r.db", check=False)
+    assert out.returncode == 2
+    assert "at least 16 characters" in out.stderr and "tiny-secret" not in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr and "pydantic" not in out.stderr
+
+
 def test_cli_keys_list_and_revoke(site):
     key_id, key = create_key(site.db, "delta")
     listed = json.loads(cli("keys", "list", "--json", db=site.db).stdout)
@@ -377,7 +384,9 @@ def test_premium_usage_is_priced_from_the_config(site, trainer_cleanup):
 def test_admin_endpoints_need_the_admin_token(site):
     plain = httpx.Client(base_url=site.relay.http_url, timeout=10.0)
     for path in ("/v1/stats", "/v1/cluster", "/dashboard/api/snapshot", "/dashboard/events"):
-        assert plain.get(path).status_code == 401, path
+        refused = plain.get(path)
+        assert refused.status_code == 401, path
+        assert refused.json()["error"]["code"] == "auth_failed", path  # one error shape on every endpoint
     assert plain.get("/v1/stats", headers={"Authorization": "Bearer wrong-token-000000"}).status_code == 401
     wrong = plain.post("/dashboard/login", json={"token": "not-the-token"})
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "auth_failed"
@@ -390,7 +399,11 @@ def test_admin_endpoints_need_the_admin_token(site):
         assert admin.get("/v1/stats").status_code == 200
         unknown = admin.post("/dashboard/api/actions", json={"action": "block", "target": "no-such-workspace"})
         assert unknown.status_code == 404 and "no workspace" in unknown.json()["error"]["message"]
-        assert admin.post("/dashboard/api/actions", json={"action": "rm -rf", "target": "x"}).status_code == 422
+        malformed = admin.post("/dashboard/api/actions", json={"action": "rm -rf /secret-path", "target": "x"})
+        assert malformed.status_code == 422 and malformed.json()["error"]["code"] == "bad_payload"
+        assert "action" in malformed.json()["error"]["message"] and "secret-path" not in malformed.text
+        missing = admin.get("/no/such/page")
+        assert missing.status_code == 404 and set(missing.json()) == {"error"}
 
 
 def test_operator_blocks_a_workspace_and_disconnects_a_simulator(site, trainer_cleanup):

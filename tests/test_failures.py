@@ -59,6 +59,52 @@ def test_unreachable_relay_returns_false_and_nothing_runs_locally_unnoticed(trai
     make_vec_env("CartPole-v1", n_envs=2).close()
 
 
+def test_http_relay_urls_mean_websocket_ones(relay, keys, trainer_cleanup):
+    """The dashboard's address reads http://; given to a simulator or a trainer it means ws://."""
+    key = keys.take()
+    web_url = relay.url.replace("ws://", "http://", 1)
+    sim = start_simulator(web_url, key, env=sim_env())
+    try:
+        assert remoterl_ray.init(key, role="trainer", relay_url=web_url, simulator_wait=30) is True
+        assert remoterl_ray.current_session().settings.relay_url == relay.url
+        env = gym.make("CartPole-v1")
+        assert env.reset(seed=0)[0].shape == (4,)
+        env.close()
+    finally:
+        remoterl_ray.shutdown()
+        sim.stop()
+
+
+def test_a_simulator_waiting_for_an_unreachable_relay_says_so_with_each_retry():
+    sim = start_simulator(f"ws://127.0.0.1:{free_port()}", "any-key", env=sim_env())
+    try:
+        deadline = time.monotonic() + 30
+        while sim.output().count("retrying in") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        out = sim.output()
+        assert out.count("retrying in") >= 2, out[-2000:]
+        assert "not reachable (attempt 2" in out and "Traceback" not in out
+    finally:
+        sim.stop()
+
+
+def test_a_relay_whose_port_is_taken_says_so_in_one_line_and_announces_nothing(tmp_path):
+    import socket
+
+    taken = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "remoterl_ray", "relay", "--open", "--port", str(port)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "REMOTERL_DB": str(tmp_path / "r.db")},
+        )  # fmt: skip
+    finally:
+        taken.close()
+    assert out.returncode == 2
+    assert "cannot listen on" in out.stderr and "in use" in out.stderr and "Traceback" not in out.stderr
+    assert "remoterl relay on" not in out.stdout  # the URL is printed once the socket is bound, never before
+
+
 def test_not_strict_leaves_local_envs_alone(trainer_cleanup):
     url = f"ws://127.0.0.1:{free_port()}"
     make_before = gym.make

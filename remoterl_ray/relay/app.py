@@ -60,6 +60,7 @@ from .admin import AdminAuth
 from .auth import StaticKeys
 from .dashboard import AdminGate, dashboard_router, source_of
 from .directory import Directory, LocalDirectory
+from .http_errors import add_error_handlers
 from .http_guard import HttpGuard
 from .ratelimit import ErrorBudget, FailureLimiter
 from .switchboard import Peer, Switchboard
@@ -171,6 +172,7 @@ def create_app(config: RelayConfig) -> FastAPI:
             await directory.close()
 
     app = FastAPI(title="remoterl relay", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    add_error_handlers(app)
     app.add_middleware(HttpGuard)
     app.state.switchboard = board
     app.state.relay_config = config

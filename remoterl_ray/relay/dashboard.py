@@ -32,6 +32,7 @@ from ..addresses import address_key, is_loopback
 from ..protocol.errors import ErrorCode
 from .accounting import Accounting
 from .admin import COOKIE, COOKIE_SECONDS, AdminAuth
+from .http_errors import error_response
 from .ratelimit import FailureLimiter
 from .switchboard import Switchboard
 
@@ -70,7 +71,7 @@ def cross_site(request: Request) -> bool:
 
 
 def _error(status: int, code: ErrorCode, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code.value, "message": message}}, status_code=status)
+    return error_response(status, message, code=code)
 
 
 def source_of(connection: HTTPConnection) -> str:

@@ -9,6 +9,8 @@ body of any size before the route even looks at it.
 
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -83,12 +85,12 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _too_large(send: Any, limit: int) -> None:
-    body = f"request body over {limit} bytes".encode()
+    body = json.dumps({"error": {"code": "bad_payload", "message": f"request body over {limit} bytes"}}).encode()
     await send(
         {
             "type": "http.response.start",
             "status": 413,
-            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()), *BASE_HEADERS],
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *BASE_HEADERS],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -9,7 +9,8 @@ a connection is counted; client addresses come from the socket, or from
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import socket
+from collections.abc import Callable, Sequence
 
 import uvicorn
 
@@ -35,8 +36,13 @@ def run_relay(
     tls_key: str | None = None,
     limits: ServerLimits | None = None,
     trusted_proxies: Sequence[str] = (),
+    on_listening: Callable[[int], None] | None = None,
 ) -> None:
     """Serve until interrupted (uvicorn handles SIGINT/SIGTERM gracefully).
+
+    The socket is bound first: an address in use raises ``OSError`` before
+    anything is announced, and ``on_listening(port)`` (the port bound, which
+    ``port=0`` leaves to the system) says where the relay is only once it is.
 
     With ``tls_cert`` and ``tls_key`` (PEM files) it serves ``wss://`` and
     ``https://`` only, so keys never cross the network in clear.
@@ -68,4 +74,11 @@ def run_relay(
     quiet = RateLimitFilter(RateLimitedLog(logging.getLogger("uvicorn.error")))
     for name in ("uvicorn.error", "asyncio"):  # lines a peer can trigger: rate-limited, no tracebacks
         logging.getLogger(name).addFilter(quiet)
-    uvicorn.Server(server_config).run()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family)
+    try:
+        if on_listening is not None:
+            on_listening(sock.getsockname()[1])
+        uvicorn.Server(server_config).run(sockets=[sock])
+    finally:
+        sock.close()

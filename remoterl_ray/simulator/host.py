@@ -107,6 +107,7 @@ class SimulatorHost:
                 stop=stop,
                 timeout=5.0,
                 ca_file=self.ca_file,
+                announce=True,
             )
             if conn is None:
                 continue  # that region stayed unreachable: choose again (or stop)

@@ -246,28 +246,37 @@ class RelayConnection:
         stop: threading.Event | None = None,
         first_delay: float = 0.1,
         max_delay: float = 5.0,
+        announce: bool = False,
         **kwargs: Any,
     ) -> RelayConnection | None:
         """Retry :meth:`open_routed` with capped, jittered exponential backoff.
 
         Returns None when ``deadline`` (a ``time.monotonic()`` value) passes or
         ``stop`` is set. Refusals (bad key, bad version) and TLS failures (an
-        untrusted certificate) are raised at once.
+        untrusted certificate) are raised at once. ``announce``: say each
+        failed attempt and the wait before the next (a process that only
+        waits for the relay, such as a simulator, must not look dead).
         """
         delay = first_delay
+        attempt = 0
         while True:
+            attempt += 1
             try:
                 return cls.open_routed(relay_url, hello, **kwargs)
             except RateLimitedError as exc:
                 log.warning("%s", exc)
+                reason: str = str(exc)
             except RelayUnavailableError as exc:
                 log.debug("relay not reachable yet: %s", exc)
+                reason = exc.message
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return None
             wait = delay * (0.5 + random.random())
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - now))
+            if announce:
+                log.warning("relay %s not reachable (attempt %d: %s); retrying in %.1fs", relay_url, attempt, reason, wait)
             if stop is not None:
                 if stop.wait(wait):
                     return None
