@@ -261,6 +261,9 @@ def _relay_on_serve(
 ) -> None:
     import threading
 
+    from .extras import require
+
+    require("ray.serve", "remoterl relay --serve (the relay on Ray Serve)", "serve")
     from serve_apps.relay import haproxy_enabled
     from serve_apps.run import TLS_UNDER_HAPROXY, deploy, haproxy_available, serve_until, use_haproxy
 
@@ -571,8 +574,14 @@ def demo(
 
 
 def main() -> None:
+    from .extras import MissingExtraError
+
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    try:
+        app(standalone_mode=True)
+    except MissingExtraError as exc:  # an optional part not installed: one line naming the extra
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -79,6 +79,10 @@ def train_sb3(
 ) -> TrainResult:
     """PPO with RL Zoo's CartPole settings until the last 20 episodes average ``target``."""
     import numpy as np
+
+    from .extras import require
+
+    require("stable_baselines3", "the SB3 demo", "sb3")
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
@@ -123,7 +127,9 @@ def train_sb3(
 def train_rllib(*, num_envs: int, timesteps: int, target: float, report: Report | None = None) -> TrainResult:
     """RLlib PPO with two env runners until the mean episode return reaches ``target``.
     Starts Ray unless it is running (and then leaves it running)."""
-    import ray
+    from .extras import require
+
+    ray = require("ray", "the RLlib demo", "rllib")
     from ray.rllib.algorithms.ppo import PPOConfig
 
     own_ray = not ray.is_initialized()

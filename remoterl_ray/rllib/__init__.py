@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .creators import EnvCreator
+from ..extras import require
+
+require("ray", "remoterl_ray.rllib (RLlib and Tune on remote simulators)", "rllib")
+
+from .creators import EnvCreator  # noqa: E402 - after the check, so a missing extra is one clear line
 
 __all__ = ["EnvCreator", "RemoteEnvRunner", "use_remote_env_runners"]
 

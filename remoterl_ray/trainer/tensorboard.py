@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import time
 
-from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import Summary
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from ..extras import require
+
+require("tensorboard", "tensorboard_dir (remote-env metrics as TensorBoard scalars)")
+
+from tensorboard.compat.proto.event_pb2 import Event  # noqa: E402 - after the check: a missing extra is one line
+from tensorboard.compat.proto.summary_pb2 import Summary  # noqa: E402
+from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: E402
 
 TAG_PREFIX = "remoterl/"
 
