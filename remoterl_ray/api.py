@@ -123,6 +123,13 @@ def _init_trainer(settings: TrainerSettings, *, strict: bool = True) -> bool:
             return _failed(RelayUnavailableError, reason, strict)
         if conn.welcome.quota is not None:
             print(conn.welcome.quota.banner(conn.welcome.workspace), file=sys.stderr, flush=True)
+        if session.simulators < settings.num_workers:  # a wait a person should see, with its bound
+            print(
+                f"remoterl: waiting up to {settings.simulator_wait:.0f}s for {settings.num_workers} simulator(s) "
+                f"of workspace {conn.welcome.workspace} ({session.simulators} online)",
+                file=sys.stderr,
+                flush=True,
+            )
         online = session.wait_for_simulators(settings.num_workers, settings.simulator_wait)
         if online == 0:
             session.close()

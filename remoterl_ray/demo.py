@@ -47,11 +47,13 @@ def local_simulators(num_simulators: int, *, allow: Sequence[str] = ()) -> Itera
 
 
 def _progress(console: Console) -> Progress:
+    """The bar is the mean return on its way to the target (the goal; training stops
+    there), with the env-steps used of the budget beside it."""
     return Progress(
         TextColumn("[bold]training[/]"),
         BarColumn(),
-        TextColumn("{task.completed:>7.0f}/{task.total:.0f} steps"),
-        TextColumn("mean return [bold green]{task.fields[ret]:>6.1f}"),
+        TextColumn("mean return [bold green]{task.fields[ret]:>5.1f}[/] of {task.total:.0f}"),
+        TextColumn("{task.fields[steps]:>7,} of at most {task.fields[budget]:,} env-steps"),
         TimeElapsedColumn(),
         console=console,
     )
@@ -184,10 +186,10 @@ def run_demo(
         started = time.perf_counter()
         try:
             with _progress(console) as progress:
-                task = progress.add_task("train", total=timesteps, ret=0.0)
+                task = progress.add_task("train", total=target, ret=0.0, steps=0, budget=timesteps)
 
                 def report(done: int, mean: float) -> None:
-                    progress.update(task, completed=done, ret=mean)
+                    progress.update(task, completed=min(max(mean, 0.0), target), ret=mean, steps=done)
 
                 if framework == "sb3":
                     result = train_sb3(

@@ -6,8 +6,10 @@ wait here is bounded and raises with the process's output when it runs out.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -39,6 +41,7 @@ class LocalProcess:
     env: dict[str, str] | None = None
     popen: subprocess.Popen[bytes] = field(init=False)
     log: IO[bytes] = field(init=False)
+    _final_output: str = field(default="", init=False, repr=False)  # what it wrote, once stopped
 
     def __post_init__(self) -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="remoterl-", suffix=".log", delete=False)
@@ -51,6 +54,8 @@ class LocalProcess:
         return self.popen.pid
 
     def output(self) -> str:
+        if self.log.closed:  # stopped: what it wrote was kept, its file removed
+            return self._final_output
         self.log.flush()
         with open(self.log.name, "rb") as fh:
             return fh.read().decode(errors="replace")
@@ -67,7 +72,11 @@ class LocalProcess:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(timeout)
-        self.log.close()
+        if not self.log.closed:  # a stopped process leaves no log file behind
+            self._final_output = self.output()
+            self.log.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.log.name)
         return self.popen.returncode
 
     def kill(self) -> None:
@@ -98,6 +107,7 @@ class LocalRelay:
     admin_token: str | None = None
     tls: bool = False  # serves wss:// and https://
     ca_file: str | None = None  # what its HTTP helpers verify it with (None: the system trust store)
+    temp_dir: str | None = None  # a fresh accounts store made for it: removed when it stops
 
     @property
     def url(self) -> str:
@@ -140,7 +150,10 @@ class LocalRelay:
             time.sleep(0.05)
 
     def stop(self) -> int | None:
-        return self.process.stop()
+        code = self.process.stop()
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return code
 
 
 def wait_http(url: str, process: LocalProcess, timeout: float, *, context: ssl.SSLContext | None = None) -> None:
@@ -185,8 +198,10 @@ def start_relay(
     args = _cli("relay", "--host", host, "--port", str(port), *extra_args)
     if tls:
         args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
+    temp_dir = None
     if "--db" not in extra_args and not (env or {}).get(ENV_DB, os.environ.get(ENV_DB)):
-        args += ["--db", os.path.join(tempfile.mkdtemp(prefix="remoterl-relay-"), "relay.db")]
+        temp_dir = tempfile.mkdtemp(prefix="remoterl-relay-")
+        args += ["--db", os.path.join(temp_dir, "relay.db")]
     for key in api_keys:
         args += ["--api-key", key]
     if open_mode:
@@ -197,7 +212,10 @@ def start_relay(
     child_env.pop(ENV_ADMIN_TOKEN, None)
     if admin_token:
         child_env[ENV_ADMIN_TOKEN] = admin_token
-    relay = LocalRelay(LocalProcess(args, env=child_env), host, port, admin_token, tls=tls is not None, ca_file=ca_file)
+    relay = LocalRelay(
+        LocalProcess(args, env=child_env), host, port, admin_token, tls=tls is not None, ca_file=ca_file,
+        temp_dir=temp_dir,
+    )  # fmt: skip
     try:
         wait_http(f"{relay.http_url}/healthz", relay.process, timeout, context=relay.ssl_context())
     except BaseException:

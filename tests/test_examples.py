@@ -70,11 +70,16 @@ def test_custom_env_example(served):
 @pytest.mark.parametrize("framework", ["sb3", "rllib"])
 def test_demo_command_trains(framework, tmp_path):
     args = ["--framework", framework, "--timesteps", "1000", "--envs", "4", "--logdir", str(tmp_path)]
+    scratch = tmp_path / "tmp"  # the demo's own temp files (process logs, the relay's store) go here
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)} if framework == "sb3" else None  # Ray's sockets need short paths
     out = subprocess.run([sys.executable, "-m", "remoterl", "demo", *args],
-                         capture_output=True, text=True, timeout=400)
+                         capture_output=True, text=True, timeout=400, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "final mean return" in out.stdout and "TensorBoard logs" in out.stdout
     assert list((tmp_path / "remoterl").glob("events.out.tfevents.*")), "remote-env metrics were logged"
+    if env is not None:
+        assert not list(scratch.glob("remoterl-*")), "the demo left its temp files behind"
 
 
 def test_benchmark_smoke_run():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from remoterl_ray.local import LocalProcess, start_simulator, wait_http
+from remoterl_ray.local import LocalProcess, free_port, start_simulator, wait_http
 from remoterl_ray.trainer.remote_env import RemoteEnv
 from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
 
@@ -65,13 +65,17 @@ def test_serve_run_local_config_serves_a_trainer(tmp_path: Path) -> None:
     serve_cli = Path(sys.executable).with_name("serve")
     env = dict(os.environ, RAY_ADDRESS="local")
     env.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
-    run = LocalProcess([str(serve_cli), "run", str(SERVE_APPS / "local.yaml")], env=env)
+    config = yaml.safe_load((SERVE_APPS / "local.yaml").read_text())
+    config["http_options"]["port"] = port = free_port()  # the documented config, on a port nobody else holds
+    local_config = tmp_path / "local.yaml"
+    local_config.write_text(yaml.safe_dump(config))
+    run = LocalProcess([str(serve_cli), "run", str(local_config)], env=env)
     sim = None
     session = None
     try:
-        wait_http("http://127.0.0.1:8000/healthz", run, timeout=240)
-        sim = start_simulator("ws://127.0.0.1:8000", "a-key")
-        session = TrainerSession(TrainerSettings(relay_url="ws://127.0.0.1:8000", api_key="a-key"))
+        wait_http(f"http://127.0.0.1:{port}/healthz", run, timeout=240)
+        sim = start_simulator(f"ws://127.0.0.1:{port}", "a-key")
+        session = TrainerSession(TrainerSettings(relay_url=f"ws://127.0.0.1:{port}", api_key="a-key"))
         assert session.wait_for_simulators(1, 60) == 1
         remote, local = RemoteEnv(session, "CartPole-v1"), gym.make("CartPole-v1")
         assert np.array_equal(remote.reset(seed=4)[0], local.reset(seed=4)[0])
