@@ -36,8 +36,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: wraps to the terminal, never cuts defaults or env vars short
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-keys_app = typer.Typer(help="Issue, list and revoke API keys (stored as salted hashes).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Issue, list and revoke API keys (stored as salted hashes).", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(keys_app, name="keys")
 
 DbOption = Annotated[
@@ -127,11 +131,11 @@ def relay(
         Optional[str],
         typer.Option(envvar=ENV_ADMIN_TOKEN, help="Admin token of operator 'admin' (dashboard, /v1/stats)."),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO (default: warnings only).")] = False,
 ) -> None:
     """Run the relay: embedded (no Ray needed), or on Ray Serve with --serve.
 
-    Keys: account keys from the accounts store (``remoterl keys create``), the
+    Keys: account keys from the accounts store (`remoterl keys create`), the
     --api-key values, or any key with --open."""
     from .relay.accounting import LocalAccounts
     from .relay.app import RelayConfig
@@ -348,7 +352,7 @@ def simulator(
             help="PEM CA certificate(s) to verify a wss:// relay with, instead of the system trust store.",
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO (default: warnings only).")] = False,
 ) -> None:
     """Serve environments to trainers until Ctrl-C / SIGTERM."""
     from .simulator.allowlist import allowed_modules_from_env
@@ -474,6 +478,37 @@ def keys_revoke(
         raise typer.Exit(2) from None
     already = " (it already was)" if result["already_revoked"] else ""
     typer.echo(f"revoked key {key_id} of workspace {result['workspace']}{already}")
+
+
+@app.command()
+def status(
+    relay_url: Annotated[
+        str, typer.Option("--relay", envvar=ENV_RELAY_URL, help="Relay URL (ws://, wss://, or http(s):// for them).")
+    ] = DEFAULT_RELAY_URL,
+    api_key: Annotated[
+        Optional[str], typer.Option(envvar=ENV_API_KEY, help="API key (or set REMOTERL_API_KEY).")
+    ] = None,
+    ca_file: Annotated[
+        Optional[str], typer.Option("--ca-file", envvar=ENV_CA_FILE, help="PEM CA certificate(s) for a wss:// relay.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0.5, help="Seconds to wait for the relay.")] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What a trainer here would reach: the relay, whether the key is accepted, its
+    workspace, the simulators online per region with round-trip times, the quota.
+    Exit status 2 if the relay cannot be reached or refuses the key."""
+    import json
+
+    from .diagnosis import diagnose
+
+    report = diagnose(resolve_relay_url(relay_url), api_key, ca_file=resolve_ca_file(ca_file), timeout=timeout)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    if not report.ok:
+        raise typer.Exit(2)
 
 
 @app.command()
