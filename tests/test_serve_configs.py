@@ -24,12 +24,20 @@ def load(name: str) -> dict:
     return yaml.safe_load((SERVE_APPS / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "regions.yaml"])
+def kuberay(name: str) -> tuple[dict, dict]:
+    """A RayService manifest and the Serve config embedded in it (``serveConfigV2`` is YAML text)."""
+    manifest = load(f"kuberay/{name}")
+    return manifest, yaml.safe_load(manifest["spec"]["serveConfigV2"])
+
+
+@pytest.mark.parametrize(
+    "name", ["local.yaml", "regions.yaml", "kuberay/rayservice.yaml", "kuberay/rayservice-regions.yaml"]
+)
 def test_configs_are_valid_serve_configs_with_valid_relay_args(name: str) -> None:
     from ray.serve.schema import ServeDeploySchema
     from serve_apps.relay import RelayArgs
 
-    config = load(name)
+    config = kuberay(name.removeprefix("kuberay/"))[1] if name.startswith("kuberay/") else load(name)
     schema = ServeDeploySchema.model_validate(config)
     assert schema.http_options.request_timeout_s is None  # a timeout would close WebSockets
     for app in config["applications"]:
@@ -44,8 +52,38 @@ def test_configs_are_valid_serve_configs_with_valid_relay_args(name: str) -> Non
         assert relay_args.route_prefix == app["route_prefix"]
         [deployment] = app["deployments"]
         assert deployment["autoscaling_config"]["target_ongoing_requests"] >= 1
-        if name == "regions.yaml":
+        if name.endswith("regions.yaml"):
             assert deployment["ray_actor_options"]["resources"] == {f"region-{relay_args.region}": 0.001}
+
+
+@pytest.mark.parametrize("name", ["rayservice.yaml", "rayservice-regions.yaml"])
+def test_kuberay_manifests_give_every_deployment_what_it_asks_for(name: str) -> None:
+    import json
+
+    manifest, config = kuberay(name)
+    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayService"
+    cluster = manifest["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    [head_container] = head["containers"]
+    mounts = {m["mountPath"] for m in head_container["volumeMounts"]}
+    offered: set[str] = set()
+    for group in cluster["workerGroupSpecs"]:
+        resources = group["rayStartParams"].get("resources")
+        if resources:  # KubeRay passes it to `ray start --resources`: a JSON object in a quoted string
+            offered |= set(json.loads(json.loads(resources)))
+        [container] = group["template"]["spec"]["containers"]
+        assert container["image"] == head_container["image"]  # one image, with remoterl[serve] in it
+    for app in config["applications"]:
+        settings = app["args"].get("settings", {})
+        assert not app["args"].get("open"), "a cluster relay does not run in open mode"
+        assert str(Path(settings["db"]).parent) in mounts  # the accounts store survives the head pod
+        for deployment in app["deployments"]:
+            asked = set(deployment["ray_actor_options"].get("resources", {}))
+            assert asked <= offered, (app["name"], asked, offered)
+    if name == "rayservice-regions.yaml":  # the same regions as serve_apps/regions.yaml
+        assert [a["args"]["region"] for a in config["applications"]] == [
+            a["args"]["region"] for a in load("regions.yaml")["applications"]
+        ]
 
 
 def test_cluster_launcher_config_has_a_node_type_per_region() -> None:
