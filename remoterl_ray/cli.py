@@ -44,6 +44,10 @@ keys_app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 
+RelayUrlOption = Annotated[
+    str, typer.Option("--relay", envvar=ENV_RELAY_URL, help="Relay URL (ws://, wss://; http(s):// mean them).")
+]
+ApiKeyOption = Annotated[Optional[str], typer.Option(envvar=ENV_API_KEY, help="API key (or set REMOTERL_API_KEY).")]
 DbOption = Annotated[
     Optional[str], typer.Option("--db", envvar=ENV_DB, help="Accounts store (default ~/.remoterl/relay.db).")
 ]
@@ -308,12 +312,8 @@ def _relay_on_serve(
 
 @app.command()
 def simulator(
-    relay_url: Annotated[
-        str, typer.Option("--relay", envvar=ENV_RELAY_URL, help="Relay URL (ws:// or wss://).")
-    ] = DEFAULT_RELAY_URL,
-    api_key: Annotated[
-        Optional[str], typer.Option(envvar=ENV_API_KEY, help="API key (or set REMOTERL_API_KEY).")
-    ] = None,
+    relay_url: RelayUrlOption = DEFAULT_RELAY_URL,
+    api_key: ApiKeyOption = None,
     allow: Annotated[
         Optional[list[str]], typer.Option(
             "--allow",
@@ -482,12 +482,8 @@ def keys_revoke(
 
 @app.command()
 def status(
-    relay_url: Annotated[
-        str, typer.Option("--relay", envvar=ENV_RELAY_URL, help="Relay URL (ws://, wss://, or http(s):// for them).")
-    ] = DEFAULT_RELAY_URL,
-    api_key: Annotated[
-        Optional[str], typer.Option(envvar=ENV_API_KEY, help="API key (or set REMOTERL_API_KEY).")
-    ] = None,
+    relay_url: RelayUrlOption = DEFAULT_RELAY_URL,
+    api_key: ApiKeyOption = None,
     ca_file: Annotated[
         Optional[str], typer.Option("--ca-file", envvar=ENV_CA_FILE, help="PEM CA certificate(s) for a wss:// relay.")
     ] = None,
