@@ -22,7 +22,7 @@ from .patching import Patcher
 from .remote_env import RemoteEnv
 from .remote_vector_env import RemoteVectorEnv
 from .session import Registration, TrainerSession
-from .specs import made_as
+from .specs import VECTOR_KWARGS, made_as
 from .targets import importable_name
 
 log = logging.getLogger("remoterl")
@@ -46,7 +46,7 @@ def spec_kwargs(id: str | EnvSpec, kwargs: dict[str, Any]) -> dict[str, Any]:
     the vector fields ``make_vec`` records in its spec are arguments of their own."""
     if not isinstance(id, EnvSpec):
         return kwargs
-    recorded = {k: v for k, v in id.kwargs.items() if k not in ("num_envs", "vectorization_mode", "vector_kwargs")}
+    recorded = {k: v for k, v in id.kwargs.items() if k not in VECTOR_KWARGS}
     return {**recorded, **kwargs}
 
 

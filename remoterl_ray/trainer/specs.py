@@ -25,6 +25,8 @@ from gymnasium.envs.registration import EnvSpec
 from ..protocol.descriptions import SpecInfo
 
 REMOTE_ENTRY_POINT = "remoterl_ray.trainer.remote_env:RemoteEnv"  # an id the trainer's registry does not have
+# What make_vec records in a spec's kwargs about the vector env itself, in this order.
+VECTOR_KWARGS = ("num_envs", "vectorization_mode", "vector_kwargs")
 # Kept on the spec instance, outside its fields, so the spec equals and prints as a local one
 # (copies keep it: Gymnasium deep-copies specs).
 _MADE_AS = "_remoterl_made_as"
@@ -54,7 +56,7 @@ def remote_spec(
     recorded = {key: values[key] for key in info.kwargs if key in values}
     if vector is not None:
         recorded.pop("num_envs", None)
-        for key in ("num_envs", "vectorization_mode", "vector_kwargs"):
+        for key in VECTOR_KWARGS:
             value = vector.get(key)
             if value and not (key == "num_envs" and value == 1):
                 recorded[key] = value
