@@ -8,16 +8,12 @@ that region. Each step stops at the first failure with the reason.
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol.errors import RelayUnavailableError, RemoteRLError
-from .protocol.messages import CAP_LOCATE, Hello, Locate, Regions, encode_control, parse_control
-from .protocol.frames import Kind, Op
-from .transport import RelayConnection
-from .transport.discovery import RegionsUnavailableError, fetch_regions, measure_rtt
+from .protocol.errors import RemoteRLError
+from .trainer.session import TrainerSession, TrainerSettings
+from .transport.discovery import measure_rtt
 
 
 @dataclass
@@ -79,45 +75,27 @@ def diagnose(relay_url: str, api_key: str | None, *, ca_file: str | None = None,
         report.problem = f"nothing answers /healthz at {relay_url}: is the relay running, and is this its address?"
         return report
     report.reachable = True
-    hello = Hello(role="trainer", api_key=api_key, name=f"status@{socket.gethostname()}:{os.getpid()}")
+    settings = TrainerSettings(
+        relay_url=relay_url, api_key=api_key, ca_file=ca_file, timeout=timeout, connect_timeout=timeout
+    )
+    session = TrainerSession(settings)  # what a trainer's init does, without patching anything
     try:
-        conn = RelayConnection.open(relay_url, hello, timeout=timeout, ca_file=ca_file)
-    except RelayUnavailableError as exc:
-        report.problem = exc.message
-        return report
-    except RemoteRLError as exc:  # refused: the key, the workspace, TLS
-        report.problem = str(exc)
-        return report
-    try:
+        conn = session.connect()
+        if conn is None:
+            report.problem = f"the relay at {relay_url} answers HTTP but no WebSocket connection succeeded"
+            return report
         report.key_accepted = True
         report.workspace = conn.welcome.workspace
         if conn.welcome.quota is not None:
             report.quota = conn.welcome.quota.banner(conn.welcome.workspace)
-        counts = _simulators_per_region(conn, timeout)
+        regions = session.locate()
+    except RemoteRLError as exc:  # refused: the key, the workspace, TLS
+        report.problem = str(exc)
+        return report
     finally:
-        conn.close()
-    urls = {r.name: r.url for r in _regions(relay_url, timeout, ca_file)}
-    for name, simulators in counts.items():
-        url = urls.get(name) or (relay_url if len(counts) == 1 else None)
-        rtt = measure_rtt(url, timeout=timeout, ca_file=ca_file) if url else None
-        report.regions.append(RegionStatus(name, url, simulators, None if rtt is None else rtt * 1000))
+        session.close()
+    for region in regions:
+        url = region.url or relay_url  # None: the region this connection reached
+        rtt = measure_rtt(url, timeout=timeout, ca_file=ca_file)
+        report.regions.append(RegionStatus(region.name, url, region.simulators, None if rtt is None else rtt * 1000))
     return report
-
-
-def _simulators_per_region(conn: RelayConnection, timeout: float) -> dict[str, int]:
-    if CAP_LOCATE not in conn.welcome.capabilities:
-        return {conn.welcome.region or "": conn.welcome.simulators}
-    reply = conn.call([(Kind.CONTROL, Op.NONE, 0, encode_control(Locate()))], timeout)[0]
-    if reply.error is not None:
-        raise reply.error
-    message = parse_control(reply.payload)
-    if not isinstance(message, Regions):
-        return {conn.welcome.region or "": conn.welcome.simulators}
-    return {r.name: r.simulators for r in message.regions}
-
-
-def _regions(relay_url: str, timeout: float, ca_file: str | None) -> list[Any]:
-    try:
-        return fetch_regions(relay_url, timeout, ca_file=ca_file)
-    except RegionsUnavailableError:
-        return []
