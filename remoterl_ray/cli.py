@@ -157,7 +157,8 @@ def relay(
             update={"db": db_path, "admin_tokens": {n: f"sha256:{d}" for n, d in settings.admin_digests().items()}}
         )
         _relay_on_serve(
-            keys, open_mode, host, port, max_frame, replicas, region, public_url, haproxy, direct, shared, tls
+            keys, open_mode, host, port, max_frame, replicas, region, public_url, haproxy, direct, shared, tls,
+            verbose=verbose,
         )
         return
     store = AccountStore(db_path)
@@ -266,6 +267,8 @@ def _relay_on_serve(
     direct: bool,
     settings: RelaySettings,
     tls: tuple[str, str] | None,
+    *,
+    verbose: bool,
 ) -> None:
     import threading
 
@@ -297,8 +300,10 @@ def _relay_on_serve(
     }
     name = f"relay-{region}"
     try:
-        owns_cluster = deploy(args, host=host, port=port, replicas=replicas, name=name, tls=tls)
-    except ValueError as exc:  # TLS asked of an ingress that cannot serve it (the cluster's own)
+        owns_cluster = deploy(
+            args, host=host, port=port, replicas=replicas, name=name, tls=tls, say=typer.echo, quiet=not verbose
+        )
+    except ValueError as exc:  # TLS the cluster's ingress cannot serve, or replicas a local cluster cannot place
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     ingress = "HAProxy" if haproxy_enabled() else "Serve proxy"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import SimulatorPool
 
-from remoterl_ray.local import free_port
+from remoterl_ray.local import LocalProcess, free_port
 
 
 def remoterl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -52,3 +54,48 @@ def test_help_reads_as_plain_text(command):
     assert all(len(line) <= 100 for line in text.splitlines())
     if command in (("relay",), ("simulator",)):
         assert "-v, --verbose" in text and "Log at INFO" in text
+
+
+def serve_env() -> dict[str, str]:
+    """A fresh machine's environment: no cluster named, HAProxy's fixed ports free."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    for name in ("HAPROXY_METRICS_PORT", "HAPROXY_STATS_PORT", "FALLBACK_PROXY_HTTP_PORT"):
+        env[f"RAY_SERVE_{name}"] = str(free_port())
+    return env
+
+
+def test_serve_start_up_says_what_it_waits_for():
+    port = free_port()
+    relay = LocalProcess([sys.executable, "-m", "remoterl_ray", "relay", "--serve", "--open", "--port", str(port)],
+                         env=serve_env())  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while "remoterl relay on Ray Serve at" not in relay.output():
+            assert relay.alive(), relay.output()
+            assert time.monotonic() < deadline, f"not up after 300 s:\n{relay.output()}"
+            time.sleep(0.5)
+        steps = [
+            "starting a local Ray cluster ...",
+            "Ray's and Serve's own logs: ",
+            "Ray is up (",
+            "deploying relay-local: starting 1 replica(s) ...",
+            "relay-local is running (",
+            f"remoterl relay on Ray Serve at ws://127.0.0.1:{port} (1 replica(s), region local",
+        ]
+        text = relay.output()
+        at = [text.find(step) for step in steps]
+        assert -1 not in at and at == sorted(at), text
+        assert " INFO " not in text, "Ray's and Serve's own lines stay in their log files without -v"
+    finally:
+        relay.popen.send_signal(signal.SIGINT)  # Ctrl-C shuts Serve and its Ray down
+        assert relay.popen.wait(60) == 0, relay.output()
+        relay.stop()
+
+
+def test_serve_refuses_more_replicas_than_its_own_cluster_can_place():
+    out = subprocess.run([sys.executable, "-m", "remoterl_ray", "relay", "--serve", "--open", "--replicas", "64",
+                          "--port", str(free_port())], capture_output=True, text=True, timeout=180,
+                         env=serve_env())  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "64 relay replicas need 64 CPUs" in out.stderr and "use --replicas" in out.stderr
+    assert "Traceback" not in out.stderr

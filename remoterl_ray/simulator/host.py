@@ -114,12 +114,12 @@ class SimulatorHost:
             if self._last_url is None and conn.welcome.quota is not None:
                 print(conn.welcome.quota.banner(conn.welcome.workspace), file=sys.stderr, flush=True)
             self._last_url = url
-            log.info(
-                "simulator %s connected to %s (region %s, workspace %s)",
-                self.name,
-                url,
-                conn.welcome.region or "-",
-                conn.welcome.workspace,
+            # Said, not logged at INFO: the line a person waits for after starting a simulator.
+            print(
+                f"simulator {self.name} online at {url} (region {conn.welcome.region or '-'}, "
+                f"workspace {conn.welcome.workspace})",
+                file=sys.stderr,
+                flush=True,
             )
             try:
                 self._serve_connection(conn, stop)
