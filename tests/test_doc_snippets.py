@@ -9,34 +9,15 @@ in a ``<!-- not run: ... -->`` line just above it.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import TEST_ENVS_ALLOW, SimulatorPool, sim_env
+from support.doc_blocks import blocks
 
-ROOT = Path(__file__).resolve().parents[1]
-FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"(?P<before>[^\n]*)\n```python\n(?P<code>.*?)```", re.S)
-NOT_RUN = re.compile(r"<!-- not run: (?P<why>[^>]+) -->")
 SMALL_BUDGETS = {"total_timesteps=100_000": "total_timesteps=2_048"}
-
-
-def snippets() -> list[tuple[str, str, str | None]]:
-    """(where, code, why not run) for every python block."""
-    out = []
-    for path in FILES:
-        text = path.read_text()
-        for match in FENCE.finditer(text):
-            line = text[: match.start("code")].count("\n")
-            skip = NOT_RUN.search(match["before"])
-            out.append((f"{path.relative_to(ROOT)}:{line}", match["code"], skip["why"] if skip else None))
-    return out
-
-
-ALL = snippets()
+ALL = [(block.where, block.code, block.not_run) for block in blocks("python")]
 
 
 def test_every_python_snippet_is_run_or_says_why_not():

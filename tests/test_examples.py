@@ -83,26 +83,37 @@ def test_demo_command_trains(framework, tmp_path):
         assert not list(scratch.glob("remoterl-*")), "the demo left its temp files behind"
 
 
+def run_bench(script: str, *args: str, timeout: int = 300) -> str:
+    """A benchmark's smoke run (never its numbers: those are not for tests); its output."""
+    path = Path(__file__).resolve().parents[1] / "bench" / script
+    out = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
 def test_benchmark_smoke_run():
-    script = Path(__file__).resolve().parents[1] / "bench" / "core_path.py"
-    out = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "bytes per env-step" in out.stdout
+    assert "bytes per env-step" in run_bench("core_path.py", "--quick")
 
 
 def test_training_benchmark_smoke_run():
-    script = Path(__file__).resolve().parents[1] / "bench" / "training.py"
-    out = subprocess.run([sys.executable, str(script), "--quick", "--frameworks", "sb3"],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "remote/local wall time" in out.stdout
+    assert "remote/local wall time" in run_bench("training.py", "--quick", "--frameworks", "sb3")
 
 
 def test_serve_benchmark_smoke_run():
     """Also runs ``remoterl relay --serve`` behind Serve's proxy and behind HAProxy."""
-    script = Path(__file__).resolve().parents[1] / "bench" / "serve_path.py"
-    out = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    out = run_bench("serve_path.py", "--quick", timeout=600)
     for variant in ("embedded", "serve", "haproxy"):
-        assert f"\n{variant} " in out.stdout
-    assert "idle simulator connections" in out.stdout
+        assert f"\n{variant} " in out
+    assert "idle simulator connections" in out
+
+
+def test_placement_benchmark_smoke_run():
+    out = run_bench("placement.py", "--quick")
+    assert "large opens, crowded workspace" in out
+
+
+def test_dashboard_latency_benchmark_smoke_run():
+    out = run_bench("dashboard_latency.py", "5")
+    assert "over 5 trainers" in out
+    for label in ("appear", "disappear"):
+        assert re.search(rf"^{label} +\d+\.\d+ +\d+\.\d+", out, re.M), out
