@@ -244,3 +244,45 @@ def test_the_env_runners_vector_env_answers_get_attr_and_call_as_locally(relay, 
     finally:
         local.stop()
         remote.stop()
+
+
+class SeenEnvContexts(RLlibCallback):
+    """What ``on_environment_created`` receives, per env runner (by its remote-ness)."""
+
+    seen: list[tuple[str, dict, int, int]] = []
+
+    def on_environment_created(self, *, env_runner, env, env_context, **kwargs) -> None:
+        SeenEnvContexts.seen.append(
+            (type(env).__name__, dict(env_context), env_context.worker_index, env_context.num_workers)
+        )
+
+
+def test_make_env_is_rllibs_own_with_only_the_vector_env_remote(relay, sims):
+    """Callbacks see the env context they see locally (no relay settings in it), and
+    changing ``config.env_config`` then calling ``make_env()`` remakes the env, as
+    RLlib's ``make_env`` docstring promises."""
+    tune.register_env("FidelityConfiguredCounter", ConfiguredCounterEnv)
+    config = (
+        PPOConfig()
+        .environment("FidelityConfiguredCounter", env_config={"start": 3})
+        .env_runners(num_envs_per_env_runner=2)
+        .callbacks(SeenEnvContexts)
+    )
+    SeenEnvContexts.seen.clear()
+    built = []
+    try:
+        for runner in runners(config, relay, sims):
+            built.append(runner)
+            np.testing.assert_array_equal(runner.env.reset(seed=0)[0], [[3], [3]])
+            runner.config = runner.config.copy(copy_frozen=False)
+            runner.config.env_config = {"start": 7}
+            runner.make_env()
+            np.testing.assert_array_equal(runner.env.reset(seed=0)[0], [[7], [7]])
+        local, remote = SeenEnvContexts.seen[:2], SeenEnvContexts.seen[2:]
+        assert [name for name, *_ in local] == ["SyncVectorEnv"] * 2
+        assert [name for name, *_ in remote] == ["RemoteVectorEnv"] * 2
+        assert [rest for _, *rest in remote] == [rest for _, *rest in local]
+        assert local[0][1] == {"start": 3} and local[1][1] == {"start": 7}
+    finally:
+        for runner in built:
+            runner.stop()

@@ -1,9 +1,9 @@
 """``RemoteEnvRunner``: RLlib's ``SingleAgentEnvRunner`` whose vector env is
 hosted by remote simulators.
 
-Only ``make_env`` differs: instead of ``gym.make_vec`` it builds a
-``RemoteVectorEnv`` of ``num_envs_per_env_runner`` envs over the workspace's
-simulators (one frame per simulator per step). Everything else (episodes,
+Only what ``gym.make_vec`` returns differs: while RLlib's own ``make_env``
+runs, it builds a ``RemoteVectorEnv`` of ``num_envs_per_env_runner`` envs
+over the workspace's simulators (one frame per simulator per step). Everything else (episodes,
 connectors, the RLModule, metrics, checkpoints) is RLlib's own. A simulator
 lost mid-step surfaces as ``StepFailedRecreateEnvError``, so with
 ``restart_failed_sub_environments=True`` RLlib recreates the env on the
@@ -18,9 +18,6 @@ import logging
 from typing import Any
 
 import gymnasium as gym
-from gymnasium.wrappers.vector import DictInfoToList
-from ray.rllib.callbacks.utils import make_callback
-from ray.rllib.env.env_context import EnvContext
 from ray.rllib.env.env_errors import StepFailedRecreateEnvError
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.utils.typing import ResultDict
@@ -32,14 +29,21 @@ from ..protocol.errors import (
     SimulatorLostError,
     register_remote_exception,
 )
+from ..trainer.gym_patch import GYM_MODULES
+from ..trainer.patching import Patcher
 from ..trainer.remote_vector_env import RemoteVectorEnv
 from .creators import creator_target
-from .settings import env_config_for_envs, session_for, settings_in
+from .settings import SETTINGS_KEY, env_config_for_envs, session_for, settings_in
 
 log = logging.getLogger("remoterl.rllib")
 
 METRICS_KEY = "remoterl"
 _LOST = (SimulatorLostError, RelayUnavailableError, RemoteTimeoutError)
+RLLIB_ENV_NAME = "rllib-single-agent-env-v0"  # the id RLlib's make_env registers a creator under
+
+
+def _name(creator: Any) -> str:
+    return getattr(creator, "__name__", repr(creator))
 
 # An env that asks RLlib to recreate it by raising this on the simulator is recreated silently, as locally.
 register_remote_exception(StepFailedRecreateEnvError)
@@ -57,48 +61,45 @@ class LossMeansRecreate(gym.vector.VectorWrapper):
 
 
 class RemoteEnvRunner(SingleAgentEnvRunner):
-    def make_env(self) -> None:
-        if self.env is not None:
-            try:
-                self.env.close()
-            except Exception as exc:  # the old env's simulator may be gone already
-                log.debug("closing the previous remote env: %s", exc)
-            self.env = None
-        if not self.config.env:
-            raise ValueError("`config.env` is not set: give RLlib an env id, e.g. `config.environment('CartPole-v1')`")
-        self._session = session = session_for(settings_in(self.config.env_config))
-        env_config = env_config_for_envs(self.config.env_config)
-        env_ctx = EnvContext(env_config, worker_index=self.worker_index, num_workers=self.num_workers)
-        venv = self._remote_vector_env(session, env_config)
-        self.env = DictInfoToList(LossMeansRecreate(venv))
-        self.num_envs = self.env.num_envs
-        self._needs_initial_reset = True
-        make_callback(
-            "on_environment_created",
-            callbacks_objects=self._callbacks,
-            callbacks_functions=self.config.callbacks_on_environment_created,
-            kwargs=dict(env_runner=self, metrics_logger=self.metrics, env=self.env.unwrapped, env_context=env_ctx),
-        )
+    """RLlib's own ``make_env`` runs unchanged (closing the old env, the env
+    context, ``DictInfoToList``, the ``on_environment_created`` callback); only
+    the ``gym.make_vec`` it calls builds a ``RemoteVectorEnv`` instead."""
 
-    def _remote_vector_env(self, session: Any, env_config: dict[str, Any]) -> RemoteVectorEnv:
+    def make_env(self) -> None:
+        settings = settings_in(self.config.env_config)
+        if SETTINGS_KEY in (self.config.env_config or {}):
+            # The relay settings stay with this runner; envs and callbacks see the env_config they would locally.
+            config = self.config.copy(copy_frozen=False)
+            config.env_config = env_config_for_envs(config.env_config)  # environment() would merge, not replace
+            config.freeze()
+            self.config, self._settings = config, settings
+        self._session = session = session_for(getattr(self, "_settings", settings))
+        patcher = Patcher()
+        local_make_vec = gym.make_vec
+        patcher.replace(GYM_MODULES, "make_vec", local_make_vec, lambda *a, **kw: self._make_vec(session, *a, **kw))
+        try:
+            super().make_env()
+        finally:
+            patcher.restore()
+
+    def _make_vec(
+        self, session: Any, env_name: str, num_envs: int, vectorization_mode: Any = None, **env_config: Any
+    ) -> gym.vector.VectorEnv:
+        """What RLlib's ``make_env`` asks ``gym.make_vec`` for, hosted by the simulators."""
+        mode = gym.VectorizeMode(vectorization_mode or self.config.gym_env_vectorize_mode).value
         env = self.config.env
-        num_envs = self.config.num_envs_per_env_runner
-        if isinstance(env, str) and _global_registry.contains(ENV_CREATOR, env):
-            creator, name = _global_registry.get(ENV_CREATOR, env), env
-        elif callable(env):
-            creator, name = env, getattr(env, "__name__", repr(env))
-        else:
-            mode = gym.VectorizeMode(self.config.gym_env_vectorize_mode).value
-            return RemoteVectorEnv(session, env, num_envs, vectorization_mode=mode, **env_config)
+        if env_name != RLLIB_ENV_NAME:  # an id: made by the simulators' Gymnasium
+            return LossMeansRecreate(RemoteVectorEnv(session, env_name, num_envs, vectorization_mode=mode, **env_config))
+        # RLlib registered its creator under RLLIB_ENV_NAME as a lambda: send the creator by name instead.
+        creator, name = (_global_registry.get(ENV_CREATOR, env), env) if isinstance(env, str) else (env, _name(env))
         call = {
             "target": creator_target(creator, name),
-            "env_config": env_config,
+            "env_config": dict(self.config.env_config or {}),
             "worker_index": self.worker_index or 0,
             "num_workers": self.num_workers or 0,
-            # as locally: "vector_entry_point" calls the creator once for a vector env
-            "vectorization_mode": gym.VectorizeMode(self.config.gym_env_vectorize_mode).value,
+            "vectorization_mode": mode,  # as locally: "vector_entry_point" calls the creator once for a vector env
         }
-        return RemoteVectorEnv(session, name, num_envs, creator=call)
+        return LossMeansRecreate(RemoteVectorEnv(session, name, num_envs, creator=call))
 
     def get_metrics(self) -> ResultDict:
         if self.env is not None:  # make_env ran, so this env runner has its session
