@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..protocol import codec
+from ..protocol.client_protocol import Control, Dropped, Event, RelayReported, Request
 from ..protocol.errors import (
     ErrorCode,
     FrameTooLargeError,
@@ -31,11 +32,10 @@ from ..protocol.errors import (
     RelayUnavailableError,
     RemoteEnvError,
     RemoteRLError,
-    error_from_wire,
     exception_type_name,
 )
-from ..protocol.frames import Kind, Op, pack, payload_of, unpack_header
-from ..protocol.messages import CAP_NOTICE, CAP_RECONNECT, Detach, Hello, Notice, Reconnect, error_frame, parse_control
+from ..protocol.frames import Op
+from ..protocol.messages import CAP_NOTICE, CAP_RECONNECT, Detach, Hello, Notice, Reconnect
 from ..rate_limited_log import RateLimitedLog
 from ..transport import RelayConnection
 from ..transport.discovery import RegionsUnavailableError, UnknownRegionError, choose_region
@@ -156,46 +156,38 @@ class SimulatorHost:
     def _serve_connection(self, conn: RelayConnection, stop: threading.Event) -> None:
         self.reconnect_asked = False
         while not stop.is_set():
-            frame = conn.recv(POLL_SECONDS)
-            if frame is not None:
-                self.handle(conn, frame)
+            event = conn.next_event(POLL_SECONDS)
+            if event is not None:
+                self.handle(conn, event)
             if self.reconnect_asked and self.table.hosted_envs == 0:
                 log.info("relay asked us to reconnect; dialing again")
                 return
 
-    def handle(self, conn: RelayConnection, frame: bytes) -> None:
-        try:
-            kind, op, channel, seq = unpack_header(frame)
-        except ProtocolError as exc:
-            _relay_log.warning("malformed frame", "dropping malformed frame from the relay: %s", exc)
-            return
-        payload = payload_of(frame)
-        if kind == Kind.REQUEST:
-            answer = self._answer(conn, op, channel, seq, payload)
+    def handle(self, conn: RelayConnection, event: Event) -> None:
+        if isinstance(event, Request):
+            frame = conn.protocol.answer(event.op, event.channel, event.seq, *self._answer(conn, event))
             try:
-                conn.send(answer)
+                conn.send(frame)
             except FrameTooLargeError as exc:  # never ends serving: say so in a frame that fits
-                conn.send(error_frame(exc.to_wire(), op=op, channel=channel, seq=seq))
-        elif kind == Kind.CONTROL:
-            try:
-                message = parse_control(payload)
-            except ProtocolError as exc:
-                _relay_log.warning("malformed control", "dropping malformed control message: %s", exc)
-                return
+                conn.send(conn.protocol.answer(event.op, event.channel, event.seq, None, exc.to_wire()))
+        elif isinstance(event, Control):
+            message = event.message
             if isinstance(message, Detach):
                 self.table.close(message.channel)
             elif isinstance(message, Reconnect):
                 self.reconnect_asked = True
             elif isinstance(message, Notice):
                 log.warning("remoterl: %s", message.message)
-        elif kind == Kind.ERROR:
-            try:
-                error: object = error_from_wire(codec.unpackb(payload))
-            except ProtocolError as exc:
-                error = exc
-            _relay_log.warning("relay error", "relay reported an error on channel %s: %s", channel, error)
+        elif isinstance(event, Dropped):
+            _relay_log.warning(event.what, "%s", event.detail)
+        elif isinstance(event, RelayReported):
+            _relay_log.warning(
+                "relay error", "relay reported an error on channel %s: %s", event.channel, event.error
+            )
 
-    def _answer(self, conn: RelayConnection, op: int, channel: int, seq: int, payload: memoryview) -> bytes:
+    def _answer(self, conn: RelayConnection, request: Request) -> tuple[bytes | None, dict[str, Any] | None]:
+        """(body, None) or (None, wire error): the env's answer, or why there is none."""
+        op, payload = request.op, request.payload
         try:
             if op in _MAKING and len(payload) > self.max_make_bytes:
                 raise ProtocolError(
@@ -203,18 +195,11 @@ class SimulatorHost:
                     f"{self.max_make_bytes} (--max-make-bytes)",
                     code=ErrorCode.BAD_PAYLOAD,
                 )
-            body = self.table.answer(op, channel, codec.unpackb(payload), max_bytes=conn.max_frame)
-            if len(body) > conn.max_frame:
-                raise RemoteRLError(
-                    f"answer of {len(body)} bytes exceeds the relay's frame limit of {conn.max_frame}",
-                    code=ErrorCode.FRAME_TOO_LARGE,
-                )
-            return pack(Kind.RESPONSE, op, channel, seq, body)
+            return self.table.answer(op, request.channel, codec.unpackb(payload), max_bytes=conn.max_frame), None
         except RemoteRLError as exc:
-            error: dict[str, Any] = exc.to_wire()
+            return None, exc.to_wire()
         except Exception as exc:  # the env raised: report it, keep serving
-            error = RemoteEnvError(str(exc), remote_type=exception_type_name(type(exc))).to_wire()
-        return error_frame(error, op=op, channel=channel, seq=seq)
+            return None, RemoteEnvError(str(exc), remote_type=exception_type_name(type(exc))).to_wire()
 
 
 @contextmanager

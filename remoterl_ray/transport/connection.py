@@ -1,46 +1,53 @@
-"""Layer 2: one client connection to the relay, used by trainers and simulators.
+"""Layer 2: the synchronous driver of a relay connection, for trainers and simulators.
+
+It only moves frames and waits: what they mean (the greeting, sequence ids,
+matching answers to requests, lost channels, the frame limit, close reasons)
+is :class:`~remoterl_ray.protocol.client_protocol.ClientProtocol`'s, the
+sans-I/O core both peers share.
 
 Built on the ``websockets`` synchronous client, because Gymnasium's API is
 synchronous: a caller sends and then waits for its answers in its own thread,
 with no event-loop hop. The library's background thread answers WebSocket
 pings (our heartbeat) even while the caller is busy in a long env step.
 
-Several requests can be in flight: each has a sequence id; :meth:`call` sends
-a batch and gathers the answers in any order. When several threads call at
-once, one of them reads the socket at a time (leader/follower) and hands
-every other thread its answer.
+Several requests can be in flight: :meth:`call` sends a batch and gathers the
+answers in any order. When several threads call at once, one of them reads
+the socket at a time (leader/follower) and hands every other thread its
+answer.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlunsplit
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
-from ..protocol import codec
 from ..protocol.affinity import SESSION_HEADER, session_id_for
+from ..protocol.client_protocol import (
+    ChannelLost,
+    ClientProtocol,
+    Control,
+    Dropped,
+    Event,
+    Pending,
+    RelayReported,
+    Reply,
+)
 from ..protocol.errors import (
-    ErrorCode,
-    FrameTooLargeError,
-    ProtocolError,
     RateLimitedError,
     RelayUnavailableError,
     RemoteRLError,
-    RemoteTimeoutError,
     TLSError,
-    error_from_wire,
 )
-from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE, MAX_SEQ, Kind, Op, pack, payload_of, unpack_header
-from ..protocol.messages import Hello, Welcome, control_frame, parse_control
+from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE
+from ..protocol.messages import Hello, Welcome
 from ..rate_limited_log import RateLimitedLog
 from .discovery import direct_route, split_relay_url
 from .tls import client_context, expects_tls, tls_failure, warn_if_cleartext
@@ -55,60 +62,6 @@ def endpoint(relay_url: str) -> str:
     """``ws://host:port[/prefix]`` -> the relay's WebSocket endpoint ``.../ws``."""
     scheme, netloc, prefix, query = split_relay_url(relay_url)
     return urlunsplit((scheme, netloc, prefix + "/ws", query, ""))
-
-
-@dataclass
-class Reply:
-    """One answer to a request: a RESPONSE payload, or the error it raised."""
-
-    kind: int
-    op: int
-    channel: int
-    payload: memoryview | None = None
-    error: RemoteRLError | None = None
-
-    def value(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        assert self.payload is not None
-        return codec.unpackb(self.payload)
-
-
-@dataclass
-class _Slot:
-    """A request in flight: what its answer must carry to be accepted."""
-
-    channel: int
-    op: int
-    kind: int  # REQUEST (answered by the simulator owning ``channel``) or CONTROL (by the relay)
-    reply: Reply | None = None
-
-    def accepts(self, kind: int, op: int, channel: int) -> bool:
-        """An answer on another channel, or for another op, is not this request's,
-        whatever its seq says (a simulator can guess the seqs of other shards)."""
-        if channel != self.channel or op != self.op:
-            return False
-        if self.kind == Kind.REQUEST:
-            return kind == Kind.RESPONSE or kind == Kind.ERROR
-        return kind == Kind.CONTROL or kind == Kind.ERROR
-
-
-@dataclass
-class Counters:
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    frames_sent: int = 0
-    frames_received: int = 0
-
-
-def closing_error(code: int, reason: str) -> RemoteRLError | None:
-    """The typed error a relay closed us with (policy close, reason ``"<error code>: <message>"``)."""
-    if code != 1008:
-        return None
-    error_code, _, message = reason.partition(": ")
-    if error_code not in ErrorCode._value2member_map_:
-        return None
-    return error_from_wire({"code": error_code, "message": message})
 
 
 def connect_error(url: str, exc: BaseException, ca_file: str | None, timeout: float) -> RemoteRLError:
@@ -126,28 +79,26 @@ def connect_error(url: str, exc: BaseException, ca_file: str | None, timeout: fl
 class RelayConnection:
     """A connected, greeted WebSocket to the relay.
 
-    ``on_control`` receives unsolicited CONTROL messages (events). It runs in
-    whichever thread is reading, with the internal lock held: keep it short
-    and never call back into the connection from it. An ERROR frame with seq
-    0 means a channel died (its simulator left): requests on it then fail at
-    once with that error.
+    ``on_control`` receives unsolicited CONTROL messages (events) while a
+    trainer waits for answers. It runs in whichever thread is reading, with
+    the internal lock held: keep it short and never call back into the
+    connection from it. A simulator reads events itself (:meth:`next_event`).
     """
 
     def __init__(
-        self, ws: ClientConnection, welcome: Welcome, *, on_control: Callable[[Any], None] | None = None
+        self, ws: ClientConnection, protocol: ClientProtocol, *, on_control: Callable[[Any], None] | None = None
     ) -> None:
+        assert protocol.welcome is not None, "the protocol must be greeted"
         self._ws = ws
+        self.protocol = protocol
         self.url = ""  # the WebSocket URL this connection reached
-        self.welcome = welcome
-        self.max_frame = welcome.max_frame
+        self.welcome: Welcome = protocol.welcome
+        self.max_frame = protocol.max_frame
         self.on_control = on_control
-        self.lost_channels: dict[int, RemoteRLError] = {}
-        self.counters = Counters()
-        self._seq = itertools.count(1)
+        self.lost_channels = protocol.lost_channels
+        self.counters = protocol.counters
         self._cond = threading.Condition()
-        self._pending: dict[int, _Slot] = {}
         self._reading = False
-        self._closed: RemoteRLError | None = None
 
     # -- connecting -------------------------------------------------------
 
@@ -192,27 +143,21 @@ class RelayConnection:
             )
         except (OSError, InvalidHandshake, TimeoutError, InvalidURI) as exc:
             raise connect_error(url, exc, ca_file, timeout) from None
+        protocol = ClientProtocol(hello)
         try:
-            ws.send(control_frame(hello))
+            ws.send(protocol.hello_frame())
             frame = ws.recv(timeout=timeout)
         except TimeoutError:
             ws.close()
             raise RelayUnavailableError(f"relay at {url} did not answer the hello within {timeout}s") from None
         except ConnectionClosed as exc:
             raise RelayUnavailableError(f"relay at {url} closed the connection during hello: {exc}") from None
-        if isinstance(frame, str):
+        try:
+            protocol.receive_welcome(frame)
+        except RemoteRLError:
             ws.close()
-            raise ProtocolError("relay answered the hello with a text frame")
-        header = unpack_header(frame)
-        payload = payload_of(frame)
-        if header.kind == Kind.ERROR:
-            ws.close()
-            raise error_from_wire(codec.unpackb(payload))
-        message = parse_control(payload)
-        if not isinstance(message, Welcome):
-            ws.close()
-            raise ProtocolError(f"relay answered the hello with {message.op!r}")
-        conn = cls(ws, message, **handlers)
+            raise
+        conn = cls(ws, protocol, **handlers)
         conn.url = url
         return conn
 
@@ -288,29 +233,17 @@ class RelayConnection:
 
     @property
     def closed(self) -> bool:
-        return self._closed is not None
-
-    def next_seq(self) -> int:
-        seq = next(self._seq)
-        if seq >= MAX_SEQ:  # wrap well before u32 overflow; old seqs are long answered
-            self._seq = itertools.count(1)
-            seq = next(self._seq)
-        return seq
+        return self.protocol.close_error is not None
 
     def send(self, frame: bytes) -> None:
-        if self._closed is not None:
-            raise self._closed
-        if len(frame) - HEADER_SIZE > self.max_frame:
-            raise FrameTooLargeError(
-                f"frame payload of {len(frame) - HEADER_SIZE} bytes exceeds the relay's limit of {self.max_frame}"
-            )
+        """Send one frame the protocol made (or checks: its size against the relay's limit)."""
+        self.protocol.check_open()
+        self.protocol.check_size(frame)
         try:
             self._ws.send(frame)
         except ConnectionClosed as exc:
-            self._mark_closed(exc)
-            raise self._closed from None  # type: ignore[misc]
-        self.counters.bytes_sent += len(frame)
-        self.counters.frames_sent += 1
+            raise self._lost(exc) from None
+        self.protocol.sent(frame)
 
     # -- request / response ----------------------------------------------
 
@@ -323,54 +256,42 @@ class RelayConnection:
         pending = self.start(requests)
         return self.finish(pending, time.monotonic() + timeout, timeout)
 
-    def start(self, requests: Iterable[tuple[int, int, int, bytes]]) -> list[tuple[int, _Slot]]:
+    def start(self, requests: Iterable[tuple[int, int, int, bytes]]) -> list[Pending]:
         """Send requests without waiting; :meth:`finish` gathers the answers.
 
         Lets a caller put requests in flight on several connections (regions)
         before waiting on any of them.
         """
-        slots: list[tuple[int, _Slot]] = []
+        pendings: list[Pending] = []
         frames: list[bytes] = []
         with self._cond:
-            if self._closed is not None:
-                raise self._closed
-            requests = list(requests)
-            for _, _, channel, _ in requests:
-                if channel in self.lost_channels:
-                    raise self.lost_channels[channel]
-            for kind, op, channel, payload in requests:
-                seq = self.next_seq()
-                slot = _Slot(channel, op, kind)
-                self._pending[seq] = slot
-                slots.append((seq, slot))
-                frames.append(pack(kind, op, channel, seq, payload))
+            try:
+                for kind, op, channel, payload in requests:
+                    pending, frame = self.protocol.request(kind, op, channel, payload)
+                    pendings.append(pending)
+                    frames.append(frame)
+            except BaseException:
+                self.protocol.forget(pendings)
+                raise
         try:
             for frame in frames:
                 self.send(frame)
         except BaseException:
-            self._forget(slots)
+            self._forget(pendings)
             raise
-        return slots
+        return pendings
 
-    def finish(self, slots: list[tuple[int, _Slot]], deadline: float, timeout: float) -> list[Reply]:
+    def finish(self, pendings: list[Pending], deadline: float, timeout: float) -> list[Reply]:
         """Wait until ``deadline`` for the answers to :meth:`start`'s requests, in order."""
         try:
-            self._pump(lambda: all(s.reply is not None for _, s in slots), deadline)
+            self._pump(lambda: all(p.reply is not None for p in pendings), deadline)
         finally:
-            self._forget(slots)
-        out: list[Reply] = []
-        for _, slot in slots:
-            if slot.reply is None:
-                error = RemoteTimeoutError(f"no answer within {timeout}s on channel {slot.channel}")
-                out.append(Reply(Kind.ERROR, Op.NONE, slot.channel, error=error))
-            else:
-                out.append(slot.reply)
-        return out
+            self._forget(pendings)
+        return [p.reply if p.reply is not None else self.protocol.timed_out(p, timeout) for p in pendings]
 
-    def _forget(self, slots: list[tuple[int, _Slot]]) -> None:
+    def _forget(self, pendings: list[Pending]) -> None:
         with self._cond:
-            for seq, _ in slots:
-                self._pending.pop(seq, None)
+            self.protocol.forget(pendings)
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Process incoming frames until ``predicate()`` holds or ``timeout`` passes."""
@@ -378,26 +299,24 @@ class RelayConnection:
         with self._cond:
             return predicate()
 
-    def recv(self, timeout: float | None) -> bytes | None:
-        """Raw receive for a single-threaded peer (the simulator). None on timeout."""
+    def next_event(self, timeout: float | None) -> Event | None:
+        """The next event for a peer that reads its own frames (the simulator); None
+        when nothing arrived within ``timeout``. Raises once the connection is lost."""
+        self.protocol.check_open()
         try:
             frame = self._ws.recv(timeout=timeout)
         except TimeoutError:
             return None
         except ConnectionClosed as exc:
-            self._mark_closed(exc)
-            raise self._closed from None  # type: ignore[misc]
-        if isinstance(frame, str):
-            frame = frame.encode()
-        self.counters.bytes_received += len(frame)
-        self.counters.frames_received += 1
-        return frame
+            raise self._lost(exc) from None
+        with self._cond:
+            return self.protocol.receive(frame if isinstance(frame, bytes) else frame.encode())
 
     def _pump(self, done: Callable[[], bool], deadline: float) -> None:
         """Leader/follower loop: read and dispatch frames until ``done()``."""
         with self._cond:
             while not done():
-                if self._closed is not None:
+                if self.protocol.close_error is not None:
                     return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -418,70 +337,37 @@ class RelayConnection:
                     self._cond.acquire()
                     self._reading = False
                 if error is not None:
-                    self._mark_closed(error)
+                    self._lost(error)
                 elif frame is not None:
-                    self._dispatch(frame if isinstance(frame, bytes) else frame.encode())
+                    self._handle(self.protocol.receive(frame if isinstance(frame, bytes) else frame.encode()))
                 self._cond.notify_all()
 
-    def _dispatch(self, frame: bytes) -> None:
-        """Deliver one frame (lock held)."""
-        self.counters.bytes_received += len(frame)
-        self.counters.frames_received += 1
-        try:
-            kind, op, channel, seq = unpack_header(frame)
-        except ProtocolError as exc:
-            log.warning("dropping malformed frame from relay: %s", exc)
-            return
-        payload = payload_of(frame)
-        slot = self._pending.get(seq) if seq else None
-        if slot is not None and not slot.accepts(kind, op, channel):
-            _peer_log.warning(
-                "mismatched answer",
-                "dropping an answer for seq %d that does not match its request (channel %d op %d, expected channel %d op %d)",
-                seq, channel, op, slot.channel, slot.op,
-            )  # fmt: skip
-            return
-        if kind == Kind.ERROR:
-            try:
-                error = error_from_wire(codec.unpackb(payload))
-            except ProtocolError as exc:
-                error = exc
-            if slot is not None:
-                slot.reply = Reply(kind, op, channel, error=error)
-            elif channel:
-                self._fail_channel(channel, error)
-            else:
-                log.warning("relay reported: %s", error)
-        elif slot is not None:
-            slot.reply = Reply(kind, op, channel, payload=payload)
-        elif kind == Kind.CONTROL and self.on_control is not None:
-            try:
-                self.on_control(parse_control(payload))
-            except ProtocolError as exc:
-                log.warning("dropping malformed control message: %s", exc)
-        # Anything else is a late answer to a request that already timed out.
+    def _handle(self, event: Event | None) -> None:
+        """What a trainer does with an event while it waits for answers (lock held)."""
+        if event is None or isinstance(event, ChannelLost):
+            return  # an answer (now on its request), or a channel the protocol marked lost
+        if isinstance(event, Control):
+            if self.on_control is not None:
+                self.on_control(event.message)
+        elif isinstance(event, Dropped):
+            _peer_log.warning(event.what, "%s", event.detail)
+        elif isinstance(event, RelayReported):
+            log.warning("relay reported: %s", event.error)
 
-    def _fail_channel(self, channel: int, error: RemoteRLError) -> None:
-        self.lost_channels[channel] = error
-        for slot in self._pending.values():
-            if slot.channel == channel and slot.reply is None:
-                slot.reply = Reply(Kind.ERROR, Op.NONE, channel, error=error)
-
-    def _mark_closed(self, exc: BaseException | None = None, *, why: str | None = None) -> None:
+    def _lost(self, exc: ConnectionClosed) -> RemoteRLError:
+        """The socket closed under us: close the protocol with the relay's reason, wake every waiter."""
         with self._cond:
-            if self._closed is None:
-                reason = f": {exc}" if exc else ""
-                rcvd = exc.rcvd if isinstance(exc, ConnectionClosed) else None
-                self._closed = (rcvd and closing_error(rcvd.code, rcvd.reason)) or RelayUnavailableError(
-                    why or f"connection to the relay was lost{reason}"
-                )
-            for slot in self._pending.values():
-                if slot.reply is None:
-                    slot.reply = Reply(Kind.ERROR, Op.NONE, slot.channel, error=self._closed)
+            rcvd = exc.rcvd
+            error = self.protocol.connection_lost(
+                rcvd.code if rcvd else None, rcvd.reason if rcvd else "", detail=f": {exc}"
+            )
             self._cond.notify_all()
+        return error
 
     def close(self) -> None:
-        self._mark_closed(why="connection to the relay was closed (shutdown or env closed)")
+        with self._cond:
+            self.protocol.close()
+            self._cond.notify_all()
         try:
             self._ws.close()
         except Exception:  # closing a dead socket may raise; nothing left to do

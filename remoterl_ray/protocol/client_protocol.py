@@ -1,0 +1,322 @@
+"""The trainer's and the simulator's side of a relay connection, without I/O.
+
+Like the ``websockets`` library's sans-I/O ``Protocol``: frames go in through
+:meth:`ClientProtocol.receive`, frames to send come out of
+:meth:`ClientProtocol.request` and :meth:`ClientProtocol.answer`, and what a
+frame means comes out as a typed event. A driver (``transport.connection``)
+only moves bytes and waits; every rule of the connection lives here: the
+greeting, sequence ids, which answer belongs to which request, channels the
+relay reported lost, the frame limit and why the connection closed. Not
+thread-safe: the driver serialises calls (it holds one lock around them).
+
+States::
+
+    GREETING --welcome--> OPEN --lost / closed--> CLOSED
+        \\--refused / bad answer---------------------^
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from . import codec
+from .errors import (
+    ErrorCode,
+    FrameTooLargeError,
+    ProtocolError,
+    RelayUnavailableError,
+    RemoteRLError,
+    RemoteTimeoutError,
+    error_from_wire,
+)
+from .frames import HEADER_SIZE, MAX_SEQ, Kind, Op, pack, payload_of, unpack_header
+from .messages import Hello, Welcome, control_frame, error_frame, parse_control
+
+CLOSE_POLICY = 1008  # the close code a relay refuses or cuts off a peer with
+
+
+class State(enum.Enum):
+    GREETING = "greeting"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass
+class Reply:
+    """One answer to a request: a RESPONSE (or CONTROL) payload, or the error it raised."""
+
+    kind: int
+    op: int
+    channel: int
+    payload: memoryview | None = None
+    error: RemoteRLError | None = None
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        assert self.payload is not None
+        return codec.unpackb(self.payload)
+
+
+@dataclass
+class Pending:
+    """A request in flight: what its answer must carry to be accepted, and the answer."""
+
+    seq: int
+    channel: int
+    op: int
+    kind: int  # REQUEST (answered by the simulator owning ``channel``) or CONTROL (by the relay)
+    reply: Reply | None = None
+
+    def accepts(self, kind: int, op: int, channel: int) -> bool:
+        """An answer on another channel, or for another op, is not this request's,
+        whatever its seq says (a simulator can guess the seqs of other shards)."""
+        if channel != self.channel or op != self.op:
+            return False
+        if self.kind == Kind.REQUEST:
+            return kind == Kind.RESPONSE or kind == Kind.ERROR
+        return kind == Kind.CONTROL or kind == Kind.ERROR
+
+
+# -- events: what a received frame means, beyond answering a pending request --
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A trainer's request for the simulator to answer (:meth:`ClientProtocol.answer`)."""
+
+    op: int
+    channel: int
+    seq: int
+    payload: memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """An unsolicited control message from the relay (Simulators, Detach, Reconnect, Notice)."""
+
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelLost:
+    """The relay says a channel died (its simulator left); its requests fail with ``error``."""
+
+    channel: int
+    error: RemoteRLError
+
+
+@dataclass(frozen=True, slots=True)
+class RelayReported:
+    """An error the relay sent that answers no request of ours."""
+
+    channel: int
+    error: RemoteRLError
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A frame that was dropped; ``what`` names the kind of problem (for rate-limited logs)."""
+
+    what: str
+    detail: str
+
+
+Event = Request | Control | ChannelLost | RelayReported | Dropped
+
+
+@dataclass
+class Counters:
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    frames_sent: int = 0
+    frames_received: int = 0
+
+
+def closing_error(code: int, reason: str) -> RemoteRLError | None:
+    """The typed error a relay closed us with (policy close, reason ``"<error code>: <message>"``)."""
+    if code != CLOSE_POLICY:
+        return None
+    error_code, _, message = reason.partition(": ")
+    if error_code not in ErrorCode._value2member_map_:
+        return None
+    return error_from_wire({"code": error_code, "message": message})
+
+
+class ClientProtocol:
+    """One connection's rules for a trainer or a simulator (see the module docstring)."""
+
+    def __init__(self, hello: Hello) -> None:
+        self.hello = hello
+        self.trainer = hello.role == "trainer"
+        self.state = State.GREETING
+        self.welcome: Welcome | None = None
+        self.max_frame = 0  # the relay's payload limit, from its welcome
+        self.close_error: RemoteRLError | None = None
+        self.lost_channels: dict[int, RemoteRLError] = {}
+        self.pending: dict[int, Pending] = {}
+        self.counters = Counters()
+        self._seq = itertools.count(1)
+
+    # -- greeting -----------------------------------------------------------
+
+    def hello_frame(self) -> bytes:
+        return control_frame(self.hello)
+
+    def receive_welcome(self, frame: bytes | str) -> Welcome:
+        """The relay's answer to the hello: its ``Welcome``, else the typed error it
+        refused us with (the connection is then CLOSED)."""
+        if self.state is not State.GREETING:
+            raise RuntimeError(f"receive_welcome in state {self.state.value}")
+        try:
+            if isinstance(frame, str):
+                raise ProtocolError("relay answered the hello with a text frame")
+            header = unpack_header(frame)
+            payload = payload_of(frame)
+            if header.kind == Kind.ERROR:
+                raise error_from_wire(codec.unpackb(payload))
+            message = parse_control(payload)
+            if not isinstance(message, Welcome):
+                raise ProtocolError(f"relay answered the hello with {message.op!r}")
+        except RemoteRLError as exc:
+            self._close(exc)
+            raise
+        self.welcome, self.max_frame, self.state = message, message.max_frame, State.OPEN
+        return message
+
+    # -- sending ------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        seq = next(self._seq)
+        if seq >= MAX_SEQ:  # wrap well before u32 overflow; old seqs are long answered
+            self._seq = itertools.count(1)
+            seq = next(self._seq)
+        return seq
+
+    def check_open(self) -> None:
+        if self.close_error is not None:
+            raise self.close_error
+        if self.state is not State.OPEN:
+            raise RuntimeError("the connection is not greeted yet")
+
+    def check_size(self, frame: bytes) -> None:
+        if len(frame) - HEADER_SIZE > self.max_frame:
+            raise FrameTooLargeError(
+                f"frame payload of {len(frame) - HEADER_SIZE} bytes exceeds the relay's limit of {self.max_frame}"
+            )
+
+    def request(self, kind: int, op: int, channel: int, payload: bytes) -> tuple[Pending, bytes]:
+        """A request to send: its pending entry (the answer lands there) and its frame.
+        Refused at once on a closed connection or a channel the relay reported lost."""
+        self.check_open()
+        if channel in self.lost_channels:
+            raise self.lost_channels[channel]
+        seq = self.next_seq()
+        frame = pack(kind, op, channel, seq, payload)
+        self.check_size(frame)
+        pending = self.pending[seq] = Pending(seq, channel, op, kind)
+        return pending, frame
+
+    def forget(self, pendings: list[Pending]) -> None:
+        """Stop expecting answers to these requests (answered, timed out or never sent)."""
+        for pending in pendings:
+            self.pending.pop(pending.seq, None)
+
+    def timed_out(self, pending: Pending, timeout: float) -> Reply:
+        return Reply(
+            Kind.ERROR,
+            Op.NONE,
+            pending.channel,
+            error=RemoteTimeoutError(f"no answer within {timeout}s on channel {pending.channel}"),
+        )
+
+    def answer(self, op: int, channel: int, seq: int, body: bytes | None, error: dict[str, Any] | None) -> bytes:
+        """The simulator's answer frame to a :class:`Request`: ``body``, or ``error``
+        (a wire error dict). An answer over the relay's frame limit becomes that error."""
+        if error is None:
+            assert body is not None
+            if len(body) <= self.max_frame:
+                return pack(Kind.RESPONSE, op, channel, seq, body)
+            error = RemoteRLError(
+                f"answer of {len(body)} bytes exceeds the relay's frame limit of {self.max_frame}",
+                code=ErrorCode.FRAME_TOO_LARGE,
+            ).to_wire()
+        return error_frame(error, op=op, channel=channel, seq=seq)
+
+    def sent(self, frame: bytes) -> None:
+        self.counters.bytes_sent += len(frame)
+        self.counters.frames_sent += 1
+
+    # -- receiving ----------------------------------------------------------
+
+    def receive(self, frame: bytes) -> Event | None:
+        """One frame from the relay. An answer to a pending request is stored on it
+        (None is returned); anything else comes back as an event."""
+        self.counters.bytes_received += len(frame)
+        self.counters.frames_received += 1
+        try:
+            kind, op, channel, seq = unpack_header(frame)
+        except ProtocolError as exc:
+            return Dropped("malformed frame", f"dropping malformed frame from the relay: {exc}")
+        payload = payload_of(frame)
+        pending = self.pending.get(seq) if seq else None
+        if pending is not None and not pending.accepts(kind, op, channel):
+            return Dropped(
+                "mismatched answer",
+                f"dropping an answer for seq {seq} that does not match its request (channel {channel} op {op}, "
+                f"expected channel {pending.channel} op {pending.op})",
+            )
+        if kind == Kind.ERROR:
+            if pending is None and seq and self.trainer:
+                return None  # a late answer to a request that already timed out
+            try:
+                error: RemoteRLError = error_from_wire(codec.unpackb(payload))
+            except ProtocolError as exc:
+                error = exc
+            if pending is not None:
+                pending.reply = Reply(kind, op, channel, error=error)
+                return None
+            if channel and self.trainer:  # seq 0 on a channel: its simulator is gone
+                self.fail_channel(channel, error)
+                return ChannelLost(channel, error)
+            return RelayReported(channel, error)
+        if pending is not None:
+            pending.reply = Reply(kind, op, channel, payload=payload)
+            return None
+        if kind == Kind.REQUEST:
+            return Request(op, channel, seq, payload)
+        if kind == Kind.CONTROL:
+            try:
+                return Control(parse_control(payload))
+            except ProtocolError as exc:
+                return Dropped("malformed control", f"dropping malformed control message: {exc}")
+        return None  # a late answer to a request that already timed out
+
+    def fail_channel(self, channel: int, error: RemoteRLError) -> None:
+        self.lost_channels[channel] = error
+        for pending in self.pending.values():
+            if pending.channel == channel and pending.reply is None:
+                pending.reply = Reply(Kind.ERROR, Op.NONE, channel, error=error)
+
+    # -- closing ------------------------------------------------------------
+
+    def connection_lost(self, code: int | None = None, reason: str = "", detail: str = "") -> RemoteRLError:
+        """The socket closed (``code``/``reason`` of the relay's close frame, if any)."""
+        if self.close_error is None:
+            typed = closing_error(code, reason) if code is not None else None
+            self._close(typed or RelayUnavailableError(f"connection to the relay was lost{detail}"))
+        assert self.close_error is not None
+        return self.close_error
+
+    def close(self, why: str = "connection to the relay was closed (shutdown or env closed)") -> None:
+        if self.close_error is None:
+            self._close(RelayUnavailableError(why))
+
+    def _close(self, error: RemoteRLError) -> None:
+        self.state, self.close_error = State.CLOSED, error
+        for pending in self.pending.values():
+            if pending.reply is None:
+                pending.reply = Reply(Kind.ERROR, Op.NONE, pending.channel, error=error)
