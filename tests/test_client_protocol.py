@@ -10,7 +10,6 @@ import pytest
 
 from remoterl_ray.protocol import codec
 from remoterl_ray.protocol.client_protocol import (
-    CLOSE_POLICY,
     ChannelLost,
     ClientProtocol,
     Control,
@@ -19,6 +18,7 @@ from remoterl_ray.protocol.client_protocol import (
     Request,
     State,
 )
+from remoterl_ray.protocol.closing import CLOSE_POLICY
 from remoterl_ray.protocol.errors import (
     AuthenticationError,
     ErrorCode,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import codec
+from .closing import closing_error
 from .errors import (
     ErrorCode,
     FrameTooLargeError,
@@ -34,9 +35,6 @@ from .errors import (
 )
 from .frames import HEADER_SIZE, MAX_SEQ, Kind, Op, pack, payload_of, unpack_header
 from .messages import Hello, Welcome, control_frame, error_frame, parse_control
-
-CLOSE_POLICY = 1008  # the close code a relay refuses or cuts off a peer with
-
 
 class State(enum.Enum):
     GREETING = "greeting"
@@ -134,16 +132,6 @@ class Counters:
     bytes_received: int = 0
     frames_sent: int = 0
     frames_received: int = 0
-
-
-def closing_error(code: int, reason: str) -> RemoteRLError | None:
-    """The typed error a relay closed us with (policy close, reason ``"<error code>: <message>"``)."""
-    if code != CLOSE_POLICY:
-        return None
-    error_code, _, message = reason.partition(": ")
-    if error_code not in ErrorCode._value2member_map_:
-        return None
-    return error_from_wire({"code": error_code, "message": message})
 
 
 class ClientProtocol:

@@ -35,6 +35,7 @@ from ..protocol.errors import (
     RemoteRLError,
     WorkspaceBlockedError,
 )
+from ..protocol.closing import CLOSE_POLICY, close_reason
 from ..protocol.messages import CAP_NOTICE, Notice, Quota, control_frame, error_frame, human_bytes
 from .auth import OPEN_WORKSPACE, StaticKeys
 from .ratelimit import FailureLimiter
@@ -42,15 +43,9 @@ from .switchboard import Peer, Switchboard
 
 log = logging.getLogger("remoterl.relay")
 
-CLOSE_POLICY = 1008  # RFC 6455: the peer broke a rule (revoked key, operator action)
 EMPTY_STATE = AccountsState(frozenset(), frozenset(), {}, {}, [])
 CACHE_SECONDS = 60.0  # a good key is looked up once a minute (revocation is pushed by sync anyway)
 MISS_CACHE_SECONDS = 5.0  # an unknown key: a new key works within this long
-
-
-def close_reason(error: RemoteRLError) -> str:
-    """``"<error code>: <message>"``, cut to fit a close frame, so the peer can raise the typed error."""
-    return f"{error.code.value}: {error.message}"[:120]
 
 
 class UsageObserver(Protocol):

@@ -2,7 +2,7 @@
 and the Ray Serve deployment.
 
 Routes:
-  ``/ws``          the WebSocket every trainer and simulator dials;
+  ``/ws``          the WebSocket every trainer and simulator dials (``peer_driver.py``);
   ``/healthz``     liveness (simulators also time it to pick the nearest region);
   ``/v1/stats``    who is online here and their byte/step counters (no payloads);
   ``/v1/regions``  every region and its endpoint (discovery);
@@ -16,60 +16,28 @@ Routes:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from fastapi import FastAPI, Request, WebSocket
-from starlette.websockets import WebSocketDisconnect
+from fastapi import FastAPI, Request
 
-from ..rate_limited_log import RateLimitedLog
-from ..protocol.errors import ErrorCode, FrameTooLargeError, ProtocolError, ProtocolVersionError, RemoteRLError
-from ..protocol.frames import (
-    DEFAULT_MAX_FRAME,
-    HEADER,
-    HEADER_SIZE,
-    SUPPORTED_VERSIONS,
-    VALID_OPS,
-    Kind,
-    payload_of,
-    unpack_header,
-)
-from ..protocol.messages import (
-    CAP_LOCATE,
-    CAP_RECONNECT,
-    Locate,
-    Open,
-    Reconnect,
-    Regions,
-    Release,
-    Welcome,
-    control_frame,
-    error_frame,
-    parse_hello,
-    parse_peer_control,
-)
+from ..protocol.frames import DEFAULT_MAX_FRAME
+from ..protocol.messages import CAP_RECONNECT, Reconnect, control_frame
 from ..accounts.plans import Prices
-from ..accounts.store import Identity
-from .accounting import CLOSE_POLICY, Accounting, AccountsBackend, UsageObserver, close_reason
+from .accounting import Accounting, AccountsBackend, UsageObserver
 from .admin import AdminAuth
 from .auth import StaticKeys
-from .dashboard import AdminGate, dashboard_router, source_of
+from .dashboard import AdminGate, dashboard_router
 from .directory import Directory, LocalDirectory
 from .http_errors import add_error_handlers
 from .http_guard import HttpGuard
-from .ratelimit import ErrorBudget, FailureLimiter
-from .switchboard import Peer, Switchboard
+from .peer_driver import PeerDriver
+from .ratelimit import FailureLimiter
+from .switchboard import Switchboard
 
 log = logging.getLogger("remoterl.relay")
-peer_log = RateLimitedLog(log)  # refused and broken connections: one short line each, rate-limited
-
-# WebSocket close codes (RFC 6455 section 7.4.1).
-CLOSE_PROTOCOL_ERROR = 1002
 
 
 @dataclass
@@ -87,33 +55,6 @@ class RelayConfig:
     limiter: Callable[[], FailureLimiter] = FailureLimiter  # refused hellos (and, apart, admin tokens) per address
     observer: UsageObserver | None = None  # sees each second's counts (Ray metrics under Serve)
     directory: Directory = field(default_factory=LocalDirectory)
-
-
-CONNECTION_EXTENSION = "remoterl.connection"
-"""ASGI scope extension by which the embedded server (``server.py``) offers hooks
-for one connection; other servers (Ray Serve's) do not, and the relay works
-without it."""
-
-
-class ServerConnection(Protocol):
-    def authenticated(self) -> None:
-        """The peer passed its hello: it may use the limits of an admitted peer."""
-
-
-class _NoServerHooks:
-    def authenticated(self) -> None:
-        return None
-
-
-def server_connection(ws: WebSocket) -> ServerConnection:
-    hooks = ws.scope.get("extensions", {}).get(CONNECTION_EXTENSION)
-    return hooks if hooks is not None else _NoServerHooks()
-
-
-class _Refused(Exception):
-    def __init__(self, error: RemoteRLError, close_code: int) -> None:
-        self.error = error
-        self.close_code = close_code
 
 
 def create_app(config: RelayConfig) -> FastAPI:
@@ -176,8 +117,6 @@ def create_app(config: RelayConfig) -> FastAPI:
     app.add_middleware(HttpGuard)
     app.state.switchboard = board
     app.state.relay_config = config
-    peer_ids = itertools.count(1)
-    instance = secrets.token_hex(3)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:
@@ -207,175 +146,9 @@ def create_app(config: RelayConfig) -> FastAPI:
 
     app.include_router(dashboard_router(board, accounting, gate, lambda: directory.cluster_stats(board)))
 
-    async def send_bytes(ws: WebSocket, data: bytes) -> None:
-        await ws.send({"type": "websocket.send", "bytes": data})
-
-    async def greet(ws: WebSocket, source: str) -> tuple[Peer, Identity]:
-        """Read and check the hello: rate limit first, then size and shape, then the key."""
-        try:
-            message = await asyncio.wait_for(ws.receive(), config.hello_timeout)
-        except asyncio.TimeoutError:
-            accounting.failed(source)
-            raise _Refused(ProtocolError("no hello received in time", code=ErrorCode.BAD_HELLO), CLOSE_POLICY) from None
-        if message["type"] == "websocket.disconnect":
-            raise WebSocketDisconnect(message.get("code", 1000))
-        try:
-            accounting.check_rate(source)  # a refused address is turned away before its hello is decoded
-        except RemoteRLError as exc:
-            raise _Refused(exc, CLOSE_POLICY) from None
-        data = message.get("bytes")
-        try:
-            if data is None:
-                raise ProtocolError("the hello must be a binary frame", code=ErrorCode.BAD_HELLO)
-            header = unpack_header(data)
-            if header.kind != Kind.CONTROL:
-                raise ProtocolError("the first frame must be a CONTROL hello", code=ErrorCode.BAD_HELLO)
-            hello = parse_hello(payload_of(data))
-            if hello.protocol not in SUPPORTED_VERSIONS:
-                raise ProtocolVersionError(
-                    f"protocol version {hello.protocol} is not supported; this relay speaks {sorted(SUPPORTED_VERSIONS)}"
-                )
-        except ProtocolError as exc:
-            accounting.failed(source)  # malformed hellos count like bad keys
-            code = exc.code if isinstance(exc, ProtocolVersionError) else ErrorCode.BAD_HELLO
-            raise _Refused(type(exc)(exc.message, code=code), CLOSE_PROTOCOL_ERROR) from None
-        try:
-            identity = await accounting.admit(hello.api_key, source)
-        except RemoteRLError as exc:
-            raise _Refused(exc, CLOSE_POLICY) from None
-        peer = Peer(
-            id=f"{hello.role[0]}-{instance}-{next(peer_ids)}",
-            role=hello.role,
-            workspace=identity.workspace,
-            name=hello.name,
-            send_raw=lambda frame: send_bytes(ws, frame),
-            close=lambda code, reason: ws.close(code, reason),
-            key_id=identity.key_id,
-            max_envs=hello.max_envs if hello.role == "simulator" else 0,
-            capabilities=frozenset(hello.capabilities),
-        )
-        return peer, identity
-
-    async def refuse(ws: WebSocket, source: str, refused: _Refused) -> None:
-        """Tell a refused peer why (if it still listens) and close: one short log line, never a traceback."""
-        peer_log.info(refused.error.code.value, "refused a connection from %s: %s", source, refused.error)
-        try:
-            await send_bytes(ws, error_frame(refused.error.to_wire()))
-            await ws.close(refused.close_code, close_reason(refused.error))
-        except (OSError, RuntimeError, WebSocketDisconnect):
-            pass  # it hung up first: nothing left to tell it
-
-    async def handle_control(peer: Peer, seq: int, payload: memoryview) -> None:
-        message = parse_peer_control(payload)
-        if peer.role != "trainer" or not isinstance(message, (Open, Release, Locate)):
-            raise ProtocolError(
-                f"unexpected control message {message.op!r} from a {peer.role}", code=ErrorCode.BAD_PAYLOAD
-            )
-        if isinstance(message, Open):
-            await peer.send(control_frame(await board.open(peer, message), seq))
-        elif isinstance(message, Locate):
-            await peer.send(control_frame(Regions(regions=directory.regions_for(peer.workspace, board)), seq))
-        else:
-            await board.release(peer, message.channels)
-
-    async def report(peer: Peer, errors: ErrorBudget, error: RemoteRLError, op: int, channel: int, seq: int) -> bool:
-        """Answer a refused frame; False once the peer has used up its budget of them."""
-        await peer.send(error_frame(error.to_wire(), op=op, channel=channel, seq=seq))
-        return errors.spend()
-
-    @app.websocket("/ws")
-    async def relay_socket(ws: WebSocket) -> None:
-        source = source_of(ws)
-        try:
-            await ws.accept()
-            try:
-                peer, identity = await greet(ws, source)
-            except _Refused as refused:
-                await refuse(ws, source, refused)
-                return
-            server_connection(ws).authenticated()
-            await serve_peer(ws, peer, identity)
-        except (OSError, WebSocketDisconnect):
-            pass  # the peer went away mid-send: its handler has cleaned up
-        except Exception as exc:  # a peer must never be able to fill the log with tracebacks
-            peer_log.warning(type(exc).__name__, "connection from %s ended by %s: %s", source, type(exc).__name__, exc)
-            log.debug("connection from %s ended", source, exc_info=True)
-
-    async def serve_peer(ws: WebSocket, peer: Peer, identity: Identity) -> None:
-        try:
-            simulators = await board.join(peer)
-            await peer.send(
-                control_frame(
-                    Welcome(
-                        peer_id=peer.id,
-                        workspace=peer.workspace,
-                        simulators=simulators,
-                        max_frame=config.max_frame,
-                        region=directory.region,
-                        capabilities=[CAP_LOCATE],
-                        quota=accounting.quota(identity.workspace, identity.plan)
-                        if config.accounts is not None
-                        else None,
-                    )
-                )
-            )
-            await pump(ws, peer)
-        finally:
-            try:
-                await board.leave(peer)
-            finally:
-                accounting.settle(peer)  # its last counts are billed whatever happened
-
-    async def pump(ws: WebSocket, peer: Peer) -> None:
-        """The hot loop: one iteration per frame the peer sends."""
-        unpack = HEADER.unpack_from
-        max_frame = config.max_frame + HEADER_SIZE
-        errors = ErrorBudget(config.max_protocol_errors)
-        while True:
-            within_budget = True
-            message = await ws.receive()
-            data = message.get("bytes")
-            if data is None:
-                if message["type"] == "websocket.disconnect":
-                    return
-                text = ProtocolError("text frames are not part of the protocol")
-                within_budget = await report(peer, errors, text, 0, 0, 0)
-            else:
-                size = len(data)
-                peer.bytes_in += size
-                peer.frames_in += 1
-                try:
-                    if size < HEADER_SIZE:
-                        raise ProtocolError(f"frame of {size} bytes is shorter than the header")
-                    kind, op, channel, seq = unpack(data)
-                    if size > max_frame:
-                        raise FrameTooLargeError(
-                            f"frame of {size - HEADER_SIZE} bytes exceeds the limit of {config.max_frame}"
-                        )
-                    if kind == Kind.REQUEST or kind == Kind.RESPONSE or kind == Kind.ERROR:
-                        if op not in VALID_OPS:
-                            raise ProtocolError(f"unknown op {op}", code=ErrorCode.UNKNOWN_OP)
-                        await board.forward(peer, data, kind, op, channel, seq)
-                    elif kind == Kind.CONTROL:
-                        await handle_control(peer, seq, payload_of(data))
-                    else:
-                        raise ProtocolError(f"unknown frame kind {kind}")
-                except RemoteRLError as exc:
-                    # Echo the header fields the sender can match on; never an invalid op.
-                    op_, channel_, seq_ = (
-                        (op if op in VALID_OPS else 0, channel, seq) if size >= HEADER_SIZE else (0, 0, 0)
-                    )
-                    within_budget = await report(peer, errors, exc, op_, channel_, seq_)
-                    if isinstance(exc, FrameTooLargeError) and peer.role == "simulator":
-                        # Fail the trainer's request now instead of letting it time out.
-                        route = board.channels.get(channel_)
-                        if route is not None and route.simulator is peer:
-                            await route.trainer.send(error_frame(exc.to_wire(), op=op_, channel=channel_, seq=seq_))
-            if not within_budget:
-                peer_log.info("too many refused frames", "closing %s from %s: too many refused frames", peer.id,
-                              source_of(ws))  # fmt: skip
-                if peer.alive:  # not already closed by an operator action
-                    await ws.close(CLOSE_POLICY, "too many refused frames")
-                return
+    app.websocket("/ws")(
+        PeerDriver(board, accounting, directory, config.max_frame, config.max_protocol_errors, config.hello_timeout,
+                   has_accounts=config.accounts is not None).serve
+    )  # fmt: skip
 
     return app

@@ -44,7 +44,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from ..addresses import Networks, address_key
 from ..rate_limited_log import RateLimitedLog
-from .app import CONNECTION_EXTENSION
+from .peer_driver import CONNECTION_EXTENSION
 from .server_limits import ServerLimits
 
 log = logging.getLogger("remoterl.relay")

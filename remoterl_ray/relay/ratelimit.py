@@ -39,23 +39,3 @@ class FailureLimiter:
             times.clear()
         if len(self._failures) > 100_000:  # bounded memory under a spray of addresses
             self._failures = {s: t for s, t in self._failures.items() if t and t[-1] >= now - self.window}
-
-
-class ErrorBudget:
-    """Error replies one connection may cause: ``limit`` at once, refilled at
-    ``limit`` a minute. Every refused frame costs one, so a peer cannot make the
-    relay answer (and queue answers) without end, while a long-lived peer's rare
-    mistakes never add up to a cut-off."""
-
-    def __init__(self, limit: int, refill_seconds: float = 60.0) -> None:
-        self.limit = limit
-        self.rate = limit / refill_seconds
-        self.left = float(limit)
-        self.at = time.monotonic()
-
-    def spend(self, now: float | None = None) -> bool:
-        """Take one; False once the budget is gone (the peer is then cut off)."""
-        now = time.monotonic() if now is None else now
-        self.left = min(float(self.limit), self.left + (now - self.at) * self.rate) - 1
-        self.at = now
-        return self.left >= 0

@@ -1,0 +1,217 @@
+"""The relay's ASGI driver for one peer's WebSocket (``/ws``).
+
+It does the I/O the relay-side protocol (``protocol.relay_protocol``) leaves
+out: waiting for the hello within its time, asking the accounts whether a
+key is admitted, sending the welcome, handing frames to the switchboard and
+refusals back to the peer, closing it when the protocol says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+from typing import Protocol
+
+from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from ..accounts.store import Identity
+from ..protocol.closing import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, close_reason
+from ..protocol.errors import ErrorCode, FrameTooLargeError, ProtocolError, RemoteRLError
+from ..protocol.messages import CAP_LOCATE, Locate, Open, Regions, Welcome, control_frame, error_frame
+from ..protocol.relay_protocol import ControlRequest, Forward, RelayPeerProtocol
+from ..rate_limited_log import RateLimitedLog
+from .accounting import Accounting
+from .dashboard import source_of
+from .directory import Directory
+from .switchboard import Peer, Switchboard
+
+log = logging.getLogger("remoterl.relay")
+peer_log = RateLimitedLog(log)  # refused and broken connections: one short line each, rate-limited
+
+CONNECTION_EXTENSION = "remoterl.connection"
+"""ASGI scope extension by which the embedded server (``server.py``) offers hooks
+for one connection; other servers (Ray Serve's) do not, and the relay works
+without it."""
+
+
+class ServerConnection(Protocol):
+    def authenticated(self) -> None:
+        """The peer passed its hello: it may use the limits of an admitted peer."""
+
+
+class _NoServerHooks:
+    def authenticated(self) -> None:
+        return None
+
+
+def server_connection(ws: WebSocket) -> ServerConnection:
+    hooks = ws.scope.get("extensions", {}).get(CONNECTION_EXTENSION)
+    return hooks if hooks is not None else _NoServerHooks()
+
+
+class _Refused(Exception):
+    def __init__(self, error: RemoteRLError, close_code: int) -> None:
+        self.error = error
+        self.close_code = close_code
+
+
+class PeerDriver:
+    """Serves ``/ws``: one instance per relay app, one ``serve`` call per connection."""
+
+    def __init__(
+        self,
+        board: Switchboard,
+        accounting: Accounting,
+        directory: Directory,
+        max_frame: int,
+        max_protocol_errors: int,
+        hello_timeout: float,
+        *,
+        has_accounts: bool,
+    ) -> None:
+        self.board, self.accounting, self.directory = board, accounting, directory
+        self.max_frame, self.max_protocol_errors, self.hello_timeout = max_frame, max_protocol_errors, hello_timeout
+        self.has_accounts = has_accounts
+        self.peer_ids = itertools.count(1)
+        self.instance = secrets.token_hex(3)  # peer ids stay unique across replicas and restarts
+
+    async def send_bytes(self, ws: WebSocket, data: bytes) -> None:
+        await ws.send({"type": "websocket.send", "bytes": data})
+
+    async def greet(self, ws: WebSocket, source: str, protocol: RelayPeerProtocol) -> tuple[Peer, Identity]:
+        """Read the hello: rate limit first, then the protocol's checks (size, shape, version), then the key."""
+        try:
+            message = await asyncio.wait_for(ws.receive(), self.hello_timeout)
+        except asyncio.TimeoutError:
+            self.accounting.failed(source)
+            raise _Refused(ProtocolError("no hello received in time", code=ErrorCode.BAD_HELLO), CLOSE_POLICY) from None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        try:
+            self.accounting.check_rate(source)  # a refused address is turned away before its hello is decoded
+        except RemoteRLError as exc:
+            raise _Refused(exc, CLOSE_POLICY) from None
+        try:
+            hello = protocol.receive_hello(message.get("bytes"))
+        except ProtocolError as exc:
+            self.accounting.failed(source)  # malformed hellos count like bad keys
+            raise _Refused(exc, CLOSE_PROTOCOL_ERROR) from None
+        try:
+            identity = await self.accounting.admit(hello.api_key, source)
+        except RemoteRLError as exc:
+            raise _Refused(exc, CLOSE_POLICY) from None
+        peer = Peer(
+            id=f"{hello.role[0]}-{self.instance}-{next(self.peer_ids)}",
+            role=hello.role,
+            workspace=identity.workspace,
+            name=hello.name,
+            send_raw=lambda frame: self.send_bytes(ws, frame),
+            close=lambda code, reason: ws.close(code, reason),
+            key_id=identity.key_id,
+            max_envs=hello.max_envs if hello.role == "simulator" else 0,
+            capabilities=frozenset(hello.capabilities),
+        )
+        return peer, identity
+
+    async def refuse(self, ws: WebSocket, source: str, refused: _Refused) -> None:
+        """Tell a refused peer why (if it still listens) and close: one short log line, never a traceback."""
+        peer_log.info(refused.error.code.value, "refused a connection from %s: %s", source, refused.error)
+        try:
+            await self.send_bytes(ws, error_frame(refused.error.to_wire()))
+            await ws.close(refused.close_code, close_reason(refused.error))
+        except (OSError, RuntimeError, WebSocketDisconnect):
+            pass  # it hung up first: nothing left to tell it
+
+    async def handle_control(self, peer: Peer, request: ControlRequest) -> None:
+        message = request.message
+        if isinstance(message, Open):
+            await peer.send(control_frame(await self.board.open(peer, message), request.seq))
+        elif isinstance(message, Locate):
+            regions = Regions(regions=self.directory.regions_for(peer.workspace, self.board))
+            await peer.send(control_frame(regions, request.seq))
+        else:
+            await self.board.release(peer, message.channels)
+
+    async def serve(self, ws: WebSocket) -> None:
+        """The ``/ws`` endpoint: greet, then serve the peer until it leaves."""
+        source = source_of(ws)
+        try:
+            await ws.accept()
+            protocol = RelayPeerProtocol(self.max_frame, self.max_protocol_errors)
+            try:
+                peer, identity = await self.greet(ws, source, protocol)
+            except _Refused as refused:
+                await self.refuse(ws, source, refused)
+                return
+            server_connection(ws).authenticated()
+            await self.serve_peer(ws, peer, identity, protocol)
+        except (OSError, WebSocketDisconnect):
+            pass  # the peer went away mid-send: its handler has cleaned up
+        except Exception as exc:  # a peer must never be able to fill the log with tracebacks
+            peer_log.warning(type(exc).__name__, "connection from %s ended by %s: %s", source, type(exc).__name__, exc)
+            log.debug("connection from %s ended", source, exc_info=True)
+
+    async def serve_peer(self, ws: WebSocket, peer: Peer, identity: Identity, protocol: RelayPeerProtocol) -> None:
+        try:
+            simulators = await self.board.join(peer)
+            await peer.send(
+                control_frame(
+                    Welcome(
+                        peer_id=peer.id,
+                        workspace=peer.workspace,
+                        simulators=simulators,
+                        max_frame=self.max_frame,
+                        region=self.directory.region,
+                        capabilities=[CAP_LOCATE],
+                        quota=self.accounting.quota(identity.workspace, identity.plan) if self.has_accounts else None,
+                    )
+                )
+            )
+            await self.pump(ws, peer, protocol)
+        finally:
+            try:
+                await self.board.leave(peer)
+            finally:
+                self.accounting.settle(peer)  # its last counts are billed whatever happened
+
+    async def pump(self, ws: WebSocket, peer: Peer, protocol: RelayPeerProtocol) -> None:
+        """The hot loop: one iteration per message the peer sends; the protocol says what it is."""
+        receive, forward = ws.receive, self.board.forward
+        while True:
+            message = await receive()
+            data = message.get("bytes")
+            if data is None and message["type"] == "websocket.disconnect":
+                return
+            if data is not None:
+                peer.bytes_in += len(data)
+                peer.frames_in += 1
+            event = protocol.receive(data)
+            if type(event) is Forward:
+                try:
+                    await forward(peer, data, event.kind, event.op, event.channel, event.seq)
+                    continue
+                except RemoteRLError as exc:
+                    event = protocol.refuse(exc, event.op, event.channel, event.seq)
+            elif type(event) is ControlRequest:
+                try:
+                    await self.handle_control(peer, event)
+                    continue
+                except RemoteRLError as exc:
+                    event = protocol.refuse(exc, event.op, event.channel, event.seq)
+            await peer.send(event.frame)
+            if isinstance(event.error, FrameTooLargeError) and peer.role == "simulator":
+                # Fail the trainer's request now instead of letting it time out.
+                route = self.board.channels.get(event.channel)
+                if route is not None and route.simulator is peer:
+                    await route.trainer.send(
+                        error_frame(event.error.to_wire(), op=event.op, channel=event.channel, seq=event.seq)
+                    )
+            if event.cut_off:
+                peer_log.info("too many refused frames", "closing %s from %s: too many refused frames", peer.id,
+                              source_of(ws))  # fmt: skip
+                if peer.alive:  # not already closed by an operator action
+                    await ws.close(CLOSE_POLICY, "too many refused frames")
+                return
