@@ -117,3 +117,8 @@ def test_dashboard_latency_benchmark_smoke_run():
     assert "over 5 trainers" in out
     for label in ("appear", "disappear"):
         assert re.search(rf"^{label} +\d+\.\d+ +\d+\.\d+", out, re.M), out
+
+
+def test_async_stepping_benchmark_smoke_run():
+    out = run_bench("async_stepping.py", "--quick")
+    assert "recv / (near alone + far alone)" in out and "lockstep" in out

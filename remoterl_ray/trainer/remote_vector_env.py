@@ -22,7 +22,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.error import AlreadyPendingCallError, NoAsyncCallError
 from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.async_vector_env import AsyncState
 from gymnasium.vector.utils import batch_differing_spaces, batch_space, create_empty_array, iterate
 
 from ..protocol.errors import UnsupportedError
@@ -39,7 +41,7 @@ from .answers import (
 from .batching import check_per_env_fill, concat_arrays, concat_batches, merge_infos, slice_batch, unbatch_infos
 from .remote_env import RECONNECTED
 from .session import TrainerSession
-from .shards import SKIP, Shards, ShardsRebuilt
+from .shards import SKIP, InFlight, Shards, ShardsRebuilt
 
 
 def _mode_name(mode: Any) -> str | None:
@@ -55,6 +57,16 @@ def _whole(env_id: str, mode: str | None) -> bool:
         spec = gym.registry.get(env_id)  # as Gymnasium would choose, if this process knows the id
         return spec is not None and spec.vector_entry_point is not None
     return mode == "vector_entry_point"
+
+
+class _InfoBatcher:
+    """Gymnasium's own info batching (``VectorEnv._add_info``) for ``num_envs`` envs
+    of a vector env: the envs ``recv`` returns."""
+
+    _add_info = VectorEnv._add_info
+
+    def __init__(self, num_envs: int) -> None:
+        self.num_envs = num_envs
 
 
 class RemoteVectorEnv(VectorEnv):
@@ -108,6 +120,11 @@ class RemoteVectorEnv(VectorEnv):
             raise
         self._obs_parts: list[Any] = []  # each shard's last observations (a partial reset keeps the others)
         self._autoreset_step: tuple[Any, Any] | None = None  # see _truncated_by_reconnect
+        self._state = AsyncState.DEFAULT  # step_async / step_wait, as Gymnasium's AsyncVectorEnv
+        self._flight: InFlight | None = None  # the step in flight
+        self._ready: tuple[Any, ...] | None = None  # a step's results known without asking (after a reconnect)
+        self._pool: InFlight | None = None  # steps sent with send() and not yet received
+        self._action_batches: dict[int, gym.Space] = {}  # send(): the action space of n envs, by n
 
     def _adopt_description(self, session: TrainerSession, num_envs: int, per_env_infos: bool) -> None:
         """Spaces, metadata and spec from what the simulators described."""
@@ -145,6 +162,8 @@ class RemoteVectorEnv(VectorEnv):
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, Any]:
+        self._check_idle("reset")
+        self._ready = None  # a reset replaces the results a reconnect left for the next step or recv
         bounds = self._remote.bounds
         if len(bounds) == 1:  # the shard is the whole vector: its own checks are the local ones
             seeds: list[Any] = [seed]
@@ -205,21 +224,48 @@ class RemoteVectorEnv(VectorEnv):
         return mask
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, Any]:
-        if self._autoreset_step is not None:
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: Any) -> None:
+        """Send one step to every shard and return at once, as Gymnasium's
+        ``AsyncVectorEnv.step_async``: the trainer may compute while the simulators
+        step; :meth:`step_wait` gathers the results."""
+        self._check_idle("step_async")
+        if self._autoreset_step is not None:  # the step after a reconnect: its results are known already
             obs, info = self._autoreset_step
             self._autoreset_step = None
             zeros = np.zeros(self.num_envs, dtype=bool)
-            return obs, np.zeros(self.num_envs), zeros, zeros.copy(), info
-        if self._remote.needs_reset:
-            return self._truncated_by_reconnect()
-        bounds = self._remote.bounds
-        parts = [actions] if len(bounds) == 1 else self._split_actions(actions)
-        if self._action_values is not None:
-            parts = [self._action_values.to_wire(part) for part in parts]
+            self._ready = (obs, np.zeros(self.num_envs), zeros, zeros.copy(), info)
+        elif self._remote.needs_reset:
+            self._ready = self._truncated_by_reconnect()
+        else:
+            bounds = self._remote.bounds
+            parts = [actions] if len(bounds) == 1 else self._split_actions(actions)
+            if self._action_values is not None:
+                parts = [self._action_values.to_wire(part) for part in parts]
+            try:
+                self._flight = self._remote.send(Op.STEP, parts)
+            except ShardsRebuilt:
+                self._ready = self._truncated_by_reconnect()
+        self._state = AsyncState.WAITING_STEP
+
+    def step_wait(self, timeout: float | None = None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, Any]:
+        """The results of :meth:`step_async` (``timeout``: seconds, default the
+        session's; a shard that does not answer in time raises ``RemoteTimeoutError``)."""
+        if self._state is not AsyncState.WAITING_STEP:
+            raise NoAsyncCallError("Calling `step_wait` without any prior call to `step_async`.", "step")
+        self._state = AsyncState.DEFAULT
+        if self._ready is not None:
+            ready, self._ready = self._ready, None
+            return ready
+        flight, self._flight = self._flight, None
+        assert flight is not None
         try:
-            answers = self._remote.request(Op.STEP, parts)
+            self._remote.wait(flight, timeout)
         except ShardsRebuilt:
             return self._truncated_by_reconnect()
+        answers = flight.values()
         sizes = self._remote.sizes
         results = [
             per_env_infos_answer(a, 5, n) if per_env else vector_step_answer(a, n)
@@ -230,6 +276,118 @@ class RemoteVectorEnv(VectorEnv):
         terminations = concat_arrays([r[2] for r in results])
         truncations = concat_arrays([r[3] for r in results])
         return self._joined_obs(), rewards, terminations, truncations, self._joined_infos([r[4] for r in results])
+
+    # -- EnvPool-style stepping: a slow or far simulator does not hold back the others --
+
+    def send(self, actions: Any, env_ids: Any = None) -> None:
+        """Step the envs ``env_ids`` (ascending, whole shards: see ``shard_sizes``;
+        default every env not already stepping) with ``actions``, one per env id,
+        without waiting. :meth:`recv` returns the first shards to answer, so envs on
+        a near simulator step again while a far one is still answering. Start with
+        :meth:`reset`; do not mix with :meth:`step` until every env was received."""
+        if self._state is not AsyncState.DEFAULT:
+            raise AlreadyPendingCallError(f"Calling `send` while waiting for `{self._state.value}`.", self._state.value)
+        if self._ready is not None:
+            raise AlreadyPendingCallError("Calling `send` before `recv` returned the reconnected envs.", "recv")
+        if self._remote.needs_reset:  # made again on a new connection: recv reports every env truncated
+            self._ready = self._truncated_by_reconnect()
+            return
+        shards = self._shards_of(env_ids)
+        bounds = self._remote.bounds
+        if self._autoreset_step is not None:  # the step after a reconnect autoresets every env: known already
+            if len(shards) != len(bounds):
+                raise ValueError("the envs were made again on a new connection: send every env once")
+            obs, info = self._autoreset_step
+            self._autoreset_step = None
+            zeros = np.zeros(self.num_envs, dtype=bool)
+            self._ready = (obs, np.zeros(self.num_envs), zeros, zeros.copy(), info)
+            return
+        n = sum(bounds[i][1] - bounds[i][0] for i in shards)
+        if n not in self._action_batches:
+            self._action_batches[n] = batch_space(self.single_action_space, n)
+        for _ in zip(iterate(self._action_batches[n], actions), range(n), strict=True):
+            pass  # a scalar is a TypeError, a wrong count a ValueError, as for step
+        parts: list[Any] = [SKIP] * len(bounds)
+        at = 0
+        for i in shards:
+            size = bounds[i][1] - bounds[i][0]
+            part = slice_batch(self.single_action_space, actions, at, at + size) if len(shards) > 1 else actions
+            parts[i] = part if self._action_values is None else self._action_values.to_wire(part)
+            at += size
+        try:
+            self._pool = self._remote.send(Op.STEP, parts, into=self._pool)
+        except ShardsRebuilt:
+            self._pool = None
+            self._ready = self._truncated_by_reconnect()
+
+    def recv(self, envs: int | None = None, timeout: float | None = None) -> tuple[Any, ...]:
+        """Results of :meth:`send` for the first shards to answer, together holding at
+        least ``envs`` envs (default: every env sent): ``(obs, rewards, terminations,
+        truncations, infos)`` for those envs only, in env id order, with
+        ``infos["env_id"]`` the ids they belong to (as EnvPool's ``recv``)."""
+        if self._ready is not None:  # every env was made again: all of them come back, truncated
+            ready, self._ready = self._ready, None
+            return (*ready[:4], {**ready[4], "env_id": np.arange(self.num_envs)})
+        if self._pool is None or not self._pool.asked:
+            raise NoAsyncCallError("Calling `recv` without any env sent with `send`.", "send")
+        try:
+            shards = self._remote.wait(self._pool, timeout, envs)
+        except ShardsRebuilt:
+            self._pool = None
+            self._ready = self._truncated_by_reconnect()
+            return self.recv()
+        replies = self._pool.take(shards)
+        bounds, sizes, per_env = self._remote.bounds, self._remote.sizes, self._infos_per_env
+        results = []
+        for i, reply in zip(shards, replies):
+            answer = reply.value()
+            results.append(per_env_infos_answer(answer, 5, sizes[i]) if per_env[i] else vector_step_answer(answer, sizes[i]))
+            self._obs_parts[i] = self._received_obs(results[-1][0], sizes[i])
+        obs = self._joined(lambda: concat_batches(self.single_observation_space, [self._obs_parts[i] for i in shards]))
+        infos = self._joined_infos([r[4] for r in results], shards)
+        infos["env_id"] = np.concatenate([np.arange(*bounds[i]) for i in shards])
+        return (
+            obs,
+            concat_arrays([r[1] for r in results]),
+            concat_arrays([r[2] for r in results]),
+            concat_arrays([r[3] for r in results]),
+            infos,
+        )
+
+    def _shards_of(self, env_ids: Any) -> list[int]:
+        """The shards ``env_ids`` make up; they must be whole and not already stepping."""
+        bounds = self._remote.bounds
+        busy = set(self._pool.asked) if self._pool is not None else set()
+        if env_ids is None:
+            shards = [i for i in range(len(bounds)) if i not in busy]
+        else:
+            ids = np.asarray(env_ids, dtype=np.int64).reshape(-1)
+            starts = {a: i for i, (a, _) in enumerate(bounds)}
+            shards, at = [], 0
+            while at < len(ids):
+                i = starts.get(int(ids[at]))
+                a, b = bounds[i] if i is not None else (0, 0)
+                if i is None or not np.array_equal(ids[at : at + b - a], np.arange(a, b)):
+                    raise ValueError(
+                        f"env_ids must be whole shards in ascending order; this vector env's shards are "
+                        f"{[list(range(a, b)) if b - a <= 4 else f'{a}..{b - 1}' for a, b in bounds]}"
+                    )
+                shards.append(i)
+                at += b - a
+            if busy.intersection(shards):
+                raise ValueError(f"envs of shards {sorted(busy.intersection(shards))} are stepping: recv them first")
+        if not shards:
+            raise ValueError("no env to send: every env is stepping (recv first)")
+        return shards
+
+    def _check_idle(self, call: str) -> None:
+        if self._state is not AsyncState.DEFAULT:
+            raise AlreadyPendingCallError(
+                f"Calling `{call}` while waiting for a pending call to `{self._state.value}` to complete.",
+                self._state.value,
+            )
+        if self._pool is not None and self._pool.asked:
+            raise AlreadyPendingCallError(f"Calling `{call}` while envs sent with `send` are not received.", "send")
 
     def _received_obs(self, obs: Any, envs: int) -> Any:
         if envs not in self._obs_values:  # shards cut anew after a reconnect
@@ -253,31 +411,35 @@ class RemoteVectorEnv(VectorEnv):
         """Per shard: True if it answers infos per env (sync shards do), else batched."""
         return [m.description.per_env_infos for m in self._remote.made]
 
-    def _joined_infos(self, infos: list[Any]) -> Any:
+    def _joined_infos(self, infos: list[Any], shards: list[int] | None = None) -> Any:
         """The shards' infos as one: batched here in env order when any shard sent
         them per env (a shard that batched its own is unbatched first), or handed
-        over per env (SB3); shards that all batched are merged as they are."""
+        over per env (SB3); shards that all batched are merged as they are.
+        ``shards``: the infos are those shards' (default: every shard's)."""
         if self._final_obs_values is not None:
             infos = [convert_final_obs(info, self._final_obs_values.from_wire) for info in infos]
-        per_env = self._infos_per_env
+        shards = list(range(len(self._remote.sizes))) if shards is None else shards
+        per_env = [self._infos_per_env[i] for i in shards]
+        sizes = [self._remote.sizes[i] for i in shards]
         if not self.per_env_infos and not any(per_env):
-            return merge_infos(infos, self._remote.sizes)
+            return merge_infos(infos, sizes)
         each = []
-        for info, answered_per_env, envs in zip(infos, per_env, self._remote.sizes):
+        for info, answered_per_env, envs in zip(infos, per_env, sizes):
             each += info if answered_per_env else unbatch_infos(info, envs)
         return each if self.per_env_infos else self._batched_infos(each)
 
     def _batched_infos(self, each: list[dict[str, Any]]) -> dict[str, Any]:
         """Gymnasium's batched infos, built as a local sync vector env builds them: env
         by env, an ended episode's ``final_obs``/``final_info`` before its reset info."""
-        check_per_env_fill(each, self.num_envs)
+        check_per_env_fill(each, len(each))
+        add = self._add_info if len(each) == self.num_envs else _InfoBatcher(len(each))._add_info  # recv: some envs
         out: dict[str, Any] = {}
         try:
             for i, info in enumerate(each):
                 if "final_info" in info and "final_obs" in info:
-                    out = self._add_info(out, {"final_obs": info["final_obs"], "final_info": info["final_info"]}, i)
+                    out = add(out, {"final_obs": info["final_obs"], "final_info": info["final_info"]}, i)
                     info = {k: v for k, v in info.items() if k not in ("final_obs", "final_info")}
-                out = self._add_info(out, info, i)
+                out = add(out, info, i)
         except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:  # values of one key that do not batch
             raise malformed(f"per-env infos do not batch: {type(exc).__name__}: {exc}") from None
         return out

@@ -22,7 +22,8 @@ from ..protocol import codec
 from ..protocol.errors import EnvClosedError, RelayUnavailableError, RemoteRLError
 from ..protocol.frames import Kind, Op
 from ..protocol.messages import Shard
-from ..transport import RelayConnection, Reply
+from ..protocol.client_protocol import Pending
+from ..transport import RelayConnection
 from .session import Made, TrainerSession, group_channels
 from .specs import remote_spec
 
@@ -36,6 +37,45 @@ class ShardsRebuilt(RelayUnavailableError):
 
 
 SKIP = object()  # in ``Shards.request`` args: nothing is sent to that shard, and SKIP is its answer
+PENDING = object()  # a shard's answer not received yet
+POLL_SLICE = 0.002  # seconds spent reading one connection before the next, for shards in several regions
+
+
+class InFlight:
+    """Requests of one op sent to some shards; their answers arrive in any order."""
+
+    def __init__(self, op: int, args: list[Any], started: float) -> None:
+        self.op = op
+        self.asked = [i for i, arg in enumerate(args) if arg is not SKIP]  # shard indices
+        self.answers: list[Any] = [PENDING if arg is not SKIP else SKIP for arg in args]  # or each shard's Reply
+        self.started = started
+        self.out: dict[int, tuple[RelayConnection, Pending]] = {}  # shard -> its request waiting for an answer
+
+    @property
+    def done(self) -> bool:
+        return all(self.answers[i] is not PENDING for i in self.asked)
+
+    def take(self, shards: list[int]) -> list[Any]:
+        """Hand over these shards' replies; they may then be sent again in this flight."""
+        replies = [self.answers[i] for i in shards]
+        for i in shards:
+            self.answers[i] = SKIP
+        taken = set(shards)
+        self.asked = [i for i in self.asked if i not in taken]
+        return replies
+
+    def waiting(self) -> list[tuple[RelayConnection, list[int], list[Pending]]]:
+        """The requests still out, per connection: (connection, shards, requests)."""
+        by_conn: dict[int, tuple[RelayConnection, list[int], list[Pending]]] = {}
+        for i, (conn, pending) in self.out.items():
+            _, shards, pendings = by_conn.setdefault(id(conn), (conn, [], []))
+            shards.append(i)
+            pendings.append(pending)
+        return list(by_conn.values())
+
+    def values(self) -> list[Any]:
+        """Each shard's answer (its error raised), in shard order; SKIP where not asked."""
+        return [answer if answer is SKIP or answer is PENDING else answer.value() for answer in self.answers]
 
 
 class Shards:
@@ -118,54 +158,90 @@ class Shards:
     def request(self, op: int, args: list[Any], timeout: float | None = None) -> list[Any]:
         """One request per shard (``args[i]`` for shard i, none where it is ``SKIP``),
         sent together; answers in shard order (``SKIP`` for shards not asked)."""
+        flight = self.send(op, args)
+        self.wait(flight, timeout)
+        return flight.values()
+
+    def send(self, op: int, args: list[Any], into: InFlight | None = None) -> InFlight:
+        """Put one request per asked shard in flight (``SKIP``: that shard is not asked);
+        :meth:`wait` gathers the answers. ``into``: add them to a flight of the same op
+        whose other shards are still out (none of these may be)."""
         if self.closed:
             raise EnvClosedError(f"remote env {self.env_id!r} is closed")
-        started = time.perf_counter()
-        timeout = timeout if timeout is not None else self.session.settings.timeout
-        asked = [i for i, arg in enumerate(args) if arg is not SKIP]
-        if not asked:
-            return list(args)
-        requests = [(Kind.REQUEST, op, self.channels[i], codec.packb(args[i])) for i in asked]
-        try:
-            if self.single_conn is not None:
-                replies = self.single_conn.call(requests, timeout)
-            else:
-                replies = self._call_regions(requests, [self.conns[i] for i in asked], timeout)
-        except RelayUnavailableError as exc:
-            self._rebuild(exc)
-        for reply in replies:
-            if isinstance(reply.error, RelayUnavailableError):
-                self._rebuild(reply.error)
-        values: list[Any] = [SKIP] * len(args)
-        for i, reply in zip(asked, replies):
-            values[i] = reply.value()
-        if op == Op.RESET:
-            self.needs_reset = False
-        if op == Op.STEP:
-            self.session.record_step(time.perf_counter() - started, self.num_envs)
-        return values
-
-    def _call_regions(
-        self, requests: list[tuple[int, int, int, bytes]], conns: list[RelayConnection], timeout: float
-    ) -> list[Reply]:
-        """Put every region's requests in flight, then gather the answers in request order."""
-        deadline = time.monotonic() + timeout
+        if into is None:
+            flight = InFlight(op, args, time.perf_counter())
+            new = flight.asked
+        else:
+            flight, new = into, [i for i, arg in enumerate(args) if arg is not SKIP]
+            if not flight.asked:
+                flight.started = time.perf_counter()  # latency is counted from the first request out
+            assert flight.op == op and all(flight.answers[i] is SKIP for i in new), "shards already in flight"
+            for i in new:
+                flight.answers[i] = PENDING
+            flight.asked += new
         by_conn: dict[int, tuple[RelayConnection, list[int]]] = {}
-        for i, conn in enumerate(conns):
-            by_conn.setdefault(id(conn), (conn, []))[1].append(i)
-        pending = []
+        for i in new:
+            by_conn.setdefault(id(self.conns[i]), (self.conns[i], []))[1].append(i)
         try:
             for conn, idx in by_conn.values():
-                pending.append((conn, idx, conn.start([requests[i] for i in idx])))
+                requests = [(Kind.REQUEST, op, self.channels[i], codec.packb(args[i])) for i in idx]
+                for i, pending in zip(idx, conn.start(requests)):
+                    flight.out[i] = (conn, pending)
+        except RelayUnavailableError as exc:
+            self.abandon(flight)
+            self._rebuild(exc)
         except BaseException:
-            for conn, _, slots in pending:  # requests already sent elsewhere: stop waiting for them
-                conn.finish(slots, time.monotonic(), timeout)
+            self.abandon(flight)
             raise
-        replies: list[Reply | None] = [None] * len(requests)
-        for conn, idx, slots in pending:
-            for i, reply in zip(idx, conn.finish(slots, deadline, timeout)):
-                replies[i] = reply
-        return replies  # type: ignore[return-value]
+        return flight
+
+    def wait(self, flight: InFlight, timeout: float | None = None, envs: int | None = None) -> list[int]:
+        """Wait until the shards that answered hold at least ``envs`` envs (default: until
+        every shard asked has answered), or ``timeout`` passes; returns the shards this
+        call received, in shard order (their replies are in ``flight.answers``). At the
+        timeout every shard still waiting answers a ``RemoteTimeoutError``."""
+        timeout = timeout if timeout is not None else self.session.settings.timeout
+        deadline = time.monotonic() + timeout
+        waiting = [i for i in flight.asked if flight.answers[i] is PENDING]
+        wanted = sum(self.sizes[i] for i in waiting)
+        everything = envs is None or envs >= wanted
+        wanted = wanted if envs is None else min(envs, wanted)
+        got: list[int] = []
+        try:
+            while sum(self.sizes[i] for i in got) < wanted and time.monotonic() < deadline:
+                calls = flight.waiting()
+                several = len(calls) > 1
+                for conn, idx, pendings in calls:
+                    until = min(deadline, time.monotonic() + POLL_SLICE) if several else deadline
+                    conn.gather(pendings, until, len(pendings) if everything and not several else 1)
+                    answered = [(i, p) for i, p in zip(idx, pendings) if p.reply is not None]
+                    for i, pending in answered:
+                        assert pending.reply is not None
+                        if isinstance(pending.reply.error, RelayUnavailableError):
+                            raise pending.reply.error
+                        flight.answers[i] = pending.reply
+                        del flight.out[i]
+                        got.append(i)
+                    conn.forget([p for _, p in answered])
+        except RelayUnavailableError as exc:
+            self.abandon(flight)
+            self._rebuild(exc)
+        if sum(self.sizes[i] for i in got) < wanted:  # timed out: every shard still waiting says so
+            for i, (conn, pending) in flight.out.items():
+                flight.answers[i] = conn.protocol.timed_out(pending, timeout)
+                got.append(i)
+            self.abandon(flight)
+        if flight.op == Op.RESET and flight.done:
+            self.needs_reset = False
+        if flight.op == Op.STEP:
+            self.session.record_step(time.perf_counter() - flight.started, sum(self.sizes[i] for i in got))
+        return sorted(got)
+
+    def abandon(self, flight: InFlight) -> None:
+        """Stop waiting for a flight's unanswered requests."""
+        for conn, _, pendings in flight.waiting():
+            conn.forget(pendings)
+        flight.out.clear()
 
     def request_all(self, op: int, arg: Any = None) -> list[Any]:
         return self.request(op, [arg] * len(self.channels))

@@ -289,6 +289,15 @@ class RelayConnection:
             self._forget(pendings)
         return [p.reply if p.reply is not None else self.protocol.timed_out(p, timeout) for p in pendings]
 
+    def gather(self, pendings: list[Pending], deadline: float, enough: int) -> None:
+        """Read until at least ``enough`` of ``pendings`` are answered (or ``deadline``);
+        unlike :meth:`finish`, the rest stay in flight."""
+        self._pump(lambda: sum(p.reply is not None for p in pendings) >= enough, deadline)
+
+    def forget(self, pendings: list[Pending]) -> None:
+        """Stop waiting for these requests (their answers, if they come, are dropped)."""
+        self._forget(pendings)
+
     def _forget(self, pendings: list[Pending]) -> None:
         with self._cond:
             self.protocol.forget(pendings)

@@ -72,3 +72,11 @@ class LatencyProxy:
             sender.cancel()
         finally:
             writer.close()
+
+
+if __name__ == "__main__":  # a proxy in a process of its own: python latency_proxy.py HOST PORT DELAY
+    import sys
+
+    with LatencyProxy(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])) as proxy:
+        print(proxy.port, flush=True)
+        sys.stdin.read()  # until the parent closes our stdin

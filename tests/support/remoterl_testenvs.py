@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import gymnasium as gym
@@ -86,6 +87,19 @@ class CounterEnv(gym.Env):
             info["odd"] = np.float64(self.count)
         obs = np.array([self.count, action], dtype=np.float32)
         return obs, float(action), self.count > 150, False, info
+
+
+class GatedCounterEnv(CounterEnv):
+    """A ``CounterEnv`` whose steps wait while the file named by the simulator's
+    ``REMOTERL_TEST_GATE`` exists (at most a minute): a simulator that cannot answer
+    until the test lets it, with no timing in the test."""
+
+    def step(self, action):
+        gate = os.environ.get("REMOTERL_TEST_GATE")
+        deadline = time.monotonic() + 60
+        while gate and os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return super().step(action)
 
 
 class BigObsEnv(gym.Env):
@@ -238,6 +252,7 @@ def make_corridor(config):
 
 # Importing this module (e.g. for the id "remoterl_testenvs:AllSpaces-v0") registers its envs.
 gym.register("AllSpaces-v0", entry_point="remoterl_testenvs:AllSpacesEnv")
+gym.register("GatedCounter-v0", entry_point="remoterl_testenvs:GatedCounterEnv")
 gym.register("EchoText-v0", entry_point="remoterl_testenvs:EchoTextEnv")
 gym.register("Curriculum-v0", entry_point="remoterl_testenvs:CurriculumEnv")
 gym.register("VaryingBounds-v0", entry_point="remoterl_testenvs:VaryingBoundsEnv")
