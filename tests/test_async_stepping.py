@@ -14,7 +14,10 @@ from conftest import SimulatorPool, init_trainer, local_gym
 from gymnasium.error import AlreadyPendingCallError, NoAsyncCallError
 
 import remoterl_ray
+from remoterl_ray.api import trainer_settings
+from remoterl_ray.protocol.errors import SimulatorLostError
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
+from remoterl_ray.trainer.session import TrainerSession
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +130,64 @@ def test_send_and_recv_step_each_env_as_a_local_one(trainer):
         envs.close()
         for single in singles:
             single.close()
+
+
+def test_a_simulator_lost_between_sends_costs_only_its_own_shard(relay, keys, tmp_path):
+    """The other shard's step stays out and comes back; nothing is left waiting or spinning."""
+    gate = tmp_path / "closed"
+    pool = SimulatorPool(relay, keys.take())
+    fast = pool.start(1)[0]
+    pool.start(1, env={"REMOTERL_TEST_GATE": str(gate)})
+    session = TrainerSession(trainer_settings(pool.key, relay.url, num_env_runners=2, timeout=30.0))
+    try:
+        assert session.wait_for_simulators(2, 30) == 2
+        envs = RemoteVectorEnv(session, "remoterl_testenvs:GatedCounter-v0", 4, vectorization_mode="sync")
+        start = envs.reset(seed=0)[0][:, 0].copy()
+        gate.touch()
+        envs.send(np.ones(4, dtype=np.int64))
+        ids = envs.recv(envs=2)[4]["env_id"]
+        lost_shard = 0 if ids[0] == 0 else 1
+        channel = envs._remote.channels[lost_shard]
+        fast.kill()  # the fast shard's simulator is gone
+        assert session.conn.wait_until(lambda: channel in session.conn.lost_channels, 30)
+        with pytest.raises(SimulatorLostError):
+            envs.send(np.ones(2, dtype=np.int64), ids)
+        gate.unlink()
+        obs, _, _, _, info = envs.recv()
+        assert info["env_id"].tolist() == [i for i in range(4) if i not in ids]
+        assert (obs[:, 0] - start[info["env_id"]]).tolist() == [1, 1]
+        with pytest.raises(NoAsyncCallError):
+            envs.recv()
+        assert not [p for p in session.conn.protocol.pending.values() if p.channel in envs._remote.channels]
+        envs.close()
+    finally:
+        session.close()
+        pool.stop()
+
+
+def test_closing_with_steps_out_leaves_nothing_awaited(trainer):
+    session = remoterl_ray.current_session()
+    for start in ("step_async", "send"):
+        envs = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
+        envs.reset(seed=0)
+        getattr(envs, start)(np.ones(4, dtype=np.int64))
+        channels = set(envs._remote.channels)
+        envs.close()
+        assert not [p for p in session.conn.protocol.pending.values() if p.channel in channels], start
+        assert not channels & session.conn.protocol.channels
+
+
+def test_send_and_recv_refuse_what_step_async_is_waiting_for(trainer):
+    envs = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
+    try:
+        envs.reset(seed=0)
+        envs.step_async(np.ones(4, dtype=np.int64))
+        with pytest.raises(AlreadyPendingCallError):
+            envs.recv()
+        with pytest.raises(AlreadyPendingCallError):
+            envs.send(np.ones(4, dtype=np.int64))
+        envs.step_wait()
+        with pytest.raises(ValueError, match="at least one env"):
+            envs.recv(envs=0)
+    finally:
+        envs.close()

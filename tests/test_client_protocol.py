@@ -184,3 +184,44 @@ def test_sequence_ids_wrap_before_u32_overflow():
     protocol._seq = iter([2**32 - 1])  # the last u32
     seqs = [protocol.next_seq() for _ in range(2)]
     assert seqs == [1, 2]
+
+
+def test_a_simulator_cannot_pass_for_the_relay_on_its_channel():
+    """An answer coded relay_gone would have the trainer make every shard again."""
+    protocol = greeted()
+    pending, _ = protocol.request(Kind.REQUEST, Op.STEP, 5, b"")
+    protocol.receive(error_frame(RelayUnavailableError("fake").to_wire(), op=Op.STEP, channel=5, seq=pending.seq))
+    assert type(pending.reply.error) is SimulatorLostError
+    other, _ = protocol.request(Kind.REQUEST, Op.STEP, 6, b"")
+    lost = protocol.receive(error_frame(RelayUnavailableError("fake").to_wire(), channel=6))
+    assert isinstance(lost, ChannelLost) and type(lost.error) is SimulatorLostError
+
+
+def test_only_channels_in_use_are_remembered_and_given_back_ones_are_forgotten():
+    protocol = greeted()
+    for channel in range(100, 1100):  # a hostile relay naming channels we never used
+        assert protocol.receive(error_frame(SimulatorLostError("x").to_wire(), channel=channel)) is None
+    assert protocol.lost_channels == {}
+    out, _ = protocol.request(Kind.REQUEST, Op.STEP, 7, b"")
+    protocol.receive(error_frame(SimulatorLostError("x").to_wire(), channel=7))
+    protocol.forget_channels([7])
+    assert protocol.pending == {} and protocol.lost_channels == {} and protocol.channels == set()
+
+
+def test_nothing_read_after_the_close_changes_an_answer():
+    protocol = greeted()
+    pending, _ = protocol.request(Kind.REQUEST, Op.STEP, 1, b"")
+    protocol.close()
+    assert protocol.receive(pack(Kind.RESPONSE, Op.STEP, 1, pending.seq, codec.packb("late"))) is None
+    with pytest.raises(RelayUnavailableError):
+        pending.reply.value()
+
+
+def test_forgetting_a_request_never_drops_a_newer_one_with_the_same_seq():
+    protocol = greeted()
+    old, _ = protocol.request(Kind.REQUEST, Op.STEP, 1, b"")
+    protocol.forget([old])
+    protocol._seq = iter([old.seq])  # the seq comes round again
+    new, _ = protocol.request(Kind.REQUEST, Op.STEP, 1, b"")
+    protocol.forget([old])
+    assert protocol.pending == {new.seq: new}

@@ -108,3 +108,12 @@ def test_the_budget_refills_so_rare_mistakes_never_add_up():
     start = budget.at
     assert budget.spend(start) and budget.spend(start) and not budget.spend(start)
     assert budget.spend(start + 60.0)  # a minute later the budget is whole again
+
+
+def test_nothing_is_taken_before_the_hello_or_after_the_cut_off():
+    fresh = RelayPeerProtocol(MAX_FRAME, 10)
+    early = fresh.receive(pack(Kind.REQUEST, Op.STEP, 1, 1, b""))
+    assert isinstance(early, Refuse) and early.cut_off
+    cut = opened(errors=0)
+    assert cut.receive(None).cut_off and cut.state is State.CLOSED
+    assert isinstance(cut.receive(pack(Kind.REQUEST, Op.STEP, 1, 1, b"")), Refuse)

@@ -31,6 +31,7 @@ from .errors import (
     RelayUnavailableError,
     RemoteRLError,
     RemoteTimeoutError,
+    SimulatorLostError,
     error_from_wire,
 )
 from .frames import HEADER_SIZE, MAX_SEQ, Kind, Op, pack, payload_of, unpack_header
@@ -145,6 +146,7 @@ class ClientProtocol:
         self.max_frame = 0  # the relay's payload limit, from its welcome
         self.close_error: RemoteRLError | None = None
         self.lost_channels: dict[int, RemoteRLError] = {}
+        self.channels: set[int] = set()  # channels we sent requests on: only these can be lost
         self.pending: dict[int, Pending] = {}
         self.counters = Counters()
         self._seq = itertools.count(1)
@@ -206,12 +208,25 @@ class ClientProtocol:
         frame = pack(kind, op, channel, seq, payload)
         self.check_size(frame)
         pending = self.pending[seq] = Pending(seq, channel, op, kind)
+        if channel:
+            self.channels.add(channel)
         return pending, frame
 
     def forget(self, pendings: list[Pending]) -> None:
         """Stop expecting answers to these requests (answered, timed out or never sent)."""
         for pending in pendings:
-            self.pending.pop(pending.seq, None)
+            if self.pending.get(pending.seq) is pending:  # not a newer request that reuses a wrapped seq
+                del self.pending[pending.seq]
+
+    def forget_channels(self, channels: list[int]) -> None:
+        """Channels given back: nothing on them is awaited or remembered any more, so
+        what the protocol keeps is bounded by the channels in use."""
+        gone = set(channels)
+        for seq in [seq for seq, pending in self.pending.items() if pending.channel in gone]:
+            del self.pending[seq]
+        for channel in gone:
+            self.lost_channels.pop(channel, None)
+        self.channels -= gone
 
     def timed_out(self, pending: Pending, timeout: float) -> Reply:
         return Reply(
@@ -242,7 +257,10 @@ class ClientProtocol:
 
     def receive(self, frame: bytes) -> Event | None:
         """One frame from the relay. An answer to a pending request is stored on it
-        (None is returned); anything else comes back as an event."""
+        (None is returned); anything else comes back as an event. Frames read after
+        the connection closed are dropped: the close decided every answer."""
+        if self.state is not State.OPEN:
+            return None
         self.counters.bytes_received += len(frame)
         self.counters.frames_received += 1
         try:
@@ -264,15 +282,23 @@ class ClientProtocol:
                 error: RemoteRLError = error_from_wire(codec.unpackb(payload))
             except ProtocolError as exc:
                 error = exc
+            if channel and isinstance(error, RelayUnavailableError):
+                # On a channel a simulator may be the sender: it can lose its own channel, never
+                # pass for the relay (which would have every shard of the session made again).
+                error = SimulatorLostError(f"channel {channel}: {error.message}")
             if pending is not None:
-                pending.reply = Reply(kind, op, channel, error=error)
+                if pending.reply is None:
+                    pending.reply = Reply(kind, op, channel, error=error)
                 return None
             if channel and self.trainer:  # seq 0 on a channel: its simulator is gone
+                if channel not in self.channels:
+                    return None  # not a channel of ours: nothing to remember
                 self.fail_channel(channel, error)
                 return ChannelLost(channel, error)
             return RelayReported(channel, error)
         if pending is not None:
-            pending.reply = Reply(kind, op, channel, payload=payload)
+            if pending.reply is None:
+                pending.reply = Reply(kind, op, channel, payload=payload)
             return None
         if kind == Kind.REQUEST:
             return Request(op, channel, seq, payload)

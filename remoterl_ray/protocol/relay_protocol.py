@@ -129,6 +129,8 @@ class RelayPeerProtocol:
 
     def receive(self, data: bytes | None) -> Event:
         """One message after the hello (``None``: a text message)."""
+        if self.state is not State.OPEN:  # before the hello, or cut off: nothing more is taken
+            return Refuse(*self._closed_refusal())
         if data is None:
             return self.refuse(ProtocolError("text frames are not part of the protocol"), 0, 0, 0)
         size = len(data)
@@ -157,6 +159,10 @@ class RelayPeerProtocol:
                 return self.refuse(error, echo_op, channel, seq)
             return ControlRequest(message, echo_op, channel, seq)
         return self.refuse(ProtocolError(f"unknown frame kind {kind}"), echo_op, channel, seq)
+
+    def _closed_refusal(self) -> tuple[RemoteRLError, int, int, int, bytes, bool]:
+        error = ProtocolError(f"the connection is {self.state.value}")
+        return error, 0, 0, 0, error_frame(error.to_wire()), True
 
     def refuse(self, error: RemoteRLError, op: int, channel: int, seq: int) -> Refuse:
         """A refusal of one frame (also for errors the driver meets acting on a

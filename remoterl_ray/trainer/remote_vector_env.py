@@ -27,7 +27,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.async_vector_env import AsyncState
 from gymnasium.vector.utils import batch_differing_spaces, batch_space, create_empty_array, iterate
 
-from ..protocol.errors import UnsupportedError
+from ..protocol.errors import RelayUnavailableError, UnsupportedError
 from ..protocol.frames import Op
 from ..protocol.space_values import batch_converter, convert_final_obs, sample_converter
 from .answers import (
@@ -265,6 +265,8 @@ class RemoteVectorEnv(VectorEnv):
             self._remote.wait(flight, timeout)
         except ShardsRebuilt:
             return self._truncated_by_reconnect()
+        finally:
+            self._remote.abandon(flight)  # nothing of this step stays awaited, whatever happened
         answers = flight.values()
         sizes = self._remote.sizes
         results = [
@@ -285,8 +287,7 @@ class RemoteVectorEnv(VectorEnv):
         without waiting. :meth:`recv` returns the first shards to answer, so envs on
         a near simulator step again while a far one is still answering. Start with
         :meth:`reset`; do not mix with :meth:`step` until every env was received."""
-        if self._state is not AsyncState.DEFAULT:
-            raise AlreadyPendingCallError(f"Calling `send` while waiting for `{self._state.value}`.", self._state.value)
+        self._check_pool_api("send")
         if self._ready is not None:
             raise AlreadyPendingCallError("Calling `send` before `recv` returned the reconnected envs.", "recv")
         if self._remote.needs_reset:  # made again on a new connection: recv reports every env truncated
@@ -319,12 +320,18 @@ class RemoteVectorEnv(VectorEnv):
         except ShardsRebuilt:
             self._pool = None
             self._ready = self._truncated_by_reconnect()
+        except RelayUnavailableError:
+            self._pool = None  # the relay is gone and the envs could not be made again: start afresh later
+            raise
 
     def recv(self, envs: int | None = None, timeout: float | None = None) -> tuple[Any, ...]:
         """Results of :meth:`send` for the first shards to answer, together holding at
         least ``envs`` envs (default: every env sent): ``(obs, rewards, terminations,
         truncations, infos)`` for those envs only, in env id order, with
         ``infos["env_id"]`` the ids they belong to (as EnvPool's ``recv``)."""
+        self._check_pool_api("recv")
+        if envs is not None and envs < 1:
+            raise ValueError(f"recv(envs={envs}): at least one env")
         if self._ready is not None:  # every env was made again: all of them come back, truncated
             ready, self._ready = self._ready, None
             return (*ready[:4], {**ready[4], "env_id": np.arange(self.num_envs)})
@@ -336,6 +343,12 @@ class RemoteVectorEnv(VectorEnv):
             self._pool = None
             self._ready = self._truncated_by_reconnect()
             return self.recv()
+        except RelayUnavailableError:
+            self._pool = None  # the relay is gone and the envs could not be made again: start afresh later
+            raise
+        for i in shards:  # a shard that failed (its env raised, or it timed out) is idle again; the others wait
+            if self._pool.answers[i].error is not None:
+                raise self._pool.take([i])[0].error
         replies = self._pool.take(shards)
         bounds, sizes, per_env = self._remote.bounds, self._remote.sizes, self._infos_per_env
         results = []
@@ -379,6 +392,16 @@ class RemoteVectorEnv(VectorEnv):
         if not shards:
             raise ValueError("no env to send: every env is stepping (recv first)")
         return shards
+
+    def _check_pool_api(self, call: str) -> None:
+        """``send``/``recv`` are for Gymnasium's batched infos, and not while ``step_async`` waits."""
+        if self.per_env_infos:
+            raise UnsupportedError(f"{call}() returns Gymnasium's batched infos; this vector env hands infos per env")
+        if self._state is not AsyncState.DEFAULT:
+            raise AlreadyPendingCallError(
+                f"Calling `{call}` while waiting for a pending call to `{self._state.value}` to complete.",
+                self._state.value,
+            )
 
     def _check_idle(self, call: str) -> None:
         if self._state is not AsyncState.DEFAULT:

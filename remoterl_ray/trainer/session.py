@@ -351,11 +351,14 @@ class TrainerSession:
         return description
 
     def release(self, conn: RelayConnection, channels: list[int], *, close_first: bool = False) -> None:
-        """Close the envs on ``channels`` (best effort) and give the channels back."""
-        if conn.closed or not channels:
+        """Close the envs on ``channels`` (best effort) and give the channels back;
+        requests still out on them (a step sent and never waited for) are dropped."""
+        if not channels:
             return
-        live = [ch for ch in channels if ch not in conn.lost_channels]
         try:
+            if conn.closed:
+                return
+            live = [ch for ch in channels if ch not in conn.lost_channels]
             if close_first and live:
                 requests = [(Kind.REQUEST, Op.CLOSE, ch, codec.packb(None)) for ch in live]
                 conn.call(requests, min(self.settings.timeout, 10.0))
@@ -363,6 +366,8 @@ class TrainerSession:
                 conn.send(control_frame(Release(channels=channels[start : start + MAX_RELEASE_CHANNELS])))
         except RemoteRLError as exc:
             log.debug("releasing channels %s: %s", channels, exc)
+        finally:
+            conn.forget_channels(channels)
 
 
 def group_channels(made: list[Made]) -> list[tuple[RelayConnection, list[int]]]:

@@ -42,26 +42,36 @@ POLL_SLICE = 0.002  # seconds spent reading one connection before the next, for 
 
 
 class InFlight:
-    """Requests of one op sent to some shards; their answers arrive in any order."""
+    """Requests of one op to some shards; their answers arrive in any order.
 
-    def __init__(self, op: int, args: list[Any], started: float) -> None:
+    Each shard is idle (``SKIP``: not asked, or its answer taken), out (``PENDING``,
+    its request in ``out``) or answered (its ``Reply``, until :meth:`take`)."""
+
+    def __init__(self, op: int, shards: int, started: float) -> None:
         self.op = op
-        self.asked = [i for i, arg in enumerate(args) if arg is not SKIP]  # shard indices
-        self.answers: list[Any] = [PENDING if arg is not SKIP else SKIP for arg in args]  # or each shard's Reply
-        self.started = started
+        self.answers: list[Any] = [SKIP] * shards
         self.out: dict[int, tuple[RelayConnection, Pending]] = {}  # shard -> its request waiting for an answer
+        self.started = started
+
+    @property
+    def asked(self) -> list[int]:
+        """Shards out or answered, not yet taken."""
+        return [i for i, answer in enumerate(self.answers) if answer is not SKIP]
+
+    @property
+    def answered(self) -> list[int]:
+        return [i for i, answer in enumerate(self.answers) if answer is not SKIP and answer is not PENDING]
 
     @property
     def done(self) -> bool:
-        return all(self.answers[i] is not PENDING for i in self.asked)
+        return not self.out
 
     def take(self, shards: list[int]) -> list[Any]:
-        """Hand over these shards' replies; they may then be sent again in this flight."""
+        """Hand over these shards' replies; they are idle again (may be sent again)."""
         replies = [self.answers[i] for i in shards]
         for i in shards:
+            assert i not in self.out, "only answered shards are taken"
             self.answers[i] = SKIP
-        taken = set(shards)
-        self.asked = [i for i in self.asked if i not in taken]
         return replies
 
     def waiting(self) -> list[tuple[RelayConnection, list[int], list[Pending]]]:
@@ -75,7 +85,7 @@ class InFlight:
 
     def values(self) -> list[Any]:
         """Each shard's answer (its error raised), in shard order; SKIP where not asked."""
-        return [answer if answer is SKIP or answer is PENDING else answer.value() for answer in self.answers]
+        return [answer if answer is SKIP else answer.value() for answer in self.answers]
 
 
 class Shards:
@@ -165,20 +175,15 @@ class Shards:
     def send(self, op: int, args: list[Any], into: InFlight | None = None) -> InFlight:
         """Put one request per asked shard in flight (``SKIP``: that shard is not asked);
         :meth:`wait` gathers the answers. ``into``: add them to a flight of the same op
-        whose other shards are still out (none of these may be)."""
+        (these shards must be idle in it). If sending fails, the shards of this call
+        are idle again and the flight's other requests are untouched."""
         if self.closed:
             raise EnvClosedError(f"remote env {self.env_id!r} is closed")
-        if into is None:
-            flight = InFlight(op, args, time.perf_counter())
-            new = flight.asked
-        else:
-            flight, new = into, [i for i, arg in enumerate(args) if arg is not SKIP]
-            if not flight.asked:
-                flight.started = time.perf_counter()  # latency is counted from the first request out
-            assert flight.op == op and all(flight.answers[i] is SKIP for i in new), "shards already in flight"
-            for i in new:
-                flight.answers[i] = PENDING
-            flight.asked += new
+        flight = into if into is not None else InFlight(op, len(args), time.perf_counter())
+        new = [i for i, arg in enumerate(args) if arg is not SKIP]
+        assert flight.op == op and all(flight.answers[i] is SKIP for i in new), "shards already in flight"
+        if into is not None and not flight.out:
+            flight.started = time.perf_counter()  # latency is counted from the first request out
         by_conn: dict[int, tuple[RelayConnection, list[int]]] = {}
         for i in new:
             by_conn.setdefault(id(self.conns[i]), (self.conns[i], []))[1].append(i)
@@ -187,28 +192,34 @@ class Shards:
                 requests = [(Kind.REQUEST, op, self.channels[i], codec.packb(args[i])) for i in idx]
                 for i, pending in zip(idx, conn.start(requests)):
                     flight.out[i] = (conn, pending)
-        except RelayUnavailableError as exc:
-            self.abandon(flight)
-            self._rebuild(exc)
-        except BaseException:
-            self.abandon(flight)
+                    flight.answers[i] = PENDING
+        except BaseException as exc:
+            for i in new:  # this call's requests are withdrawn; the others stay out
+                if i in flight.out:
+                    conn, pending = flight.out.pop(i)
+                    conn.forget([pending])
+                flight.answers[i] = SKIP
+            if isinstance(exc, RelayUnavailableError):
+                self._rebuild(exc)
             raise
         return flight
 
     def wait(self, flight: InFlight, timeout: float | None = None, envs: int | None = None) -> list[int]:
-        """Wait until the shards that answered hold at least ``envs`` envs (default: until
-        every shard asked has answered), or ``timeout`` passes; returns the shards this
-        call received, in shard order (their replies are in ``flight.answers``). At the
-        timeout every shard still waiting answers a ``RemoteTimeoutError``."""
+        """Wait until the answered shards hold at least ``envs`` envs (default: until
+        every shard out has answered), or ``timeout`` passes; then every shard still
+        out answers a ``RemoteTimeoutError``. Returns the answered shards, in shard
+        order (their replies are in ``flight.answers`` until taken)."""
         timeout = timeout if timeout is not None else self.session.settings.timeout
         deadline = time.monotonic() + timeout
-        waiting = [i for i in flight.asked if flight.answers[i] is PENDING]
-        wanted = sum(self.sizes[i] for i in waiting)
+        answered_envs = sum(self.sizes[i] for i in flight.answered)
+        wanted = answered_envs + sum(self.sizes[i] for i in flight.out)
         everything = envs is None or envs >= wanted
-        wanted = wanted if envs is None else min(envs, wanted)
-        got: list[int] = []
+        wanted = wanted if everything else envs
         try:
-            while sum(self.sizes[i] for i in got) < wanted and time.monotonic() < deadline:
+            while flight.out and answered_envs < wanted:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
                 calls = flight.waiting()
                 several = len(calls) > 1
                 for conn, idx, pendings in calls:
@@ -221,26 +232,28 @@ class Shards:
                             raise pending.reply.error
                         flight.answers[i] = pending.reply
                         del flight.out[i]
-                        got.append(i)
+                        answered_envs += self.sizes[i]
                     conn.forget([p for _, p in answered])
         except RelayUnavailableError as exc:
             self.abandon(flight)
             self._rebuild(exc)
-        if sum(self.sizes[i] for i in got) < wanted:  # timed out: every shard still waiting says so
+        if flight.out and answered_envs < wanted:  # timed out: every shard still out says so
             for i, (conn, pending) in flight.out.items():
                 flight.answers[i] = conn.protocol.timed_out(pending, timeout)
-                got.append(i)
             self.abandon(flight)
         if flight.op == Op.RESET and flight.done:
             self.needs_reset = False
         if flight.op == Op.STEP:
-            self.session.record_step(time.perf_counter() - flight.started, sum(self.sizes[i] for i in got))
-        return sorted(got)
+            self.session.record_step(time.perf_counter() - flight.started, answered_envs)
+        return flight.answered
 
     def abandon(self, flight: InFlight) -> None:
-        """Stop waiting for a flight's unanswered requests."""
+        """Stop waiting for a flight's requests still out (answers already in are kept)."""
         for conn, _, pendings in flight.waiting():
             conn.forget(pendings)
+        for i in flight.out:
+            if flight.answers[i] is PENDING:
+                flight.answers[i] = SKIP
         flight.out.clear()
 
     def request_all(self, op: int, arg: Any = None) -> list[Any]:

@@ -243,7 +243,8 @@ class RelayConnection:
             self._ws.send(frame)
         except ConnectionClosed as exc:
             raise self._lost(exc) from None
-        self.protocol.sent(frame)
+        with self._cond:
+            self.protocol.sent(frame)
 
     # -- request / response ----------------------------------------------
 
@@ -297,6 +298,11 @@ class RelayConnection:
     def forget(self, pendings: list[Pending]) -> None:
         """Stop waiting for these requests (their answers, if they come, are dropped)."""
         self._forget(pendings)
+
+    def forget_channels(self, channels: list[int]) -> None:
+        """Channels given back: drop what is awaited or remembered on them."""
+        with self._cond:
+            self.protocol.forget_channels(channels)
 
     def _forget(self, pendings: list[Pending]) -> None:
         with self._cond:
