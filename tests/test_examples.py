@@ -122,3 +122,13 @@ def test_dashboard_latency_benchmark_smoke_run():
 def test_async_stepping_benchmark_smoke_run():
     out = run_bench("async_stepping.py", "--quick")
     assert "recv / (near alone + far alone)" in out and "lockstep" in out
+
+
+def test_relay_capacity_benchmark_smoke_run():
+    out = run_bench("relay_capacity.py", "--quick")
+    assert re.search(r"^relay +[\d,]+", out, re.M) and re.search(r"^floor +[\d,]+", out, re.M), out
+
+
+def test_scaling_benchmark_smoke_run():
+    out = run_bench("scaling.py", "--quick")
+    assert re.search(r"^ +2 +8 +[\d.]+ +[\d.]+", out, re.M), out

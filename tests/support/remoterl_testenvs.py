@@ -253,6 +253,7 @@ def make_corridor(config):
 # Importing this module (e.g. for the id "remoterl_testenvs:AllSpaces-v0") registers its envs.
 gym.register("AllSpaces-v0", entry_point="remoterl_testenvs:AllSpacesEnv")
 gym.register("GatedCounter-v0", entry_point="remoterl_testenvs:GatedCounterEnv")
+gym.register("Counter-v0", entry_point="remoterl_testenvs:CounterEnv")
 gym.register("EchoText-v0", entry_point="remoterl_testenvs:EchoTextEnv")
 gym.register("Curriculum-v0", entry_point="remoterl_testenvs:CurriculumEnv")
 gym.register("VaryingBounds-v0", entry_point="remoterl_testenvs:VaryingBoundsEnv")
