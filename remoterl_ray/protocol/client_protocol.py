@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import codec
 from .closing import closing_error
@@ -80,11 +80,10 @@ class Pending:
         return kind == Kind.CONTROL or kind == Kind.ERROR
 
 
-# -- events: what a received frame means, beyond answering a pending request --
+# -- events: what a received frame means, beyond answering a pending request (tuples: cheap per frame) --
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """A trainer's request for the simulator to answer (:meth:`ClientProtocol.answer`)."""
 
     op: int
@@ -93,31 +92,27 @@ class Request:
     payload: memoryview
 
 
-@dataclass(frozen=True, slots=True)
-class Control:
+class Control(NamedTuple):
     """An unsolicited control message from the relay (Simulators, Detach, Reconnect, Notice)."""
 
     message: Any
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelLost:
+class ChannelLost(NamedTuple):
     """The relay says a channel died (its simulator left); its requests fail with ``error``."""
 
     channel: int
     error: RemoteRLError
 
 
-@dataclass(frozen=True, slots=True)
-class RelayReported:
+class RelayReported(NamedTuple):
     """An error the relay sent that answers no request of ours."""
 
     channel: int
     error: RemoteRLError
 
 
-@dataclass(frozen=True, slots=True)
-class Dropped:
+class Dropped(NamedTuple):
     """A frame that was dropped; ``what`` names the kind of problem (for rate-limited logs)."""
 
     what: str

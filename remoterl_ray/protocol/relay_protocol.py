@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ErrorCode, FrameTooLargeError, ProtocolError, ProtocolVersionError, RemoteRLError
 from .frames import HEADER, HEADER_SIZE, SUPPORTED_VERSIONS, VALID_OPS, Kind, payload_of, unpack_header
@@ -57,8 +56,7 @@ class ErrorBudget:
 # -- events --
 
 
-@dataclass(frozen=True, slots=True)
-class Forward:
+class Forward(NamedTuple):
     """A REQUEST, RESPONSE or ERROR frame for the switchboard to route by its channel."""
 
     data: bytes
@@ -68,8 +66,7 @@ class Forward:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
-class ControlRequest:
+class ControlRequest(NamedTuple):
     """A trainer's Open, Release or Locate, answered with ``seq`` (``op`` and
     ``channel`` are the header's, echoed if acting on it fails)."""
 
@@ -79,8 +76,7 @@ class ControlRequest:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
-class Refuse:
+class Refuse(NamedTuple):
     """Tell the peer ``error`` in ``frame`` (its header echoes what the peer can match
     on, never an invalid op); ``cut_off``: it has used up its budget, close it."""
 

@@ -293,7 +293,10 @@ class RelayConnection:
     def gather(self, pendings: list[Pending], deadline: float, enough: int) -> None:
         """Read until at least ``enough`` of ``pendings`` are answered (or ``deadline``);
         unlike :meth:`finish`, the rest stay in flight."""
-        self._pump(lambda: sum(p.reply is not None for p in pendings) >= enough, deadline)
+        if enough >= len(pendings):
+            self._pump(lambda: all(p.reply is not None for p in pendings), deadline)  # stops at the first missing
+        else:
+            self._pump(lambda: sum(p.reply is not None for p in pendings) >= enough, deadline)
 
     def forget(self, pendings: list[Pending]) -> None:
         """Stop waiting for these requests (their answers, if they come, are dropped)."""
