@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stepping import medians
+
 from remoterl_ray.local import start_relay, start_simulator
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
 from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
@@ -105,7 +107,7 @@ def main() -> None:
         if proxy.stdin:
             proxy.stdin.close()
         proxy.wait(30)
-    median = {name: float(np.median(values)) for name, values in rates.items()}
+    median = medians(rates)
     alone = median["near alone"] + median["far alone"]
     print(f"16 CartPole envs, 8 near + 8 far ({2 * opts.delay * 1000:.0f} ms round trip), "
           f"{opts.rounds} interleaved rounds x {opts.seconds:.1f} s per phase")  # fmt: skip

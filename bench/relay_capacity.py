@@ -35,7 +35,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+
+from stepping import medians
 
 from remoterl_ray.local import free_port, start_relay
 
@@ -204,7 +205,7 @@ def main() -> None:
         floor.kill()
         floor.wait()
         relay.stop()
-    median = {name: float(np.median(values)) for name, values in rates.items()}
+    median = medians(rates)
     print(f"{opts.pairs} trainer/simulator pairs stepping 1-env CartPole, "
           f"{opts.rounds} interleaved rounds x {opts.seconds:.0f} s per server")  # fmt: skip
     print(f"{'server':8} {'frames per CPU-second':>22}   rounds")

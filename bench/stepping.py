@@ -23,3 +23,8 @@ def step_latencies(env: Env, steps: int) -> list[float]:
 def pct(values: list[float], q: float) -> float:
     """The ``q``-th percentile of ``values`` (seconds) in milliseconds."""
     return float(np.percentile(values, q)) * 1000
+
+
+def medians(rates: dict[str, list[float]]) -> dict[str, float]:
+    """Each phase's median over interleaved rounds (what the benchmarks report)."""
+    return {name: float(np.median(values)) for name, values in rates.items()}
