@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--idle", type=int, default=1000, help="idle connections for the load check")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--variants", nargs="+", choices=["serve", "haproxy", "direct"],
+                        default=["serve", "haproxy", "direct"], help="Serve ingresses to measure beside the embedded relay")
     opts = parser.parse_args()
     if opts.quick:
         opts.steps, opts.rounds, opts.idle = 200, 1, 50
@@ -75,6 +77,8 @@ def main() -> None:
         urls = {"embedded": embedded.url}
         variants = {"serve": ["--no-haproxy"], "haproxy": ["--haproxy", "--no-direct"], "direct": ["--haproxy"]}
         for name, flags in variants.items():
+            if name not in opts.variants:
+                continue
             proc, urls[name] = serve_relay(key, idle_key, *flags)
             procs.append(proc)
         envs = {}
@@ -99,27 +103,28 @@ def main() -> None:
         for name, values in lat.items():
             print(f"{name:10} {pct(values, 50):8.3f} {pct(values, 99):8.3f} {pct(values, 50) / base:15.2f}x")
 
-        empty = step_latencies(envs["direct"], opts.steps * opts.rounds)
-        holder = subprocess.Popen(
-            [sys.executable, str(HERE / "idle_peers.py"), urls["direct"], idle_key, str(opts.idle)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            line = holder.stdout.readline() if holder.stdout else ""
-            if not line.startswith("ready"):
-                raise RuntimeError(f"idle connections did not open: {line!r}")
-            loaded = step_latencies(envs["direct"], opts.steps * opts.rounds)
-        finally:
-            if holder.stdin:
-                holder.stdin.close()
-            holder.wait(60)
-        print(f"\ndirect replica with {opts.idle} idle simulator connections (same replica, before/after)")
-        print(
-            f"  p99 empty {pct(empty, 99):.3f} ms, loaded {pct(loaded, 99):.3f} ms: {pct(loaded, 99) / pct(empty, 99):.2f}x"
-        )
-        print(f"  p50 empty {pct(empty, 50):.3f} ms, loaded {pct(loaded, 50):.3f} ms")
+        if "direct" in envs:  # the load check: idle connections on the replica a trainer dials directly
+            empty = step_latencies(envs["direct"], opts.steps * opts.rounds)
+            holder = subprocess.Popen(
+                [sys.executable, str(HERE / "idle_peers.py"), urls["direct"], idle_key, str(opts.idle)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                line = holder.stdout.readline() if holder.stdout else ""
+                if not line.startswith("ready"):
+                    raise RuntimeError(f"idle connections did not open: {line!r}")
+                loaded = step_latencies(envs["direct"], opts.steps * opts.rounds)
+            finally:
+                if holder.stdin:
+                    holder.stdin.close()
+                holder.wait(60)
+            print(f"\ndirect replica with {opts.idle} idle simulator connections (same replica, before/after)")
+            print(
+                f"  p99 empty {pct(empty, 99):.3f} ms, loaded {pct(loaded, 99):.3f} ms: {pct(loaded, 99) / pct(empty, 99):.2f}x"
+            )
+            print(f"  p50 empty {pct(empty, 50):.3f} ms, loaded {pct(loaded, 50):.3f} ms")
     finally:
         for session in sessions:
             session.close()

@@ -120,6 +120,8 @@ def deploy(
     check_tls_ingress(tls)
     address = os.environ.get("RAY_ADDRESS")
     owns_cluster = address in (None, "", "local")
+    if owns_cluster and not ray.is_initialized():
+        check_replicas_fit(replicas or 1, len(os.sched_getaffinity(0)), "this machine")  # before a Ray start
     if not ray.is_initialized():
         say("starting a local Ray cluster ..." if owns_cluster else f"joining the Ray cluster at {address} ...")
         ray.init(address=address or None, include_dashboard=False, configure_logging=False, log_to_driver=not quiet)
@@ -130,7 +132,7 @@ def deploy(
         adopt_cluster_ingress()
         check_tls_ingress(tls)
     else:
-        check_replicas_fit(replicas or 1, ray.cluster_resources().get("CPU", 0.0))
+        check_replicas_fit(replicas or 1, ray.cluster_resources().get("CPU", 0.0), "the local Ray cluster")
     ingress = "HAProxy" if haproxy_enabled() else "Serve proxy"
     say(f"Ray is up ({time.monotonic() - started:.0f} s); starting Serve ({ingress} on {host}:{port}) ...")
     serve.start(http_options=http_options(host, port, tls))
@@ -151,12 +153,12 @@ def _log_dir() -> str:
     return os.path.join(node.get_session_dir_path(), "logs") if node else "/tmp/ray/session_latest/logs"
 
 
-def check_replicas_fit(replicas: int, cpus: float) -> None:
+def check_replicas_fit(replicas: int, cpus: float, where: str) -> None:
     """On a cluster of our own nothing adds nodes: replicas that cannot all be placed
     would leave the start-up waiting forever, so say so at once."""
     if replicas > cpus:
         raise ValueError(
-            f"{replicas} relay replicas need {replicas} CPUs (one each), but the local Ray cluster has "
+            f"{replicas} relay replicas need {replicas} CPUs (one each), but {where} has "
             f"{cpus:g}: use --replicas {max(int(cpus), 1)} or fewer, or join a larger cluster with RAY_ADDRESS"
         )
 

@@ -66,8 +66,8 @@ def serve_env() -> dict[str, str]:
 
 def test_serve_start_up_says_what_it_waits_for():
     port = free_port()
-    relay = LocalProcess([sys.executable, "-m", "remoterl_ray", "relay", "--serve", "--open", "--port", str(port)],
-                         env=serve_env())  # fmt: skip
+    command = ["relay", "--serve", "--open", "--replicas", "2", "--port", str(port)]  # as docs/deployment.md has it
+    relay = LocalProcess([sys.executable, "-m", "remoterl_ray", *command], env=serve_env())
     try:
         deadline = time.monotonic() + 300
         while "remoterl relay on Ray Serve at" not in relay.output():
@@ -78,9 +78,9 @@ def test_serve_start_up_says_what_it_waits_for():
             "starting a local Ray cluster ...",
             "Ray's and Serve's own logs: ",
             "Ray is up (",
-            "deploying relay-local: starting 1 replica(s) ...",
+            "deploying relay-local: starting 2 replica(s) ...",
             "relay-local is running (",
-            f"remoterl relay on Ray Serve at ws://127.0.0.1:{port} (1 replica(s), region local",
+            f"remoterl relay on Ray Serve at ws://127.0.0.1:{port} (2 replica(s), region local",
         ]
         text = relay.output()
         at = [text.find(step) for step in steps]

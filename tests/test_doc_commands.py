@@ -4,7 +4,8 @@ The blocks of one page run in order in one working directory, as a reader
 would type them, with the placeholders a reader fills in replaced:
 ``relay-host`` and ``relay.example.org`` by this machine, ports 8000 and
 8443 by free ones, the key id ``3f9a2b1c`` by a real one, the config's
-``/var/lib/remoterl/`` by the page's directory. ``$KEY`` and ``$ADMIN``
+``/var/lib/remoterl/`` by the page's directory; the demo gets a small
+training budget. ``$KEY`` and ``$ADMIN``
 are set as the README's quickstart sets them, and a relay from the same
 accounts store is running, named by ``REMOTERL_RELAY_URL`` and
 ``REMOTERL_API_KEY``: a machine where that quickstart was followed. ``HOME`` is the page's own directory, so
@@ -115,6 +116,7 @@ class Page:
         text = text.replace("relay-host", "127.0.0.1").replace("relay.example.org", "localhost")
         text = text.replace("IP:10.0.0.5", "IP:127.0.0.1").replace("3f9a2b1c", "$KEY_ID")
         text = text.replace("/var/lib/remoterl/", f"{self.work}/")
+        text = text.replace("python -m remoterl demo", "python -m remoterl demo --timesteps 4096")  # a small budget
         return re.sub(r"(?<=[: ])(8000|8443)\b", lambda m: self.ports[m[1]], text)
 
     def script(self, lines: list[str]) -> str:
@@ -144,25 +146,36 @@ class Page:
     def run(self, block: Block) -> None:
         self.bash(self.script(logical_lines(self.fill(block.code))))
 
-    def stop(self) -> list[int]:
-        """Ctrl-C every service of the page, newest first; the ones that had to be killed."""
+    def services_started(self) -> list[int]:
         pid_file = self.work / "pids"
-        pids = [int(p) for p in pid_file.read_text().split()] if pid_file.exists() else []
-        return [pid for pid in reversed(pids) if not stop_group(pid)]
+        return [int(p) for p in pid_file.read_text().split()] if pid_file.exists() else []
 
 
-def stop_group(pid: int, timeout: float = 60.0) -> bool:
-    """SIGINT the process group ``pid`` leads; SIGKILL (and False) if it outlives ``timeout``."""
-    try:
-        os.killpg(pid, signal.SIGINT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            os.killpg(pid, 0)
-            time.sleep(0.2)
+def stop_groups(pids: list[int], timeout: float = 60.0) -> list[int]:
+    """Ctrl-C (SIGINT) the process groups ``pids`` lead, all at once; SIGKILL those
+    still alive after ``timeout``, and return them."""
+    alive = []
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGINT)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in alive if _group_alive(pid)]
+    for pid in alive:
         os.killpg(pid, signal.SIGKILL)
-        return False
-    except ProcessLookupError:
+    return alive
+
+
+def _group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
         return True
+    except ProcessLookupError:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +188,8 @@ def page_of(tmp_path_factory) -> Iterator[Callable[[Path], Page]]:
         return opened[path]
 
     yield page
-    stuck = {str(path): page_.stop() for path, page_ in opened.items()}
-    assert not any(stuck.values()), f"services that did not stop on Ctrl-C within 60 s: {stuck}"
+    stuck = stop_groups([pid for page_ in opened.values() for pid in page_.services_started()])
+    assert not stuck, f"services that did not stop on Ctrl-C within 60 s: {stuck}"
 
 
 def test_every_shell_block_is_run_or_says_why_not():
