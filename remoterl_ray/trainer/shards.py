@@ -129,8 +129,6 @@ class Shards:
         self.shards: list[Shard] = [m.shard for m in made]
         self.channels = [s.channel for s in self.shards]
         self.conns = [m.conn for m in made]
-        regions = {id(conn) for conn in self.conns}
-        self.single_conn: RelayConnection | None = self.conns[0] if len(regions) == 1 else None
         self.sizes = [s.envs for s in self.shards]
         self.bounds = []
         start = 0
