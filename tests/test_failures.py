@@ -258,6 +258,31 @@ def test_frozen_simulator_is_detected_by_heartbeats(keys, trainer_cleanup):
         relay.stop()
 
 
+def test_heartbeats_are_answered_during_a_long_env_step_and_a_long_pause(keys, trainer_cleanup):
+    """Both peers read their socket only while they wait for it: a simulator busy in
+    a 3 s env step and a trainer pausing 3 s (a gradient update) must still answer
+    a relay that pings every 0.5 s and drops a peer whose pong is 1 s late."""
+    key = new_key("busy")
+    relay = start_relay(api_keys=[key], extra_args=["--ping-interval", "0.5", "--ping-timeout", "1"])
+    pool = SimulatorPool(relay, key)
+    pool.start(1)
+    try:
+        assert init_trainer(relay, key, timeout=60)
+        env = gym.make("remoterl_testenvs:Counter-v0", delay=3.0)
+        env.reset(seed=0)
+        peers = {role: relay.wait_for(key, role, 1) for role in ("simulator", "trainer")}
+        _, _, _, _, info = env.step(1)  # the simulator's step sleeps 3 s
+        time.sleep(3.0)  # and nobody reads on the trainer
+        _, _, _, _, later = env.step(1)
+        assert later["count"] == info["count"] + 1 and RECONNECTED not in later
+        for role, before in peers.items():  # the same connections, never dropped and dialled again
+            assert [p["id"] for p in relay.wait_for(key, role, 1)] == [p["id"] for p in before]
+    finally:
+        remoterl_ray.shutdown()
+        pool.stop()
+        relay.stop()
+
+
 def test_allowlist_from_environment_variable(relay, keys, trainer_cleanup):
     key = keys.take()
     pool = SimulatorPool(relay, key)

@@ -5,10 +5,11 @@ matching answers to requests, lost channels, the frame limit, close reasons)
 is :class:`~remoterl_ray.protocol.client_protocol.ClientProtocol`'s, the
 sans-I/O core both peers share.
 
-Built on the ``websockets`` synchronous client, because Gymnasium's API is
-synchronous: a caller sends and then waits for its answers in its own thread,
-with no event-loop hop. The library's background thread answers WebSocket
-pings (our heartbeat) even while the caller is busy in a long env step.
+Built on :class:`~remoterl_ray.transport.websocket.WebSocket`, because
+Gymnasium's API is synchronous: a caller sends and then reads its answers off
+the socket in its own thread, with no event-loop or thread hop. Its keeper
+thread answers WebSocket pings (our heartbeat) while the caller is busy in a
+long env step or a gradient update.
 
 Several requests can be in flight: :meth:`call` sends a batch and gathers the
 answers in any order. When several threads call at once, one of them reads
@@ -27,7 +28,6 @@ from typing import Any
 from urllib.parse import urlunsplit
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidURI
-from websockets.sync.client import ClientConnection, connect
 
 from ..protocol.affinity import SESSION_HEADER, session_id_for
 from ..protocol.client_protocol import (
@@ -51,6 +51,7 @@ from ..protocol.messages import Hello, Welcome
 from ..rate_limited_log import RateLimitedLog
 from .discovery import direct_route, split_relay_url
 from .tls import client_context, expects_tls, tls_failure, warn_if_cleartext
+from .websocket import WebSocket
 
 log = logging.getLogger("remoterl.transport")
 _peer_log = RateLimitedLog(log)
@@ -86,7 +87,7 @@ class RelayConnection:
     """
 
     def __init__(
-        self, ws: ClientConnection, protocol: ClientProtocol, *, on_control: Callable[[Any], None] | None = None
+        self, ws: WebSocket, protocol: ClientProtocol, *, on_control: Callable[[Any], None] | None = None
     ) -> None:
         assert protocol.welcome is not None, "the protocol must be greeted"
         self._ws = ws
@@ -128,18 +129,14 @@ class RelayConnection:
         warn_if_cleartext(url, hello.api_key)
         headers = {SESSION_HEADER: session_id_for(hello.api_key), **(additional_headers or {})}
         try:
-            ws = connect(
+            ws = WebSocket.connect(
                 url,
                 ssl=client_context(ca_file) if url.startswith("wss://") else None,
                 open_timeout=timeout,
-                compression=None,
                 max_size=max_frame + HEADER_SIZE,
                 ping_interval=ping_interval,
                 ping_timeout=ping_timeout,
-                close_timeout=2,
                 additional_headers=headers,
-                proxy=None,
-                legacy=True,  # a plain connection; reconnecting is ours (open_with_backoff)
             )
         except (OSError, InvalidHandshake, TimeoutError, InvalidURI) as exc:
             raise connect_error(url, exc, ca_file, timeout) from None
@@ -328,7 +325,7 @@ class RelayConnection:
         except ConnectionClosed as exc:
             raise self._lost(exc) from None
         with self._cond:
-            return self.protocol.receive(frame if isinstance(frame, bytes) else frame.encode())
+            return self.protocol.receive(frame)
 
     def _pump(self, done: Callable[[], bool], deadline: float) -> None:
         """Leader/follower loop: read and dispatch frames until ``done()``."""
@@ -357,7 +354,7 @@ class RelayConnection:
                 if error is not None:
                     self._lost(error)
                 elif frame is not None:
-                    self._handle(self.protocol.receive(frame if isinstance(frame, bytes) else frame.encode()))
+                    self._handle(self.protocol.receive(frame))
                 self._cond.notify_all()
 
     def _handle(self, event: Event | None) -> None:
