@@ -183,8 +183,10 @@ def test_relay_restart_simulator_reconnects_and_envs_carry_on(keys, trainer_clea
         assert init_trainer(relay, key, connect_timeout=2, simulator_wait=20)
         env = gym.make("CartPole-v1")
         vec = gym.make_vec("CartPole-v1", 3, vectorization_mode="sync")
+        pooled = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")  # stepped with send / recv
         env.reset(seed=0)
         vec.reset(seed=0)
+        pooled.reset(seed=0)
         relay.stop()
         with pytest.raises(RelayUnavailableError):
             env.step(0)
@@ -193,6 +195,8 @@ def test_relay_restart_simulator_reconnects_and_envs_carry_on(keys, trainer_clea
         relay.wait_for(key, "simulator", 1, timeout=30)  # the same simulator process came back
         assert sim.alive()
 
+        with pytest.raises(RelayUnavailableError, match="made again"):  # not an episode call: new envs, say so
+            env.get_wrapper_attr("gravity")
         obs, reward, terminated, truncated, info = env.step(1)
         assert (reward, terminated, truncated) == (0.0, False, True) and info[RECONNECTED] is True
         assert env.observation_space.contains(obs)
@@ -207,8 +211,17 @@ def test_relay_restart_simulator_reconnects_and_envs_carry_on(keys, trainer_clea
         again, rewards, terminations, truncations, _ = vec.step(np.array([0, 0, 0]))
         assert np.array_equal(again, obs) and not rewards.any() and not (terminations | truncations).any()
         assert vec.step(np.array([0, 1, 0]))[0].shape == (3, 4)
+
+        pooled.send(np.array([1, 0]))
+        _, _, terminations, truncations, infos = pooled.recv()
+        assert truncations.all() and not terminations.any() and infos[RECONNECTED].all()
+        assert list(infos["env_id"]) == [0, 1]
+        for _ in range(2):  # the autoreset step, then an ordinary one
+            pooled.send(np.array([0, 1]))
+            assert pooled.recv()[0].shape == (2, 4)
         env.close()
         vec.close()
+        pooled.close()
     finally:
         remoterl_ray.shutdown()
         pool.stop()

@@ -6,11 +6,12 @@ from typing import Any
 
 import gymnasium as gym
 
+from ..protocol.errors import RelayUnavailableError
 from ..protocol.frames import Op
 from ..protocol.space_values import sample_converter
 from .answers import reset_answer, step_answer
 from .session import TrainerSession
-from .shards import Shards, ShardsRebuilt
+from .shards import Serving, Shards
 
 RECONNECTED = "remoterl_reconnected"  # info key: the relay connection was replaced, the episode truncated
 
@@ -43,22 +44,17 @@ class RemoteEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         super().reset(seed=seed)  # keeps self.np_random consistent with a local env
-        request = [{"seed": seed, "options": options}]
-        try:
-            answer = self._remote.request(Op.RESET, request)[0]
-        except ShardsRebuilt:  # made again on a new connection: reset the new env instead
-            answer = self._remote.request(Op.RESET, request)[0]
+        answer = self._remote.request_anew(Op.RESET, lambda: [{"seed": seed, "options": options}])[0]
         return self._received(reset_answer(answer))
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
-        if not self._remote.needs_reset:
+        if self._remote.state is Serving.LIVE:
             if self._action_values is not None:
                 action = self._action_values.to_wire(action)
-            try:
-                return self._received(step_answer(self._remote.request(Op.STEP, [action])[0]))
-            except ShardsRebuilt:
-                pass
-        # The env was made again on a new connection: this episode ends here, truncated.
+            answers = self._remote.request(Op.STEP, [action])
+            if answers is not None:
+                return self._received(step_answer(answers[0]))
+        # The env was made again on a new connection (before or during this step): the episode ends, truncated.
         obs, info = self.reset()
         return obs, 0.0, False, True, {**info, RECONNECTED: True}
 
@@ -73,27 +69,27 @@ class RemoteEnv(gym.Env):
         """An attribute of this env object, else of the env on the simulator (public names only)."""
         if _local(self, name):
             return getattr(self, name)
-        return self._remote.request(Op.ATTR, [{"do": "get", "name": name}])[0]
+        return self._remote.call(Op.ATTR, [{"do": "get", "name": name}])[0]
 
     def set_wrapper_attr(self, name: str, value: Any, *, force: bool = True) -> bool:
         if _local(self, name):
             setattr(self, name, value)
             return True
-        return self._remote.request(Op.ATTR, [{"do": "set", "name": name, "value": value, "force": force}])[0]
+        return self._remote.call(Op.ATTR, [{"do": "set", "name": name, "value": value, "force": force}])[0]
 
     def has_wrapper_attr(self, name: str) -> bool:
         if _local(self, name):
             return True
-        return self._remote.request(Op.ATTR, [{"do": "has", "name": name}])[0]
+        return self._remote.call(Op.ATTR, [{"do": "has", "name": name}])[0]
 
     def render(self) -> Any:
-        if self._remote.needs_reset:
-            self.reset()
-        try:
-            return self._remote.request(Op.RENDER, [None])[0]
-        except ShardsRebuilt:
-            self.reset()
-            return self._remote.request(Op.RENDER, [None])[0]
+        for _ in range(2):
+            if self._remote.state is Serving.MADE_AGAIN:  # a new env renders after its first reset
+                self.reset()
+            frames = self._remote.request(Op.RENDER, [None])
+            if frames is not None:
+                return frames[0]
+        raise RelayUnavailableError(f"the relay connection of {self._remote.env_id!r} was lost twice in one render")
 
     def close(self) -> None:
         remote = getattr(self, "_remote", None)

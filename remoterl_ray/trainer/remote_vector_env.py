@@ -41,7 +41,7 @@ from .answers import (
 from .batching import check_per_env_fill, concat_arrays, concat_batches, merge_infos, slice_batch, unbatch_infos
 from .remote_env import RECONNECTED
 from .session import TrainerSession
-from .shards import SKIP, InFlight, Shards, ShardsRebuilt
+from .shards import SKIP, InFlight, Serving, Shards
 
 
 def _mode_name(mode: Any) -> str | None:
@@ -164,6 +164,31 @@ class RemoteVectorEnv(VectorEnv):
     ) -> tuple[Any, Any]:
         self._check_idle("reset")
         self._ready = None  # a reset replaces the results a reconnect left for the next step or recv
+        if isinstance(seed, (int, np.integer)):
+            super().reset(seed=int(seed))  # keeps self.np_random as a local vector env has it
+        self._autoreset_step = None
+        # Made again meanwhile, maybe cut into other shards: seeds and masks are split anew.
+        answers = self._remote.request_anew(Op.RESET, lambda: self._reset_requests(seed, options))
+        sizes = self._remote.sizes
+        if len(self._obs_parts) != len(sizes):  # never stepped, or cut into other shards
+            self._obs_parts = [None] * len(sizes)
+        infos: list[Any] = []
+        for i, (answer, envs) in enumerate(zip(answers, sizes)):
+            if answer is SKIP:
+                if self._obs_parts[i] is None:  # as a local vector env: zeros until first reset
+                    self._obs_parts[i] = create_empty_array(self.single_observation_space, n=envs, fn=np.zeros)
+                infos.append([{} for _ in range(envs)] if self._infos_per_env[i] else {})
+                continue
+            if self._infos_per_env[i]:
+                obs, info = per_env_infos_answer(answer, 2, envs)
+            else:
+                obs, info = vector_reset_answer(answer, envs)
+            self._obs_parts[i] = self._received_obs(obs, envs)
+            infos.append(info)
+        return self._joined_obs(), self._joined_infos(infos)
+
+    def _reset_requests(self, seed: Any, options: dict[str, Any] | None) -> list[Any]:
+        """One reset request per shard: seeds and the reset mask split by the current shards."""
         bounds = self._remote.bounds
         if len(bounds) == 1:  # the shard is the whole vector: its own checks are the local ones
             seeds: list[Any] = [seed]
@@ -188,30 +213,7 @@ class RemoteVectorEnv(VectorEnv):
                 requests.append({"seed": shard_seed, "options": {**options, "reset_mask": mask[a:b]}})
             else:
                 requests.append(SKIP)  # no env of this shard is reset: it is not asked
-        if isinstance(seed, (int, np.integer)):
-            super().reset(seed=int(seed))  # keeps self.np_random as a local vector env has it
-        self._autoreset_step = None
-        try:
-            answers = self._remote.request(Op.RESET, requests)
-        except ShardsRebuilt:  # made again, maybe cut into other shards: seeds and masks are re-split
-            return self.reset(seed=seed, options=options)
-        sizes = self._remote.sizes
-        if len(self._obs_parts) != len(sizes):  # never stepped, or cut into other shards
-            self._obs_parts = [None] * len(sizes)
-        infos: list[Any] = []
-        for i, (answer, envs) in enumerate(zip(answers, sizes)):
-            if answer is SKIP:
-                if self._obs_parts[i] is None:  # as a local vector env: zeros until first reset
-                    self._obs_parts[i] = create_empty_array(self.single_observation_space, n=envs, fn=np.zeros)
-                infos.append([{} for _ in range(envs)] if self._infos_per_env[i] else {})
-                continue
-            if self._infos_per_env[i]:
-                obs, info = per_env_infos_answer(answer, 2, envs)
-            else:
-                obs, info = vector_reset_answer(answer, envs)
-            self._obs_parts[i] = self._received_obs(obs, envs)
-            infos.append(info)
-        return self._joined_obs(), self._joined_infos(infos)
+        return requests
 
     def _reset_mask(self, mask: Any) -> np.ndarray:
         """A reset mask checked as a local ``SyncVectorEnv`` checks it, against the whole vector."""
@@ -237,16 +239,15 @@ class RemoteVectorEnv(VectorEnv):
             self._autoreset_step = None
             zeros = np.zeros(self.num_envs, dtype=bool)
             self._ready = (obs, np.zeros(self.num_envs), zeros, zeros.copy(), info)
-        elif self._remote.needs_reset:
+        elif self._remote.state is Serving.MADE_AGAIN:
             self._ready = self._truncated_by_reconnect()
         else:
             bounds = self._remote.bounds
             parts = [actions] if len(bounds) == 1 else self._split_actions(actions)
             if self._action_values is not None:
                 parts = [self._action_values.to_wire(part) for part in parts]
-            try:
-                self._flight = self._remote.send(Op.STEP, parts)
-            except ShardsRebuilt:
+            self._flight = self._remote.send(Op.STEP, parts)
+            if self._flight is None:  # made again while sending
                 self._ready = self._truncated_by_reconnect()
         self._state = AsyncState.WAITING_STEP
 
@@ -262,11 +263,11 @@ class RemoteVectorEnv(VectorEnv):
         flight, self._flight = self._flight, None
         assert flight is not None
         try:
-            self._remote.wait(flight, timeout)
-        except ShardsRebuilt:
-            return self._truncated_by_reconnect()
+            answered = self._remote.wait(flight, timeout)
         finally:
             self._remote.abandon(flight)  # nothing of this step stays awaited, whatever happened
+        if answered is None:  # made again while waiting
+            return self._truncated_by_reconnect()
         answers = flight.values()
         sizes = self._remote.sizes
         results = [
@@ -290,7 +291,7 @@ class RemoteVectorEnv(VectorEnv):
         self._check_pool_api("send")
         if self._ready is not None:
             raise AlreadyPendingCallError("Calling `send` before `recv` returned the reconnected envs.", "recv")
-        if self._remote.needs_reset:  # made again on a new connection: recv reports every env truncated
+        if self._remote.state is Serving.MADE_AGAIN:  # made again on a new connection: recv reports every env truncated
             self._ready = self._truncated_by_reconnect()
             return
         shards = self._shards_of(env_ids)
@@ -317,12 +318,11 @@ class RemoteVectorEnv(VectorEnv):
             at += size
         try:
             self._pool = self._remote.send(Op.STEP, parts, into=self._pool)
-        except ShardsRebuilt:
-            self._pool = None
-            self._ready = self._truncated_by_reconnect()
         except RelayUnavailableError:
             self._pool = None  # the relay is gone and the envs could not be made again: start afresh later
             raise
+        if self._pool is None:  # made again while sending
+            self._ready = self._truncated_by_reconnect()
 
     def recv(self, envs: int | None = None, timeout: float | None = None) -> tuple[Any, ...]:
         """Results of :meth:`send` for the first shards to answer, together holding at
@@ -339,13 +339,13 @@ class RemoteVectorEnv(VectorEnv):
             raise NoAsyncCallError("Calling `recv` without any env sent with `send`.", "send")
         try:
             shards = self._remote.wait(self._pool, timeout, envs)
-        except ShardsRebuilt:
-            self._pool = None
-            self._ready = self._truncated_by_reconnect()
-            return self.recv()
         except RelayUnavailableError:
             self._pool = None  # the relay is gone and the envs could not be made again: start afresh later
             raise
+        if shards is None:  # made again while waiting
+            self._pool = None
+            self._ready = self._truncated_by_reconnect()
+            return self.recv()
         for i in shards:  # a shard that failed (its env raised, or it timed out) is idle again; the others wait
             if self._pool.answers[i].error is not None:
                 raise self._pool.take([i])[0].error
@@ -506,7 +506,8 @@ class RemoteVectorEnv(VectorEnv):
     def np_random_seed(self) -> Any:
         """The hosted vector env's own ``np_random_seed`` (a sync vector env's is a
         tuple with one seed per env)."""
-        answers = self._remote.request_all(Op.ATTR, {"do": "get", "scope": "self", "name": "np_random_seed"})
+        arg = {"do": "get", "scope": "self", "name": "np_random_seed"}
+        answers = self._remote.call(Op.ATTR, [arg] * len(self._remote.bounds))
         if len(answers) == 1:
             return answers[0]
         return tuple(seed for part in answers for seed in attribute_answer(part, None))
@@ -530,10 +531,10 @@ class RemoteVectorEnv(VectorEnv):
             args = [{"do": "set", "name": name, "value": values[a:b]} for a, b in self._remote.bounds]
         else:
             args = [{"do": "set", "name": name, "value": values}] * len(self._remote.bounds)
-        self._remote.request(Op.ATTR, args)
+        self._remote.call(Op.ATTR, args)
 
     def _every_env(self, arg: dict[str, Any]) -> tuple[Any, ...]:
-        answers = self._remote.request_all(Op.ATTR, arg)
+        answers = self._remote.call(Op.ATTR, [arg] * len(self._remote.bounds))
         return tuple(item for part, n in zip(answers, self._remote.sizes) for item in attribute_answer(part, n))
 
     def call_each(self, indices: list[int], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
@@ -560,7 +561,7 @@ class RemoteVectorEnv(VectorEnv):
             where.append((shard, len(local[shard])))
             local[shard].append(index - bounds[shard][0])
         args = [{**arg, "scope": "each", "indices": ix} if ix else SKIP for ix in local]
-        answers = self._remote.request(Op.ATTR, args)
+        answers = self._remote.call(Op.ATTR, args)
         if arg["do"] == "set":
             return []
         results = [attribute_answer(a, len(ix)) if ix else [] for a, ix in zip(answers, local)]
@@ -569,13 +570,14 @@ class RemoteVectorEnv(VectorEnv):
     # -- rendering and closing ----------------------------------------------
 
     def render(self) -> tuple[Any, ...] | None:
-        if self._remote.needs_reset:
-            self.reset()
-        try:
-            frames = self._remote.request_all(Op.RENDER)
-        except ShardsRebuilt:
-            self.reset()
-            frames = self._remote.request_all(Op.RENDER)
+        for _ in range(2):
+            if self._remote.state is Serving.MADE_AGAIN:  # new envs render after their first reset
+                self.reset()
+            frames = self._remote.request(Op.RENDER, [None] * len(self._remote.bounds))
+            if frames is not None:
+                break
+        else:
+            raise RelayUnavailableError(f"the relay connection of {self._remote.env_id!r} was lost twice in one render")
         if all(f is None for f in frames):
             return None
         return tuple(frame for shard in frames if shard is not None for frame in shard)

@@ -4,16 +4,19 @@ Both ``RemoteEnv`` (one shard) and ``RemoteVectorEnv`` (one shard per
 simulator) keep the connection each shard was created on (shards in other
 regions live on other connections). If the relay drops one (a relay
 restart, a Serve replica removed by a downscale or redeploy), the channels
-are gone with it: the envs are made again on a fresh connection and
-``ShardsRebuilt`` tells the env class that every episode just ended, which
-it reports as truncation. If that fails, the call raises the connection's
-``RelayUnavailableError``.
+are gone with it: the envs are made again on a fresh connection and the
+shards are ``Serving.MADE_AGAIN`` until a reset is answered. An episode
+call (reset, step, render) interrupted that way returns None, and the env
+class reports the episode truncated; any other call raises the connection's
+``RelayUnavailableError``, as it does when the envs cannot be made again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from gymnasium.envs.registration import EnvSpec
@@ -30,10 +33,15 @@ from .specs import remote_spec
 log = logging.getLogger("remoterl.trainer")
 
 
-class ShardsRebuilt(RelayUnavailableError):
-    """The relay connection was lost and the envs were made again: their episodes
-    ended and the new envs need a reset (``Shards.needs_reset``). The env classes
-    turn this into truncation; should it ever escape, it is a coded ``relay_gone``."""
+class Serving(Enum):
+    """Where a remote env's shards stand."""
+
+    LIVE = "live"
+    MADE_AGAIN = "made again"  # the relay connection was lost and the envs made again: episodes ended, reset next
+    CLOSED = "closed"
+
+
+EPISODE_OPS = frozenset({Op.RESET, Op.STEP, Op.RENDER})  # calls the env classes carry across envs made again
 
 
 SKIP = object()  # in ``Shards.request`` args: nothing is sent to that shard, and SKIP is its answer
@@ -106,7 +114,6 @@ class Shards:
         self.num_envs = num_envs
         self.vector = vector
         self.whole = whole
-        self.needs_reset = False  # made again after a lost connection, not reset since
         self._make = make_arg
         made = session.create(env_id, num_envs, make_arg, vector=vector, whole=whole)
         if len(made) > 1 and any(m.description.vectorization_mode == "vector_entry_point" for m in made):
@@ -122,7 +129,11 @@ class Shards:
         for other in (m.description for m in made[1:]):
             if (other.observation_space, other.action_space) != (self.observation_space, self.action_space):
                 log.warning("simulators of %s report different spaces; using the first one's", env_id)
-        self.closed = False
+        self.state = Serving.LIVE
+
+    @property
+    def closed(self) -> bool:
+        return self.state is Serving.CLOSED
 
     def _adopt(self, made: list[Made]) -> None:
         self.made = made
@@ -136,8 +147,9 @@ class Shards:
             self.bounds.append((start, start + size))
             start += size
 
-    def _rebuild(self, lost: RelayUnavailableError) -> None:
-        """Make the envs again on a fresh connection; raises ``ShardsRebuilt``, or ``lost`` if that fails."""
+    def _rebuild(self, lost: RelayUnavailableError, op: int) -> None:
+        """Make the envs again on a fresh connection (the shards are then ``MADE_AGAIN``);
+        raises ``lost`` if that fails, or if ``op`` is not an episode call."""
         log.warning("lost the relay connection of %s (%s); making its envs again", self.env_id, lost)
         for conn, channels in group_channels(self.made):
             self.session.release(conn, channels)  # channels on a live connection (another region) go back
@@ -149,8 +161,9 @@ class Shards:
         except RemoteRLError as exc:
             raise lost from exc
         log.warning("%s is served again (%s); its episodes were truncated", self.env_id, self.sizes)
-        self.needs_reset = True
-        raise ShardsRebuilt(f"{lost}; the envs were made again on a new connection")
+        self.state = Serving.MADE_AGAIN
+        if op not in EPISODE_OPS:
+            raise RelayUnavailableError(f"{lost}; the envs were made again on a new connection") from None
 
     def spec(self) -> EnvSpec | None:
         """The env's spec, as a local ``make`` or ``make_vec`` would report it."""
@@ -163,18 +176,30 @@ class Shards:
             }
         return remote_spec(self.description.spec, self.env_id, self._make.get("kwargs") or {}, vector=vector)
 
-    def request(self, op: int, args: list[Any], timeout: float | None = None) -> list[Any]:
+    def request(self, op: int, args: list[Any], timeout: float | None = None) -> list[Any] | None:
         """One request per shard (``args[i]`` for shard i, none where it is ``SKIP``),
-        sent together; answers in shard order (``SKIP`` for shards not asked)."""
+        sent together; answers in shard order (``SKIP`` for shards not asked).
+        None: the envs were made again meanwhile (an episode call; see the module)."""
         flight = self.send(op, args)
-        self.wait(flight, timeout)
+        if flight is None or self.wait(flight, timeout) is None:
+            return None
         return flight.values()
 
-    def send(self, op: int, args: list[Any], into: InFlight | None = None) -> InFlight:
+    def request_anew(self, op: int, args: Callable[[], list[Any]]) -> list[Any]:
+        """:meth:`request` with ``args()`` for the current shards; if the envs were made
+        again meanwhile, once more on the new ones (a reset: seeds split anew)."""
+        for _ in range(2):
+            answers = self.request(op, args())
+            if answers is not None:
+                return answers
+        raise RelayUnavailableError(f"the relay connection of {self.env_id!r} was lost twice in one call")
+
+    def send(self, op: int, args: list[Any], into: InFlight | None = None) -> InFlight | None:
         """Put one request per asked shard in flight (``SKIP``: that shard is not asked);
         :meth:`wait` gathers the answers. ``into``: add them to a flight of the same op
         (these shards must be idle in it). If sending fails, the shards of this call
-        are idle again and the flight's other requests are untouched."""
+        are idle again and the flight's other requests are untouched; None: the envs
+        were made again (an episode call)."""
         if self.closed:
             raise EnvClosedError(f"remote env {self.env_id!r} is closed")
         flight = into if into is not None else InFlight(op, len(args), time.perf_counter())
@@ -197,16 +222,18 @@ class Shards:
                     conn, pending = flight.out.pop(i)
                     conn.forget([pending])
                 flight.answers[i] = SKIP
-            if isinstance(exc, RelayUnavailableError):
-                self._rebuild(exc)
-            raise
+            if not isinstance(exc, RelayUnavailableError):
+                raise
+            self._rebuild(exc, op)
+            return None
         return flight
 
-    def wait(self, flight: InFlight, timeout: float | None = None, envs: int | None = None) -> list[int]:
+    def wait(self, flight: InFlight, timeout: float | None = None, envs: int | None = None) -> list[int] | None:
         """Wait until the answered shards hold at least ``envs`` envs (default: until
         every shard out has answered), or ``timeout`` passes; then every shard still
         out answers a ``RemoteTimeoutError``. Returns the answered shards, in shard
-        order (their replies are in ``flight.answers`` until taken)."""
+        order (their replies are in ``flight.answers`` until taken); None: the envs
+        were made again (an episode call), the flight abandoned."""
         timeout = timeout if timeout is not None else self.session.settings.timeout
         deadline = time.monotonic() + timeout
         answered_envs = sum(self.sizes[i] for i in flight.answered)
@@ -234,13 +261,14 @@ class Shards:
                     conn.forget([p for _, p in answered])
         except RelayUnavailableError as exc:
             self.abandon(flight)
-            self._rebuild(exc)
+            self._rebuild(exc, flight.op)
+            return None
         if flight.out and answered_envs < wanted:  # timed out: every shard still out says so
             for i, (conn, pending) in flight.out.items():
                 flight.answers[i] = conn.protocol.timed_out(pending, timeout)
             self.abandon(flight)
-        if flight.op == Op.RESET and flight.done:
-            self.needs_reset = False
+        if flight.op == Op.RESET and flight.done and self.state is Serving.MADE_AGAIN:
+            self.state = Serving.LIVE
         if flight.op == Op.STEP:
             self.session.record_step(time.perf_counter() - flight.started, answered_envs)
         return flight.answered
@@ -254,12 +282,17 @@ class Shards:
                 flight.answers[i] = SKIP
         flight.out.clear()
 
-    def request_all(self, op: int, arg: Any = None) -> list[Any]:
-        return self.request(op, [arg] * len(self.channels))
+    def call(self, op: int, args: list[Any]) -> list[Any]:
+        """:meth:`request` for what is not an episode call (attributes, methods): if
+        the envs are made again meanwhile it raises, as they are new envs."""
+        assert op not in EPISODE_OPS
+        answers = self.request(op, args)
+        assert answers is not None, "made again: _rebuild raised"
+        return answers
 
     def close(self) -> None:
         if self.closed:
             return
-        self.closed = True
+        self.state = Serving.CLOSED
         for conn, channels in group_channels(self.made):
             self.session.release(conn, channels, close_first=True)
