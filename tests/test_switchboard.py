@@ -16,7 +16,7 @@ from remoterl_ray.protocol import codec
 from remoterl_ray.protocol.errors import NoSimulatorError
 from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, unpack_header
 from remoterl_ray.protocol.messages import Open
-from remoterl_ray.relay.switchboard import ELIGIBLE, Peer, Seat, Switchboard
+from remoterl_ray.relay.switchboard import ELIGIBLE, Peer, Presence, Seat, Switchboard
 
 
 def peer(role: str, name: str, workspace: str = "w", max_envs: int = 256) -> Peer:
@@ -189,7 +189,7 @@ def assert_consistent(board: Switchboard) -> None:
         for s in sims:
             assert s.hosted_envs == hosted.get(s.id, 0) <= s.max_envs
             assert len(s.channels) == sum(1 for c in board.channels.values() if c.simulator is s)
-        assert board.simulator_count(ws.name) == sum(1 for s in sims if not s.moving)
+        assert board.simulator_count(ws.name) == sum(1 for s in sims if s.presence is not Presence.MOVING)
 
 
 @pytest.mark.parametrize("sims", [1_000, 10_000])
@@ -277,7 +277,7 @@ def test_moving_departed_and_dead_simulators_are_never_chosen():
     board, trainer, sims = board_with(4)
     board.mark_moving(sims[0])
     asyncio.run(board.leave(sims[1]))
-    sims[2].alive = False  # its send failed; its handler has not called leave yet
+    sims[2].presence = Presence.GONE  # its send failed; its handler has not called leave yet
     assert board.simulator_count("w") == 2  # s0 moves away, s1 left
     opened = asyncio.run(board.open(trainer, Open(envs=3, per_simulator=1)))
     assert {s.simulator for s in opened.shards} == {"s3"}
@@ -414,7 +414,7 @@ def test_interleaved_opens_releases_leaves_and_moves_stay_consistent():
     async def churn() -> None:
         for i in range(30):
             await asyncio.sleep(0)
-            present = [s for s in sims if s.alive and not s.moving]
+            present = [s for s in sims if s.presence is Presence.ONLINE]
             victim = rng.choice(present)
             if i % 3 == 0:
                 board.mark_moving(victim)
@@ -436,7 +436,7 @@ def test_interleaved_opens_releases_leaves_and_moves_stay_consistent():
     total = sum(c.envs for c in board.channels.values())
     assert total == sum(s.hosted_envs for s in board.workspaces["w"].simulators.values())
     for s in sims:
-        if s.moving and s.alive:  # no channel made after it was asked to move
+        if s.presence is Presence.MOVING:  # no channel made after it was asked to move
             assert all(board.channels[c].simulator is s for c in s.channels)
 
 
@@ -479,7 +479,7 @@ def reference_plan(board: Switchboard, trainer: Peer, request: Open) -> list[tup
     """The placement rules written plainly, looking at everything (O(n) and more):
     what ``open`` must give, as [(simulator, envs)] in order, or the error code."""
     ws = board.workspaces[trainer.workspace]
-    online = [s for s in ws.simulators.values() if s.alive and not s.moving]
+    online = [s for s in ws.simulators.values() if s.presence is Presence.ONLINE]
     if not online:
         return "no_simulator"
     if sum(s.max_envs - s.hosted_envs for s in online) < request.envs:
@@ -534,7 +534,7 @@ def test_placement_follows_the_plainly_written_rules_on_random_histories():
                 ]
             except NoSimulatorError as exc:
                 got = exc.code.value
-            assert got == expected, (request, [(s.hosted_envs, s.max_envs, s.moving) for s in sims])
+            assert got == expected, (request, [(s.hosted_envs, s.max_envs, s.presence) for s in sims])
         assert_consistent(board)
 
 

@@ -39,7 +39,7 @@ from ..protocol.closing import CLOSE_POLICY, close_reason
 from ..protocol.messages import CAP_NOTICE, Notice, Quota, control_frame, error_frame, human_bytes
 from .auth import OPEN_WORKSPACE, StaticKeys
 from .ratelimit import FailureLimiter
-from .switchboard import Peer, Switchboard
+from .switchboard import Peer, Presence, Switchboard
 
 log = logging.getLogger("remoterl.relay")
 
@@ -307,7 +307,7 @@ class Accounting:
             return
         log.info("closing %s (%s): %s", peer.id, peer.workspace, error.message)
         await _bounded(peer.send(error_frame(error.to_wire())))
-        peer.alive = False
+        peer.presence = Presence.GONE
         try:
             await _bounded(peer.close(CLOSE_POLICY, close_reason(error)))
         except Exception as exc:  # already gone

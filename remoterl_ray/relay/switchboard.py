@@ -46,6 +46,14 @@ async def _no_close(code: int, reason: str) -> None:
     return None
 
 
+class Presence(Enum):
+    """Where a connected peer stands with the relay."""
+
+    ONLINE = "online"
+    MOVING = "moving"  # asked to reconnect elsewhere: still forwards, gets no new channels (mark_moving)
+    GONE = "gone"  # left, cut off, or a send to it failed: nothing is sent to it again
+
+
 @dataclass(eq=False)
 class Peer:
     """One connected trainer or simulator and its traffic counters."""
@@ -69,8 +77,11 @@ class Peer:
     hosted_envs: int = 0
     channels: set[int] = field(default_factory=set)
     capabilities: frozenset[str] = frozenset()
-    alive: bool = True
-    moving: bool = False  # asked to reconnect elsewhere: no new channels (Switchboard.mark_moving)
+    presence: Presence = Presence.ONLINE
+
+    @property
+    def alive(self) -> bool:
+        return self.presence is not Presence.GONE
 
     async def send(self, frame: bytes) -> bool:
         """Send, counting bytes; False if the peer is already gone."""
@@ -80,7 +91,7 @@ class Peer:
             await self.send_raw(frame)
         except Exception as exc:  # the peer's own handler will clean up after it
             log.debug("send to %s failed: %s", self.id, exc)
-            self.alive = False
+            self.presence = Presence.GONE
             return False
         self.bytes_out += len(frame)
         self.frames_out += 1
@@ -177,7 +188,7 @@ class Pool:
         self.room = 0  # free envs over READY simulators
         self.ready = 0  # live heap entries
         self.stale = 0  # dead heap entries
-        self.movers = 0  # simulators still connected that were asked to move
+        self.movers: set[str] = set()  # ids of simulators still connected that were asked to move
         self.examined = 0  # heap entries looked at (live or stale), for tests and benchmarks
 
     def add(self, peer: Peer) -> None:
@@ -305,7 +316,7 @@ class Switchboard:
 
     async def leave(self, peer: Peer) -> None:
         """Remove ``peer`` and tell the other end of each of its channels."""
-        peer.alive = False
+        peer.presence = Presence.GONE
         ws = self.workspaces.get(peer.workspace)
         slot = self._slot(ws, peer)
         if slot is not None:
@@ -337,8 +348,7 @@ class Switchboard:
         if peer.role == "simulator":
             if ws.simulators.pop(peer.id, None) is not None:
                 ws.pool.slots.pop(peer.id, None)
-                if peer.moving:
-                    ws.pool.movers -= 1
+                ws.pool.movers.discard(peer.id)
                 await self._announce_simulators(ws)
         else:
             ws.trainers.pop(peer.id, None)
@@ -353,13 +363,13 @@ class Switchboard:
     def mark_moving(self, peer: Peer) -> None:
         """``peer`` was asked to reconnect elsewhere: it gets no new channels, and
         the simulator counts stop including it."""
-        if peer.moving:
+        if peer.presence is not Presence.ONLINE:
             return
-        peer.moving = True
+        peer.presence = Presence.MOVING
         ws = self.workspaces.get(peer.workspace)
         slot = self._slot(ws, peer)
         if slot is not None:
-            ws.pool.movers += 1
+            ws.pool.movers.add(peer.id)
             ws.pool.retire(slot, Seat.MOVING)
 
     async def _announce_simulators(self, ws: Workspace) -> None:
@@ -625,14 +635,14 @@ class Switchboard:
     def simulator_count(self, workspace: str) -> int:
         """Simulators of ``workspace`` online and not moving elsewhere (kept, not counted)."""
         ws = self.workspaces.get(workspace)
-        return len(ws.simulators) - ws.pool.movers if ws else 0
+        return len(ws.simulators) - len(ws.pool.movers) if ws else 0
 
     def idle_peers(self, workspace: str) -> list[Peer]:
         """Peers of ``workspace`` with no channel, not yet moving: free to move elsewhere."""
         ws = self.workspaces.get(workspace)
         if ws is None:
             return []
-        return [p for p in (*ws.simulators.values(), *ws.trainers.values()) if not p.channels and not p.moving]
+        return [p for p in (*ws.simulators.values(), *ws.trainers.values()) if not p.channels and p.presence is Presence.ONLINE]
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per-workspace counts, small enough to publish every second."""
@@ -642,7 +652,7 @@ class Switchboard:
             out[name] = {
                 "trainers": len(ws.trainers),
                 "simulators": self.simulator_count(name),
-                "idle": sum(1 for p in peers if not p.channels and not p.moving),
+                "idle": sum(1 for p in peers if not p.channels and p.presence is Presence.ONLINE),
                 "newest": max(peers, key=lambda p: p.join_order).id,  # shows where the ingress sends it now
                 "bytes_in": sum(p.bytes_in for p in peers),
                 "bytes_out": sum(p.bytes_out for p in peers),
