@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from typing import Any
 
 from ..protocol import codec
@@ -49,6 +50,13 @@ MAX_MAKE_BYTES = 65_536  # make/register requests: env ids, kwargs and specs are
 _MAKING = frozenset({Op.MAKE, Op.MAKE_VEC, Op.REGISTER})
 POLL_SECONDS = 0.25  # how often an idle simulator checks for a stop request
 REPICK_SECONDS = 30.0  # a region unreachable this long is given up for the nearest other one
+
+
+class Connection(Enum):
+    """What the simulator does with its current relay connection."""
+
+    STAY = "stay"
+    MOVE_WHEN_IDLE = "move when idle"  # the relay asked us to dial again: once no env is hosted
 
 
 class SimulatorHost:
@@ -81,7 +89,7 @@ class SimulatorHost:
         )
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.max_envs = max_envs
-        self.reconnect_asked = False  # the relay asked us to dial again once idle
+        self.connection = Connection.STAY
         self._last_url: str | None = None  # the region URL of the last connection that worked
 
     def hello(self) -> Hello:
@@ -154,12 +162,12 @@ class SimulatorHost:
         return None
 
     def _serve_connection(self, conn: RelayConnection, stop: threading.Event) -> None:
-        self.reconnect_asked = False
+        self.connection = Connection.STAY
         while not stop.is_set():
             event = conn.next_event(POLL_SECONDS)
             if event is not None:
                 self.handle(conn, event)
-            if self.reconnect_asked and self.table.hosted_envs == 0:
+            if self.connection is Connection.MOVE_WHEN_IDLE and self.table.hosted_envs == 0:
                 log.info("relay asked us to reconnect; dialing again")
                 return
 
@@ -175,7 +183,7 @@ class SimulatorHost:
             if isinstance(message, Detach):
                 self.table.close(message.channel)
             elif isinstance(message, Reconnect):
-                self.reconnect_asked = True
+                self.connection = Connection.MOVE_WHEN_IDLE
             elif isinstance(message, Notice):
                 log.warning("remoterl: %s", message.message)
         elif isinstance(event, Dropped):
