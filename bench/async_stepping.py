@@ -30,14 +30,15 @@ from stepping import medians
 
 from remoterl_ray.local import start_relay, start_simulator
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
-from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
+from remoterl_ray.trainer.session import TrainerSession
+from remoterl_ray.trainer.settings import TrainerSettings
 
 PROXY = Path(__file__).resolve().parents[1] / "tests" / "support" / "latency_proxy.py"
 
 
 def vector_env(url: str, key: str, num_envs: int, simulators: int) -> tuple[TrainerSession, RemoteVectorEnv]:
     session = TrainerSession(TrainerSettings(relay_url=url, api_key=key, num_env_runners=8))
-    if session.wait_for_simulators(simulators, 60) < simulators:
+    if session.links.wait_for_simulators(simulators, 60) < simulators:
         raise RuntimeError(f"{simulators} simulator(s) did not come online")
     env = RemoteVectorEnv(session, "CartPole-v1", num_envs, vectorization_mode="sync")
     env.reset(seed=0)

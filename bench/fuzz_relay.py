@@ -49,7 +49,8 @@ from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, Op, pack, unpack_hea
 from remoterl_ray.protocol.messages import Hello, Open, Release, control_frame, encode_control  # noqa: E402
 from remoterl_ray.relay.auth import workspace_for_key  # noqa: E402
 from remoterl_ray.trainer.remote_env import RemoteEnv  # noqa: E402
-from remoterl_ray.trainer.session import TrainerSession, TrainerSettings  # noqa: E402
+from remoterl_ray.trainer.session import TrainerSession  # noqa: E402
+from remoterl_ray.trainer.settings import TrainerSettings  # noqa: E402
 
 UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -266,7 +267,7 @@ class Bystander:
         self.relay = relay
         self.key = key
         self.session = TrainerSession(TrainerSettings(relay_url=relay.url, api_key=key, timeout=30.0))
-        if self.session.wait_for_simulators(1, 30) < 1:
+        if self.session.links.wait_for_simulators(1, 30) < 1:
             raise RuntimeError("the bystander's simulator did not come online")
         self.env = RemoteEnv(self.session, "CartPole-v1")
         self.env.reset(seed=0)

@@ -49,7 +49,8 @@ from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, unpack_header
 from remoterl_ray.protocol.messages import Hello, Locate, Open, Release, control_frame, parse_control
 from remoterl_ray.relay.switchboard import Peer, Switchboard
 from remoterl_ray.trainer.remote_env import RemoteEnv
-from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
+from remoterl_ray.trainer.session import TrainerSession
+from remoterl_ray.trainer.settings import TrainerSettings
 
 HERE = Path(__file__).parent
 
@@ -255,7 +256,7 @@ def main() -> None:
         trainer.close()
 
         session = TrainerSession(TrainerSettings(relay_url=relay.url, api_key=key))
-        if session.wait_for_simulators(1, 60) < 1:
+        if session.links.wait_for_simulators(1, 60) < 1:
             raise RuntimeError("the bystander's simulator did not come online")
         env = RemoteEnv(session, "CartPole-v1")
         env.reset(seed=0)

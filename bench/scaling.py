@@ -27,7 +27,8 @@ import numpy as np
 
 from remoterl_ray.local import start_relay, start_simulator
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
-from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
+from remoterl_ray.trainer.session import TrainerSession
+from remoterl_ray.trainer.settings import TrainerSettings
 
 SUPPORT = Path(__file__).resolve().parents[1] / "tests" / "support"
 sys.path.insert(0, str(SUPPORT))
@@ -51,7 +52,7 @@ def main() -> None:
     session = TrainerSession(TrainerSettings(relay_url=relay.url, api_key=key, num_env_runners=ENVS_PER_SIMULATOR))
     rows = []
     try:
-        if session.wait_for_simulators(len(sims), 120) < len(sims):
+        if session.links.wait_for_simulators(len(sims), 120) < len(sims):
             raise RuntimeError("the simulators did not all come online")
         ideal = ENVS_PER_SIMULATOR * DELAY
         local = local_step(opts.steps)  # one shard's own time on this machine (sleep overshoots a little)

@@ -35,7 +35,8 @@ from stepping import pct, step_latencies
 
 from remoterl_ray.local import LocalProcess, free_port, start_relay, start_simulator, wait_http
 from remoterl_ray.trainer.remote_env import RemoteEnv
-from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
+from remoterl_ray.trainer.session import TrainerSession
+from remoterl_ray.trainer.settings import TrainerSettings
 
 HERE = Path(__file__).parent
 
@@ -86,10 +87,10 @@ def main() -> None:
             procs.append(start_simulator(url, key))
             session = TrainerSession(TrainerSettings(relay_url=url, api_key=key))
             sessions.append(session)
-            if session.wait_for_simulators(1, 60) < 1:
+            if session.links.wait_for_simulators(1, 60) < 1:
                 raise RuntimeError(f"no simulator reached the {name} relay")
             envs[name] = RemoteEnv(session, "CartPole-v1")
-            print(f"{name}: trainer connected to {session.conn.url}", flush=True)
+            print(f"{name}: trainer connected to {session.links.conn.url}", flush=True)
             envs[name].reset(seed=0)
             step_latencies(envs[name], 200)  # warm up
         lat: dict[str, list[float]] = {name: [] for name in envs}

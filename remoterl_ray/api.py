@@ -18,7 +18,8 @@ from .trainer.fallback_guard import guard_local_fallback
 from .trainer.gym_patch import patch_gymnasium
 from .trainer.import_hooks import when_imported
 from .trainer.patching import Patcher
-from .trainer.session import TrainerSession, TrainerSettings
+from .trainer.session import TrainerSession
+from .trainer.settings import TrainerSettings
 
 log = logging.getLogger("remoterl")
 
@@ -117,20 +118,20 @@ def _init_trainer(settings: TrainerSettings, *, strict: bool = True) -> bool:
     with _lock:
         shutdown()
         session = TrainerSession(settings)
-        conn = session.connect()
+        conn = session.links.connect()
         if conn is None:
             reason = f"the relay at {settings.relay_url} is unreachable"
             return _failed(RelayUnavailableError, reason, strict)
         if conn.welcome.quota is not None:
             print(conn.welcome.quota.banner(conn.welcome.workspace), file=sys.stderr, flush=True)
-        if session.simulators < settings.num_workers:  # a wait a person should see, with its bound
+        if session.links.simulators < settings.num_workers:  # a wait a person should see, with its bound
             print(
                 f"remoterl: waiting up to {settings.simulator_wait:.0f}s for {settings.num_workers} simulator(s) "
-                f"of workspace {conn.welcome.workspace} ({session.simulators} online)",
+                f"of workspace {conn.welcome.workspace} ({session.links.simulators} online)",
                 file=sys.stderr,
                 flush=True,
             )
-        online = session.wait_for_simulators(settings.num_workers, settings.simulator_wait)
+        online = session.links.wait_for_simulators(settings.num_workers, settings.simulator_wait)
         if online == 0:
             session.close()
             reason = f"no simulator of this workspace came online within {settings.simulator_wait:.0f}s"

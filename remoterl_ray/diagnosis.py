@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .protocol.errors import RemoteRLError
-from .trainer.session import TrainerSession, TrainerSettings
+from .trainer.session import TrainerSession
+from .trainer.settings import TrainerSettings
 from .transport.discovery import measure_rtt
 
 
@@ -80,7 +81,7 @@ def diagnose(relay_url: str, api_key: str | None, *, ca_file: str | None = None,
     )
     session = TrainerSession(settings)  # what a trainer's init does, without patching anything
     try:
-        conn = session.connect()
+        conn = session.links.connect()
         if conn is None:
             report.problem = f"the relay at {relay_url} answers HTTP but no WebSocket connection succeeded"
             return report
@@ -88,7 +89,7 @@ def diagnose(relay_url: str, api_key: str | None, *, ca_file: str | None = None,
         report.workspace = conn.welcome.workspace
         if conn.welcome.quota is not None:
             report.quota = conn.welcome.quota.banner(conn.welcome.workspace)
-        regions = session.locate()
+        regions = session.links.locate()
     except RemoteRLError as exc:  # refused: the key, the workspace, TLS
         report.problem = str(exc)
         return report

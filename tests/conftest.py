@@ -233,15 +233,16 @@ def trainer_steps_once(relay_url: str, key: str, wait: float = 30.0) -> str:
     """A fresh trainer of ``key``'s workspace finds one simulator and steps CartPole
     on it; returns the URL its connection reached."""
     from remoterl_ray.trainer.remote_env import RemoteEnv
-    from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
+    from remoterl_ray.trainer.session import TrainerSession
+    from remoterl_ray.trainer.settings import TrainerSettings
 
     session = TrainerSession(TrainerSettings(relay_url=relay_url, api_key=key))
     try:
-        assert session.wait_for_simulators(1, wait) == 1, key
+        assert session.links.wait_for_simulators(1, wait) == 1, key
         env = RemoteEnv(session, "CartPole-v1")
         env.reset(seed=0)
         env.step(1)
         env.close()
-        return session.conn.url
+        return session.links.conn.url
     finally:
         session.close()

@@ -140,7 +140,7 @@ def test_a_simulator_lost_between_sends_costs_only_its_own_shard(relay, keys, tm
     pool.start(1, env={"REMOTERL_TEST_GATE": str(gate)})
     session = TrainerSession(trainer_settings(pool.key, relay.url, num_env_runners=2, timeout=30.0))
     try:
-        assert session.wait_for_simulators(2, 30) == 2
+        assert session.links.wait_for_simulators(2, 30) == 2
         envs = RemoteVectorEnv(session, "remoterl_testenvs:GatedCounter-v0", 4, vectorization_mode="sync")
         start = envs.reset(seed=0)[0][:, 0].copy()
         gate.touch()
@@ -149,7 +149,7 @@ def test_a_simulator_lost_between_sends_costs_only_its_own_shard(relay, keys, tm
         lost_shard = 0 if ids[0] == 0 else 1
         channel = envs._remote.channels[lost_shard]
         fast.kill()  # the fast shard's simulator is gone
-        assert session.conn.wait_until(lambda: channel in session.conn.lost_channels, 30)
+        assert session.links.conn.wait_until(lambda: channel in session.links.conn.lost_channels, 30)
         with pytest.raises(SimulatorLostError):
             envs.send(np.ones(2, dtype=np.int64), ids)
         gate.unlink()
@@ -158,7 +158,7 @@ def test_a_simulator_lost_between_sends_costs_only_its_own_shard(relay, keys, tm
         assert (obs[:, 0] - start[info["env_id"]]).tolist() == [1, 1]
         with pytest.raises(NoAsyncCallError):
             envs.recv()
-        assert not [p for p in session.conn.protocol.pending.values() if p.channel in envs._remote.channels]
+        assert not [p for p in session.links.conn.protocol.pending.values() if p.channel in envs._remote.channels]
         envs.close()
     finally:
         session.close()
@@ -173,8 +173,8 @@ def test_closing_with_steps_out_leaves_nothing_awaited(trainer):
         getattr(envs, start)(np.ones(4, dtype=np.int64))
         channels = set(envs._remote.channels)
         envs.close()
-        assert not [p for p in session.conn.protocol.pending.values() if p.channel in channels], start
-        assert not channels & session.conn.protocol.channels
+        assert not [p for p in session.links.conn.protocol.pending.values() if p.channel in channels], start
+        assert not channels & session.links.conn.protocol.channels
 
 
 def test_send_and_recv_refuse_what_step_async_is_waiting_for(trainer):

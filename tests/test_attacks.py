@@ -58,7 +58,8 @@ from remoterl_ray.trainer.batching import merge_infos
 from remoterl_ray.simulator.hosted import Hosted
 from remoterl_ray.trainer.remote_env import RemoteEnv
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
-from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
+from remoterl_ray.trainer.session import TrainerSession
+from remoterl_ray.trainer.settings import TrainerSettings
 
 ADMIN = "attack-tests-admin-token-0123"
 MAX_FRAME = 2 << 20
@@ -107,7 +108,7 @@ def site() -> Iterator[Site]:
     try:
         pool.start(1)
         session = TrainerSession(TrainerSettings(relay_url=relay.url, api_key=bystander, timeout=30.0))
-        assert session.wait_for_simulators(1, 30) == 1
+        assert session.links.wait_for_simulators(1, 30) == 1
         env = RemoteEnv(session, "CartPole-v1")
         yield Site(relay, attacker, bystander, session, env)
     finally:
@@ -172,7 +173,7 @@ def test_nested_answer_gets_a_coded_error_on_the_trainer(watched):
     sim = ScriptedSimulator(watched.relay, watched.attacker_key, lambda op, channel, request: nested_tuples(5000))
     session = TrainerSession(TrainerSettings(relay_url=watched.relay.url, api_key=watched.attacker_key, timeout=10))
     try:
-        assert session.wait_for_simulators(1, 10) == 1
+        assert session.links.wait_for_simulators(1, 10) == 1
         with pytest.raises(ProtocolError) as info:
             RemoteEnv(session, "CartPole-v1")
         assert info.value.code is ErrorCode.BAD_PAYLOAD
@@ -403,7 +404,7 @@ def refused_without_allocating(watched, description, budget: int = 32 << 20) -> 
     session = TrainerSession(settings)
     before = rss_mb(os.getpid())
     try:
-        assert session.wait_for_simulators(1, 10) == 1
+        assert session.links.wait_for_simulators(1, 10) == 1
         with pytest.raises(ProtocolError) as info:
             RemoteEnv(session, "CartPole-v1")
         assert info.value.code is ErrorCode.BAD_PAYLOAD
@@ -421,7 +422,7 @@ def test_the_space_limit_is_the_trainers_to_set(watched, monkeypatch):
             settings = TrainerSettings(relay_url=watched.relay.url, api_key=watched.attacker_key, max_space_bytes=limit)
             session = TrainerSession(settings)
             try:
-                assert session.wait_for_simulators(1, 10) == 1
+                assert session.links.wait_for_simulators(1, 10) == 1
                 if fits:
                     assert RemoteEnv(session, "CartPole-v1").observation_space.shape == (20, 20)
                 else:
@@ -476,7 +477,7 @@ def test_answers_count_only_from_the_simulator_owning_the_channel(watched):
     try:
         pool.start(1)
         liar = ScriptedSimulator(relay, key, shard.answer, extra=shard.forge, name="liar")
-        assert session.wait_for_simulators(2, 10) == 2
+        assert session.links.wait_for_simulators(2, 10) == 2
         envs = RemoteVectorEnv(session, "CartPole-v1", 4, vectorization_mode="sync")
         shards = envs._remote.shards
         assert len(shards) == 2

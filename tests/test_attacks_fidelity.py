@@ -26,7 +26,7 @@ from remoterl_ray.simulator.vectors import make_vector
 from remoterl_ray.trainer.batching import MAX_INFO_FILL
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
 from remoterl_ray.trainer.session import TrainerSession
-from remoterl_ray.trainer.session import TrainerSettings
+from remoterl_ray.trainer.settings import TrainerSettings
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_malformed_per_env_infos_are_a_coded_error(own_relay, infos):
     sim = ScriptedSimulator(own_relay, key, _vector_answers(lambda n: [dict(i) for i in infos[:n]]))
     session = session_for(own_relay, key)
     try:
-        assert session.wait_for_simulators(1, 10) == 1
+        assert session.links.wait_for_simulators(1, 10) == 1
         envs = RemoteVectorEnv(session, "CartPole-v1", 3)
         try:
             with pytest.raises(ProtocolError) as caught:
@@ -209,7 +209,7 @@ def test_per_env_infos_cannot_make_the_trainer_fill_beyond_its_bound(own_relay):
     sim = ScriptedSimulator(own_relay, key, _vector_answers(lambda n: [{"frame": row}] + [{} for _ in range(n - 1)]))
     session = session_for(own_relay, key)
     try:
-        assert session.wait_for_simulators(1, 10) == 1
+        assert session.links.wait_for_simulators(1, 10) == 1
         envs = RemoteVectorEnv(session, "CartPole-v1", 16)
         try:
             try:
@@ -236,7 +236,7 @@ def test_a_12_mib_per_env_info_is_a_coded_error_not_a_24_gib_allocation(own_rela
                   max_envs=4096)  # fmt: skip
     session = session_for(own_relay, key)
     try:
-        assert session.wait_for_simulators(1, 10) == 1
+        assert session.links.wait_for_simulators(1, 10) == 1
         envs = RemoteVectorEnv(session, "CartPole-v1", 2048)
         try:
             with pytest.raises(ProtocolError) as caught:
@@ -304,7 +304,7 @@ def test_per_env_observation_spaces_that_do_not_batch_are_a_coded_error(own_rela
     sim = ScriptedSimulator(own_relay, key, answer)
     session = session_for(own_relay, key)
     try:
-        assert session.wait_for_simulators(1, 10) == 1
+        assert session.links.wait_for_simulators(1, 10) == 1
         with pytest.raises(ProtocolError) as caught:
             RemoteVectorEnv(session, "CartPole-v1", 2).close()
         assert caught.value.code is ErrorCode.BAD_PAYLOAD

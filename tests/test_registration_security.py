@@ -32,7 +32,8 @@ from remoterl_ray.simulator.allowlist import Allowlist
 from remoterl_ray.simulator.entry_points import resolve_entry_point
 from remoterl_ray.simulator.hosted import EnvTable
 from remoterl_ray.trainer.remote_env import RemoteEnv
-from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
+from remoterl_ray.trainer.session import TrainerSession
+from remoterl_ray.trainer.settings import TrainerSettings
 
 PKG = "template_envs"  # re-exports gymnasium's register, like Gymnasium's env-package template
 WAIT = 30.0  # seconds any single answer may take
@@ -171,7 +172,7 @@ def honest_cartpole_rollout(relay, key: str) -> list[np.ndarray]:
     """A real trainer session makes CartPole-v1 on the workspace's simulator."""
     session = TrainerSession(TrainerSettings(relay_url=relay.url, api_key=key, timeout=WAIT))
     try:
-        assert session.wait_for_simulators(1, WAIT) == 1
+        assert session.links.wait_for_simulators(1, WAIT) == 1
         env = RemoteEnv(session, "CartPole-v1")
         try:
             return rollout(env)

@@ -256,7 +256,7 @@ def test_envs_spread_over_simulators_by_num_env_runners(relay, two_sims):
 
 def test_relay_counts_bytes_and_env_steps_per_connection(relay, two_sims, trainer):
     def me():
-        peer_id = remoterl_ray.current_session().conn.welcome.peer_id
+        peer_id = remoterl_ray.current_session().links.conn.welcome.peer_id
         return next(p for p in relay.peers(two_sims, "trainer") if p["id"] == peer_id)
 
     vec = gym.make_vec("CartPole-v1", num_envs=6, vectorization_mode="sync")

@@ -72,7 +72,7 @@ def test_make_vec_env_equals_local_dummy_vec_env(relay, two_sims):
 def test_one_frame_per_simulator_per_step(trainer):
     env = make_vec_env("CartPole-v1", n_envs=16)
     env.reset()
-    conn = trainer.conn
+    conn = trainer.links.conn
     before = conn.counters.frames_sent
     for _ in range(20):
         env.step(np.zeros(16, dtype=np.int64))

@@ -25,7 +25,8 @@ from remoterl_ray.local import LocalProcess, free_port, start_simulator
 from remoterl_ray.relay.auth import workspace_for_key
 from remoterl_ray.trainer.remote_env import RECONNECTED, RemoteEnv
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
-from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
+from remoterl_ray.trainer.session import TrainerSession
+from remoterl_ray.trainer.settings import TrainerSettings
 
 from conftest import idle_peers, new_key, trainer_steps_once
 from latency_proxy import LatencyProxy
@@ -165,7 +166,7 @@ def test_workspaces_meet_their_simulators_across_three_replicas(serve_cluster: S
         for key in keys:
             session = TrainerSession(TrainerSettings(relay_url=serve_cluster.url("near"), api_key=key))
             sessions.append(session)
-            assert session.wait_for_simulators(1, 30) == 1
+            assert session.links.wait_for_simulators(1, 30) == 1
             env = RemoteEnv(session, "CartPole-v1")
             obs, _ = env.reset(seed=3)
             local = gym.make("CartPole-v1")
@@ -204,9 +205,9 @@ def test_accounts_are_shared_by_every_replica_and_region(serve_cluster: ServeClu
     for name, (sim_key, trainer_key, _) in teams.items():
         session = TrainerSession(TrainerSettings(relay_url=serve_cluster.url("near"), api_key=trainer_key))
         try:
-            assert session.wait_for_simulators(1, 30) == 1
-            assert session.conn.welcome.workspace == name and session.conn.welcome.quota.plan == "free"
-            assert sum(region.simulators for region in session.locate()) == 1  # its own, nobody else's
+            assert session.links.wait_for_simulators(1, 30) == 1
+            assert session.links.conn.welcome.workspace == name and session.links.conn.welcome.quota.plan == "free"
+            assert sum(region.simulators for region in session.links.locate()) == 1  # its own, nobody else's
             env = RemoteEnv(session, "CartPole-v1")
             env.reset(seed=0)
             env.step(1)
@@ -284,7 +285,7 @@ def test_trainer_steps_across_two_regions_at_once(serve_cluster: ServeCluster) -
     serve_cluster.wait_where(key, lambda p: sorted(r for r, _, _ in p["simulators"]) == ["far", "near"])
     session = TrainerSession(TrainerSettings(relay_url=serve_cluster.url("near"), api_key=key))
     try:
-        assert session.wait_for_simulators(2, 30) == 2
+        assert session.links.wait_for_simulators(2, 30) == 2
         remote = RemoteVectorEnv(session, "CartPole-v1", 4, vectorization_mode="sync")
         local = gym.make_vec("CartPole-v1", 4, vectorization_mode="sync")
         assert remote.shard_sizes == [2, 2]
@@ -313,7 +314,7 @@ def test_one_replica_holds_a_thousand_connections(serve_cluster: ServeCluster) -
             assert ready == ["ready 1000 direct=0"]  # Serve's proxy offers no direct route
             placed = serve_cluster.wait_where(crowd, lambda p: sum(n for _, _, n in p["simulators"]) == 1000)
             assert len(placed["simulators"]) == 1  # all in one replica
-            assert session.wait_for_simulators(1, 30) == 1
+            assert session.links.wait_for_simulators(1, 30) == 1
             env = RemoteEnv(session, "CartPole-v1")
             env.reset(seed=0)
             for _ in range(50):

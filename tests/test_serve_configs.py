@@ -15,7 +15,8 @@ import yaml
 
 from remoterl_ray.local import LocalProcess, free_port, start_simulator, wait_http
 from remoterl_ray.trainer.remote_env import RemoteEnv
-from remoterl_ray.trainer.session import TrainerSession, TrainerSettings
+from remoterl_ray.trainer.session import TrainerSession
+from remoterl_ray.trainer.settings import TrainerSettings
 
 SERVE_APPS = Path(__file__).resolve().parents[1] / "serve_apps"
 
@@ -114,7 +115,7 @@ def test_serve_run_local_config_serves_a_trainer(tmp_path: Path) -> None:
         wait_http(f"http://127.0.0.1:{port}/healthz", run, timeout=240)
         sim = start_simulator(f"ws://127.0.0.1:{port}", "a-key")
         session = TrainerSession(TrainerSettings(relay_url=f"ws://127.0.0.1:{port}", api_key="a-key"))
-        assert session.wait_for_simulators(1, 60) == 1
+        assert session.links.wait_for_simulators(1, 60) == 1
         remote, local = RemoteEnv(session, "CartPole-v1"), gym.make("CartPole-v1")
         assert np.array_equal(remote.reset(seed=4)[0], local.reset(seed=4)[0])
         assert np.array_equal(remote.step(0)[0], local.step(0)[0])

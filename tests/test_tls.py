@@ -226,7 +226,7 @@ def test_simulators_and_trainer_over_wss_step_like_local(
         local = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
         assert init_trainer(tls_relay, key, num_workers=2, ca_file=pki.ca) is True
         session = remoterl_ray.current_session()
-        assert session is not None and session.conn.url.startswith("wss://")
+        assert session is not None and session.links.conn.url.startswith("wss://")
         remote = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
         assert isinstance(remote, remoterl_ray.RemoteVectorEnv)
         obs_remote, _ = remote.reset(seed=11)

@@ -14,7 +14,7 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
 from ..trainer.configure import current_session
 from ..trainer.patching import Patcher
-from ..trainer.session import TrainerSettings
+from ..trainer.settings import TrainerSettings
 from .env_runner import RemoteEnvRunner
 from .settings import SETTINGS_KEY
 

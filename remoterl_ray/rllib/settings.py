@@ -11,7 +11,8 @@ from typing import Any
 
 from ..protocol.errors import NoSimulatorError, RelayUnavailableError
 from ..trainer.configure import current_session, trainer_settings
-from ..trainer.session import TrainerSession, TrainerSettings
+from ..trainer.session import TrainerSession
+from ..trainer.settings import TrainerSettings
 
 SETTINGS_KEY = "_remoterl"
 
@@ -40,9 +41,9 @@ def session_for(settings: TrainerSettings) -> TrainerSession:
         session = _sessions.get(settings)
         if session is None:
             session = TrainerSession(settings)
-            if session.connect() is None:
+            if session.links.connect() is None:
                 raise RelayUnavailableError(f"cannot reach the relay at {settings.relay_url}")
-            if session.wait_for_simulators(settings.num_workers, settings.simulator_wait) == 0:
+            if session.links.wait_for_simulators(settings.num_workers, settings.simulator_wait) == 0:
                 session.close()
                 raise NoSimulatorError(
                     f"no simulator of this workspace came online within {settings.simulator_wait:.0f}s"

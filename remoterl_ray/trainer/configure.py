@@ -21,7 +21,8 @@ from ..config import (
     resolve_tensorboard_dir,
 )
 from ..protocol.limits import MAX_SPACE_BYTES
-from .session import TrainerSession, TrainerSettings
+from .session import TrainerSession
+from .settings import TrainerSettings
 
 _current: TrainerSession | None = None
 

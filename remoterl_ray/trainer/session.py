@@ -1,70 +1,34 @@
-"""Layer 6: the trainer's session with the relay.
+"""Layer 6: the trainer's session: making remote envs on simulators.
 
-Owns the connection, knows how many simulators are online, asks the relay
-for channels, and creates remote envs on simulators (mirroring registrations
-first). ``RemoteEnv`` and ``RemoteVectorEnv`` are thin views over it.
+It asks the relay for channels over the trainer's links (``links.py``) and
+makes envs on the simulators behind them, mirroring registrations first.
+``RemoteEnv`` and ``RemoteVectorEnv`` are thin views over it (``shards.py``).
 
-Regions: the relay tells the session where its workspace's simulators are
-(``locate``). When they are in several regions, the session opens one more
-connection per region and spreads a new env's copies over the regions in
-proportion to their simulators.
+Regions: the links say where the workspace's simulators are (``locate``).
+When they are in several regions, a new env's copies are spread over the
+regions in proportion to their simulators, one connection per region.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol import codec
-from ..protocol.errors import ErrorCode, NoSimulatorError, ProtocolError, RelayUnavailableError, RemoteRLError
+from ..protocol.errors import ErrorCode, NoSimulatorError, ProtocolError, RemoteRLError
 from ..protocol.descriptions import EnvDescription, parse_description
 from ..protocol.frames import Kind, Op
-from ..protocol.limits import MAX_RELEASE_CHANNELS, MAX_SPACE_BYTES
-from ..protocol.messages import (
-    CAP_LOCATE,
-    CAP_NOTICE,
-    CAP_RECONNECT,
-    Hello,
-    Locate,
-    Notice,
-    Open,
-    Opened,
-    Reconnect,
-    Region,
-    Regions,
-    Release,
-    Shard,
-    Simulators,
-    control_frame,
-    encode_control,
-    parse_control,
-)
+from ..protocol.limits import MAX_RELEASE_CHANNELS
+from ..protocol.messages import Open, Opened, Release, Shard, control_frame, encode_control, parse_control
 from ..transport import RelayConnection
 from ..transport.discovery import keeps_security
+from .links import RelayLinks
 from .metrics import RemoteMetrics
+from .settings import TrainerSettings
 
 log = logging.getLogger("remoterl.trainer")
-
-
-@dataclass(frozen=True)
-class TrainerSettings:
-    relay_url: str
-    api_key: str | None = field(repr=False)  # settings travel in RLlib configs, which get logged
-    num_workers: int = 1
-    num_env_runners: int = 2
-    timeout: float = 60.0  # per request (step, reset, ...)
-    make_timeout: float = 120.0  # creating envs may load heavy simulators
-    connect_timeout: float = 10.0
-    simulator_wait: float = 10.0
-    tensorboard_dir: str | None = None  # remote-env metrics as TensorBoard scalars
-    metrics_interval: float = 5.0  # seconds between TensorBoard points
-    ca_file: str | None = None  # PEM CAs a wss:// relay is verified with (None: the system trust store)
-    max_space_bytes: int = MAX_SPACE_BYTES  # largest space a simulator may describe (protocol/limits.py)
 
 
 @dataclass
@@ -102,114 +66,23 @@ def split_by_weight(total: int, weights: list[int]) -> list[int]:
 
 
 class TrainerSession:
+    """Makes remote envs over the trainer's links to the relay (``links``): mirrors
+    registrations first, asks the relay for channels, spreads a new env's copies
+    over the regions, caches descriptions, and keeps the remote-env metrics."""
+
     def __init__(self, settings: TrainerSettings) -> None:
         self.settings = settings
+        self.links = RelayLinks(settings)
         self.registrations: dict[str, Registration] = {}
         self.unmirrored: dict[str, str] = {}  # id -> why its registration stayed local
         self._descriptions: dict[bytes, EnvDescription] = {}
-        self.simulators = 0
         self.metrics = RemoteMetrics()
-        self._conn: RelayConnection | None = None
-        self._regional: dict[str, RelayConnection] = {}  # other regions, by name
-        self._lock = threading.Lock()
-        self._move_asked = False  # the relay asked us (while idle) to dial again
-        self.closed = False
         self._tensorboard: Any = None
         self._next_write = 0.0
         if settings.tensorboard_dir:
             from .tensorboard import ScalarWriter  # imported only when asked for
 
             self._tensorboard = ScalarWriter(settings.tensorboard_dir)
-
-    # -- connection -------------------------------------------------------
-
-    def _on_control(self, message: Any) -> None:
-        if isinstance(message, Simulators):
-            self.simulators = message.count
-        elif isinstance(message, Reconnect):
-            self._move_asked = True  # acted on at the next use of the connection
-        elif isinstance(message, Notice):
-            log.warning("remoterl: %s", message.message)
-
-    def _open(self, url: str, timeout: float, **handlers: Any) -> RelayConnection | None:
-        return RelayConnection.open_with_backoff(
-            url,
-            Hello(
-                role="trainer",
-                api_key=self.settings.api_key,
-                name=f"{socket.gethostname()}:{os.getpid()}",  # shown on the operator dashboard
-                capabilities=[CAP_RECONNECT, CAP_NOTICE],
-            ),
-            deadline=time.monotonic() + timeout,
-            timeout=min(timeout, 10.0) or 1.0,
-            ca_file=self.settings.ca_file,
-            **handlers,
-        )
-
-    def connect(self, timeout: float | None = None) -> RelayConnection | None:
-        """Connect (retrying until ``timeout``); None if the relay is unreachable."""
-        timeout = self.settings.connect_timeout if timeout is None else timeout
-        conn = self._open(self.settings.relay_url, timeout, on_control=self._on_control)
-        if conn is not None:
-            self.simulators = conn.welcome.simulators
-            self._conn = conn
-        return conn
-
-    def region_conn(self, region: Region) -> RelayConnection:
-        """The connection to ``region`` (``url`` None: the one we dialled)."""
-        if region.url is None:
-            return self.conn
-        with self._lock:
-            if self.closed:
-                raise RelayUnavailableError("this trainer session was shut down")
-            conn = self._regional.get(region.name)
-            if conn is None or conn.closed:
-                conn = self._open(region.url, self.settings.connect_timeout)
-                if conn is None:
-                    raise RelayUnavailableError(f"cannot reach region {region.name} at {region.url}")
-                self._regional[region.name] = conn
-            return conn
-
-    def locate(self) -> list[Region]:
-        """Every region, with how many of our workspace's simulators are online there."""
-        if CAP_LOCATE not in self.conn.welcome.capabilities:  # a relay from before regions
-            return [Region(name=self.conn.welcome.region, url=None, simulators=self.simulators)]
-        reply = self.conn.call([(Kind.CONTROL, Op.NONE, 0, encode_control(Locate()))], self.settings.timeout)[0]
-        if reply.error is not None:
-            raise reply.error
-        message = parse_control(reply.payload)
-        if not isinstance(message, Regions):
-            raise ProtocolError(f"relay answered locate with {message.op!r}")
-        return message.regions
-
-    @property
-    def conn(self) -> RelayConnection:
-        """The live connection; reconnects once if the relay dropped it, or
-        asked us to move while we held no channel there."""
-        with self._lock:
-            if self.closed:
-                raise RelayUnavailableError("this trainer session was shut down")
-            if self._move_asked and self._conn is not None:
-                self._move_asked = False
-                log.info("relay moved this workspace to another replica; reconnecting")
-                self._conn.close()
-            if self._conn is None or self._conn.closed:
-                if self.connect() is None:
-                    raise RelayUnavailableError(f"cannot reach the relay at {self.settings.relay_url}")
-            assert self._conn is not None
-            return self._conn
-
-    def wait_for_simulators(self, count: int, timeout: float) -> int:
-        """Wait until ``count`` simulators of our workspace are online in any region."""
-        deadline = time.monotonic() + timeout
-        while True:
-            online = sum(r.simulators for r in self.locate())
-            remaining = deadline - time.monotonic()
-            if online >= count or remaining <= 0:
-                self.simulators = online
-                return online
-            # Simulator events from our own region wake us early; other regions are polled.
-            self.conn.wait_until(lambda: self.simulators >= count, min(remaining, 0.5))
 
     # -- metrics ----------------------------------------------------------
 
@@ -223,29 +96,18 @@ class TrainerSession:
                 self._write_tensorboard()
 
     def metrics_snapshot(self) -> dict[str, float]:
-        conns = [c for c in (self._conn, *self._regional.values()) if c is not None]
-        return self.metrics.snapshot(
-            bytes_sent=sum(c.counters.bytes_sent for c in conns),
-            bytes_received=sum(c.counters.bytes_received for c in conns),
-            simulators=self.simulators,
-        )
+        sent, received = self.links.byte_counts()
+        return self.metrics.snapshot(bytes_sent=sent, bytes_received=received, simulators=self.links.simulators)
 
     def _write_tensorboard(self) -> None:
         self._tensorboard.write(self.metrics.total_env_steps, self.metrics_snapshot())
 
     def close(self) -> None:
-        self.closed = True
         if self._tensorboard is not None:
             self._write_tensorboard()
             self._tensorboard.close()
             self._tensorboard = None
-        with self._lock:
-            for conn in self._regional.values():
-                conn.close()
-            self._regional.clear()
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self.links.close()
 
     # -- env lifecycle ----------------------------------------------------
 
@@ -277,15 +139,15 @@ class TrainerSession:
         """How many envs go to which region's connection."""
         regions = [
             r
-            for r in self.locate()
+            for r in self.links.locate()
             if r.simulators > 0 and (r.url is None or keeps_security(self.settings.relay_url, r.url))
         ]
         if len(regions) <= 1 or num_envs == 1 or whole:
             # One region (or one env): where most simulators are, else ours (the relay says why not).
             best = max(regions, key=lambda r: (r.simulators, r.url is None), default=None)
-            return [(self.conn if best is None else self.region_conn(best), num_envs)]
+            return [(self.links.conn if best is None else self.links.region_conn(best), num_envs)]
         parts = split_by_weight(num_envs, [r.simulators for r in regions])
-        return [(self.region_conn(r), n) for r, n in zip(regions, parts) if n > 0]
+        return [(self.links.region_conn(r), n) for r, n in zip(regions, parts) if n > 0]
 
     def _create_on(
         self,

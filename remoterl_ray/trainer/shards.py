@@ -154,7 +154,7 @@ class Shards:
         for conn, channels in group_channels(self.made):
             self.session.release(conn, channels)  # channels on a live connection (another region) go back
         try:
-            self.session.wait_for_simulators(1, self.session.settings.simulator_wait)
+            self.session.links.wait_for_simulators(1, self.session.settings.simulator_wait)
             self._adopt(
                 self.session.create(self.env_id, self.num_envs, self._make, vector=self.vector, whole=self.whole)
             )

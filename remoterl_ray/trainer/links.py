@@ -1,0 +1,164 @@
+"""Layer 6: a trainer's connections to the relay, and what the relay tells them.
+
+One connection to the relay URL the trainer was given (the home link), and
+one more per region whose simulators the trainer's envs use. The relay tells
+the home link how many of the workspace's simulators are online, asks it to
+dial again when its workspace moves to another replica, and says where the
+simulators are (``locate``). Making envs over these links is
+``TrainerSession``'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from enum import Enum
+from typing import Any
+
+from ..protocol.errors import ProtocolError, RelayUnavailableError
+from ..protocol.frames import Kind, Op
+from ..protocol.messages import (
+    CAP_LOCATE,
+    CAP_NOTICE,
+    CAP_RECONNECT,
+    Hello,
+    Locate,
+    Notice,
+    Reconnect,
+    Region,
+    Regions,
+    Simulators,
+    encode_control,
+    parse_control,
+)
+from ..transport import RelayConnection
+from .settings import TrainerSettings
+
+log = logging.getLogger("remoterl.trainer")
+
+
+class Home(Enum):
+    """The home link's state. Any state but ``CLOSED`` dials again when its
+    connection is found lost."""
+
+    CONNECTED = "connected"
+    MOVE_ASKED = "move asked"  # the relay asked us to dial again (another replica serves us): at the next use
+    CLOSED = "closed"  # shut down: nothing is dialled again
+
+
+class RelayLinks:
+    def __init__(self, settings: TrainerSettings) -> None:
+        self.settings = settings
+        self.simulators = 0  # of our workspace, online in our region (the relay's last word)
+        self.state = Home.CONNECTED
+        self._home: RelayConnection | None = None
+        self._regional: dict[str, RelayConnection] = {}  # other regions, by name
+        self._lock = threading.Lock()
+
+    def _on_control(self, message: Any) -> None:
+        if isinstance(message, Simulators):
+            self.simulators = message.count
+        elif isinstance(message, Reconnect):
+            if self.state is Home.CONNECTED:
+                self.state = Home.MOVE_ASKED
+        elif isinstance(message, Notice):
+            log.warning("remoterl: %s", message.message)
+
+    def _open(self, url: str, timeout: float, **handlers: Any) -> RelayConnection | None:
+        return RelayConnection.open_with_backoff(
+            url,
+            Hello(
+                role="trainer",
+                api_key=self.settings.api_key,
+                name=f"{socket.gethostname()}:{os.getpid()}",  # shown on the operator dashboard
+                capabilities=[CAP_RECONNECT, CAP_NOTICE],
+            ),
+            deadline=time.monotonic() + timeout,
+            timeout=min(timeout, 10.0) or 1.0,
+            ca_file=self.settings.ca_file,
+            **handlers,
+        )
+
+    def connect(self, timeout: float | None = None) -> RelayConnection | None:
+        """Connect the home link (retrying until ``timeout``); None if the relay is unreachable."""
+        timeout = self.settings.connect_timeout if timeout is None else timeout
+        conn = self._open(self.settings.relay_url, timeout, on_control=self._on_control)
+        if conn is not None:
+            self.simulators = conn.welcome.simulators
+            self._home = conn
+        return conn
+
+    @property
+    def conn(self) -> RelayConnection:
+        """The home link's live connection; dials again once if the relay dropped it,
+        or asked us to move while we held no channel there."""
+        with self._lock:
+            if self.state is Home.CLOSED:
+                raise RelayUnavailableError("this trainer session was shut down")
+            if self.state is Home.MOVE_ASKED:
+                self.state = Home.CONNECTED
+                if self._home is not None:
+                    log.info("relay moved this workspace to another replica; reconnecting")
+                    self._home.close()
+            if self._home is None or self._home.closed:
+                if self.connect() is None:
+                    raise RelayUnavailableError(f"cannot reach the relay at {self.settings.relay_url}")
+            assert self._home is not None
+            return self._home
+
+    def region_conn(self, region: Region) -> RelayConnection:
+        """The connection to ``region`` (``url`` None: the home link's)."""
+        if region.url is None:
+            return self.conn
+        with self._lock:
+            if self.state is Home.CLOSED:
+                raise RelayUnavailableError("this trainer session was shut down")
+            conn = self._regional.get(region.name)
+            if conn is None or conn.closed:
+                conn = self._open(region.url, self.settings.connect_timeout)
+                if conn is None:
+                    raise RelayUnavailableError(f"cannot reach region {region.name} at {region.url}")
+                self._regional[region.name] = conn
+            return conn
+
+    def locate(self) -> list[Region]:
+        """Every region, with how many of our workspace's simulators are online there."""
+        if CAP_LOCATE not in self.conn.welcome.capabilities:  # a relay from before regions
+            return [Region(name=self.conn.welcome.region, url=None, simulators=self.simulators)]
+        reply = self.conn.call([(Kind.CONTROL, Op.NONE, 0, encode_control(Locate()))], self.settings.timeout)[0]
+        if reply.error is not None:
+            raise reply.error
+        message = parse_control(reply.payload)
+        if not isinstance(message, Regions):
+            raise ProtocolError(f"relay answered locate with {message.op!r}")
+        return message.regions
+
+    def wait_for_simulators(self, count: int, timeout: float) -> int:
+        """Wait until ``count`` simulators of our workspace are online in any region."""
+        deadline = time.monotonic() + timeout
+        while True:
+            online = sum(r.simulators for r in self.locate())
+            remaining = deadline - time.monotonic()
+            if online >= count or remaining <= 0:
+                self.simulators = online
+                return online
+            # Simulator events from our own region wake us early; other regions are polled.
+            self.conn.wait_until(lambda: self.simulators >= count, min(remaining, 0.5))
+
+    def byte_counts(self) -> tuple[int, int]:
+        """Bytes sent and received over the live connections."""
+        conns = [c for c in (self._home, *self._regional.values()) if c is not None]
+        return sum(c.counters.bytes_sent for c in conns), sum(c.counters.bytes_received for c in conns)
+
+    def close(self) -> None:
+        with self._lock:
+            self.state = Home.CLOSED
+            for conn in self._regional.values():
+                conn.close()
+            self._regional.clear()
+            if self._home is not None:
+                self._home.close()
+                self._home = None
