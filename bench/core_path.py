@@ -8,14 +8,19 @@ simulator processes:
               a remote step sends (one frame per simulator) to a plain
               ``websockets`` forwarder process, which passes them to echo
               processes that answer with the very bytes a remote step returns;
-              no env, no protocol, no relay logic;
+              no env, no protocol, no relay logic; the trainer and the echoes
+              use the ``websockets`` synchronous client (a reader thread);
+* raw-own  -- the same as raw, with remoterl's own client (``transport/websocket.py``,
+              read in the caller's thread) at both ends, as remote uses;
+* shard    -- ``SyncVectorEnv`` of one simulator's share of the envs (n / s), the
+              env work each simulator does per step (they step in parallel);
 * remote   -- ``remoterl`` trainer -> embedded relay -> simulator processes.
 
 Prints step latency p50/p99, env-steps/s, bytes on the trainer's socket per
 env-step (payload + our header + WebSocket framing, both directions), and the
 ratios the targets are stated in.
 
-    python bench/core_path.py            # full run (~2 minutes on 2 cores)
+    python bench/core_path.py            # full run (~4 minutes on 2 cores)
     python bench/core_path.py --quick    # smoke run
 """
 
@@ -134,10 +139,15 @@ asyncio.run(main(int(sys.argv[1])))
 
 ECHO = r'''
 import sys
-from websockets.sync.client import connect
-port, index, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+port, index, size, client = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 reply = bytes(size)
-ws = connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None, legacy=True, proxy=None)
+url = f"ws://127.0.0.1:{port}"
+if client == "websockets":
+    from websockets.sync.client import connect
+    ws = connect(url, compression=None, max_size=None, legacy=True, proxy=None)
+else:
+    from remoterl_ray.transport.websocket import WebSocket
+    ws = WebSocket.connect(url, max_size=None)
 ws.send(b"S" + bytes([index]))
 try:
     while True:
@@ -169,16 +179,23 @@ def real_frames(n_envs: int, sims: int) -> tuple[list[bytes], list[int]]:
     return requests, replies
 
 
-def raw_path(n_envs: int, sims: int):
+def raw_path(n_envs: int, sims: int, client: str):
+    """``client``: "websockets" (its synchronous client) or "own" (``transport/websocket.py``)."""
     from websockets.sync.client import connect
+
+    from remoterl_ray.transport.websocket import WebSocket
 
     port = free_port()
     forwarder = subprocess.Popen([sys.executable, "-c", FORWARDER, str(port)], stdout=subprocess.PIPE)
     assert forwarder.stdout is not None and forwarder.stdout.readline().strip() == b"ready"
     requests, reply_sizes = real_frames(n_envs, sims)
-    trainer = connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None, legacy=True, proxy=None)
+    url = f"ws://127.0.0.1:{port}"
+    if client == "websockets":
+        trainer = connect(url, compression=None, max_size=None, legacy=True, proxy=None)
+    else:
+        trainer = WebSocket.connect(url, max_size=None)
     trainer.send(b"T")
-    echoes = [subprocess.Popen([sys.executable, "-c", ECHO, str(port), str(i), str(reply_sizes[i])])
+    echoes = [subprocess.Popen([sys.executable, "-c", ECHO, str(port), str(i), str(reply_sizes[i]), client])
               for i in range(sims)]
 
     def step() -> None:
@@ -212,7 +229,7 @@ def remote_path(relay, key: str, n_envs: int, sims: int):
 
     def bytes_per_env_step() -> float:
         """From one extra, counted batch of steps with no reset in it."""
-        c = remoterl_ray.current_session().conn.counters
+        c = remoterl_ray.current_session().links.conn.counters
         before = (c.bytes_sent, c.frames_sent, c.bytes_received, c.frames_received)
         counted = 0
         env.reset(seed=1)
@@ -256,9 +273,13 @@ def main() -> None:
         relay.wait_for(key, "simulator", 2, timeout=60)
         for n, s in configs:  # the relay places n envs on s of the 2 simulators
             local_step, local_close = local_path(n)
-            raw_step, raw_close, raw_bytes = raw_path(n, s)
+            shard_step, shard_close = local_path(-(-n // s))  # one simulator's own env work, in parallel
+            raw_step, raw_close, raw_bytes = raw_path(n, s, "websockets")
+            own_step, own_close, _ = raw_path(n, s, "own")
             remote_step, remote_close, remote_bytes = remote_path(relay, key, n, s)
-            paths = {"local": local_step, "raw": raw_step, "remote": remote_step}
+            paths = {"local": local_step, "raw": raw_step, "raw-own": own_step, "remote": remote_step}
+            if s > 1:
+                paths["shard"] = shard_step
             lat: dict[str, list[np.ndarray]] = {name: [] for name in paths}
             for step in paths.values():
                 timed(step, warmup)
@@ -267,27 +288,34 @@ def main() -> None:
                     lat[name].append(timed(step, steps[n] // rounds))
             bytes_remote = remote_bytes()
             local_close()
+            shard_close()
             raw_close()
+            own_close()
             remote_close()
             if s == 1 or ("local", n, 0) not in results:
                 results[("local", n, 0)] = Result("local", n, 0, np.concatenate(lat["local"]))
             results[("raw", n, s)] = Result("raw", n, s, np.concatenate(lat["raw"]), raw_bytes)
+            results[("raw-own", n, s)] = Result("raw-own", n, s, np.concatenate(lat["raw-own"]), raw_bytes)
+            if s > 1:
+                results[("shard", n, s)] = Result("shard", -(-n // s), 0, np.concatenate(lat["shard"]))
             results[("remote", n, s)] = Result("remote", n, s, np.concatenate(lat["remote"]), bytes_remote)
     finally:
         for proc in procs:
             proc.stop()
         relay.stop()
 
-    header = f"{'path':<7}{'envs':>5}{'sims':>5}{'p50 ms':>9}{'p99 ms':>9}{'env-steps/s':>13}{'B/env-step':>12}"
+    header = f"{'path':<8}{'envs':>5}{'sims':>5}{'p50 ms':>9}{'p99 ms':>9}{'env-steps/s':>13}{'B/env-step':>12}"
     print(header)
     print("-" * len(header))
     for (name, n, s), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
         b = f"{r.bytes_per_env_step:.1f}" if r.bytes_per_env_step is not None else "-"
-        print(f"{name:<7}{n:>5}{s:>5}{r.p50_ms:>9.3f}{r.p99_ms:>9.3f}{r.env_steps_per_s:>13,.0f}{b:>12}")
+        print(f"{name:<8}{r.n_envs:>5}{r.sims:>5}{r.p50_ms:>9.3f}{r.p99_ms:>9.3f}{r.env_steps_per_s:>13,.0f}{b:>12}")
     print()
     print("ratios (targets in brackets)")
-    rem, raw = results[("remote", 1, 1)], results[("raw", 1, 1)]
-    print(f"  1 env:           remote p50 / raw p50 = {rem.p50_ms / raw.p50_ms:.2f}   [<= 1.5]")
+    rem, raw, own = results[("remote", 1, 1)], results[("raw", 1, 1)], results[("raw-own", 1, 1)]
+    print(f"  1 env:           remote p50 / raw p50 = {rem.p50_ms / raw.p50_ms:.2f}   [<= 1.1]")
+    print(f"  1 env:           remote p50 / raw-own p50 = {rem.p50_ms / own.p50_ms:.2f}")
+    print(f"  1 env:           raw-own p50 / raw p50 = {own.p50_ms / raw.p50_ms:.2f}   [<= 0.8]")
     for n in (16, 64):
         for s in (1, 2):
             rem, raw = results[("remote", n, s)], results[("raw", n, s)]
@@ -298,6 +326,9 @@ def main() -> None:
             target = "   [>= 0.8]" if (n, s) == (64, 2) else ""
             print(f"  {n} envs, {s} sims: remote / local env-steps/s = "
                   f"{rem.env_steps_per_s / loc.env_steps_per_s:.2f}{target}")
+    rem, own, shard = results[("remote", 64, 2)], results[("raw-own", 64, 2)], results[("shard", 64, 2)]
+    print(f"  64 envs, 2 sims: remote p50 - raw-own p50 - one shard's env p50 = "
+          f"{rem.p50_ms - own.p50_ms - shard.p50_ms:.3f} ms   [<= 0.15]")
     print(f"  64 envs, 2 sims: bytes per env-step = {results[('remote', 64, 2)].bytes_per_env_step:.1f}   [<= 64]")
 
 

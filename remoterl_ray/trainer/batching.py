@@ -122,7 +122,7 @@ def check_per_env_fill(each: list[dict[str, Any]], num_envs: int) -> None:
     """
     rows: dict[tuple[Any, ...], int] = {}
     sent = 0
-    stack: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((), info) for info in each]
+    stack: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((), info) for info in each if info]
     while stack:
         path, info = stack.pop()
         for key, value in info.items():

@@ -459,6 +459,8 @@ class RemoteVectorEnv(VectorEnv):
         out: dict[str, Any] = {}
         try:
             for i, info in enumerate(each):
+                if not info:  # adds nothing (the common case); Gymnasium's _add_info would loop over no key
+                    continue
                 if "final_info" in info and "final_obs" in info:
                     out = add(out, {"final_obs": info["final_obs"], "final_info": info["final_info"]}, i)
                     info = {k: v for k, v in info.items() if k not in ("final_obs", "final_info")}
