@@ -10,9 +10,11 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -552,3 +554,69 @@ def test_connections_are_counted_before_their_tls_handshake(pki: Pki, tls_keys: 
             sock.close()
     finally:
         relay.stop()
+
+
+def test_half_a_tls_record_does_not_wedge_the_client(pki: Pki) -> None:
+    """A relay (or a network dying mid-record) delivers half a TLS record: the client
+    reads what decrypts and never waits inside a read, so its heartbeat still fails
+    the connection and a reader gets ConnectionClosed, not a hang."""
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.server import ServerProtocol
+
+    from remoterl_ray.transport.websocket import WebSocket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pki.cert, pki.key)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_side=True)
+
+        def pump_in() -> None:
+            conn.sendall(outgoing.read())
+            incoming.write(conn.recv(65536))
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pump_in()
+        conn.sendall(outgoing.read())
+        protocol, events = ServerProtocol(), []
+        while not events:
+            try:
+                protocol.receive_data(tls.read(65536))
+            except ssl.SSLWantReadError:
+                pump_in()
+            events = protocol.events_received()
+        protocol.send_response(protocol.accept(events[0]))
+        tls.write(b"".join(protocol.data_to_send()))
+        conn.sendall(outgoing.read())
+        tls.write(bytes([0x82, 100]) + b"m" * 100)  # one binary frame, as one TLS record
+        record = outgoing.read()
+        conn.sendall(record[: len(record) // 2])  # the rest never comes; TCP stays up
+        done.wait(30)
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ws = WebSocket.connect(
+        f"wss://127.0.0.1:{listener.getsockname()[1]}",
+        ssl=ssl.create_default_context(cafile=pki.ca),
+        ping_interval=0.2,
+        ping_timeout=0.5,
+    )
+    try:
+        time.sleep(1.0)  # nobody reads: the keeper meets the half record first
+        with pytest.raises(ConnectionClosedError) as caught:
+            ws.recv(timeout=20)
+        assert caught.value.sent is not None and caught.value.sent.reason == "keepalive ping timeout"
+    finally:
+        done.set()
+        ws.close()
+        thread.join(timeout=10)
+        listener.close()

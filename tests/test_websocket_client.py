@@ -111,33 +111,60 @@ def test_a_message_above_max_size_closes_with_1009_before_it_is_kept():
             ws.close()
 
 
+def server_frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
+    """One unmasked frame as a server sends it."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if len(payload) < 126:
+        return head + bytes([len(payload)]) + payload
+    return head + bytes([126]) + len(payload).to_bytes(2, "big") + payload
+
+
+def accept_upgrade(conn: socket.socket, extra: bytes = b"") -> None:
+    """Answer one client's upgrade request with 101, and ``extra`` in the same write."""
+    protocol = ServerProtocol()
+    events: list = []
+    while not events:
+        protocol.receive_data(conn.recv(65536))
+        events = protocol.events_received()
+    protocol.send_response(protocol.accept(events[0]))
+    conn.sendall(b"".join(protocol.data_to_send()) + extra)
+
+
 @contextmanager
-def silent_server() -> Iterator[tuple[str, threading.Event]]:
-    """Accepts one WebSocket handshake, then never reads or writes again."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    done = threading.Event()
+def raw_server(after: Callable[[socket.socket], None], extra: bytes = b"", rcvbuf: int | None = None) -> Iterator[str]:
+    """Accepts one WebSocket handshake (then ``extra``), then runs ``after`` on the socket."""
+    listener = socket.socket()
+    if rcvbuf:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
 
     def run() -> None:
         conn, _ = listener.accept()
-        protocol = ServerProtocol()
-        events: list = []
-        while not events:
-            protocol.receive_data(conn.recv(65536))
-            events = protocol.events_received()
-        protocol.send_response(protocol.accept(events[0]))
-        for chunk in protocol.data_to_send():
-            conn.sendall(chunk)
-        done.wait(30)
-        conn.close()
+        with conn:
+            try:
+                accept_upgrade(conn, extra)
+                after(conn)
+            except OSError:
+                pass
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
-        yield f"ws://127.0.0.1:{listener.getsockname()[1]}", done
+        yield f"ws://127.0.0.1:{listener.getsockname()[1]}"
     finally:
-        done.set()
-        thread.join(timeout=10)
         listener.close()
+
+
+@contextmanager
+def silent_server() -> Iterator[tuple[str, threading.Event]]:
+    """Accepts one WebSocket handshake, then never reads or writes again."""
+    done = threading.Event()
+    with raw_server(lambda conn: done.wait(30)) as url:
+        try:
+            yield url, done
+        finally:
+            done.set()
 
 
 def test_the_heartbeat_finds_a_silent_peer_while_a_reader_waits():
@@ -190,5 +217,86 @@ def test_a_peer_flooding_an_idle_client_is_held_back_not_buffered():
             got = [int.from_bytes(ws.recv(timeout=10)[:4], "big") for _ in range(count)]
             assert got == list(range(count))
             ws.send(b"done")
+        finally:
+            ws.close()
+
+
+def test_a_relay_that_stops_reading_fails_sends_and_close_in_bounded_time():
+    """Its window and our buffer fill: no write waits past the heartbeat's timeout,
+    and closing gives up on the closing handshake instead of hanging."""
+    stop = threading.Event()
+    with raw_server(lambda conn: stop.wait(30), rcvbuf=4096) as url:
+        ws = WebSocket.connect(url, ping_interval=0.2, ping_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            for _ in range(1000):  # 1 GiB: far more than the buffers hold
+                ws.send(bytes(1 << 20))
+        assert time.monotonic() - started < 20
+        started = time.monotonic()
+        ws.close()
+        assert time.monotonic() - started < 10
+        stop.set()
+
+
+def test_a_ping_flood_does_not_starve_the_heartbeat():
+    """A relay streams pings, reads what we send and never answers our pings: the
+    keeper answers them a bounded while per look, and still fails the connection."""
+    stop = threading.Event()
+
+    def flood(conn: socket.socket) -> None:
+        threading.Thread(target=lambda: [conn.recv(1 << 20) for _ in iter(stop.is_set, True)], daemon=True).start()
+        chunk = server_frame(0x9) * 4096
+        while not stop.is_set():
+            conn.sendall(chunk)
+
+    with raw_server(flood) as url:
+        ws = WebSocket.connect(url, ping_interval=0.3, ping_timeout=0.6)
+        try:
+            with pytest.raises(ConnectionClosedError) as caught:
+                ws.recv(timeout=30)
+            assert caught.value.sent is not None and caught.value.sent.reason == "keepalive ping timeout"
+        finally:
+            stop.set()
+            ws.close()
+
+
+def test_a_message_in_too_many_fragments_is_refused_with_1009():
+    """Empty continuation frames add nothing to max_size: their count is bounded instead."""
+    stop = threading.Event()
+
+    def fragments(conn: socket.socket) -> None:
+        conn.sendall(server_frame(0x2, b"x", fin=False))
+        chunk = server_frame(0x0, fin=False) * 4096
+        while not stop.is_set():
+            conn.sendall(chunk)
+
+    with raw_server(fragments) as url:
+        ws = WebSocket.connect(url, max_size=1 << 20)
+        try:
+            with pytest.raises(ConnectionClosedError) as caught:
+                ws.recv(timeout=30)
+            assert caught.value.sent is not None and caught.value.sent.code == CloseCode.MESSAGE_TOO_BIG
+        finally:
+            stop.set()
+            ws.close()
+
+
+def test_a_close_frame_with_the_101_closes_the_connection_at_once():
+    with raw_server(lambda conn: time.sleep(1), extra=server_frame(0x8, (1000).to_bytes(2, "big"))) as url:
+        ws = WebSocket.connect(url)
+        try:
+            with pytest.raises(ConnectionClosed):
+                ws.send(b"hello")
+        finally:
+            ws.close()
+
+
+def test_a_text_frame_is_refused():
+    with raw_server(lambda conn: time.sleep(1), extra=server_frame(0x1, b"text")) as url:
+        ws = WebSocket.connect(url)
+        try:
+            with pytest.raises(ConnectionClosedError) as caught:
+                ws.recv(timeout=5)
+            assert caught.value.sent is not None and caught.value.sent.code == CloseCode.UNSUPPORTED_DATA
         finally:
             ws.close()

@@ -142,17 +142,16 @@ class RelayConnection:
             raise connect_error(url, exc, ca_file, timeout) from None
         protocol = ClientProtocol(hello)
         try:
-            ws.send(protocol.hello_frame())
-            frame = ws.recv(timeout=timeout)
-        except TimeoutError:
-            ws.close()
-            raise RelayUnavailableError(f"relay at {url} did not answer the hello within {timeout}s") from None
-        except ConnectionClosed as exc:
-            raise RelayUnavailableError(f"relay at {url} closed the connection during hello: {exc}") from None
-        try:
+            try:
+                ws.send(protocol.hello_frame())
+                frame = ws.recv(timeout=timeout)
+            except TimeoutError:
+                raise RelayUnavailableError(f"relay at {url} did not answer the hello within {timeout}s") from None
+            except ConnectionClosed as exc:
+                raise RelayUnavailableError(f"relay at {url} closed the connection during hello: {exc}") from None
             protocol.receive_welcome(frame)
-        except RemoteRLError:
-            ws.close()
+        except BaseException:
+            ws.close()  # whatever went wrong, the socket and its keeper end here
             raise
         conn = cls(ws, protocol, **handlers)
         conn.url = url

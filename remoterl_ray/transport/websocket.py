@@ -13,6 +13,12 @@ the messages it reads wait, in order, for the next reader (at most
 ``MAX_QUEUED``: a peer flooding an idle client is held back by TCP, not
 buffered here).
 
+The socket is non-blocking: a read never waits for the rest of a TLS record,
+and every write has a deadline (no progress for ``ping_timeout``, or
+``CLOSE_WAIT`` when closing), after which the connection is failed. A peer
+can neither wedge a reader, the keeper or a closing thread, nor grow a
+message past ``max_size`` or ``MAX_FRAGMENTS`` frames.
+
 It raises what the websockets client raises (``OSError``, ``InvalidHandshake``,
 ``InvalidURI`` or ``TimeoutError`` while connecting, ``ConnectionClosed`` once
 closed), so callers map failures the same way.
@@ -30,22 +36,40 @@ from collections import deque
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
-from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.frames import OK_CLOSE_CODES, Close, CloseCode, Frame, Opcode
 from websockets.http11 import USER_AGENT
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-READ_SIZE = 256 * 1024  # bytes asked of the socket per read
+READ_SIZE = 64 * 1024  # bytes asked of the socket per read (a read of tiny frames is work to parse: bounded)
+KEEPER_READ_SIZE = 16 * 1024  # the keeper reads less at a time, so its heartbeat runs often whatever arrives
 KEEPER_TICK = 0.1  # seconds between the keeper's looks at an idle connection (a pong goes out at most ~2 ticks late)
 MAX_QUEUED = 16  # messages the keeper reads ahead of the callers; then TCP holds the rest back
-CLOSE_WAIT = 1.0  # seconds :meth:`WebSocket.close` waits for the relay's closing frame
+MAX_FRAGMENTS = 1024  # frames one message may come in (our peers send one)
+WRITE_STALL = 20.0  # seconds a write may make no progress without a heartbeat to bound it
+CLOSE_WAIT = 1.0  # seconds :meth:`WebSocket.close` spends on the closing handshake
+_NOT_YET = (BlockingIOError, InterruptedError, ssl_module.SSLWantReadError, ssl_module.SSLWantWriteError)
+
+
+def closed_error(rcvd: Close | None, sent: Close | None, rcvd_first: bool | None = None) -> ConnectionClosed:
+    """The exception for a closed connection, OK or not as websockets decides it."""
+    both = rcvd is not None and sent is not None
+    ok = both and rcvd.code in OK_CLOSE_CODES and sent.code in OK_CLOSE_CODES  # type: ignore[union-attr]
+    rcvd_first = (True if rcvd_first is None else rcvd_first) if both else None
+    return (ConnectionClosedOK if ok else ConnectionClosedError)(rcvd, sent, rcvd_first)
 
 
 class WebSocket:
     """An open client WebSocket; thread-safe. Build it with :meth:`connect`."""
 
     def __init__(
-        self, sock: socket.socket, protocol: ClientProtocol, *, ping_interval: float | None, ping_timeout: float | None
+        self,
+        sock: socket.socket,
+        protocol: ClientProtocol,
+        *,
+        ping_interval: float | None,
+        ping_timeout: float | None,
+        early: list[Frame] | None = None,
     ) -> None:
         self._sock = sock
         self._protocol = protocol
@@ -54,14 +78,20 @@ class WebSocket:
         self._selector = selectors.DefaultSelector()
         self._selector.register(sock, selectors.EVENT_READ)
         self._messages: deque[bytes] = deque()  # read, not yet received
-        self._fragments: list[bytes] | None = None  # a fragmented message being read
+        self._fragments: bytearray | None = None  # a fragmented message being read
+        self._fragment_count = 0
         self._closed: ConnectionClosed | None = None
+        self._closing = False  # close() has begun: messages are no longer kept
         self._last_read = time.monotonic()
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
+        self._write_stall = ping_timeout if ping_timeout is not None else WRITE_STALL
         self._ping: tuple[bytes, float] | None = None  # the heartbeat awaiting its pong, and when it was sent
         self._last_ping = time.monotonic()
         self._stop = threading.Event()
+        with self._write_lock:
+            self._take(early or [])
+            self._settle()
         self._keeper = threading.Thread(target=self._keep, name="remoterl-websocket-keeper", daemon=True)
         self._keeper.start()
 
@@ -93,36 +123,59 @@ class WebSocket:
             request.headers.setdefault("User-Agent", USER_AGENT)
             protocol.send_request(request)
             early = _handshake(sock, protocol, deadline)
+            sock.setblocking(False)  # waits are the selector's, each with its deadline
         except BaseException:
             sock.close()
             raise
-        sock.settimeout(None)  # waits are the selector's; a stalled peer is the keeper's to find
-        ws = cls(sock, protocol, ping_interval=ping_interval, ping_timeout=ping_timeout)
-        ws._take(early)
-        return ws
+        return cls(sock, protocol, ping_interval=ping_interval, ping_timeout=ping_timeout, early=early)
 
     # -- sending ----------------------------------------------------------
 
     def send(self, data: bytes) -> None:
         """Send one binary message."""
         with self._write_lock:
-            if self._closed is not None:
-                raise self._closed
+            self._check_open()
             self._protocol.send_binary(data)
-            self._write()
+            self._write(self._write_stall)
 
-    def _write(self) -> None:
-        """Send what the protocol has queued (write lock held)."""
+    def _check_open(self) -> None:
+        """Raise the closing exception unless the connection is open (write lock held)."""
+        if self._closed is None and self._protocol.state is not State.OPEN:
+            self._lost()
+        if self._closed is not None:
+            raise self._closed
+
+    def _write(self, stall: float) -> None:
+        """Send what the protocol has queued (write lock held); a write that makes no
+        progress for ``stall`` seconds fails the connection (a frame cut short cannot go on)."""
         for chunk in self._protocol.data_to_send():
             try:
                 if chunk:
-                    self._sock.sendall(chunk)
+                    self._send_all(memoryview(chunk), stall)
                 else:  # the protocol's end of stream
-                    self._sock.shutdown(socket.SHUT_WR)
-            except OSError:
+                    self._shutdown(socket.SHUT_WR)
+            except (OSError, ValueError):
                 self._lost()
                 assert self._closed is not None
                 raise self._closed from None
+
+    def _send_all(self, data: memoryview, stall: float) -> None:
+        writable: selectors.BaseSelector | None = None  # made only when the socket's buffer is full
+        try:
+            while data:
+                try:
+                    data = data[self._sock.send(data) :]
+                    continue
+                except _NOT_YET:
+                    pass
+                if writable is None:
+                    writable = selectors.DefaultSelector()
+                    writable.register(self._sock, selectors.EVENT_WRITE)
+                if not writable.select(stall):
+                    raise TimeoutError(f"no byte could be written for {stall:.0f}s")
+        finally:
+            if writable is not None:
+                writable.close()
 
     # -- receiving --------------------------------------------------------
 
@@ -148,7 +201,7 @@ class WebSocket:
             self._read_lock.release()
 
     def _readable(self, timeout: float | None) -> bool:
-        """Whether a read would not block (read lock held)."""
+        """Whether there may be something to read (read lock held)."""
         pending = getattr(self._sock, "pending", None)  # TLS: bytes decrypted but not yet read
         if pending is not None and pending():
             return True
@@ -158,10 +211,13 @@ class WebSocket:
             self._lost()
             return False
 
-    def _read_once(self) -> None:
-        """One read of the socket, its frames handled (read lock held)."""
+    def _read_once(self, size: int = READ_SIZE) -> None:
+        """One read of the socket, its frames handled (read lock held). Never waits:
+        half a TLS record is left for the next read."""
         try:
-            data = self._sock.recv(READ_SIZE)
+            data = self._sock.recv(size)
+        except _NOT_YET:
+            return
         except (OSError, ValueError):
             data = b""
         with self._write_lock:
@@ -173,41 +229,65 @@ class WebSocket:
                 self._protocol.receive_eof()
             self._take(self._protocol.events_received())
             try:
-                self._write()  # pongs, our half of a closing handshake
+                self._write(self._write_stall)  # pongs, our half of a closing handshake
             except ConnectionClosed:
                 return
-            if self._protocol.state is not State.OPEN:
-                self._lost()
+            self._settle()
 
     def _take(self, frames: list[Frame]) -> None:
-        """Keep the messages among ``frames``; note the pong of our heartbeat."""
+        """Keep the messages among ``frames``; note the pong of our heartbeat (write lock held)."""
         for frame in frames:
-            if frame.opcode in (Opcode.BINARY, Opcode.TEXT):
+            opcode = frame.opcode
+            if opcode is Opcode.BINARY or opcode is Opcode.TEXT or opcode is Opcode.CONT:
+                if opcode is Opcode.TEXT:
+                    self._protocol.fail(CloseCode.UNSUPPORTED_DATA, "binary frames only")
+                    return
+                if opcode is Opcode.CONT:
+                    if self._fragments is None:
+                        continue  # the protocol refuses a continuation that follows nothing
+                    self._fragment_count += 1
+                    if self._fragment_count > MAX_FRAGMENTS:
+                        self._protocol.fail(CloseCode.MESSAGE_TOO_BIG, f"more than {MAX_FRAGMENTS} fragments")
+                        return
+                    self._fragments += frame.data
+                elif not frame.fin:
+                    self._fragments, self._fragment_count = bytearray(frame.data), 1
                 if frame.fin:
-                    self._messages.append(bytes(frame.data))
-                else:
-                    self._fragments = [bytes(frame.data)]
-            elif frame.opcode is Opcode.CONT and self._fragments is not None:
-                self._fragments.append(bytes(frame.data))
-                if frame.fin:
-                    self._messages.append(b"".join(self._fragments))
+                    message = bytes(frame.data) if self._fragments is None else bytes(self._fragments)
                     self._fragments = None
-            elif frame.opcode is Opcode.PONG and self._ping is not None and frame.data == self._ping[0]:
+                    if not self._closing:
+                        self._messages.append(message)
+            elif opcode is Opcode.PONG and self._ping is not None and frame.data == self._ping[0]:
                 self._ping = None
+
+    def _settle(self) -> None:
+        """Once the protocol is no longer open, the connection is over (write lock held)."""
+        if self._protocol.state is not State.OPEN:
+            self._write_quietly()
+            self._lost()
+
+    def _write_quietly(self) -> None:
+        try:
+            self._write(CLOSE_WAIT)  # a close frame the protocol queued
+        except ConnectionClosed:
+            pass
 
     def _lost(self, sent: Close | None = None) -> None:
         """The connection is over: remember why (what the relay's closing frame said),
         and shut the socket so that a blocked reader or writer wakes."""
         if self._closed is None:
-            if self._protocol.state is State.CLOSED:
-                self._closed = self._protocol.close_exc
+            protocol = self._protocol
+            if protocol.state is State.CLOSED and sent is None:
+                self._closed = protocol.close_exc
             else:
-                rcvd, sent = self._protocol.close_rcvd, sent or self._protocol.close_sent
-                rcvd_first = None if rcvd is None or sent is None else bool(self._protocol.close_rcvd_then_sent)
-                self._closed = ConnectionClosedError(rcvd, sent, rcvd_first)
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
+                rcvd, sent = protocol.close_rcvd, sent or protocol.close_sent
+                self._closed = closed_error(rcvd, sent, protocol.close_rcvd_then_sent)
+        self._shutdown(socket.SHUT_RDWR)
+
+    def _shutdown(self, how: int) -> None:
+        try:  # the plain socket's shutdown: an SSL socket's would drop its TLS state under a writer
+            socket.socket.shutdown(self._sock, how)
+        except (OSError, ValueError):
             pass
 
     # -- keeping the connection alive ---------------------------------------
@@ -217,9 +297,12 @@ class WebSocket:
         while not self._stop.wait(tick) and self._closed is None:
             self._heartbeat()
             if time.monotonic() - self._last_read >= tick and self._read_lock.acquire(blocking=False):
-                try:  # nobody reads: take what arrived, answering the relay's pings
-                    while self._closed is None and len(self._messages) < MAX_QUEUED and self._readable(0):
-                        self._read_once()
+                try:  # nobody reads: take what arrived, answering the relay's pings, for at most a tick
+                    until = time.monotonic() + tick
+                    while self._closed is None and len(self._messages) < MAX_QUEUED and time.monotonic() < until:
+                        if not self._readable(0):
+                            break
+                        self._read_once(KEEPER_READ_SIZE)
                 finally:
                     self._read_lock.release()
 
@@ -235,16 +318,16 @@ class WebSocket:
             return
         if now - self._last_ping < self._ping_interval:
             return
-        if not self._write_lock.acquire(timeout=self._ping_timeout if self._ping_timeout is not None else -1):
+        if not self._write_lock.acquire(timeout=self._write_stall):
             self._lost(Close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout"))  # a write stalled that long
             return
         try:
-            if self._closed is None:
-                data = os.urandom(4)
-                self._ping = (data, now)
-                self._last_ping = now
-                self._protocol.send_ping(data)
-                self._write()
+            self._check_open()
+            data = os.urandom(4)
+            self._ping = (data, now)
+            self._last_ping = now
+            self._protocol.send_ping(data)
+            self._write(self._write_stall)
         except ConnectionClosed:
             pass
         finally:
@@ -253,29 +336,34 @@ class WebSocket:
     # -- closing ------------------------------------------------------------
 
     def close(self) -> None:
-        """Close with code 1000, waiting up to a second for the relay's closing frame."""
+        """Close with code 1000, spending at most about ``CLOSE_WAIT`` seconds on
+        each half of the closing handshake."""
         self._stop.set()
+        self._closing = True
         if self._write_lock.acquire(timeout=CLOSE_WAIT):
             try:
                 if self._closed is None and self._protocol.state is State.OPEN:
                     self._protocol.send_close(CloseCode.NORMAL_CLOSURE)
-                    self._write()
+                    self._write(CLOSE_WAIT)
             except ConnectionClosed:
                 pass
             finally:
                 self._write_lock.release()
         if self._read_lock.acquire(timeout=CLOSE_WAIT):
-            try:
+            try:  # the relay's closing frame; whatever else comes is dropped
                 deadline = time.monotonic() + CLOSE_WAIT
                 while self._closed is None and self._readable(max(0.0, deadline - time.monotonic())):
                     self._read_once()
+                    if time.monotonic() >= deadline:
+                        break
             finally:
                 self._read_lock.release()
         if self._closed is None:
-            self._closed = ConnectionClosedOK(None, Close(CloseCode.NORMAL_CLOSURE, ""))
+            self._closed = closed_error(None, Close(CloseCode.NORMAL_CLOSURE, ""))
         self._lost()
-        self._sock.close()
+        self._messages.clear()
         self._selector.close()
+        self._sock.close()
 
 
 def _remaining(deadline: float) -> float:
@@ -288,6 +376,7 @@ def _remaining(deadline: float) -> float:
 def _handshake(sock: socket.socket, protocol: ClientProtocol, deadline: float) -> list[Frame]:
     """Send the upgrade request and read the response; returns frames that came with it."""
     for chunk in protocol.data_to_send():
+        sock.settimeout(_remaining(deadline))
         sock.sendall(chunk)
     while True:
         events = protocol.events_received()
