@@ -8,6 +8,7 @@ from .api import current_session, init, is_initialized, shutdown
 from .protocol.errors import (
     AuthenticationError,
     EnvClosedError,
+    EnvsMadeAgainError,
     ErrorCode,
     FrameTooLargeError,
     InvalidActionError,
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AuthenticationError",
     "EnvClosedError",
+    "EnvsMadeAgainError",
     "ErrorCode",
     "FrameTooLargeError",
     "InvalidActionError",

@@ -16,7 +16,13 @@ import pytest
 from conftest import TEST_ENVS_MODULE, SimulatorPool, init_trainer, new_key, sim_env
 
 import remoterl_ray
-from remoterl_ray import AuthenticationError, NoSimulatorError, RelayUnavailableError, SimulatorLostError
+from remoterl_ray import (
+    AuthenticationError,
+    EnvsMadeAgainError,
+    NoSimulatorError,
+    RelayUnavailableError,
+    SimulatorLostError,
+)
 from remoterl_ray.local import free_port, start_relay, start_simulator
 from remoterl_ray.trainer.remote_env import RECONNECTED
 
@@ -184,9 +190,15 @@ def test_relay_restart_simulator_reconnects_and_envs_carry_on(keys, trainer_clea
         env = gym.make("CartPole-v1")
         vec = gym.make_vec("CartPole-v1", 3, vectorization_mode="sync")
         pooled = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")  # stepped with send / recv
+        masked = gym.make_vec("CartPole-v1", 3, vectorization_mode="sync")  # its first call after: a masked reset
         env.reset(seed=0)
         vec.reset(seed=0)
         pooled.reset(seed=0)
+        masked.reset(seed=0)
+        state = masked.np_random.bit_generator.state
+        with pytest.raises(AssertionError):  # checked before anything changes, as SyncVectorEnv does
+            masked.reset(seed=5, options={"reset_mask": np.array([1, 0, 0])})
+        assert masked.np_random.bit_generator.state == state
         relay.stop()
         with pytest.raises(RelayUnavailableError):
             env.step(0)
@@ -195,7 +207,7 @@ def test_relay_restart_simulator_reconnects_and_envs_carry_on(keys, trainer_clea
         relay.wait_for(key, "simulator", 1, timeout=30)  # the same simulator process came back
         assert sim.alive()
 
-        with pytest.raises(RelayUnavailableError, match="made again"):  # not an episode call: new envs, say so
+        with pytest.raises(EnvsMadeAgainError):  # not an episode call: it would reach new envs, so it says so
             env.get_wrapper_attr("gravity")
         obs, reward, terminated, truncated, info = env.step(1)
         assert (reward, terminated, truncated) == (0.0, False, True) and info[RECONNECTED] is True
@@ -219,9 +231,16 @@ def test_relay_restart_simulator_reconnects_and_envs_carry_on(keys, trainer_clea
         for _ in range(2):  # the autoreset step, then an ordinary one
             pooled.send(np.array([0, 1]))
             assert pooled.recv()[0].shape == (2, 4)
+
+        # Every env was made again: a masked reset resets them all, and says which lost their episodes.
+        obs, infos = masked.reset(options={"reset_mask": np.array([True, False, False])})
+        assert obs.shape == (3, 4) and list(infos["_" + RECONNECTED]) == [False, True, True]
+        _, _, terminations, truncations, infos = masked.step(np.array([0, 1, 0]))
+        assert not (terminations | truncations).any() and RECONNECTED not in infos
         env.close()
         vec.close()
         pooled.close()
+        masked.close()
     finally:
         remoterl_ray.shutdown()
         pool.stop()
@@ -310,3 +329,18 @@ def test_allowlist_from_environment_variable(relay, keys, trainer_cleanup):
         gym.registry.pop("EnvAllowed-v0", None)
         remoterl_ray.shutdown()
         pool.stop()
+
+
+def test_a_move_request_after_shutdown_does_not_dial_again():
+    """The relay's reconnect request can arrive (in the reading thread) after the session
+    was shut down: the session stays shut down."""
+    from remoterl_ray.protocol.messages import Reconnect
+    from remoterl_ray.trainer.links import Home, RelayLinks
+    from remoterl_ray.trainer.settings import TrainerSettings
+
+    links = RelayLinks(TrainerSettings(relay_url=f"ws://127.0.0.1:{free_port()}", api_key=None, connect_timeout=0.1))
+    links.close()
+    links._on_control(Reconnect())
+    assert links.state is Home.CLOSED
+    with pytest.raises(RelayUnavailableError, match="shut down"):
+        links.conn

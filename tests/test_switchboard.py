@@ -189,7 +189,9 @@ def assert_consistent(board: Switchboard) -> None:
         for s in sims:
             assert s.hosted_envs == hosted.get(s.id, 0) <= s.max_envs
             assert len(s.channels) == sum(1 for c in board.channels.values() if c.simulator is s)
-        assert board.simulator_count(ws.name) == sum(1 for s in sims if s.presence is not Presence.MOVING)
+        assert pool.movers <= set(ws.simulators)
+        assert all(ws.simulators[m].presence in (Presence.MOVING, Presence.GONE) for m in pool.movers)
+        assert not [s for s in sims if s.presence is Presence.MOVING and s.id not in pool.movers]
 
 
 @pytest.mark.parametrize("sims", [1_000, 10_000])
@@ -279,10 +281,14 @@ def test_moving_departed_and_dead_simulators_are_never_chosen():
     asyncio.run(board.leave(sims[1]))
     sims[2].presence = Presence.GONE  # its send failed; its handler has not called leave yet
     assert board.simulator_count("w") == 2  # s0 moves away, s1 left
+    sims[0].presence = Presence.GONE  # the mover's send fails too: not counted twice
+    assert board.simulator_count("w") == 2
     opened = asyncio.run(board.open(trainer, Open(envs=3, per_simulator=1)))
     assert {s.simulator for s in opened.shards} == {"s3"}
     assert board.find("s1") is None and board.find("s3") is sims[3]
     asyncio.run(board.leave(sims[2]))
+    asyncio.run(board.leave(sims[0]))
+    assert board.simulator_count("w") == 1
     assert_consistent(board)
     board.mark_moving(sims[3])
     with pytest.raises(NoSimulatorError) as info:

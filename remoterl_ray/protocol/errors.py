@@ -139,6 +139,13 @@ class RelayUnavailableError(SimulatorLostError):
     default_code = ErrorCode.RELAY_GONE
 
 
+class EnvsMadeAgainError(RelayUnavailableError):
+    """A trainer's attribute or method call met a lost relay connection, and its envs
+    were made again on a new one: they are new envs, so the call is not repeated on
+    them. The next call reaches the new envs (the next step reports the episodes
+    truncated). Never sent on the wire."""
+
+
 class RateLimitedError(RelayUnavailableError):
     """Too many refused connection attempts from this address. Transient: clients
     dial again with backoff, as for an unreachable relay."""

@@ -56,14 +56,23 @@ class RelayLinks:
         self.state = Home.CONNECTED
         self._home: RelayConnection | None = None
         self._regional: dict[str, RelayConnection] = {}  # other regions, by name
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connections (held while dialling and closing)
+        self._state_lock = threading.Lock()  # ``state`` only, never held while taking another lock
+
+    def _move(self, old: Home, new: Home) -> bool:
+        """``state`` from ``old`` to ``new``, if it still is ``old``."""
+        with self._state_lock:
+            if self.state is not old:
+                return False
+            self.state = new
+            return True
 
     def _on_control(self, message: Any) -> None:
+        """Runs in the thread reading the home connection, with that connection's lock held."""
         if isinstance(message, Simulators):
             self.simulators = message.count
         elif isinstance(message, Reconnect):
-            if self.state is Home.CONNECTED:
-                self.state = Home.MOVE_ASKED
+            self._move(Home.CONNECTED, Home.MOVE_ASKED)  # a shut-down session stays shut down
         elif isinstance(message, Notice):
             log.warning("remoterl: %s", message.message)
 
@@ -98,11 +107,9 @@ class RelayLinks:
         with self._lock:
             if self.state is Home.CLOSED:
                 raise RelayUnavailableError("this trainer session was shut down")
-            if self.state is Home.MOVE_ASKED:
-                self.state = Home.CONNECTED
-                if self._home is not None:
-                    log.info("relay moved this workspace to another replica; reconnecting")
-                    self._home.close()
+            if self._move(Home.MOVE_ASKED, Home.CONNECTED) and self._home is not None:
+                log.info("relay moved this workspace to another replica; reconnecting")
+                self._home.close()
             if self._home is None or self._home.closed:
                 if self.connect() is None:
                     raise RelayUnavailableError(f"cannot reach the relay at {self.settings.relay_url}")
@@ -155,7 +162,8 @@ class RelayLinks:
 
     def close(self) -> None:
         with self._lock:
-            self.state = Home.CLOSED
+            with self._state_lock:
+                self.state = Home.CLOSED
             for conn in self._regional.values():
                 conn.close()
             self._regional.clear()

@@ -44,7 +44,8 @@ class RemoteEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         super().reset(seed=seed)  # keeps self.np_random consistent with a local env
-        answer = self._remote.request_anew(Op.RESET, lambda: [{"seed": seed, "options": options}])[0]
+        request = [{"seed": seed, "options": options}]
+        answer = self._remote.request_anew(Op.RESET, request, lambda: request)[0]
         return self._received(reset_answer(answer))
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:

@@ -164,11 +164,15 @@ class RemoteVectorEnv(VectorEnv):
     ) -> tuple[Any, Any]:
         self._check_idle("reset")
         self._ready = None  # a reset replaces the results a reconnect left for the next step or recv
+        generation, made_again = self._remote.generation, self._remote.state is Serving.MADE_AGAIN
+        requests = self._reset_requests(seed, options)
+        # Made again meanwhile, maybe cut into other shards: seeds and masks are split anew.
+        answers = self._remote.request_anew(Op.RESET, requests, lambda: self._reset_requests(seed, options))
+        made_again = made_again or self._remote.generation != generation
+        # A reset refused (here or by the simulator's vector env) changes nothing, as locally.
         if isinstance(seed, (int, np.integer)):
             super().reset(seed=int(seed))  # keeps self.np_random as a local vector env has it
         self._autoreset_step = None
-        # Made again meanwhile, maybe cut into other shards: seeds and masks are split anew.
-        answers = self._remote.request_anew(Op.RESET, lambda: self._reset_requests(seed, options))
         sizes = self._remote.sizes
         if len(self._obs_parts) != len(sizes):  # never stepped, or cut into other shards
             self._obs_parts = [None] * len(sizes)
@@ -185,11 +189,23 @@ class RemoteVectorEnv(VectorEnv):
                 obs, info = vector_reset_answer(answer, envs)
             self._obs_parts[i] = self._received_obs(obs, envs)
             infos.append(info)
-        return self._joined_obs(), self._joined_infos(infos)
+        joined = self._joined_infos(infos)
+        if made_again and options is not None and "reset_mask" in options:
+            # Every env was new, so every env was reset: those outside the mask lost their episodes.
+            for i in np.flatnonzero(~np.asarray(options["reset_mask"])):
+                if self.per_env_infos:
+                    joined[i][RECONNECTED] = True
+                else:
+                    joined = self._add_info(joined, {RECONNECTED: True}, int(i))
+        return self._joined_obs(), joined
 
     def _reset_requests(self, seed: Any, options: dict[str, Any] | None) -> list[Any]:
-        """One reset request per shard: seeds and the reset mask split by the current shards."""
+        """One reset request per shard: seeds and the reset mask split by the current shards.
+        Envs made again are all new: then a reset mask is checked, and every env reset."""
         bounds = self._remote.bounds
+        if options is not None and "reset_mask" in options and self._remote.state is Serving.MADE_AGAIN:
+            self._reset_mask(options["reset_mask"])
+            options = {key: value for key, value in options.items() if key != "reset_mask"}
         if len(bounds) == 1:  # the shard is the whole vector: its own checks are the local ones
             seeds: list[Any] = [seed]
         elif seed is None:

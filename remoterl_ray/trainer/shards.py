@@ -22,7 +22,7 @@ from typing import Any
 from gymnasium.envs.registration import EnvSpec
 
 from ..protocol import codec
-from ..protocol.errors import EnvClosedError, RelayUnavailableError, RemoteRLError
+from ..protocol.errors import EnvClosedError, EnvsMadeAgainError, RelayUnavailableError, RemoteRLError
 from ..protocol.frames import Kind, Op
 from ..protocol.messages import Shard
 from ..protocol.client_protocol import Pending
@@ -96,6 +96,11 @@ class InFlight:
         return [answer if answer is SKIP else answer.value() for answer in self.answers]
 
 
+def every_env_reset(flight: InFlight) -> bool:
+    """A reset flight that asked every shard and got an answer from each (not an error)."""
+    return all(answer is not SKIP and answer is not PENDING and answer.error is None for answer in flight.answers)
+
+
 class Shards:
     def __init__(
         self,
@@ -114,6 +119,7 @@ class Shards:
         self.num_envs = num_envs
         self.vector = vector
         self.whole = whole
+        self.generation = 0  # how many times the envs were made again on a new connection
         self._make = make_arg
         made = session.create(env_id, num_envs, make_arg, vector=vector, whole=whole)
         if len(made) > 1 and any(m.description.vectorization_mode == "vector_entry_point" for m in made):
@@ -150,6 +156,8 @@ class Shards:
     def _rebuild(self, lost: RelayUnavailableError, op: int) -> None:
         """Make the envs again on a fresh connection (the shards are then ``MADE_AGAIN``);
         raises ``lost`` if that fails, or if ``op`` is not an episode call."""
+        if self.state is Serving.CLOSED:  # closed while a step was out: nothing is made again
+            raise EnvClosedError(f"remote env {self.env_id!r} is closed") from lost
         log.warning("lost the relay connection of %s (%s); making its envs again", self.env_id, lost)
         for conn, channels in group_channels(self.made):
             self.session.release(conn, channels)  # channels on a live connection (another region) go back
@@ -162,8 +170,9 @@ class Shards:
             raise lost from exc
         log.warning("%s is served again (%s); its episodes were truncated", self.env_id, self.sizes)
         self.state = Serving.MADE_AGAIN
+        self.generation += 1
         if op not in EPISODE_OPS:
-            raise RelayUnavailableError(f"{lost}; the envs were made again on a new connection") from None
+            raise EnvsMadeAgainError(f"{lost}; the envs were made again on a new connection") from lost
 
     def spec(self) -> EnvSpec | None:
         """The env's spec, as a local ``make`` or ``make_vec`` would report it."""
@@ -185,14 +194,15 @@ class Shards:
             return None
         return flight.values()
 
-    def request_anew(self, op: int, args: Callable[[], list[Any]]) -> list[Any]:
-        """:meth:`request` with ``args()`` for the current shards; if the envs were made
-        again meanwhile, once more on the new ones (a reset: seeds split anew)."""
-        for _ in range(2):
+    def request_anew(self, op: int, first: list[Any], args: Callable[[], list[Any]]) -> list[Any]:
+        """:meth:`request` with ``first``; if the envs were made again meanwhile, once
+        more on the new ones with ``args()`` for their shards (a reset: seeds split anew)."""
+        answers = self.request(op, first)
+        if answers is None:
             answers = self.request(op, args())
-            if answers is not None:
-                return answers
-        raise RelayUnavailableError(f"the relay connection of {self.env_id!r} was lost twice in one call")
+        if answers is None:
+            raise RelayUnavailableError(f"the relay connection of {self.env_id!r} was lost twice in one call")
+        return answers
 
     def send(self, op: int, args: list[Any], into: InFlight | None = None) -> InFlight | None:
         """Put one request per asked shard in flight (``SKIP``: that shard is not asked);
@@ -267,7 +277,7 @@ class Shards:
             for i, (conn, pending) in flight.out.items():
                 flight.answers[i] = conn.protocol.timed_out(pending, timeout)
             self.abandon(flight)
-        if flight.op == Op.RESET and flight.done and self.state is Serving.MADE_AGAIN:
+        if flight.op == Op.RESET and self.state is Serving.MADE_AGAIN and flight.done and every_env_reset(flight):
             self.state = Serving.LIVE
         if flight.op == Op.STEP:
             self.session.record_step(time.perf_counter() - flight.started, answered_envs)
