@@ -75,6 +75,33 @@ def test_frames_with_a_known_op_are_forwarded_untouched(kind):
     assert event == Forward(frame, kind, Op.STEP, 7, 42)
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pack(Kind.REQUEST, Op.STEP, 7, 42, b"x"),
+        pack(Kind.RESPONSE, Op.RESET, 7, 42, b""),
+        pack(Kind.REQUEST, 200, 7, 42, b""),  # unknown op
+        pack(Kind.REQUEST, Op.STEP, 7, 42, b"\0" * (MAX_FRAME + 1)),  # too large
+        pack(Kind.CONTROL, Op.NONE, 0, 1, encode_control(Release(channels=[1]))),
+        pack(9, Op.STEP, 7, 42, b""),  # unknown kind
+        b"\x01\x00",  # shorter than a header
+    ],
+    ids=["request", "response", "unknown-op", "too-large", "control", "unknown-kind", "short"],
+)
+def test_the_fast_path_takes_exactly_the_forwards_and_changes_nothing(frame):
+    """``forward_of`` (asked as frames arrive, outside the pump) is ``receive`` for a
+    forward and None otherwise, and never spends from the budget of refusals."""
+    protocol = opened(errors=1)
+    fast = protocol.forward_of(frame)
+    assert protocol.state is State.OPEN and protocol.errors.spend()  # nothing spent: one refusal still left
+    protocol = opened(errors=100)
+    event = protocol.receive(frame)
+    assert fast == (event if isinstance(event, Forward) else None)
+    cut_off = opened(errors=100)
+    cut_off.state = State.CLOSED
+    assert cut_off.forward_of(frame) is None
+
+
 def test_refusals_echo_what_the_sender_can_match_on():
     protocol = opened()
     unknown_op = protocol.receive(pack(Kind.REQUEST, 200, 7, 42, b""))

@@ -123,8 +123,20 @@ class RelayPeerProtocol:
         self.state, self.role = State.OPEN, hello.role
         return hello
 
+    def forward_of(self, data: bytes) -> Forward | None:
+        """``data`` as a ``Forward`` if it is a well-formed one, with no side effect
+        (the relay's fast path asks this as frames arrive); None: ask :meth:`receive`."""
+        if self.state is not State.OPEN or not HEADER_SIZE <= len(data) <= self._max_size:
+            return None
+        kind, op, channel, seq = HEADER.unpack_from(data)
+        return Forward(data, kind, op, channel, seq) if kind in _FORWARDED and op in VALID_OPS else None
+
     def receive(self, data: bytes | None) -> Event:
         """One message after the hello (``None``: a text message)."""
+        if data is not None:
+            forward = self.forward_of(data)
+            if forward is not None:
+                return forward
         if self.state is not State.OPEN:  # before the hello, or cut off: nothing more is taken
             return Refuse(*self._closed_refusal())
         if data is None:

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Protocol
 
 from fastapi import WebSocket
@@ -41,15 +42,37 @@ class ServerConnection(Protocol):
     def authenticated(self) -> None:
         """The peer passed its hello: it may use the limits of an admitted peer."""
 
+    def writer(self) -> Callable[[bytes], None] | None:
+        """A function that sends one binary message at once (None: only ASGI's send)."""
+
+    def take_frames(self, handler: Callable[[bytes], bool] | None) -> None:
+        """Offer each binary message to ``handler`` as it arrives, while the app waits
+        for none (True: taken; False: it goes to the ASGI queue as usual)."""
+
 
 class _NoServerHooks:
     def authenticated(self) -> None:
+        return None
+
+    def writer(self) -> None:
+        return None
+
+    def take_frames(self, handler: Callable[[bytes], bool] | None) -> None:
         return None
 
 
 def server_connection(ws: WebSocket) -> ServerConnection:
     hooks = ws.scope.get("extensions", {}).get(CONNECTION_EXTENSION)
     return hooks if hooks is not None else _NoServerHooks()
+
+
+class Waiting:
+    """Whether a peer's pump waits for its next message (then frames may skip the queue)."""
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = False
 
 
 class _Refused(Exception):
@@ -109,6 +132,7 @@ class PeerDriver:
             workspace=identity.workspace,
             name=hello.name,
             send_raw=lambda frame: self.send_bytes(ws, frame),
+            write_now=server_connection(ws).writer(),
             close=lambda code, reason: ws.close(code, reason),
             key_id=identity.key_id,
             max_envs=hello.max_envs if hello.role == "simulator" else 0,
@@ -178,40 +202,74 @@ class PeerDriver:
                 self.accounting.settle(peer)  # its last counts are billed whatever happened
 
     async def pump(self, ws: WebSocket, peer: Peer, protocol: RelayPeerProtocol) -> None:
-        """The hot loop: one iteration per message the peer sends; the protocol says what it is."""
+        """The hot loop: one iteration per message the peer sends; the protocol says what it is.
+
+        Where the server allows it (the embedded relay's), a forwarded frame that arrives
+        while this loop waits is forwarded at once by :meth:`forward_now` instead, with
+        the same effect; anything else, or anything while the loop is busy, queues here
+        in order."""
         receive, forward = ws.receive, self.board.forward
-        while True:
-            message = await receive()
-            data = message.get("bytes")
-            if data is None and message["type"] == "websocket.disconnect":
-                return
-            if data is not None:
-                peer.bytes_in += len(data)
-                peer.frames_in += 1
-            event = protocol.receive(data)
-            if type(event) is Forward:
-                try:
-                    await forward(peer, data, event.kind, event.op, event.channel, event.seq)
-                    continue
-                except RemoteRLError as exc:
-                    event = protocol.refuse(exc, event.op, event.channel, event.seq)
-            elif type(event) is ControlRequest:
-                try:
-                    await self.handle_control(peer, event)
-                    continue
-                except RemoteRLError as exc:
-                    event = protocol.refuse(exc, event.op, event.channel, event.seq)
-            await peer.send(event.frame)
-            if isinstance(event.error, FrameTooLargeError) and peer.role == "simulator":
-                # Fail the trainer's request now instead of letting it time out.
-                route = self.board.channels.get(event.channel)
-                if route is not None and route.simulator is peer:
-                    await route.trainer.send(
-                        error_frame(event.error.to_wire(), op=event.op, channel=event.channel, seq=event.seq)
-                    )
-            if event.cut_off:
-                peer_log.info("too many refused frames", "closing %s from %s: too many refused frames", peer.id,
-                              source_of(ws))  # fmt: skip
-                if peer.alive:  # not already closed by an operator action
-                    await ws.close(CLOSE_POLICY, "too many refused frames")
-                return
+        waiting = Waiting()
+        connection = server_connection(ws)
+        if peer.write_now is not None:
+            connection.take_frames(lambda data: waiting.now and self.forward_now(peer, protocol, data))
+        try:
+            while True:
+                waiting.now = True
+                message = await receive()
+                waiting.now = False
+                data = message.get("bytes")
+                if data is None and message["type"] == "websocket.disconnect":
+                    return
+                if data is not None:
+                    peer.bytes_in += len(data)
+                    peer.frames_in += 1
+                event = protocol.receive(data)
+                if type(event) is Forward:
+                    try:
+                        await forward(peer, data, event.kind, event.op, event.channel, event.seq)
+                        continue
+                    except RemoteRLError as exc:
+                        event = protocol.refuse(exc, event.op, event.channel, event.seq)
+                elif type(event) is ControlRequest:
+                    try:
+                        await self.handle_control(peer, event)
+                        continue
+                    except RemoteRLError as exc:
+                        event = protocol.refuse(exc, event.op, event.channel, event.seq)
+                await peer.send(event.frame)
+                if isinstance(event.error, FrameTooLargeError) and peer.role == "simulator":
+                    # Fail the trainer's request now instead of letting it time out.
+                    route = self.board.channels.get(event.channel)
+                    if route is not None and route.simulator is peer:
+                        await route.trainer.send(
+                            error_frame(event.error.to_wire(), op=event.op, channel=event.channel, seq=event.seq)
+                        )
+                if event.cut_off:
+                    peer_log.info("too many refused frames", "closing %s from %s: too many refused frames", peer.id,
+                                  source_of(ws))  # fmt: skip
+                    if peer.alive:  # not already closed by an operator action
+                        await ws.close(CLOSE_POLICY, "too many refused frames")
+                    return
+        finally:
+            connection.take_frames(None)
+
+    def forward_now(self, peer: Peer, protocol: RelayPeerProtocol, data: bytes) -> bool:
+        """A well-formed forward whose target writes at once, done as :meth:`pump` would;
+        False (nothing done): the pump takes it."""
+        event = protocol.forward_of(data)
+        if event is None:
+            return False
+        try:
+            target = self.board.route(peer, event.kind, event.op, event.channel)
+        except RemoteRLError:
+            return False  # refused by the pump, as any frame the peer may not send
+        peer.bytes_in += len(data)
+        peer.frames_in += 1
+        if target is not None:
+            if target.write_now is None:  # not this server's connection (never the case today): queue the write
+                asyncio.get_running_loop().create_task(target.send(data))
+            else:
+                target.send_now(data)
+        return True
+

@@ -36,6 +36,7 @@ log = logging.getLogger("remoterl.relay")
 
 SendFn = Callable[[bytes], Awaitable[None]]
 CloseFn = Callable[[int, str], Awaitable[None]]
+WriteFn = Callable[[bytes], None]
 
 # Channels one trainer connection may hold: its state on the relay stays bounded,
 # and one release message (at most 4096 channels) can still close them all.
@@ -78,13 +79,30 @@ class Peer:
     channels: set[int] = field(default_factory=set)
     capabilities: frozenset[str] = frozenset()
     presence: Presence = Presence.ONLINE
+    write_now: WriteFn | None = None  # the embedded server's connection writes at once, without ASGI
 
     @property
     def alive(self) -> bool:
         return self.presence is not Presence.GONE
 
+    def send_now(self, frame: bytes) -> bool:
+        """:meth:`send` through ``write_now``, which must be set."""
+        if not self.alive:
+            return False
+        try:
+            self.write_now(frame)  # type: ignore[misc]
+        except Exception as exc:  # the peer's own handler will clean up after it
+            log.debug("send to %s failed: %s", self.id, exc)
+            self.presence = Presence.GONE
+            return False
+        self.bytes_out += len(frame)
+        self.frames_out += 1
+        return True
+
     async def send(self, frame: bytes) -> bool:
         """Send, counting bytes; False if the peer is already gone."""
+        if self.write_now is not None:
+            return self.send_now(frame)
         if not self.alive:
             return False
         try:
@@ -597,8 +615,10 @@ class Switchboard:
 
     # -- the data path ----------------------------------------------------
 
-    async def forward(self, peer: Peer, frame: bytes, kind: int, op: int, channel_id: int, seq: int) -> None:
-        """Route a REQUEST/RESPONSE/ERROR frame to the other end of its channel."""
+    def route(self, peer: Peer, kind: int, op: int, channel_id: int) -> Peer | None:
+        """Where a REQUEST/RESPONSE/ERROR frame from ``peer`` goes: the other end of its
+        channel (a step counted), None for a late answer on a channel already released
+        (dropped). Raises for a frame ``peer`` may not send, before counting anything."""
         channel = self.channels.get(channel_id)
         if kind == Kind.REQUEST:
             if peer.role != "trainer":
@@ -610,13 +630,18 @@ class Switchboard:
             if op == Op.STEP:
                 peer.env_steps += channel.envs
                 channel.simulator.env_steps += channel.envs
-            await channel.simulator.send(frame)
-        else:
-            if peer.role != "simulator":
-                raise ProtocolError("only simulators send responses")
-            if channel is None or channel.simulator is not peer:
-                return  # a late answer for a channel already released: drop it
-            await channel.trainer.send(frame)
+            return channel.simulator
+        if peer.role != "simulator":
+            raise ProtocolError("only simulators send responses")
+        if channel is None or channel.simulator is not peer:
+            return None
+        return channel.trainer
+
+    async def forward(self, peer: Peer, frame: bytes, kind: int, op: int, channel_id: int, seq: int) -> None:
+        """Route a REQUEST/RESPONSE/ERROR frame to the other end of its channel."""
+        target = self.route(peer, kind, op, channel_id)
+        if target is not None:
+            await target.send(frame)
 
     def peers(self, workspace: str | None = None) -> list[Peer]:
         """Every peer online (of ``workspace``, if given): a list, safe to await over."""
