@@ -356,7 +356,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def send_binary_now(self, data: bytes) -> None:
         """What uvicorn's ASGI ``websocket.send`` of ``data`` does, done now."""
-        if self.disconnected:
+        if self.disconnected or self.transport.is_closing():  # aborted: nothing written is delivered
             raise ClientDisconnected()
         if self.close_sent or not self.handshake_complete:
             raise RuntimeError("the WebSocket is closing")
@@ -420,8 +420,15 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def send_receive_event_to_app(self) -> None:
         direct = self.direct
-        if direct is not None and self.curr_msg_data_type == "bytes" and not self.close_sent and self.queue.empty():
+        if (
+            direct is not None
+            and self.curr_msg_data_type == "bytes"
+            and not self.close_sent
+            and not self.transport.is_closing()
+            and self.queue.empty()
+        ):
             data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            self.frames = [data]  # joined once, whichever path takes it
             if direct(data):
                 self.frames = []
                 return

@@ -267,9 +267,6 @@ class PeerDriver:
         peer.bytes_in += len(data)
         peer.frames_in += 1
         if target is not None:
-            if target.write_now is None:  # not this server's connection (never the case today): queue the write
-                asyncio.get_running_loop().create_task(target.send(data))
-            else:
-                target.send_now(data)
+            target.send_now(data)  # every peer of the board came through this server: each has write_now
         return True
 

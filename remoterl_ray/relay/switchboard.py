@@ -618,7 +618,10 @@ class Switchboard:
     def route(self, peer: Peer, kind: int, op: int, channel_id: int) -> Peer | None:
         """Where a REQUEST/RESPONSE/ERROR frame from ``peer`` goes: the other end of its
         channel (a step counted), None for a late answer on a channel already released
-        (dropped). Raises for a frame ``peer`` may not send, before counting anything."""
+        (dropped), as for every frame of a peer cut off or gone. Raises for a frame
+        ``peer`` may not send, before counting anything."""
+        if not peer.alive:
+            return None
         channel = self.channels.get(channel_id)
         if kind == Kind.REQUEST:
             if peer.role != "trainer":
