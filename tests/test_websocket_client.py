@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
-from websockets.frames import CloseCode
+from websockets.frames import Close, CloseCode
 from websockets.http11 import Response
 from websockets.server import ServerProtocol
 from websockets.sync.server import ServerConnection, serve
@@ -32,6 +32,14 @@ def server(handler: Callable[[ServerConnection], None], **kwargs) -> Iterator[st
         finally:
             srv.shutdown()
             thread.join(timeout=10)
+
+
+def failed_with(ws: WebSocket, timeout: float) -> Close:
+    """The close frame this side sent when the connection failed under ``ws.recv``."""
+    with pytest.raises(ConnectionClosedError) as caught:
+        ws.recv(timeout=timeout)
+    assert caught.value.sent is not None, caught.value
+    return caught.value.sent
 
 
 def test_pings_are_answered_while_nobody_reads():
@@ -104,9 +112,7 @@ def test_a_message_above_max_size_closes_with_1009_before_it_is_kept():
     with server(handler) as url:
         ws = WebSocket.connect(url, max_size=4096)
         try:
-            with pytest.raises(ConnectionClosedError) as caught:
-                ws.recv(timeout=5)
-            assert caught.value.sent is not None and caught.value.sent.code == CloseCode.MESSAGE_TOO_BIG
+            assert failed_with(ws, 5).code == CloseCode.MESSAGE_TOO_BIG
         finally:
             ws.close()
 
@@ -172,10 +178,8 @@ def test_the_heartbeat_finds_a_silent_peer_while_a_reader_waits():
         ws = WebSocket.connect(url, ping_interval=0.2, ping_timeout=0.4)
         try:
             started = time.monotonic()
-            with pytest.raises(ConnectionClosedError) as caught:
-                ws.recv(timeout=30)
+            assert failed_with(ws, 30).reason == "keepalive ping timeout"
             assert time.monotonic() - started < 25  # the heartbeat, not the recv timeout, ended it
-            assert caught.value.sent is not None and caught.value.sent.reason == "keepalive ping timeout"
         finally:
             ws.close()
 
@@ -252,9 +256,7 @@ def test_a_ping_flood_does_not_starve_the_heartbeat():
     with raw_server(flood) as url:
         ws = WebSocket.connect(url, ping_interval=0.3, ping_timeout=0.6)
         try:
-            with pytest.raises(ConnectionClosedError) as caught:
-                ws.recv(timeout=30)
-            assert caught.value.sent is not None and caught.value.sent.reason == "keepalive ping timeout"
+            assert failed_with(ws, 30).reason == "keepalive ping timeout"
         finally:
             stop.set()
             ws.close()
@@ -273,9 +275,7 @@ def test_a_message_in_too_many_fragments_is_refused_with_1009():
     with raw_server(fragments) as url:
         ws = WebSocket.connect(url, max_size=1 << 20)
         try:
-            with pytest.raises(ConnectionClosedError) as caught:
-                ws.recv(timeout=30)
-            assert caught.value.sent is not None and caught.value.sent.code == CloseCode.MESSAGE_TOO_BIG
+            assert failed_with(ws, 30).code == CloseCode.MESSAGE_TOO_BIG
         finally:
             stop.set()
             ws.close()
@@ -295,8 +295,6 @@ def test_a_text_frame_is_refused():
     with raw_server(lambda conn: time.sleep(1), extra=server_frame(0x1, b"text")) as url:
         ws = WebSocket.connect(url)
         try:
-            with pytest.raises(ConnectionClosedError) as caught:
-                ws.recv(timeout=5)
-            assert caught.value.sent is not None and caught.value.sent.code == CloseCode.UNSUPPORTED_DATA
+            assert failed_with(ws, 5).code == CloseCode.UNSUPPORTED_DATA
         finally:
             ws.close()

@@ -91,13 +91,9 @@ class Peer:
             return False
         try:
             self.write_now(frame)  # type: ignore[misc]
-        except Exception as exc:  # the peer's own handler will clean up after it
-            log.debug("send to %s failed: %s", self.id, exc)
-            self.presence = Presence.GONE
-            return False
-        self.bytes_out += len(frame)
-        self.frames_out += 1
-        return True
+        except Exception as exc:
+            return self._send_failed(exc)
+        return self._sent(frame)
 
     async def send(self, frame: bytes) -> bool:
         """Send, counting bytes; False if the peer is already gone."""
@@ -107,13 +103,20 @@ class Peer:
             return False
         try:
             await self.send_raw(frame)
-        except Exception as exc:  # the peer's own handler will clean up after it
-            log.debug("send to %s failed: %s", self.id, exc)
-            self.presence = Presence.GONE
-            return False
+        except Exception as exc:
+            return self._send_failed(exc)
+        return self._sent(frame)
+
+    def _sent(self, frame: bytes) -> bool:
         self.bytes_out += len(frame)
         self.frames_out += 1
         return True
+
+    def _send_failed(self, exc: Exception) -> bool:
+        """The peer is gone (its own handler will clean up after it)."""
+        log.debug("send to %s failed: %s", self.id, exc)
+        self.presence = Presence.GONE
+        return False
 
     def snapshot(self) -> dict[str, Any]:
         return {
