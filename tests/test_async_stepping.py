@@ -4,6 +4,7 @@ the first shards to answer, on real simulators behind a real relay."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -191,3 +192,19 @@ def test_send_and_recv_refuse_what_step_async_is_waiting_for(trainer):
             envs.recv(envs=0)
     finally:
         envs.close()
+
+
+def test_a_collected_vector_env_is_closed_by_the_next_call_not_by_its_finalizer(trainer):
+    """Garbage collection can run inside this very connection's send; the finalizer
+    only hands the envs back, and the next make closes them on the simulators."""
+    session = remoterl_ray.current_session()
+    envs = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
+    envs.reset(seed=0)
+    channels = set(envs._remote.channels)
+    del envs
+    gc.collect()
+    assert {ch for _, group in session.released_later for ch in group} == channels
+    assert channels <= session.links.conn.protocol.channels  # nothing sent from the finalizer
+    other = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync")
+    assert not session.released_later and not channels & session.links.conn.protocol.channels
+    other.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from support.attackers import greeted
+from attackers import greeted
 
 from remoterl_ray.protocol import codec
 from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, Op, pack, unpack_header

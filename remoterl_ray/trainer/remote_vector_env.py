@@ -605,5 +605,14 @@ class RemoteVectorEnv(VectorEnv):
         if remote is not None:
             remote.close()
 
+    def __del__(self) -> None:
+        """Gymnasium closes a vector env that is garbage-collected. Collection can run in
+        any thread at any allocation, even inside this connection's own send: so here the
+        envs are only handed back for the session to close at its next call, never over
+        the network from the finalizer."""
+        remote = getattr(self, "_remote", None)
+        if remote is not None:
+            remote.close_later()
+
     def __repr__(self) -> str:
         return f"<RemoteVectorEnv {self._remote.env_id} num_envs={self.num_envs} shards={self._remote.sizes}>"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,7 @@ class TrainerSession:
         self.registrations: dict[str, Registration] = {}
         self.unmirrored: dict[str, str] = {}  # id -> why its registration stayed local
         self._descriptions: dict[bytes, EnvDescription] = {}
+        self.released_later: deque[tuple[RelayConnection, list[int]]] = deque()  # from finalizers: close soon
         self.metrics = RemoteMetrics()
         self._tensorboard: Any = None
         self._next_write = 0.0
@@ -102,7 +104,21 @@ class TrainerSession:
     def _write_tensorboard(self) -> None:
         self._tensorboard.write(self.metrics.total_env_steps, self.metrics_snapshot())
 
+    def release_later(self, groups: list[tuple[RelayConnection, list[int]]]) -> None:
+        """Channels to close at the next call that makes or steps envs (no I/O here)."""
+        self.released_later.extend(groups)
+
+    def release_deferred(self) -> None:
+        """Close what finalizers handed back, from a caller's ordinary call."""
+        while self.released_later:
+            try:
+                conn, channels = self.released_later.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            self.release(conn, channels, close_first=True)
+
     def close(self) -> None:
+        self.released_later.clear()  # their connections close with the session
         if self._tensorboard is not None:
             self._write_tensorboard()
             self._tensorboard.close()
@@ -121,6 +137,7 @@ class TrainerSession:
         of its env (spaces, metadata, spec). On any failure every channel is
         released.
         """
+        self.release_deferred()
         made: list[Made] = []
         try:
             first_index = 0

@@ -212,6 +212,8 @@ class Shards:
         were made again (an episode call)."""
         if self.closed:
             raise EnvClosedError(f"remote env {self.env_id!r} is closed")
+        if self.session.released_later:
+            self.session.release_deferred()
         flight = into if into is not None else InFlight(op, len(args), time.perf_counter())
         new = [i for i, arg in enumerate(args) if arg is not SKIP]
         assert flight.op == op and all(flight.answers[i] is SKIP for i in new), "shards already in flight"
@@ -299,6 +301,14 @@ class Shards:
         answers = self.request(op, args)
         assert answers is not None, "made again: _rebuild raised"
         return answers
+
+    def close_later(self) -> None:
+        """Closed now; the envs are closed on the simulators at the session's next call
+        (no I/O here: a finalizer's)."""
+        if self.closed:
+            return
+        self.state = Serving.CLOSED
+        self.session.release_later(group_channels(self.made))
 
     def close(self) -> None:
         if self.closed:

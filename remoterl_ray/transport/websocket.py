@@ -74,6 +74,7 @@ class WebSocket:
         self._sock = sock
         self._protocol = protocol
         self._write_lock = threading.Lock()  # the sans-I/O protocol, and writes to the socket
+        self._writer: int | None = None  # the thread inside send, to refuse re-entry instead of deadlocking
         self._read_lock = threading.Lock()  # one reader of the socket at a time
         self._selector = selectors.DefaultSelector()
         self._selector.register(sock, selectors.EVENT_READ)
@@ -132,11 +133,19 @@ class WebSocket:
     # -- sending ----------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Send one binary message."""
+        """Send one binary message. Not from code that runs inside a send of this
+        thread (a finalizer, a signal handler): that is refused, not a deadlock."""
+        me = threading.get_ident()
+        if self._writer == me:
+            raise RuntimeError("WebSocket.send re-entered from the thread already sending (a finalizer?)")
         with self._write_lock:
-            self._check_open()
-            self._protocol.send_binary(data)
-            self._write(self._write_stall)
+            self._writer = me
+            try:
+                self._check_open()
+                self._protocol.send_binary(data)
+                self._write(self._write_stall)
+            finally:
+                self._writer = None
 
     def _check_open(self) -> None:
         """Raise the closing exception unless the connection is open (write lock held)."""
@@ -158,6 +167,9 @@ class WebSocket:
                 self._lost()
                 assert self._closed is not None
                 raise self._closed from None
+            except BaseException:  # interrupted mid-frame (KeyboardInterrupt): the stream cannot go on
+                self._lost()
+                raise
 
     def _send_all(self, data: memoryview, stall: float) -> None:
         writable: selectors.BaseSelector | None = None  # made only when the socket's buffer is full
