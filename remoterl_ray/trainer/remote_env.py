@@ -6,7 +6,6 @@ from typing import Any
 
 import gymnasium as gym
 
-from ..protocol.errors import RelayUnavailableError
 from ..protocol.frames import Op
 from ..protocol.space_values import sample_converter
 from .answers import reset_answer, step_answer
@@ -84,13 +83,7 @@ class RemoteEnv(gym.Env):
         return self._remote.call(Op.ATTR, [{"do": "has", "name": name}])[0]
 
     def render(self) -> Any:
-        for _ in range(2):
-            if self._remote.state is Serving.MADE_AGAIN:  # a new env renders after its first reset
-                self.reset()
-            frames = self._remote.request(Op.RENDER, [None])
-            if frames is not None:
-                return frames[0]
-        raise RelayUnavailableError(f"the relay connection of {self._remote.env_id!r} was lost twice in one render")
+        return self._remote.request_reset(Op.RENDER, lambda: [None], self.reset)[0]  # a new env renders once reset
 
     def close(self) -> None:
         remote = getattr(self, "_remote", None)

@@ -588,14 +588,8 @@ class RemoteVectorEnv(VectorEnv):
     # -- rendering and closing ----------------------------------------------
 
     def render(self) -> tuple[Any, ...] | None:
-        for _ in range(2):
-            if self._remote.state is Serving.MADE_AGAIN:  # new envs render after their first reset
-                self.reset()
-            frames = self._remote.request(Op.RENDER, [None] * len(self._remote.bounds))
-            if frames is not None:
-                break
-        else:
-            raise RelayUnavailableError(f"the relay connection of {self._remote.env_id!r} was lost twice in one render")
+        # New envs render once reset; they may be cut into other shards.
+        frames = self._remote.request_reset(Op.RENDER, lambda: [None] * len(self._remote.bounds), self.reset)
         if all(f is None for f in frames):
             return None
         return tuple(frame for shard in frames if shard is not None for frame in shard)

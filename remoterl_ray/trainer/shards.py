@@ -7,8 +7,9 @@ restart, a Serve replica removed by a downscale or redeploy), the channels
 are gone with it: the envs are made again on a fresh connection and the
 shards are ``Serving.MADE_AGAIN`` until a reset is answered. An episode
 call (reset, step, render) interrupted that way returns None, and the env
-class reports the episode truncated; any other call raises the connection's
-``RelayUnavailableError``, as it does when the envs cannot be made again.
+class reports the episode truncated; any other call raises
+``EnvsMadeAgainError``. If the envs cannot be made again, the call raises
+the connection's ``RelayUnavailableError``.
 """
 
 from __future__ import annotations
@@ -201,8 +202,22 @@ class Shards:
         if answers is None:
             answers = self.request(op, args())
         if answers is None:
-            raise RelayUnavailableError(f"the relay connection of {self.env_id!r} was lost twice in one call")
+            raise self._lost_twice()
         return answers
+
+    def request_reset(self, op: int, args: Callable[[], list[Any]], reset: Callable[[], Any]) -> list[Any]:
+        """:meth:`request` of envs that must have been reset (a render): envs made again,
+        before or during the call, are reset first with ``reset()``, then asked once more."""
+        for _ in range(2):
+            if self.state is Serving.MADE_AGAIN:
+                reset()
+            answers = self.request(op, args())
+            if answers is not None:
+                return answers
+        raise self._lost_twice()
+
+    def _lost_twice(self) -> RelayUnavailableError:
+        return RelayUnavailableError(f"the relay connection of {self.env_id!r} was lost twice in one call")
 
     def send(self, op: int, args: list[Any], into: InFlight | None = None) -> InFlight | None:
         """Put one request per asked shard in flight (``SKIP``: that shard is not asked);
@@ -279,7 +294,7 @@ class Shards:
             for i, (conn, pending) in flight.out.items():
                 flight.answers[i] = conn.protocol.timed_out(pending, timeout)
             self.abandon(flight)
-        if flight.op == Op.RESET and self.state is Serving.MADE_AGAIN and flight.done and every_env_reset(flight):
+        if flight.op == Op.RESET and self.state is Serving.MADE_AGAIN and every_env_reset(flight):
             self.state = Serving.LIVE
         if flight.op == Op.STEP:
             self.session.record_step(time.perf_counter() - flight.started, answered_envs)
