@@ -20,10 +20,11 @@ from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 import remoterl_ray
 from remoterl_ray.api import trainer_settings
 from remoterl_ray.protocol.errors import SimulatorLostError, UnsupportedError
-from remoterl_ray.rllib import EnvCreator, RemoteEnvRunner, use_remote_env_runners
+from remoterl_ray.rllib import EnvCreator, FirstReadyEnvRunner, RemoteEnvRunner, use_remote_env_runners
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
 
 NUM_ENVS = 4
+RUNNERS = pytest.mark.parametrize("runner_cls", [RemoteEnvRunner, FirstReadyEnvRunner], ids=["lockstep", "first_ready"])
 
 
 def remote_config(relay, key, env="CartPole-v1", **env_runners):
@@ -34,9 +35,9 @@ def remote_config(relay, key, env="CartPole-v1", **env_runners):
     return use_remote_env_runners(config, settings)
 
 
-@pytest.fixture
-def runner(relay, two_sims):
-    runner = RemoteEnvRunner(config=remote_config(relay, two_sims))
+@pytest.fixture(params=[RemoteEnvRunner, FirstReadyEnvRunner], ids=["lockstep", "first_ready"])
+def runner(request, relay, two_sims):
+    runner = request.param(config=remote_config(relay, two_sims))
     yield runner
     runner.stop()
 
@@ -127,10 +128,11 @@ class CountingCallbacks(RLlibCallback):
         CountingCallbacks.counts["end"] += 1
 
 
-def test_callback_counts(relay, two_sims):
+@RUNNERS
+def test_callback_counts(relay, two_sims, runner_cls):
     CountingCallbacks.counts.clear()
     config = remote_config(relay, two_sims).callbacks(CountingCallbacks)
-    runner = RemoteEnvRunner(config=config)
+    runner = runner_cls(config=config)
     try:
         episodes = runner.sample(num_episodes=5, random_actions=True)
         counts = CountingCallbacks.counts
@@ -138,6 +140,12 @@ def test_callback_counts(relay, two_sims):
         assert counts["end"] == 5
         assert counts["start"] >= 5 and counts["created"] >= counts["start"]
         assert counts["step"] >= sum(len(e) for e in episodes)
+        counts.clear()
+        episodes = runner.sample(num_timesteps=200, random_actions=True)
+        ended = sum(e.is_done for e in episodes)
+        assert ended >= 1 and counts["end"] == ended
+        assert counts["step"] == sum(len(e) for e in episodes)  # one per env step, none for a reset
+        assert counts["created"] == NUM_ENVS + counts["end"]  # after sampling episodes every env is reset
     finally:
         runner.stop()
 
@@ -173,15 +181,16 @@ def test_lambda_creator_is_refused_with_what_to_do(relay, two_sims):
     tune.register_env("LocalLambda", lambda config: None)  # after shutdown Ray's own rules apply
 
 
-def test_lost_simulator_recreates_the_env(relay, keys):
+@RUNNERS
+def test_lost_simulator_recreates_the_env(relay, keys, runner_cls):
     key = keys.take()
     pool = SimulatorPool(relay, key)
     pool.start(2)
     settings = trainer_settings(key, relay.url, num_workers=2, num_env_runners=2, timeout=30.0)
     config = AlgorithmConfig().environment("CartPole-v1").env_runners(num_envs_per_env_runner=4)
     config = use_remote_env_runners(config.fault_tolerance(restart_failed_sub_environments=True), settings)
-    runner = RemoteEnvRunner(config=config)
-    strict = RemoteEnvRunner(config=use_remote_env_runners(config.copy().fault_tolerance(
+    runner = runner_cls(config=config)
+    strict = runner_cls(config=use_remote_env_runners(config.copy().fault_tolerance(
         restart_failed_sub_environments=False), settings))
     try:
         runner.sample(num_timesteps=20, random_actions=True)
@@ -239,6 +248,31 @@ def test_unchanged_ppo_trains_remotely_after_init(ray_cluster, relay, keys):
             assert remote["simulators"] == 2
             assert remote["step_latency_p50_ms"] > 0 and remote["bytes_received"] > 0
             assert sum(p["env_steps"] for p in relay.peers(key, "simulator")) >= 512
+            algo.stop()
+        finally:
+            remoterl_ray.shutdown()
+
+
+def test_dqn_trains_on_first_ready_env_runners_named_in_the_config(ray_cluster, relay, keys):
+    from ray.rllib.algorithms.dqn import DQNConfig
+
+    with serving(relay, keys, 2) as key:
+        assert init_trainer(relay, key, num_workers=2, num_env_runners=2)
+        try:
+            algo = (
+                DQNConfig()
+                .environment("CartPole-v1")
+                .env_runners(env_runner_cls=FirstReadyEnvRunner, num_env_runners=1, num_envs_per_env_runner=4)
+                .training(num_steps_sampled_before_learning_starts=64, train_batch_size_per_learner=32)
+                .reporting(min_sample_timesteps_per_iteration=128)
+                .build_algo()
+            )
+            assert algo.config.env_runner_cls is FirstReadyEnvRunner
+            for _ in range(2):
+                result = algo.train()
+            assert result["env_runners"]["num_env_steps_sampled_lifetime"] >= 256
+            assert result["env_runners"]["remoterl"]["simulators"] == 2
+            assert sum(p["env_steps"] for p in relay.peers(key, "simulator")) >= 256
             algo.stop()
         finally:
             remoterl_ray.shutdown()

@@ -13,7 +13,7 @@ require("ray", "remoterl_ray.rllib (RLlib and Tune on remote simulators)", "rlli
 
 from .creators import EnvCreator  # noqa: E402 - after the check, so a missing extra is one clear line
 
-__all__ = ["EnvCreator", "RemoteEnvRunner", "use_remote_env_runners"]
+__all__ = ["EnvCreator", "FirstReadyEnvRunner", "RemoteEnvRunner", "use_remote_env_runners"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,6 +21,10 @@ def __getattr__(name: str) -> Any:
         from .env_runner import RemoteEnvRunner
 
         return RemoteEnvRunner
+    if name == "FirstReadyEnvRunner":
+        from .first_ready import FirstReadyEnvRunner
+
+        return FirstReadyEnvRunner
     if name == "use_remote_env_runners":
         from .patch import use_remote_env_runners
 

@@ -38,7 +38,7 @@ from .settings import SETTINGS_KEY, env_config_for_envs, session_for, settings_i
 log = logging.getLogger("remoterl.rllib")
 
 METRICS_KEY = "remoterl"
-_LOST = (SimulatorLostError, RelayUnavailableError, RemoteTimeoutError)
+LOST = (SimulatorLostError, RelayUnavailableError, RemoteTimeoutError)
 RLLIB_ENV_NAME = "rllib-single-agent-env-v0"  # the id RLlib's make_env registers a creator under
 
 
@@ -56,7 +56,7 @@ class LossMeansRecreate(gym.vector.VectorWrapper):
     def step(self, actions: Any) -> Any:
         try:
             return self.env.step(actions)
-        except _LOST as exc:
+        except LOST as exc:
             raise StepFailedRecreateEnvError(str(exc)) from exc
 
 
