@@ -13,6 +13,10 @@ env-steps per second of:
 
 The figure of merit is ``recv`` / (near alone + far alone): 1.0 means the
 far simulator no longer holds the near one back.
+
+``--rllib`` adds the same four phases for RLlib env runners sampling with a
+PPO module: ``RemoteEnvRunner`` (lockstep) and ``FirstReadyEnvRunner`` on
+both simulators, and lockstep runners on the near and the far one alone.
 """
 
 from __future__ import annotations
@@ -66,12 +70,33 @@ def first_come(env: RemoteVectorEnv, seconds: float, batch: int) -> float:
     return rate
 
 
+def runner(url: str, key: str, num_envs: int, first_ready: bool = False) -> object:
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from remoterl_ray.rllib import FirstReadyEnvRunner, RemoteEnvRunner, use_remote_env_runners
+
+    cls = FirstReadyEnvRunner if first_ready else RemoteEnvRunner
+    settings = TrainerSettings(relay_url=url, api_key=key, num_workers=2 if num_envs > 8 else 1, num_env_runners=8)
+    config = PPOConfig().environment("CartPole-v1").env_runners(num_envs_per_env_runner=num_envs, env_runner_cls=cls)
+    made = cls(config=use_remote_env_runners(config, settings))
+    assert made.env.unwrapped.shard_sizes == [8] * (num_envs // 8), made.env.unwrapped.shard_sizes
+    return made
+
+
+def sampling(runner: object, seconds: float) -> float:
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        steps += sum(len(e) for e in runner.sample(num_timesteps=64, explore=True))  # type: ignore[attr-defined]
+    return steps / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--delay", type=float, default=0.02, help="seconds each way to the far simulator")
     parser.add_argument("--seconds", type=float, default=3.0, help="per phase per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a short smoke run, not a measurement")
+    parser.add_argument("--rllib", action="store_true", help="also RLlib env runners, lockstep and first-ready")
     opts = parser.parse_args()
     if opts.quick:
         opts.seconds, opts.rounds = 0.5, 1
@@ -93,13 +118,26 @@ def main() -> None:
                 session, envs[name] = vector_env(relay.url, key, count, sims)
                 sessions.append(session)
             assert envs["both"].shard_sizes == [8, 8], envs["both"].shard_sizes
+            runners = {}
+            if opts.rllib:
+                runners = {
+                    "rllib near alone": runner(relay.url, near_key, 8),
+                    "rllib far alone": runner(relay.url, far_key, 8),
+                    "rllib lockstep": runner(relay.url, both, 16),
+                    "rllib first-ready": runner(relay.url, both, 16, first_ready=True),
+                }
             rates: dict[str, list[float]] = {"near alone": [], "far alone": [], "lockstep": [], "recv(envs=8)": []}
+            rates.update({name: [] for name in runners})
             for _ in range(opts.rounds):
                 rates["near alone"].append(lockstep(envs["near"], opts.seconds))
                 rates["far alone"].append(lockstep(envs["far"], opts.seconds))
                 rates["lockstep"].append(lockstep(envs["both"], opts.seconds))
                 rates["recv(envs=8)"].append(first_come(envs["both"], opts.seconds, 8))
+                for name, made in runners.items():
+                    rates[name].append(sampling(made, opts.seconds))
         finally:
+            for made in runners.values():
+                made.stop()  # type: ignore[attr-defined]
             for session in sessions:
                 session.close()
             for proc in reversed(procs):
@@ -116,6 +154,10 @@ def main() -> None:
     for name, rate in median.items():
         print(f"{name:16} {rate:12,.0f} {rate / alone:22.2f}")
     print(f"recv / (near alone + far alone) = {median['recv(envs=8)'] / alone:.2f}   [>= 0.9]")
+    if opts.rllib:
+        apart = median["rllib near alone"] + median["rllib far alone"]
+        print(f"RLlib first-ready / (near alone + far alone runners) = {median['rllib first-ready'] / apart:.2f}; "
+              f"first-ready / lockstep = {median['rllib first-ready'] / median['rllib lockstep']:.1f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -120,8 +120,9 @@ def test_dashboard_latency_benchmark_smoke_run():
 
 
 def test_async_stepping_benchmark_smoke_run():
-    out = run_bench("async_stepping.py", "--quick")
+    out = run_bench("async_stepping.py", "--quick", "--rllib")
     assert "recv / (near alone + far alone)" in out and "lockstep" in out
+    assert re.search(r"^rllib first-ready +[\d,]+", out, re.M) and "first-ready / lockstep" in out, out
 
 
 def test_relay_capacity_benchmark_smoke_run():
