@@ -187,9 +187,21 @@ def test_send_and_recv_refuse_what_step_async_is_waiting_for(trainer):
             envs.recv()
         with pytest.raises(AlreadyPendingCallError):
             envs.send(np.ones(4, dtype=np.int64))
+        for call in (lambda: envs.get_attr("render_mode"), lambda: envs.call("render"), envs.render):
+            with pytest.raises(AlreadyPendingCallError):  # as AsyncVectorEnv: attributes wait for no step
+                call()
         envs.step_wait()
         with pytest.raises(ValueError, match="at least one env"):
             envs.recv(envs=0)
+        envs.send(np.ones(2, dtype=np.int64), [0, 1])
+        for call in (lambda: envs.get_attr("render_mode"), lambda: envs.set_attr("foo", 1), envs.render):
+            with pytest.raises(AlreadyPendingCallError, match="send"):
+                call()
+        envs.drop_sent()  # forgotten, not waited for: a reset may follow at once
+        with pytest.raises(NoAsyncCallError):
+            envs.recv()
+        obs, _ = envs.reset(seed=1)
+        assert obs.shape == (4, 4) and len(envs.get_attr("render_mode")) == 4
     finally:
         envs.close()
 

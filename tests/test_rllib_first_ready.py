@@ -16,6 +16,7 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
 from remoterl_ray.api import trainer_settings
+from remoterl_ray.protocol.errors import RemoteTimeoutError
 from remoterl_ray.rllib import FirstReadyEnvRunner, RemoteEnvRunner, use_remote_env_runners
 
 NUM_ENVS = 4
@@ -30,8 +31,8 @@ def config(env: str = "CartPole-v1") -> PPOConfig:
     )
 
 
-def remote(cls: type, key: str, relay, base: PPOConfig) -> SingleAgentEnvRunner:
-    settings = trainer_settings(key, relay.url, num_workers=2, num_env_runners=NUM_ENVS // 2, timeout=30.0)
+def remote(cls: type, key: str, relay, base: PPOConfig, timeout: float = 30.0) -> SingleAgentEnvRunner:
+    settings = trainer_settings(key, relay.url, num_workers=2, num_env_runners=NUM_ENVS // 2, timeout=timeout)
     return cls(config=use_remote_env_runners(base.env_runners(env_runner_cls=cls), settings))
 
 
@@ -123,5 +124,32 @@ def test_a_stuck_simulator_does_not_hold_back_the_other_ones_envs(relay, near_an
         assert len(stuck) == 2, "the step in flight lands in the next sample with the action that was sent"
         for episode in episodes:
             counter_steps_are_consistent(episode)
+    finally:
+        runner.stop()
+
+
+def test_a_simulator_stuck_past_the_timeout_takes_rllibs_error_path_and_the_runner_recovers(
+    relay, near_and_stuck, gate
+):
+    strict = config("remoterl_testenvs:GatedCounter-v0").fault_tolerance(restart_failed_sub_environments=False)
+    runner = remote(FirstReadyEnvRunner, near_and_stuck, relay, strict, timeout=2.0)
+    try:
+        runner.sample(num_timesteps=4, explore=True)
+        gate.touch()  # the near simulator keeps answering: only the session timeout can tell the stuck one
+        with pytest.raises(RuntimeError) as raised:
+            runner.sample(num_timesteps=10**6, explore=True)
+        chain, exc = [], raised.value
+        while exc is not None:
+            chain.append(type(exc))
+            exc = exc.__cause__
+        assert RemoteTimeoutError in chain, chain
+        gate.unlink()
+        seen: set[int] = set()  # every env steps again: none is left behind as in flight
+        for _ in range(20):
+            runner.sample(num_timesteps=16, explore=True)
+            seen |= {i for i, e in enumerate(runner._ongoing_episodes) if e.t > 0}
+            if len(seen) == NUM_ENVS:
+                break
+        assert seen == set(range(NUM_ENVS))
     finally:
         runner.stop()

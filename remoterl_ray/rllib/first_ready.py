@@ -15,12 +15,21 @@ update is recorded after it. With a single simulator every env answers at
 once and the samples equal the lockstep runner's, value for value.
 
 Sampling by episodes (``num_episodes``, evaluation) resets every env, so it
-waits for the envs in flight and runs RLlib's own lockstep loop.
+drops the envs in flight and runs RLlib's own lockstep loop.
+
+A simulator that stops answering while the others go on still times out: an
+env in flight longer than the session's ``timeout`` fails the step, which
+takes RLlib's error path (``restart_failed_sub_environments``) and resets
+every env at the next ``sample()``. Callbacks run while other envs step, so
+an attribute call on the vector env there (``get_attr``, ``call``,
+``render``) raises Gymnasium's ``AlreadyPendingCallError``, as on an
+``AsyncVectorEnv`` with a step pending, instead of waiting for them.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -59,8 +68,10 @@ class FirstReadyEnvRunner(RemoteEnvRunner):
     """
 
     def make_env(self) -> None:
-        self._stepping: dict[int, tuple[Any, dict[str, Any]]] = {}  # env index -> (action, model outputs) sent
-        self._to_module: list[tuple[list[int], Any]] = []  # envs with a new observation, not yet acted on
+        self._stepping: dict[int, tuple[Any, dict[str, Any], float]] = {}  # env -> (action, model outputs, sent at)
+        # The envs with a new observation, not yet acted on, and their env-to-module batch: one group at a
+        # time, since the connectors' shared data remembers the order of the last batch until it is acted on.
+        self._acting: tuple[list[int], Any] | None = None
         self._send_error: Exception | None = None  # raised where the step is received, as RLlib's loop would
         super().make_env()
 
@@ -84,8 +95,9 @@ class FirstReadyEnvRunner(RemoteEnvRunner):
             self._reset_all(explore)
         ts, done = 0, []
         while ts < num_timesteps:
-            for env_ids, to_module in self._take_to_module():
-                self._act(env_ids, to_module, explore, random_actions, ts)
+            if self._acting is not None:
+                acting, self._acting = self._acting, None
+                self._act(*acting, explore, random_actions, ts)
             received = self._receive()
             if received is ENV_STEP_FAILURE:  # RLlib made the env again: start afresh, as its own loop does
                 ts = 0
@@ -101,12 +113,8 @@ class FirstReadyEnvRunner(RemoteEnvRunner):
     def _reset_all(self, explore: bool) -> None:
         self._drop_steps_in_flight()
         self._reset_envs_and_episodes(explore)  # RLlib's own: new episodes, reset, env-to-module, callbacks
-        self._to_module = [(list(range(self.num_envs)), self._cached_to_module)]
+        self._acting = (list(range(self.num_envs)), self._cached_to_module)
         self._cached_to_module = None
-
-    def _take_to_module(self) -> list[tuple[list[int], Any]]:
-        taken, self._to_module = self._to_module, []
-        return taken
 
     def _act(self, env_ids: list[int], to_module: Any, explore: bool, random_actions: bool, ts: int) -> None:
         """The RLModule's (or random) actions for ``env_ids``, sent to their simulators."""
@@ -132,10 +140,11 @@ class FirstReadyEnvRunner(RemoteEnvRunner):
             )
         actions = to_env.pop(Columns.ACTIONS)
         for_env = to_env.pop(Columns.ACTIONS_FOR_ENV, actions)
+        now = time.monotonic()
         for k, (i, action) in enumerate(zip(env_ids, unbatch(actions))):
             outputs = {key: value[k] for key, value in to_env.items()}
             outputs[WEIGHTS_SEQ_NO] = self._weights_seq_no
-            self._stepping[i] = (action, outputs)
+            self._stepping[i] = (action, outputs, now)
         try:
             self.env.unwrapped.send(for_env, env_ids)
         except Exception as exc:  # reported where the step is received, as a failure while waiting would be
@@ -149,11 +158,13 @@ class FirstReadyEnvRunner(RemoteEnvRunner):
                 error, self._send_error = self._send_error, None
                 if error is not None:
                     raise error
-                obs, rewards, terminateds, truncateds, infos = self.env.unwrapped.recv(envs=1)
+                env_ids, obs, rewards, terminateds, truncateds, infos = self.env.unwrapped.recv_with_ids(
+                    envs=1, timeout=self._time_left()
+                )
         except Exception as exc:
             return self._step_failed(exc)
         self._log_env_steps(metric=self._metrics_num_try_env_step, num_steps=1)
-        env_ids = [int(i) for i in infos.pop("env_id")]
+        env_ids = [int(i) for i in env_ids]
         return (
             env_ids,
             unbatch(obs),
@@ -163,9 +174,18 @@ class FirstReadyEnvRunner(RemoteEnvRunner):
             _InfoList(len(env_ids))._convert_info_to_list(infos),
         )
 
+    def _time_left(self) -> float:
+        """What is left of the session's request timeout for the env that has been
+        stepping longest: a stuck simulator times out while the others keep answering."""
+        oldest = min((sent for _, _, sent in self._stepping.values()), default=time.monotonic())
+        return max(0.0, self._session.settings.timeout - (time.monotonic() - oldest))
+
     def _step_failed(self, exc: Exception) -> Any:
-        """RLlib's policy for a failed env step (``restart_failed_sub_environments``)."""
+        """RLlib's policy for a failed env step (``restart_failed_sub_environments``).
+        Either way every env is reset at the next ``sample()``: nothing is left half in flight."""
         self.metrics.log_value(NUM_ENV_STEP_FAILURES_LIFETIME, 1, reduce="lifetime_sum")
+        self._drop_steps_in_flight()
+        self._needs_initial_reset = True
         if isinstance(exc, LOST):  # as LossMeansRecreate maps it for a lockstep step
             recreate = StepFailedRecreateEnvError(str(exc))
             recreate.__cause__, exc = exc, recreate
@@ -192,7 +212,7 @@ class FirstReadyEnvRunner(RemoteEnvRunner):
         steps, started, actions = 0, set(), []
         for k, i in enumerate(env_ids):
             episode = self._ongoing_episodes[i]
-            action, outputs = self._stepping.pop(i)
+            action, outputs, _ = self._stepping.pop(i)
             actions.append(action)
             if not episode.is_reset:  # the step after an episode ended: the env reset itself
                 episode.add_env_reset(observation=observations[k], infos=infos[k])
@@ -226,9 +246,9 @@ class FirstReadyEnvRunner(RemoteEnvRunner):
                     Columns.TRUNCATEDS: truncateds,
                 },
             )
-            self._to_module.append((env_ids, to_module))
+            self._acting = (env_ids, to_module)
         else:
-            self._to_module.append((env_ids, None))
+            self._acting = (env_ids, None)
         for i in env_ids:
             self._make_on_episode_callback(
                 "on_episode_start" if i in started else "on_episode_step", i, self._ongoing_episodes
@@ -258,16 +278,7 @@ class FirstReadyEnvRunner(RemoteEnvRunner):
         return done + chunks
 
     def _drop_steps_in_flight(self) -> None:
-        """Wait for the envs still stepping and forget their results (every env is about to be reset)."""
-        vector = self.env.unwrapped if self.env is not None else None
-        self._send_error = None
-        try:
-            while self._stepping and vector is not None:
-                env_ids = vector.recv()[4]["env_id"]
-                for i in env_ids:
-                    self._stepping.pop(int(i), None)
-        except Exception as exc:  # the envs are made again and reset anyway
-            log.warning("remoterl: envs in flight failed while being dropped (%s); making the env again", exc)
-            self.make_env()
-        self._stepping = {}
-        self._to_module = []
+        """Forget the envs still stepping (every env is about to be reset, or made again)."""
+        if self.env is not None and not self.env.closed:
+            self.env.unwrapped.drop_sent()
+        self._stepping, self._acting, self._send_error = {}, None, None

@@ -44,6 +44,9 @@ from .session import TrainerSession
 from .shards import SKIP, InFlight, Serving, Shards
 
 
+_ATTR_CALLS = {"call": "call", "get": "get_attr", "set": "set_attr"}  # an attr request's "do", named as the API
+
+
 def _mode_name(mode: Any) -> str | None:
     """``make_vec``'s mode as its wire string (it takes the enum or its value)."""
     if mode is None:
@@ -344,13 +347,20 @@ class RemoteVectorEnv(VectorEnv):
         """Results of :meth:`send` for the first shards to answer, together holding at
         least ``envs`` envs (default: every env sent): ``(obs, rewards, terminations,
         truncations, infos)`` for those envs only, in env id order, with
-        ``infos["env_id"]`` the ids they belong to (as EnvPool's ``recv``)."""
+        ``infos["env_id"]`` the ids they belong to (as EnvPool's ``recv``; an env's
+        own ``env_id`` info is replaced: :meth:`recv_with_ids` keeps it)."""
+        env_ids, *results, infos = self.recv_with_ids(envs, timeout)
+        return (*results, {**infos, "env_id": env_ids})
+
+    def recv_with_ids(self, envs: int | None = None, timeout: float | None = None) -> tuple[Any, ...]:
+        """:meth:`recv` with the env ids apart and the infos as the envs gave them:
+        ``(env_ids, obs, rewards, terminations, truncations, infos)``."""
         self._check_pool_api("recv")
         if envs is not None and envs < 1:
             raise ValueError(f"recv(envs={envs}): at least one env")
         if self._ready is not None:  # every env was made again: all of them come back, truncated
             ready, self._ready = self._ready, None
-            return (*ready[:4], {**ready[4], "env_id": np.arange(self.num_envs)})
+            return (np.arange(self.num_envs), *ready)
         if self._pool is None or not self._pool.asked:
             raise NoAsyncCallError("Calling `recv` without any env sent with `send`.", "send")
         try:
@@ -361,7 +371,7 @@ class RemoteVectorEnv(VectorEnv):
         if shards is None:  # made again while waiting
             self._pool = None
             self._ready = self._truncated_by_reconnect()
-            return self.recv()
+            return self.recv_with_ids()
         for i in shards:  # a shard that failed (its env raised, or it timed out) is idle again; the others wait
             if self._pool.answers[i].error is not None:
                 raise self._pool.take([i])[0].error
@@ -373,15 +383,23 @@ class RemoteVectorEnv(VectorEnv):
             results.append(per_env_infos_answer(answer, 5, sizes[i]) if per_env[i] else vector_step_answer(answer, sizes[i]))
             self._obs_parts[i] = self._received_obs(results[-1][0], sizes[i])
         obs = self._joined(lambda: concat_batches(self.single_observation_space, [self._obs_parts[i] for i in shards]))
-        infos = self._joined_infos([r[4] for r in results], shards)
-        infos["env_id"] = np.concatenate([np.arange(*bounds[i]) for i in shards])
         return (
+            np.concatenate([np.arange(*bounds[i]) for i in shards]),
             obs,
             concat_arrays([r[1] for r in results]),
             concat_arrays([r[2] for r in results]),
             concat_arrays([r[3] for r in results]),
-            infos,
+            self._joined_infos([r[4] for r in results], shards),
         )
+
+    def drop_sent(self) -> None:
+        """Forget every env sent with :meth:`send` and not received: their results
+        are dropped when they come (a reset is next). Nothing is waited for, so a
+        stuck or lost simulator does not hold this up."""
+        if self._pool is not None:
+            self._remote.abandon(self._pool)
+            self._pool = None
+        self._ready = None  # envs made again report truncation no more: the reset is what they need
 
     def _shards_of(self, env_ids: Any) -> list[int]:
         """The shards ``env_ids`` make up; they must be whole and not already stepping."""
@@ -549,9 +567,11 @@ class RemoteVectorEnv(VectorEnv):
             args = [{"do": "set", "name": name, "value": values[a:b]} for a, b in self._remote.bounds]
         else:
             args = [{"do": "set", "name": name, "value": values}] * len(self._remote.bounds)
+        self._check_idle("set_attr")
         self._remote.call(Op.ATTR, args)
 
     def _every_env(self, arg: dict[str, Any]) -> tuple[Any, ...]:
+        self._check_idle(_ATTR_CALLS[arg["do"]])
         answers = self._remote.call(Op.ATTR, [arg] * len(self._remote.bounds))
         return tuple(item for part, n in zip(answers, self._remote.sizes) for item in attribute_answer(part, n))
 
@@ -569,6 +589,7 @@ class RemoteVectorEnv(VectorEnv):
 
     def _each(self, indices: list[int], arg: dict[str, Any]) -> list[Any]:
         """``arg`` on the envs at global ``indices``: one request per shard that has any."""
+        self._check_idle(_ATTR_CALLS[arg["do"]])
         bounds = self._remote.bounds
         local: list[list[int]] = [[] for _ in bounds]
         where = []
@@ -588,6 +609,7 @@ class RemoteVectorEnv(VectorEnv):
     # -- rendering and closing ----------------------------------------------
 
     def render(self) -> tuple[Any, ...] | None:
+        self._check_idle("render")
         # New envs render once reset; they may be cut into other shards.
         frames = self._remote.request_reset(Op.RENDER, lambda: [None] * len(self._remote.bounds), self.reset)
         if all(f is None for f in frames):
