@@ -5,6 +5,7 @@ by the keeper kept in order, fragments, close codes, size limits, handshakes."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -81,6 +82,25 @@ def test_messages_read_by_the_keeper_wait_in_order_and_fragments_are_joined():
             with pytest.raises(TimeoutError):
                 ws.recv(timeout=0.05)
             ws.send(b"bye")
+        finally:
+            ws.close()
+
+
+def test_messages_sent_together_arrive_whole_and_in_order():
+    """``send_many`` writes several frames at once (one ``sendmsg``); one of them far
+    larger than the socket's buffer goes out in parts, after the small ones before it."""
+    big = os.urandom(4 * 1024 * 1024)
+    messages = [b"first", big, b"", b"last"]
+
+    def handler(ws: ServerConnection) -> None:
+        for _ in messages:
+            ws.send(ws.recv(timeout=10))
+
+    with server(handler, max_size=8 * 1024 * 1024) as url:
+        ws = WebSocket.connect(url, max_size=8 * 1024 * 1024)
+        try:
+            ws.send_many(messages)
+            assert [ws.recv(timeout=10) for _ in messages] == messages
         finally:
             ws.close()
 

@@ -23,7 +23,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlunsplit
 
@@ -233,14 +233,20 @@ class RelayConnection:
 
     def send(self, frame: bytes) -> None:
         """Send one frame the protocol made (or checks: its size against the relay's limit)."""
+        self.send_many((frame,))
+
+    def send_many(self, frames: Sequence[bytes]) -> None:
+        """Send frames together, in one write where the socket takes it (see ``WebSocket.send_many``)."""
         self.protocol.check_open()
-        self.protocol.check_size(frame)
+        for frame in frames:
+            self.protocol.check_size(frame)
         try:
-            self._ws.send(frame)
+            self._ws.send_many(frames)
         except ConnectionClosed as exc:
             raise self._lost(exc) from None
         with self._cond:
-            self.protocol.sent(frame)
+            for frame in frames:
+                self.protocol.sent(frame)
 
     # -- request / response ----------------------------------------------
 
@@ -271,8 +277,7 @@ class RelayConnection:
                 self.protocol.forget(pendings)
                 raise
         try:
-            for frame in frames:
-                self.send(frame)
+            self.send_many(frames)
         except BaseException:
             self._forget(pendings)
             raise

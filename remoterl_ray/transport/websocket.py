@@ -33,6 +33,7 @@ import ssl as ssl_module
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
@@ -48,6 +49,8 @@ MAX_QUEUED = 16  # messages the keeper reads ahead of the callers; then TCP hold
 MAX_FRAGMENTS = 1024  # frames one message may come in (our peers send one)
 WRITE_STALL = 20.0  # seconds a write may make no progress without a heartbeat to bound it
 CLOSE_WAIT = 1.0  # seconds :meth:`WebSocket.close` spends on the closing handshake
+JOIN_LIMIT = 64 * 1024  # bytes of frames a TLS socket gets joined into one write (larger ones go one by one)
+MAX_IOV = 64  # buffers per sendmsg (far below the system's IOV_MAX)
 _NOT_YET = (BlockingIOError, InterruptedError, ssl_module.SSLWantReadError, ssl_module.SSLWantWriteError)
 
 
@@ -133,8 +136,15 @@ class WebSocket:
     # -- sending ----------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Send one binary message. Not from code that runs inside a send of this
-        thread (a finalizer, a signal handler): that is refused, not a deadlock."""
+        """Send one binary message (see :meth:`send_many`)."""
+        self.send_many((data,))
+
+    def send_many(self, messages: Sequence[bytes]) -> None:
+        """Send binary messages in one write where the socket takes it: the requests
+        for several simulators leave together, so the relay wakes once for all of them
+        instead of answering the first while the second waits to be written. Not from
+        code that runs inside a send of this thread (a finalizer, a signal handler):
+        that is refused, not a deadlock."""
         me = threading.get_ident()
         if self._writer == me:
             raise RuntimeError("WebSocket.send re-entered from the thread already sending (a finalizer?)")
@@ -142,7 +152,8 @@ class WebSocket:
             self._writer = me
             try:
                 self._check_open()
-                self._protocol.send_binary(data)
+                for data in messages:
+                    self._protocol.send_binary(data)
                 self._write(self._write_stall)
             finally:
                 self._writer = None
@@ -155,31 +166,49 @@ class WebSocket:
             raise self._closed
 
     def _write(self, stall: float) -> None:
-        """Send what the protocol has queued (write lock held); a write that makes no
-        progress for ``stall`` seconds fails the connection (a frame cut short cannot go on)."""
-        for chunk in self._protocol.data_to_send():
-            try:
+        """Send what the protocol has queued (write lock held), consecutive frames in
+        one write; a write that makes no progress for ``stall`` seconds fails the
+        connection (a frame cut short cannot go on)."""
+        try:
+            queued: list[memoryview] = []
+            for chunk in self._protocol.data_to_send():
                 if chunk:
-                    self._send_all(memoryview(chunk), stall)
-                else:  # the protocol's end of stream
-                    self._shutdown(socket.SHUT_WR)
-            except (OSError, ValueError):
-                self._lost()
-                assert self._closed is not None
-                raise self._closed from None
-            except BaseException:  # interrupted mid-frame (KeyboardInterrupt): the stream cannot go on
-                self._lost()
-                raise
+                    queued.append(memoryview(chunk))
+                    continue
+                if queued:  # the protocol's end of stream, after what came before it
+                    self._send_all(queued, stall)
+                    queued = []
+                self._shutdown(socket.SHUT_WR)
+            if queued:
+                self._send_all(queued, stall)
+        except (OSError, ValueError):
+            self._lost()
+            assert self._closed is not None
+            raise self._closed from None
+        except BaseException:  # interrupted mid-frame (KeyboardInterrupt): the stream cannot go on
+            self._lost()
+            raise
 
-    def _send_all(self, data: memoryview, stall: float) -> None:
+    def _send_all(self, buffers: list[memoryview], stall: float) -> None:
+        """Write ``buffers`` in order: one ``sendmsg`` for all of them on a plain
+        socket; joined first when small on a TLS one (which has no ``sendmsg``)."""
+        vectored = type(self._sock) is socket.socket
+        if not vectored and len(buffers) > 1 and sum(map(len, buffers)) <= JOIN_LIMIT:
+            buffers = [memoryview(b"".join(buffers))]
         writable: selectors.BaseSelector | None = None  # made only when the socket's buffer is full
         try:
-            while data:
+            while buffers:
                 try:
-                    data = data[self._sock.send(data) :]
-                    continue
+                    sent = self._sock.sendmsg(buffers[:MAX_IOV]) if vectored else self._sock.send(buffers[0])
                 except _NOT_YET:
-                    pass
+                    sent = 0
+                if sent:
+                    while sent:  # drop what went out, whole buffers first
+                        if sent >= len(buffers[0]):
+                            sent -= len(buffers.pop(0))
+                        else:
+                            buffers[0], sent = buffers[0][sent:], 0
+                    continue
                 if writable is None:
                     writable = selectors.DefaultSelector()
                     writable.register(self._sock, selectors.EVENT_WRITE)
