@@ -222,8 +222,7 @@ class PeerDriver:
                 if data is None and message["type"] == "websocket.disconnect":
                     return
                 if data is not None:
-                    peer.bytes_in += len(data)
-                    peer.frames_in += 1
+                    peer.received(data)
                 event = protocol.receive(data)
                 if type(event) is Forward:
                     try:
@@ -264,8 +263,7 @@ class PeerDriver:
             target = self.board.route(peer, event.kind, event.op, event.channel)
         except RemoteRLError:
             return False  # refused by the pump, as any frame the peer may not send
-        peer.bytes_in += len(data)
-        peer.frames_in += 1
+        peer.received(data)
         if target is not None:
             target.send_now(data)  # every peer of the board came through this server: each has write_now
         return True

@@ -107,6 +107,11 @@ class Peer:
             return self._send_failed(exc)
         return self._sent(frame)
 
+    def received(self, frame: bytes) -> None:
+        """Count a frame from this peer (whichever path, ASGI or the fast one, took it)."""
+        self.bytes_in += len(frame)
+        self.frames_in += 1
+
     def _sent(self, frame: bytes) -> bool:
         self.bytes_out += len(frame)
         self.frames_out += 1
