@@ -75,15 +75,23 @@ def test_with_one_simulator_it_samples_what_the_lockstep_runners_sample(relay, o
     assert first_ready == local
 
 
-@pytest.fixture
-def gate(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "closed"
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("gate") / "closed"
     yield path
     if path.exists():
         path.unlink()
 
 
 @pytest.fixture
+def opened(gate: Path) -> Iterator[Path]:
+    """The gate, open again after each test whatever happened."""
+    yield gate
+    if gate.exists():
+        gate.unlink()
+
+
+@pytest.fixture(scope="module")
 def near_and_stuck(relay, keys, gate) -> Iterator[str]:
     """Two simulators: one answers at once, the other's steps wait while ``gate`` exists."""
     pool = SimulatorPool(relay, keys.take())
@@ -102,7 +110,8 @@ def counter_steps_are_consistent(episode) -> None:
     np.testing.assert_array_equal(episode.get_rewards(), actions.astype(np.float32))
 
 
-def test_a_stuck_simulator_does_not_hold_back_the_other_ones_envs(relay, near_and_stuck, gate):
+def test_a_stuck_simulator_does_not_hold_back_the_other_ones_envs(relay, near_and_stuck, opened):
+    gate = opened
     runner = remote(FirstReadyEnvRunner, near_and_stuck, relay, config("remoterl_testenvs:GatedCounter-v0"))
     try:
         assert runner.env.unwrapped.shard_sizes == [2, 2]
@@ -129,8 +138,9 @@ def test_a_stuck_simulator_does_not_hold_back_the_other_ones_envs(relay, near_an
 
 
 def test_a_simulator_stuck_past_the_timeout_takes_rllibs_error_path_and_the_runner_recovers(
-    relay, near_and_stuck, gate
+    relay, near_and_stuck, opened
 ):
+    gate = opened
     strict = config("remoterl_testenvs:GatedCounter-v0").fault_tolerance(restart_failed_sub_environments=False)
     runner = remote(FirstReadyEnvRunner, near_and_stuck, relay, strict, timeout=2.0)
     try:
