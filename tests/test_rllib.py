@@ -228,54 +228,53 @@ def test_two_env_runners_over_two_simulators(ray_cluster, relay, keys):
         ray.get([r.stop.remote() for r in runners], timeout=60)
 
 
-def test_unchanged_ppo_trains_remotely_after_init(ray_cluster, relay, keys):
+def trained_after_init(relay, keys, config: AlgorithmConfig, runner_cls: type) -> tuple[dict, list[dict]]:
+    """``config`` built after ``init`` on two simulators and trained twice: the last
+    result and the simulators' rows on the relay."""
     with serving(relay, keys, 2) as key:
         assert init_trainer(relay, key, num_workers=2, num_env_runners=2)
         try:
-            algo = (
-                PPOConfig()
-                .environment("CartPole-v1")
-                .env_runners(num_env_runners=2)
-                .training(train_batch_size_per_learner=256, minibatch_size=64, num_epochs=1)
-                .build_algo()
-            )
-            assert algo.config.env_runner_cls is RemoteEnvRunner
+            algo = config.build_algo()
+            assert algo.config.env_runner_cls is runner_cls
             for _ in range(2):
                 result = algo.train()
-            runners = result["env_runners"]
-            assert runners["num_env_steps_sampled_lifetime"] >= 512
-            remote = runners["remoterl"]
-            assert remote["simulators"] == 2
-            assert remote["step_latency_p50_ms"] > 0 and remote["bytes_received"] > 0
-            assert sum(p["env_steps"] for p in relay.peers(key, "simulator")) >= 512
+            peers = relay.peers(key, "simulator")
             algo.stop()
+            return result, peers
         finally:
             remoterl_ray.shutdown()
+
+
+def test_unchanged_ppo_trains_remotely_after_init(ray_cluster, relay, keys):
+    config = (
+        PPOConfig()
+        .environment("CartPole-v1")
+        .env_runners(num_env_runners=2)
+        .training(train_batch_size_per_learner=256, minibatch_size=64, num_epochs=1)
+    )
+    result, simulators = trained_after_init(relay, keys, config, RemoteEnvRunner)
+    runners = result["env_runners"]
+    assert runners["num_env_steps_sampled_lifetime"] >= 512
+    remote = runners["remoterl"]
+    assert remote["simulators"] == 2
+    assert remote["step_latency_p50_ms"] > 0 and remote["bytes_received"] > 0
+    assert sum(p["env_steps"] for p in simulators) >= 512
 
 
 def test_dqn_trains_on_first_ready_env_runners_named_in_the_config(ray_cluster, relay, keys):
     from ray.rllib.algorithms.dqn import DQNConfig
 
-    with serving(relay, keys, 2) as key:
-        assert init_trainer(relay, key, num_workers=2, num_env_runners=2)
-        try:
-            algo = (
-                DQNConfig()
-                .environment("CartPole-v1")
-                .env_runners(env_runner_cls=FirstReadyEnvRunner, num_env_runners=1, num_envs_per_env_runner=4)
-                .training(num_steps_sampled_before_learning_starts=64, train_batch_size_per_learner=32)
-                .reporting(min_sample_timesteps_per_iteration=128)
-                .build_algo()
-            )
-            assert algo.config.env_runner_cls is FirstReadyEnvRunner
-            for _ in range(2):
-                result = algo.train()
-            assert result["env_runners"]["num_env_steps_sampled_lifetime"] >= 256
-            assert result["env_runners"]["remoterl"]["simulators"] == 2
-            assert sum(p["env_steps"] for p in relay.peers(key, "simulator")) >= 256
-            algo.stop()
-        finally:
-            remoterl_ray.shutdown()
+    config = (
+        DQNConfig()
+        .environment("CartPole-v1")
+        .env_runners(env_runner_cls=FirstReadyEnvRunner, num_env_runners=1, num_envs_per_env_runner=4)
+        .training(num_steps_sampled_before_learning_starts=64, train_batch_size_per_learner=32)
+        .reporting(min_sample_timesteps_per_iteration=128)
+    )
+    result, simulators = trained_after_init(relay, keys, config, FirstReadyEnvRunner)
+    assert result["env_runners"]["num_env_steps_sampled_lifetime"] >= 256
+    assert result["env_runners"]["remoterl"]["simulators"] == 2
+    assert sum(p["env_steps"] for p in simulators) >= 256
 
 
 def test_tune_experiment_runs_on_remote_env_runners(ray_cluster, relay, keys, tmp_path):
