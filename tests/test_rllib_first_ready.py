@@ -6,6 +6,7 @@ Env runners are built in this process, as in RLlib's own env runner tests."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,6 +146,9 @@ def test_a_simulator_stuck_past_the_timeout_takes_rllibs_error_path_and_the_runn
     runner = remote(FirstReadyEnvRunner, near_and_stuck, relay, strict, timeout=2.0)
     try:
         runner.sample(num_timesteps=4, explore=True)
+        time.sleep(2.5)  # a learner update longer than the timeout, with envs in flight: not a timeout
+        assert runner.env.unwrapped.get_attr("count")  # between samples the vector env answers (a curriculum)
+        runner.sample(num_timesteps=8, explore=True)
         gate.touch()  # the near simulator keeps answering: only the session timeout can tell the stuck one
         with pytest.raises(RuntimeError) as raised:
             runner.sample(num_timesteps=10**6, explore=True)

@@ -18,12 +18,13 @@ Sampling by episodes (``num_episodes``, evaluation) resets every env, so it
 drops the envs in flight and runs RLlib's own lockstep loop.
 
 A simulator that stops answering while the others go on still times out: an
-env in flight longer than the session's ``timeout`` fails the step, which
-takes RLlib's error path (``restart_failed_sub_environments``) and resets
-every env at the next ``sample()``. Callbacks run while other envs step, so
-an attribute call on the vector env there (``get_attr``, ``call``,
-``render``) raises Gymnasium's ``AlreadyPendingCallError``, as on an
-``AsyncVectorEnv`` with a step pending, instead of waiting for them.
+env waited for longer than the session's ``timeout`` (counted inside
+``sample()`` only) fails the step, which takes RLlib's error path
+(``restart_failed_sub_environments``) and resets every env at the next
+``sample()``. An attribute call on the vector env (``get_attr``, ``call``,
+``render``: in a callback, or between samples for a curriculum) is answered
+after the steps in flight on each simulator, whose results stay for this
+runner.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class FirstReadyEnvRunner(RemoteEnvRunner):
         # time, since the connectors' shared data remembers the order of the last batch until it is acted on.
         self._acting: tuple[list[int], Any] | None = None
         self._send_error: Exception | None = None  # raised where the step is received, as RLlib's loop would
+        self._paused_at: float | None = None  # when the last sample() returned: time outside it is not waiting
         super().make_env()
 
     def stop(self) -> None:
@@ -91,22 +93,35 @@ class FirstReadyEnvRunner(RemoteEnvRunner):
         if num_timesteps is None:  # by episodes: every env is reset, in lockstep
             self._drop_steps_in_flight()
             return super()._sample(num_episodes=num_episodes, explore=explore, random_actions=random_actions)
-        if force_reset or self._needs_initial_reset:
-            self._reset_all(explore)
-        ts, done = 0, []
-        while ts < num_timesteps:
-            if self._acting is not None:
-                acting, self._acting = self._acting, None
-                self._act(*acting, explore, random_actions, ts)
-            received = self._receive()
-            if received is ENV_STEP_FAILURE:  # RLlib made the env again: start afresh, as its own loop does
-                ts = 0
+        self._resume_clock()
+        try:
+            if force_reset or self._needs_initial_reset:
                 self._reset_all(explore)
-                continue
-            ts += self._record(*received, explore, done)
-            if ts >= num_timesteps:
-                break
-        return self._finish(ts, done)
+            ts, done = 0, []
+            while ts < num_timesteps:
+                if self._acting is not None:
+                    acting, self._acting = self._acting, None
+                    self._act(*acting, explore, random_actions, ts)
+                received = self._receive()
+                if received is ENV_STEP_FAILURE:  # RLlib made the env again: start afresh, as its own loop does
+                    ts = 0
+                    self._reset_all(explore)
+                    continue
+                ts += self._record(*received, explore, done)
+            return self._finish(ts, done)
+        finally:
+            self._paused_at = time.monotonic()
+
+    def _resume_clock(self) -> None:
+        """Envs in flight wait only while ``sample()`` runs: the time since the last
+        call returned (a learner update, a checkpoint) does not count against the
+        timeout, so only a simulator that is slow while being waited for fails."""
+        if self._paused_at is not None:
+            pause = time.monotonic() - self._paused_at
+            self._stepping = {
+                i: (action, outputs, sent + pause) for i, (action, outputs, sent) in self._stepping.items()
+            }
+        self._paused_at = None
 
     # -- the steps of one round: act on the envs that answered, send, receive the first to answer --
 

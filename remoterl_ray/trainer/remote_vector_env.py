@@ -437,12 +437,18 @@ class RemoteVectorEnv(VectorEnv):
                 self._state.value,
             )
 
-    def _check_idle(self, call: str) -> None:
+    def _check_not_waiting(self, call: str) -> None:
+        """Not while ``step_async`` waits, as Gymnasium's ``AsyncVectorEnv``. Envs sent with
+        ``send`` do not stop an attribute call: its request waits behind their step on the
+        simulator, and their results stay for ``recv``."""
         if self._state is not AsyncState.DEFAULT:
             raise AlreadyPendingCallError(
                 f"Calling `{call}` while waiting for a pending call to `{self._state.value}` to complete.",
                 self._state.value,
             )
+
+    def _check_idle(self, call: str) -> None:
+        self._check_not_waiting(call)
         if self._pool is not None and self._pool.asked:
             raise AlreadyPendingCallError(f"Calling `{call}` while envs sent with `send` are not received.", "send")
 
@@ -567,11 +573,11 @@ class RemoteVectorEnv(VectorEnv):
             args = [{"do": "set", "name": name, "value": values[a:b]} for a, b in self._remote.bounds]
         else:
             args = [{"do": "set", "name": name, "value": values}] * len(self._remote.bounds)
-        self._check_idle("set_attr")
+        self._check_not_waiting("set_attr")
         self._remote.call(Op.ATTR, args)
 
     def _every_env(self, arg: dict[str, Any]) -> tuple[Any, ...]:
-        self._check_idle(_ATTR_CALLS[arg["do"]])
+        self._check_not_waiting(_ATTR_CALLS[arg["do"]])
         answers = self._remote.call(Op.ATTR, [arg] * len(self._remote.bounds))
         return tuple(item for part, n in zip(answers, self._remote.sizes) for item in attribute_answer(part, n))
 
@@ -589,7 +595,7 @@ class RemoteVectorEnv(VectorEnv):
 
     def _each(self, indices: list[int], arg: dict[str, Any]) -> list[Any]:
         """``arg`` on the envs at global ``indices``: one request per shard that has any."""
-        self._check_idle(_ATTR_CALLS[arg["do"]])
+        self._check_not_waiting(_ATTR_CALLS[arg["do"]])
         bounds = self._remote.bounds
         local: list[list[int]] = [[] for _ in bounds]
         where = []
@@ -609,7 +615,7 @@ class RemoteVectorEnv(VectorEnv):
     # -- rendering and closing ----------------------------------------------
 
     def render(self) -> tuple[Any, ...] | None:
-        self._check_idle("render")
+        self._check_not_waiting("render")
         # New envs render once reset; they may be cut into other shards.
         frames = self._remote.request_reset(Op.RENDER, lambda: [None] * len(self._remote.bounds), self.reset)
         if all(f is None for f in frames):

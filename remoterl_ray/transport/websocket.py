@@ -152,8 +152,12 @@ class WebSocket:
             self._writer = me
             try:
                 self._check_open()
-                for data in messages:
-                    self._protocol.send_binary(data)
+                try:
+                    for data in messages:
+                        self._protocol.send_binary(data)
+                except BaseException:  # some frames queued, not all: none may go out later with a pong
+                    self._lost()
+                    raise
                 self._write(self._write_stall)
             finally:
                 self._writer = None
@@ -192,7 +196,7 @@ class WebSocket:
     def _send_all(self, buffers: list[memoryview], stall: float) -> None:
         """Write ``buffers`` in order: one ``sendmsg`` for all of them on a plain
         socket; joined first when small on a TLS one (which has no ``sendmsg``)."""
-        vectored = type(self._sock) is socket.socket
+        vectored = type(self._sock) is socket.socket and hasattr(self._sock, "sendmsg")  # not on Windows
         if not vectored and len(buffers) > 1 and sum(map(len, buffers)) <= JOIN_LIMIT:
             buffers = [memoryview(b"".join(buffers))]
         writable: selectors.BaseSelector | None = None  # made only when the socket's buffer is full
