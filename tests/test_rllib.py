@@ -261,15 +261,29 @@ def test_unchanged_ppo_trains_remotely_after_init(ray_cluster, relay, keys):
     assert sum(p["env_steps"] for p in simulators) >= 512
 
 
-def test_dqn_trains_on_first_ready_env_runners_named_in_the_config(ray_cluster, relay, keys):
-    from ray.rllib.algorithms.dqn import DQNConfig
+def off_policy_config(name: str) -> AlgorithmConfig:
+    """A small DQN or SAC (learning after 64 steps), or APPO, as the first-ready runner is offered for."""
+    if name == "APPO":
+        from ray.rllib.algorithms.appo import APPOConfig
 
-    config = (
-        DQNConfig()
-        .environment("CartPole-v1")
-        .env_runners(env_runner_cls=FirstReadyEnvRunner, num_env_runners=1, num_envs_per_env_runner=4)
-        .training(num_steps_sampled_before_learning_starts=64, train_batch_size_per_learner=32)
-        .reporting(min_sample_timesteps_per_iteration=128)
+        return APPOConfig().environment("CartPole-v1")  # its iterations last 10 s: env runner metrics come async
+    if name == "SAC":
+        from ray.rllib.algorithms.sac import SACConfig
+
+        config = SACConfig().environment("Pendulum-v1")  # continuous actions: clipped for the env, kept as sampled
+    else:
+        from ray.rllib.algorithms.dqn import DQNConfig
+
+        config = DQNConfig().environment("CartPole-v1")
+    return config.training(num_steps_sampled_before_learning_starts=64, train_batch_size_per_learner=32).reporting(
+        min_sample_timesteps_per_iteration=128
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["DQN", "SAC", "APPO"])
+def test_off_policy_and_async_algorithms_train_on_first_ready_env_runners(ray_cluster, relay, keys, algorithm):
+    config = off_policy_config(algorithm).env_runners(
+        env_runner_cls=FirstReadyEnvRunner, num_env_runners=1, num_envs_per_env_runner=4
     )
     result, simulators = trained_after_init(relay, keys, config, FirstReadyEnvRunner)
     assert result["env_runners"]["num_env_steps_sampled_lifetime"] >= 256
