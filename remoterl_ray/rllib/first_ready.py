@@ -78,7 +78,7 @@ class FirstReadyEnvRunner(RemoteEnvRunner):
         super().make_env()
 
     def stop(self) -> None:
-        self._stepping = {}
+        self._drop_steps_in_flight()
         super().stop()
 
     def _sample(

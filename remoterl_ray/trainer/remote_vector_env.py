@@ -350,7 +350,8 @@ class RemoteVectorEnv(VectorEnv):
         ``infos["env_id"]`` the ids they belong to (as EnvPool's ``recv``; an env's
         own ``env_id`` info is replaced: :meth:`recv_with_ids` keeps it)."""
         env_ids, *results, infos = self.recv_with_ids(envs, timeout)
-        return (*results, {**infos, "env_id": env_ids})
+        infos["env_id"] = env_ids  # a dict of this call's own
+        return (*results, infos)
 
     def recv_with_ids(self, envs: int | None = None, timeout: float | None = None) -> tuple[Any, ...]:
         """:meth:`recv` with the env ids apart and the infos as the envs gave them:
