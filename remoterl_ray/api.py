@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import Literal
 
-from .config import ENV_REGION, resolve_api_key, resolve_ca_file, resolve_relay_url
+from .config import ENV_REGION, resolve_api_key, resolve_ca_file, resolve_relay_url, resolve_resume_window
 from .simulator.allowlist import allowed_modules_from_env
 from .protocol.errors import NoSimulatorError, RelayUnavailableError, RemoteRLError
 from .simulator.host import SimulatorHost, run_simulator
@@ -43,6 +43,7 @@ def init(
     region: str | None = None,
     ca_file: str | None = None,
     max_space_bytes: int | None = None,
+    resume_window: float | None = None,
     strict: bool = True,
 ) -> bool:
     """Connect this process to a relay as a trainer or a simulator.
@@ -82,6 +83,15 @@ def init(
     bounds the memory a simulator's space descriptions may make the trainer
     allocate (a vector env's batched spaces included): raise it for larger
     observation spaces.
+
+    ``resume_window`` (or ``REMOTERL_RESUME_WINDOW``; default 120 s): when a
+    connection drops (a relay restart, a network blip, a Serve replica going
+    away), how long both ends keep a channel's envs and wait for each other to
+    resume it; a resumed step returns exactly what it would have without the
+    drop (``docs/api.md``, "Resuming"). When the window runs out, the
+    episodes end (``SimulatorLostError``, code ``resume_expired``, or, after
+    a lost relay connection, envs made again and episodes reported
+    truncated). 0 turns resuming off.
     """
     if role not in ("trainer", "simulator"):
         raise ValueError(f"role must be 'trainer' or 'simulator', got {role!r}")
@@ -95,6 +105,7 @@ def init(
             allow_modules=modules,
             region=region or os.environ.get(ENV_REGION) or None,
             ca_file=resolve_ca_file(ca_file),
+            resume_window=resolve_resume_window(resume_window),
         )
         run_simulator(host)
         return True
@@ -109,6 +120,7 @@ def init(
         tensorboard_dir=tensorboard_dir,
         ca_file=ca_file,
         max_space_bytes=max_space_bytes,
+        resume_window=resume_window,
     )
     return _init_trainer(settings, strict=strict)
 

@@ -21,6 +21,7 @@ from .config import (
     ENV_REGION,
     ENV_RELAY_URL,
     resolve_ca_file,
+    resolve_resume_window,
     resolve_db,
     resolve_relay_url,
 )
@@ -357,6 +358,14 @@ def simulator(
             help="PEM CA certificate(s) to verify a wss:// relay with, instead of the system trust store.",
         ),
     ] = None,
+    resume_window: Annotated[
+        Optional[float],
+        typer.Option(
+            min=0,
+            help="Seconds the envs of a channel whose connection dropped (relay restart, network blip) wait "
+            "for their trainer to resume them [default: REMOTERL_RESUME_WINDOW, else 120; 0: never].",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO (default: warnings only).")] = False,
 ) -> None:
     """Serve environments to trainers until Ctrl-C / SIGTERM."""
@@ -378,6 +387,7 @@ def simulator(
             allow_processes=allow_processes,
             allow_attributes=env_attributes,
             max_make_bytes=max_make_bytes,
+            resume_window=resolve_resume_window(resume_window),
         )
     except ValueError as exc:  # a malformed --allow entry or REMOTERL_ALLOW_MODULES
         raise typer.BadParameter(str(exc), param_hint="--allow / REMOTERL_ALLOW_MODULES") from None

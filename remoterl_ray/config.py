@@ -20,6 +20,7 @@ ENV_TENSORBOARD_DIR = "REMOTERL_TENSORBOARD_DIR"
 ENV_ADMIN_TOKEN = "REMOTERL_ADMIN_TOKEN"
 ENV_DB = "REMOTERL_DB"  # the relay's accounts store
 ENV_MAX_SPACE_BYTES = "REMOTERL_MAX_SPACE_BYTES"  # largest space a simulator may describe
+ENV_RESUME_WINDOW = "REMOTERL_RESUME_WINDOW"  # seconds a dropped channel waits to resume (0: never)
 ENV_CA_FILE = "REMOTERL_CA_FILE"  # PEM CA certificates clients trust instead of the system store
 DEFAULT_DB = "~/.remoterl/relay.db"
 
@@ -47,9 +48,16 @@ def resolve_ca_file(path: str | None) -> str | None:
 
 
 def _positive(
-    value: Number | None, env_var: str, default: Number, parse: Callable[[Any], Number], what: str
+    value: Number | None,
+    env_var: str,
+    default: Number,
+    parse: Callable[[Any], Number],
+    what: str,
+    *,
+    zero: bool = False,
 ) -> Number:
-    """``value``, else ``env_var`` parsed with ``parse``, else ``default``; it must be positive."""
+    """``value``, else ``env_var`` parsed with ``parse``, else ``default``; it must be positive
+    (or zero, with ``zero``)."""
     if value is None:
         raw = os.environ.get(env_var)
         if not raw:
@@ -58,14 +66,20 @@ def _positive(
             value = parse(raw)
         except ValueError:
             raise ValueError(f"{env_var} must be {what}, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{what} must be positive, got {value}")
+    if value < 0 or (value == 0 and not zero):
+        raise ValueError(f"{what} must be {'zero or more' if zero else 'positive'}, got {value}")
     return parse(value)
 
 
 def resolve_seconds(value: float | None, env_var: str, default: float) -> float:
     """A positive number of seconds from ``value``, else ``env_var``, else ``default``."""
     return _positive(value, env_var, default, float, "a number of seconds")
+
+
+def resolve_resume_window(value: float | None, default: float = 120.0) -> float:
+    """Seconds a channel whose connection dropped waits to resume: ``value``, else
+    ``REMOTERL_RESUME_WINDOW``, else ``default``; 0 turns resuming off."""
+    return _positive(value, ENV_RESUME_WINDOW, default, float, "the resume window (seconds)", zero=True)
 
 
 def resolve_count(value: int | None, env_var: str, default: int) -> int:

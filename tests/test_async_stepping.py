@@ -139,7 +139,7 @@ def test_a_simulator_lost_between_sends_costs_only_its_own_shard(relay, keys, tm
     pool = SimulatorPool(relay, keys.take())
     fast = pool.start(1)[0]
     pool.start(1, env={"REMOTERL_TEST_GATE": str(gate)})
-    session = TrainerSession(trainer_settings(pool.key, relay.url, num_env_runners=2, timeout=30.0))
+    session = TrainerSession(trainer_settings(pool.key, relay.url, num_env_runners=2, timeout=30.0, resume_window=1))
     try:
         assert session.links.wait_for_simulators(2, 30) == 2
         envs = RemoteVectorEnv(session, "remoterl_testenvs:GatedCounter-v0", 4, vectorization_mode="sync")
@@ -149,9 +149,9 @@ def test_a_simulator_lost_between_sends_costs_only_its_own_shard(relay, keys, tm
         ids = envs.recv(envs=2)[4]["env_id"]
         lost_shard = 0 if ids[0] == 0 else 1
         channel = envs._remote.channels[lost_shard]
-        fast.kill()  # the fast shard's simulator is gone
-        assert session.links.conn.wait_until(lambda: channel in session.links.conn.lost_channels, 30)
-        with pytest.raises(SimulatorLostError):
+        fast.kill()  # the fast shard's simulator is gone (and does not resume within the 1 s window)
+        assert session.links.conn.wait_until(lambda: channel in session.links.conn.protocol.paused, 30)
+        with pytest.raises(SimulatorLostError, match="resume window"):
             envs.send(np.ones(2, dtype=np.int64), ids)
         gate.unlink()
         obs, _, _, _, info = envs.recv()

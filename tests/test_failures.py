@@ -140,7 +140,7 @@ def test_simulator_killed_mid_episode_gives_a_coded_error(relay, keys, trainer_c
     pool = SimulatorPool(relay, key)
     (sim,) = pool.start(1)
     try:
-        assert init_trainer(relay, key, timeout=60)
+        assert init_trainer(relay, key, timeout=60, resume_window=1)
         gym.register("SlowCounter-v0", entry_point=f"{TEST_ENVS_MODULE}:CounterEnv", kwargs={"delay": 3.0})
         env = gym.make("SlowCounter-v0")
         vec = gym.make_vec("CartPole-v1", num_envs=2)
@@ -160,9 +160,10 @@ def test_simulator_killed_mid_episode_gives_a_coded_error(relay, keys, trainer_c
         sim.kill()
         thread.join(30)
         assert not thread.is_alive()
-        # The relay saw the socket close and told us: a coded error, not the 60 s timeout.
+        # The relay saw the socket close and told us; the simulator did not resume its channels
+        # within the window (a crash looks like a dropped connection): a coded error, not the 60 s timeout.
         assert isinstance(outcome.get("error"), SimulatorLostError), outcome
-        assert outcome["error"].code.value == "simulator_gone"
+        assert outcome["error"].code.value == "resume_expired"
         with pytest.raises(SimulatorLostError):
             vec.step(np.array([0, 1]))
         with pytest.raises(SimulatorLostError):
@@ -177,16 +178,17 @@ def test_simulator_killed_mid_episode_gives_a_coded_error(relay, keys, trainer_c
         pool.stop()
 
 
-def test_relay_restart_simulator_reconnects_and_envs_carry_on(keys, trainer_cleanup):
-    """While the relay is down a step fails with a coded error; once it is back,
-    the same env objects are made again and report the lost episodes truncated."""
+def test_relay_restart_without_resuming_makes_the_envs_again(keys, trainer_cleanup):
+    """With resuming off (``resume_window=0``, also what a window run out leads to): while
+    the relay is down a step fails with a coded error; once it is back, the same env
+    objects are made again and report the lost episodes truncated."""
     key = new_key("restart")
     port = free_port()
     relay = start_relay(api_keys=[key], port=port)
     pool = SimulatorPool(relay, key)
     (sim,) = pool.start(1)
     try:
-        assert init_trainer(relay, key, connect_timeout=2, simulator_wait=20)
+        assert init_trainer(relay, key, connect_timeout=2, simulator_wait=20, resume_window=0)
         env = gym.make("CartPole-v1")
         vec = gym.make_vec("CartPole-v1", 3, vectorization_mode="sync")
         pooled = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")  # stepped with send / recv
@@ -276,7 +278,7 @@ def test_frozen_simulator_is_detected_by_heartbeats(keys, trainer_cleanup):
     pool = SimulatorPool(relay, key)
     (sim,) = pool.start(1)
     try:
-        assert init_trainer(relay, key, timeout=60)
+        assert init_trainer(relay, key, timeout=60, resume_window=1)
         env = gym.make("CartPole-v1")
         env.reset(seed=0)
         os.kill(sim.pid, signal.SIGSTOP)

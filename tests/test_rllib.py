@@ -186,7 +186,7 @@ def test_lost_simulator_recreates_the_env(relay, keys, runner_cls):
     key = keys.take()
     pool = SimulatorPool(relay, key)
     pool.start(2)
-    settings = trainer_settings(key, relay.url, num_workers=2, num_env_runners=2, timeout=30.0)
+    settings = trainer_settings(key, relay.url, num_workers=2, num_env_runners=2, timeout=30.0, resume_window=1.0)
     config = AlgorithmConfig().environment("CartPole-v1").env_runners(num_envs_per_env_runner=4)
     config = use_remote_env_runners(config.fault_tolerance(restart_failed_sub_environments=True), settings)
     runner = runner_cls(config=config)

@@ -13,18 +13,26 @@ States::
 
     GREETING --welcome--> OPEN --lost / closed--> CLOSED
         \\--refused / bad answer---------------------^
+
+Resuming (``docs/protocol.md``): a channel the relay reports ``Paused`` is
+dead here (its requests end in ``ChannelPausedError``, its later answers are
+dropped); the channel ids a ``Resumed`` gives tokens are kept in
+``resumed`` for the caller, who sends the unanswered requests again with
+:meth:`ClientProtocol.resend`.
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import codec
 from .closing import closing_error
 from .errors import (
+    ChannelPausedError,
     ErrorCode,
     FrameTooLargeError,
     ProtocolError,
@@ -35,7 +43,8 @@ from .errors import (
     error_from_wire,
 )
 from .frames import HEADER_SIZE, MAX_SEQ, Kind, Op, pack, payload_of, unpack_header
-from .messages import Hello, Welcome, control_frame, error_frame, parse_control
+from .limits import MAX_CLAIMS_PER_PEER
+from .messages import Hello, Paused, Resumed, Welcome, control_frame, error_frame, parse_control
 
 class State(enum.Enum):
     GREETING = "greeting"
@@ -68,6 +77,7 @@ class Pending:
     channel: int
     op: int
     kind: int  # REQUEST (answered by the simulator owning ``channel``) or CONTROL (by the relay)
+    payload: bytes = b""  # kept (not copied) to send it again after a resume
     reply: Reply | None = None
 
     def accepts(self, kind: int, op: int, channel: int) -> bool:
@@ -93,7 +103,8 @@ class Request(NamedTuple):
 
 
 class Control(NamedTuple):
-    """An unsolicited control message from the relay (Simulators, Detach, Reconnect, Notice)."""
+    """An unsolicited control message from the relay (Simulators, Detach, Reconnect,
+    Notice, and Paused and Resumed after the protocol noted them)."""
 
     message: Any
 
@@ -133,7 +144,9 @@ class Counters:
 class ClientProtocol:
     """One connection's rules for a trainer or a simulator (see the module docstring)."""
 
-    def __init__(self, hello: Hello) -> None:
+    def __init__(self, hello: Hello, seqs: Callable[[], int] | None = None) -> None:
+        """``seqs``: where request seqs come from (a trainer shares one ``SeqCounter``
+        over its connections, so a resumed channel's seqs keep growing)."""
         self.hello = hello
         self.trainer = hello.role == "trainer"
         self.state = State.GREETING
@@ -144,6 +157,9 @@ class ClientProtocol:
         self.channels: set[int] = set()  # channels we sent requests on: only these can be lost
         self.pending: dict[int, Pending] = {}
         self.counters = Counters()
+        self.paused: set[int] = set()  # channels the relay reported paused: dead ids here
+        self.resumed: dict[str, int] = {}  # token -> its channel id now, until the caller takes it
+        self._seqs = seqs
         self._seq = itertools.count(1)
 
     # -- greeting -----------------------------------------------------------
@@ -175,6 +191,8 @@ class ClientProtocol:
     # -- sending ------------------------------------------------------------
 
     def next_seq(self) -> int:
+        if self._seqs is not None:
+            return self._seqs()
         seq = next(self._seq)
         if seq >= MAX_SEQ:  # wrap well before u32 overflow; old seqs are long answered
             self._seq = itertools.count(1)
@@ -199,10 +217,21 @@ class ClientProtocol:
         self.check_open()
         if channel in self.lost_channels:
             raise self.lost_channels[channel]
-        seq = self.next_seq()
+        if channel in self.paused:
+            raise ChannelPausedError(f"channel {channel} is paused: the other end's connection dropped")
+        return self._register(self.next_seq(), kind, op, channel, payload)
+
+    def resend(self, pending: Pending, channel: int) -> tuple[Pending, bytes]:
+        """``pending``'s request again, with its seq, on ``channel`` (its channel after a
+        resume, on this or another connection): the simulator answers a seq it already
+        ran from memory."""
+        self.check_open()
+        return self._register(pending.seq, pending.kind, pending.op, channel, pending.payload)
+
+    def _register(self, seq: int, kind: int, op: int, channel: int, payload: bytes) -> tuple[Pending, bytes]:
         frame = pack(kind, op, channel, seq, payload)
         self.check_size(frame)
-        pending = self.pending[seq] = Pending(seq, channel, op, kind)
+        pending = self.pending[seq] = Pending(seq, channel, op, kind, payload)
         if channel:
             self.channels.add(channel)
         return pending, frame
@@ -222,6 +251,7 @@ class ClientProtocol:
         for channel in gone:
             self.lost_channels.pop(channel, None)
         self.channels -= gone
+        self.paused -= gone
 
     def timed_out(self, pending: Pending, timeout: float) -> Reply:
         return Reply(
@@ -264,6 +294,8 @@ class ClientProtocol:
             return Dropped("malformed frame", f"dropping malformed frame from the relay: {exc}")
         payload = payload_of(frame)
         pending = self.pending.get(seq) if seq else None
+        if channel in self.paused and kind != Kind.CONTROL:
+            return None  # late news of a channel that moved: its requests were (or will be) sent again
         if pending is not None and not pending.accepts(kind, op, channel):
             return Dropped(
                 "mismatched answer",
@@ -299,12 +331,33 @@ class ClientProtocol:
             return Request(op, channel, seq, payload)
         if kind == Kind.CONTROL:
             try:
-                return Control(parse_control(payload))
+                message = parse_control(payload)
             except ProtocolError as exc:
                 return Dropped("malformed control", f"dropping malformed control message: {exc}")
+            if isinstance(message, Paused):
+                self.pause(message.channels)
+            elif isinstance(message, Resumed):
+                for rebound in message.channels:
+                    if len(self.resumed) >= MAX_CLAIMS_PER_PEER:
+                        self.resumed.pop(next(iter(self.resumed)))  # never asked for, or never taken
+                    self.resumed[rebound.token] = rebound.channel
+            return Control(message)
         return None  # a late answer to a request that already timed out
 
+    def pause(self, channels: list[int]) -> None:
+        """These channels' other end dropped: their requests end in ``ChannelPausedError``
+        (the caller resumes the channel and sends them again)."""
+        mine = [c for c in channels if c in self.channels]
+        self.paused.update(mine)
+        for channel in mine:
+            error = ChannelPausedError(f"channel {channel} is paused: the other end's connection dropped")
+            for pending in self.pending.values():
+                if pending.channel == channel and pending.reply is None:
+                    pending.reply = Reply(Kind.ERROR, Op.NONE, channel, error=error)
+
     def fail_channel(self, channel: int, error: RemoteRLError) -> None:
+        """``channel`` is lost for good: its requests, now and later, end in ``error``."""
+        self.paused.discard(channel)
         self.lost_channels[channel] = error
         for pending in self.pending.values():
             if pending.channel == channel and pending.reply is None:

@@ -12,6 +12,14 @@ from .errors import ErrorCode, RemoteRLError, error_from_wire
 CLOSE_POLICY = 1008  # RFC 6455: the peer broke a rule (revoked key, operator action, refused hello)
 CLOSE_PROTOCOL_ERROR = 1002  # RFC 6455: the peer's hello was not our protocol
 MAX_REASON = 120  # a close frame's reason must fit in 123 bytes
+CLOSE_NORMAL = 1000  # RFC 6455: a peer closing on purpose (shutdown, env closed)
+
+
+def said_goodbye(code: int | None) -> bool:
+    """A peer's close ``code`` says it left on purpose, or broke the rules: its
+    channels end now. Any other departure (no close frame, a lost network, a
+    heartbeat missed) may be followed by the peer resuming its channels."""
+    return code in (CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR)
 
 
 def close_reason(error: RemoteRLError) -> str:

@@ -52,6 +52,9 @@ class ErrorCode(str, Enum):
     RATE_LIMITED = "rate_limited"
     DISCONNECTED = "disconnected"  # an operator closed this connection
     TLS = "tls_failed"  # the relay's certificate was not trusted, or TLS was expected and not spoken
+    CHANNEL_PAUSED = "channel_paused"  # the other end's connection dropped: the channel waits for it to resume
+    RESUME_EXPIRED = "resume_expired"  # a paused channel's other end did not come back within the resume window
+    RESUME_GAP = "resume_gap"  # a request re-sent after a resume is older than the answers a simulator keeps
 
 
 class RemoteRLError(RuntimeError):
@@ -139,6 +142,14 @@ class RelayUnavailableError(SimulatorLostError):
     default_code = ErrorCode.RELAY_GONE
 
 
+class ChannelPausedError(SimulatorLostError):
+    """The other end of a channel lost its connection; the channel waits for it
+    to come back and resume (``docs/protocol.md``, resuming). A trainer resumes
+    such channels itself: this reaches user code only where resuming is off."""
+
+    default_code = ErrorCode.CHANNEL_PAUSED
+
+
 class EnvsMadeAgainError(RelayUnavailableError):
     """A trainer's attribute or method call met a lost relay connection, and its envs
     were made again on a new one: they are new envs, so the call is not repeated on
@@ -213,6 +224,9 @@ _CLASS_BY_CODE: dict[ErrorCode, type[RemoteRLError]] = {
     ErrorCode.RATE_LIMITED: RateLimitedError,
     ErrorCode.DISCONNECTED: DisconnectedError,
     ErrorCode.TLS: TLSError,
+    ErrorCode.CHANNEL_PAUSED: ChannelPausedError,
+    ErrorCode.RESUME_EXPIRED: SimulatorLostError,
+    ErrorCode.RESUME_GAP: ProtocolError,
 }
 
 

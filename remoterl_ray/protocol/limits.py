@@ -47,6 +47,17 @@ MAX_CAPABILITIES = 16
 MAX_RELEASE_CHANNELS = 4096
 """Channels one release message may name (clients send several if they hold more)."""
 
+MAX_RESUME_CHANNELS = 1024
+"""Channels one resume, resumed, paused or forget message may name (a claim is a
+22-character token and a count: 1024 of them fit ``MAX_CONTROL_BYTES``)."""
+
+MAX_CLAIMS_PER_PEER = 4096
+"""Resume claims one connection may have waiting at the relay."""
+
+ANSWERS_KEPT = 16
+"""Answers a simulator keeps per resumable channel, to answer a re-sent request
+again rather than run it twice."""
+
 # -- space descriptions a trainer receives from a simulator -------------------
 
 MAX_SPACE_DEPTH = 16

@@ -23,6 +23,7 @@ from .limits import (
     MAX_CONTROL_BYTES,
     MAX_HELLO_BYTES,
     MAX_RELEASE_CHANNELS,
+    MAX_RESUME_CHANNELS,
     DecodeLimits,
 )
 
@@ -34,6 +35,10 @@ Role = Literal["trainer", "simulator"]
 CAP_RECONNECT = "reconnect"  # peer: follows a Reconnect when idle
 CAP_LOCATE = "locate"  # relay: answers Locate with Regions
 CAP_NOTICE = "notice"  # peer: understands Notice (quota warnings and the like)
+CAP_RESUME = "resume"  # peer: resumes channels (Paused, Resume, Resumed, Forget); see docs/protocol.md
+
+# A channel's resume token: 128 random bits, URL-safe base64 (``secrets.token_urlsafe(16)``).
+Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
 
 
 class _Message(BaseModel):
@@ -112,6 +117,7 @@ class Shard(_Message):
     channel: int
     envs: int
     simulator: str
+    token: str | None = None  # resume token (both ends speak ``resume``); the trainer hands it to the simulator
 
 
 class Opened(_Message):
@@ -166,6 +172,48 @@ class Reconnect(_Message):
     reason: str = ""
 
 
+class Paused(_Message):
+    """Relay tells a peer that the other end of these channels lost its connection:
+    the channel ids are dead, and each channel waits for both ends to claim it
+    again with ``Resume`` (the peer sends its own claim)."""
+
+    op: Literal["paused"] = "paused"
+    channels: list[int] = Field(max_length=MAX_RESUME_CHANNELS)
+
+
+class Claim(_Message):
+    token: Token
+    envs: int = Field(ge=1, le=65536)
+
+
+class Resume(_Message):
+    """A peer claims channels it still holds, by token, after its connection or the
+    other end's dropped. The relay pairs a trainer's claim with the simulator's claim
+    of the same token (and envs) in the same workspace, then says ``Resumed``."""
+
+    op: Literal["resume"] = "resume"
+    channels: list[Claim] = Field(max_length=MAX_RESUME_CHANNELS)
+
+
+class Rebound(_Message):
+    token: Token
+    channel: int
+
+
+class Resumed(_Message):
+    """Relay tells both ends of resumed channels the channel id each token has now."""
+
+    op: Literal["resumed"] = "resumed"
+    channels: list[Rebound] = Field(max_length=MAX_RESUME_CHANNELS)
+
+
+class Forget(_Message):
+    """A peer withdraws its claims (its resume window ran out, or it closed the envs)."""
+
+    op: Literal["forget"] = "forget"
+    tokens: list[Token] = Field(max_length=MAX_RESUME_CHANNELS)
+
+
 class Notice(_Message):
     """Relay tells a peer that listed ``notice`` something it should show its user
     (``code`` is an ``ErrorCode`` value, e.g. ``quota_exceeded``); nothing changes
@@ -177,7 +225,10 @@ class Notice(_Message):
 
 
 ControlMessage = Annotated[
-    Union[Hello, Welcome, Open, Opened, Release, Detach, Simulators, Locate, Regions, Reconnect, Notice],
+    Union[
+        Hello, Welcome, Open, Opened, Release, Detach, Simulators, Locate, Regions, Reconnect, Notice,
+        Paused, Resume, Resumed, Forget,
+    ],
     Field(discriminator="op"),
 ]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(ControlMessage)
@@ -186,7 +237,7 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(ControlMessage)
 # What a peer may make the relay decode: a hello is a handful of short fields;
 # the largest later message is a release naming MAX_RELEASE_CHANNELS channels.
 HELLO_DECODE = DecodeLimits(max_depth=4, max_objects=4 * MAX_CAPABILITIES + 64)
-CONTROL_DECODE = DecodeLimits(max_depth=8, max_objects=MAX_RELEASE_CHANNELS + 64)
+CONTROL_DECODE = DecodeLimits(max_depth=8, max_objects=max(MAX_RELEASE_CHANNELS, 5 * MAX_RESUME_CHANNELS) + 64)
 
 
 def parse_control(

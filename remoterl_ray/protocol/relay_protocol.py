@@ -21,10 +21,10 @@ from typing import Any, NamedTuple
 
 from .errors import ErrorCode, FrameTooLargeError, ProtocolError, ProtocolVersionError, RemoteRLError
 from .frames import HEADER, HEADER_SIZE, SUPPORTED_VERSIONS, VALID_OPS, Kind, payload_of, unpack_header
-from .messages import Hello, Locate, Open, Release, error_frame, parse_hello, parse_peer_control
+from .messages import Forget, Hello, Locate, Open, Release, Resume, error_frame, parse_hello, parse_peer_control
 
 _FORWARDED = frozenset({Kind.REQUEST, Kind.RESPONSE, Kind.ERROR})
-_TRAINER_CONTROLS = (Open, Release, Locate)
+_CONTROLS = {"trainer": (Open, Release, Locate, Resume, Forget), "simulator": (Resume, Forget)}
 
 
 class State(enum.Enum):
@@ -67,8 +67,9 @@ class Forward(NamedTuple):
 
 
 class ControlRequest(NamedTuple):
-    """A trainer's Open, Release or Locate, answered with ``seq`` (``op`` and
-    ``channel`` are the header's, echoed if acting on it fails)."""
+    """A trainer's Open, Release or Locate (answered with ``seq``), or a peer's
+    Resume or Forget (``op`` and ``channel`` are the header's, echoed if acting on
+    it fails)."""
 
     message: Any
     op: int
@@ -160,7 +161,7 @@ class RelayPeerProtocol:
                 message = parse_peer_control(payload_of(data))
             except ProtocolError as exc:
                 return self.refuse(exc, echo_op, channel, seq)
-            if self.role != "trainer" or not isinstance(message, _TRAINER_CONTROLS):
+            if not isinstance(message, _CONTROLS.get(self.role, ())):
                 error = ProtocolError(
                     f"unexpected control message {message.op!r} from a {self.role}", code=ErrorCode.BAD_PAYLOAD
                 )

@@ -307,7 +307,7 @@ class Accounting:
             return
         log.info("closing %s (%s): %s", peer.id, peer.workspace, error.message)
         await _bounded(peer.send(error_frame(error.to_wire())))
-        peer.presence = Presence.GONE
+        peer.presence = Presence.CUT_OFF
         try:
             await _bounded(peer.close(CLOSE_POLICY, close_reason(error)))
         except Exception as exc:  # already gone

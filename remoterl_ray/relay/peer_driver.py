@@ -19,15 +19,27 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from ..accounts.store import Identity
-from ..protocol.closing import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, close_reason
+from ..protocol.closing import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, close_reason, said_goodbye
 from ..protocol.errors import ErrorCode, FrameTooLargeError, ProtocolError, RemoteRLError
-from ..protocol.messages import CAP_LOCATE, Locate, Open, Regions, Welcome, control_frame, error_frame
+from ..protocol.messages import (
+    CAP_LOCATE,
+    CAP_RESUME,
+    Forget,
+    Locate,
+    Open,
+    Regions,
+    Release,
+    Resume,
+    Welcome,
+    control_frame,
+    error_frame,
+)
 from ..protocol.relay_protocol import ControlRequest, Forward, RelayPeerProtocol
 from ..rate_limited_log import RateLimitedLog
 from .accounting import Accounting
 from .dashboard import source_of
 from .directory import Directory
-from .switchboard import Peer, Switchboard
+from .switchboard import Peer, Presence, Switchboard
 
 log = logging.getLogger("remoterl.relay")
 peer_log = RateLimitedLog(log)  # refused and broken connections: one short line each, rate-limited
@@ -156,8 +168,12 @@ class PeerDriver:
         elif isinstance(message, Locate):
             regions = Regions(regions=self.directory.regions_for(peer.workspace, self.board))
             await peer.send(control_frame(regions, request.seq))
-        else:
+        elif isinstance(message, Release):
             await self.board.release(peer, message.channels)
+        elif isinstance(message, Resume):
+            await self.board.resume(peer, message)
+        elif isinstance(message, Forget):
+            self.board.forget(peer, message)
 
     async def serve(self, ws: WebSocket) -> None:
         """The ``/ws`` endpoint: greet, then serve the peer until it leaves."""
@@ -189,20 +205,24 @@ class PeerDriver:
                         simulators=simulators,
                         max_frame=self.max_frame,
                         region=self.directory.region,
-                        capabilities=[CAP_LOCATE],
+                        capabilities=[CAP_LOCATE, CAP_RESUME],
                         quota=self.accounting.quota(identity.workspace, identity.plan) if self.has_accounts else None,
                     )
                 )
             )
-            await self.pump(ws, peer, protocol)
+            goodbye = await self.pump(ws, peer, protocol)
+        except BaseException:
+            goodbye = False  # the connection broke: its channels may resume
+            raise
         finally:
             try:
-                await self.board.leave(peer)
+                await self.board.leave(peer, resumable=not goodbye)
             finally:
                 self.accounting.settle(peer)  # its last counts are billed whatever happened
 
-    async def pump(self, ws: WebSocket, peer: Peer, protocol: RelayPeerProtocol) -> None:
+    async def pump(self, ws: WebSocket, peer: Peer, protocol: RelayPeerProtocol) -> bool:
         """The hot loop: one iteration per message the peer sends; the protocol says what it is.
+        Returns whether the peer left for good (see ``said_goodbye``).
 
         Where the server allows it (the embedded relay's), a forwarded frame that arrives
         while this loop waits is forwarded at once by :meth:`forward_now` instead, with
@@ -220,7 +240,7 @@ class PeerDriver:
                 waiting.now = False
                 data = message.get("bytes")
                 if data is None and message["type"] == "websocket.disconnect":
-                    return
+                    return said_goodbye(message.get("code"))
                 if data is not None:
                     peer.received(data)
                 event = protocol.receive(data)
@@ -248,8 +268,9 @@ class PeerDriver:
                     peer_log.info("too many refused frames", "closing %s from %s: too many refused frames", peer.id,
                                   source_of(ws))  # fmt: skip
                     if peer.alive:  # not already closed by an operator action
+                        peer.presence = Presence.CUT_OFF
                         await ws.close(CLOSE_POLICY, "too many refused frames")
-                    return
+                    return True
         finally:
             connection.take_frames(None)
 

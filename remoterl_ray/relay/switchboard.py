@@ -9,6 +9,14 @@ Everything here runs on the relay's one event loop, so plain dicts need no
 locks. It does not import Ray or any web framework: peers are handed in with
 async ``send`` and ``close`` callables.
 
+Resuming (``docs/protocol.md``): a channel whose ends both speak ``resume``
+gets a random token. When one end leaves without saying goodbye, the channel
+is taken off the board and the other end is told ``Paused``; each end then
+claims the token (``Resume``), on this relay or, after a restart, on a fresh
+one, and the relay pairs the two claims into a new channel. Claims live only
+as long as the connection that made them: the relay keeps nothing about
+episodes, and a restarted relay needs nothing from the old one.
+
 Placement must stay cheap however many simulators a workspace has, since one
 tenant's ``open`` runs on the loop every other tenant shares: each workspace
 keeps its simulators with room in a heap (least loaded first), every count a
@@ -22,6 +30,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,7 +39,22 @@ from typing import Any
 
 from ..protocol.errors import ErrorCode, NoSimulatorError, ProtocolError, RemoteRLError
 from ..protocol.frames import Kind, Op
-from ..protocol.messages import Detach, Open, Opened, Shard, Simulators, control_frame, error_frame
+from ..protocol.limits import MAX_CLAIMS_PER_PEER, MAX_RESUME_CHANNELS
+from ..protocol.messages import (
+    CAP_RESUME,
+    Detach,
+    Forget,
+    Open,
+    Opened,
+    Paused,
+    Rebound,
+    Resume,
+    Resumed,
+    Shard,
+    Simulators,
+    control_frame,
+    error_frame,
+)
 
 log = logging.getLogger("remoterl.relay")
 
@@ -52,7 +76,8 @@ class Presence(Enum):
 
     ONLINE = "online"
     MOVING = "moving"  # asked to reconnect elsewhere: still forwards, gets no new channels (mark_moving)
-    GONE = "gone"  # left, cut off, or a send to it failed: nothing is sent to it again
+    GONE = "gone"  # left, or a send to it failed: nothing is sent to it again
+    CUT_OFF = "cut off"  # closed by the relay (a rule broken, an operator): its channels end, never resume
 
 
 @dataclass(eq=False)
@@ -77,13 +102,19 @@ class Peer:
     steps_per_s: float = 0.0  # over the last metering interval
     hosted_envs: int = 0
     channels: set[int] = field(default_factory=set)
+    claims: set[str] = field(default_factory=set)  # resume tokens it claimed, waiting for the other end
+    resumes: int = 0  # channels resumed with it as one end
     capabilities: frozenset[str] = frozenset()
     presence: Presence = Presence.ONLINE
     write_now: WriteFn | None = None  # the embedded server's connection writes at once, without ASGI
 
     @property
     def alive(self) -> bool:
-        return self.presence is not Presence.GONE
+        return self.presence is not Presence.GONE and self.presence is not Presence.CUT_OFF
+
+    @property
+    def resumable(self) -> bool:
+        return CAP_RESUME in self.capabilities
 
     def send_now(self, frame: bytes) -> bool:
         """:meth:`send` through ``write_now``, which must be set."""
@@ -137,6 +168,7 @@ class Peer:
             "steps_per_s": round(self.steps_per_s, 1),
             "channels": len(self.channels),
             "hosted_envs": self.hosted_envs,
+            "resumes": self.resumes,
         }
 
 
@@ -174,6 +206,18 @@ class Channel:
     simulator: Peer
     envs: int
     placing: Placement | None = None  # the open still placing it: its trainer has not been told yet
+    token: str | None = None  # resume token, when both ends resume
+
+    def other_end(self, peer: Peer) -> Peer:
+        return self.simulator if peer is self.trainer else self.trainer
+
+
+@dataclass(eq=False, slots=True)
+class ClaimOf:
+    """One end's claim of a resume token, waiting at the relay for the other end's."""
+
+    peer: Peer
+    envs: int
 
 
 @dataclass(eq=False, slots=True)
@@ -238,7 +282,7 @@ class Pool:
             slot.seat = Seat.FULL
 
     def refresh(self, slot: Slot) -> None:
-        """The simulator's hosted envs went down: key it again (O(log n))."""
+        """The simulator's hosted envs changed (a release, a resumed channel): key it again (O(log n))."""
         if slot.seat is Seat.READY:
             self._withdraw(slot)
             slot.seat = Seat.FULL
@@ -301,6 +345,7 @@ class Workspace:
     simulators: dict[str, Peer] = field(default_factory=dict)
     pool: Pool = field(default_factory=Pool)
     announcing: asyncio.Task[None] | None = None  # the coalesced simulator count on its way to trainers
+    claims: dict[str, ClaimOf] = field(default_factory=dict)  # resume token -> the claim waiting for its pair
 
 
 class Switchboard:
@@ -340,25 +385,40 @@ class Switchboard:
             ws.trainers[peer.id] = peer
         return len(ws.simulators)
 
-    async def leave(self, peer: Peer) -> None:
-        """Remove ``peer`` and tell the other end of each of its channels."""
+    async def leave(self, peer: Peer, *, resumable: bool = True) -> None:
+        """Remove ``peer`` and tell the other end of each of its channels: ``Paused``
+        for a channel both ends resume, unless ``peer`` left for good (``resumable``
+        False: it said goodbye, or the relay cut it off), else that it is gone."""
+        resumable = resumable and peer.presence is not Presence.CUT_OFF
         peer.presence = Presence.GONE
         ws = self.workspaces.get(peer.workspace)
         slot = self._slot(ws, peer)
         if slot is not None:
             ws.pool.retire(slot, Seat.GONE)  # before any await: never chosen from here on
+        if ws is not None:
+            self._drop_claims(ws, peer, list(peer.claims))
+        paused: dict[Peer, list[int]] = {}
         for done, channel_id in enumerate(sorted(peer.channels), 1):
             if done % self.CLOSES_PER_TURN == 0:  # a peer may hold thousands of channels: let others in
                 await asyncio.sleep(0)
             channel = self.channels.pop(channel_id, None)
             if channel is None:
                 continue
-            if peer.role == "simulator":
+            if channel.placing is not None:  # its trainer never heard of it
+                if peer.role == "simulator":  # placed again elsewhere
+                    channel.trainer.channels.discard(channel_id)
+                    self._count(channel, -channel.envs)
+                    channel.placing.lost += channel.envs
+                else:
+                    self._unplace(channel)
+                continue
+            other = channel.other_end(peer)
+            if resumable and channel.token is not None and other.alive:
+                self._off_board(channel)
+                paused.setdefault(other, []).append(channel_id)
+            elif peer.role == "simulator":
                 channel.trainer.channels.discard(channel_id)
                 self._count(channel, -channel.envs)
-                if channel.placing is not None:  # its trainer never heard of it: placed again elsewhere
-                    channel.placing.lost += channel.envs
-                    continue
                 gone = RemoteRLError(
                     f"simulator {peer.name or peer.id} hosting channel {channel_id} disconnected",
                     code=ErrorCode.SIMULATOR_GONE,
@@ -367,6 +427,9 @@ class Switchboard:
             else:
                 await self._detach(channel)
         peer.channels.clear()
+        for other, channel_ids in paused.items():
+            for start in range(0, len(channel_ids), MAX_RESUME_CHANNELS):
+                await other.send(control_frame(Paused(channels=channel_ids[start : start + MAX_RESUME_CHANNELS])))
         if self._peers.get(peer.id) is peer:
             del self._peers[peer.id]
         if ws is None:
@@ -380,6 +443,83 @@ class Switchboard:
             ws.trainers.pop(peer.id, None)
         if not ws.simulators and not ws.trainers:
             self.workspaces.pop(ws.name, None)
+
+    def _off_board(self, channel: Channel) -> None:
+        """Take a channel (already out of ``channels``) off both its ends' books."""
+        channel.trainer.channels.discard(channel.id)
+        self._unplace(channel)
+
+    # -- resuming ---------------------------------------------------------
+
+    async def resume(self, peer: Peer, request: Resume) -> None:
+        """``peer`` claims channels by token. A claim the other end already made (same
+        workspace, the other role, the same envs) becomes a new channel, and both ends
+        are told its id (``Resumed``: the simulator first, so it knows the id before a
+        request on it arrives); any other claim waits for the other end's, as long as
+        ``peer`` stays connected. Raises ``NoSimulatorError`` (capacity) past
+        ``MAX_CLAIMS_PER_PEER`` waiting claims, ``ProtocolError`` for a claim whose
+        envs differ from its other end's (the other claims are taken)."""
+        ws = self.workspaces.get(peer.workspace)
+        if ws is None or not peer.alive:
+            return
+        if len(peer.claims) + len(request.channels) > MAX_CLAIMS_PER_PEER:
+            raise NoSimulatorError(
+                f"a connection may have at most {MAX_CLAIMS_PER_PEER} resume claims waiting", code=ErrorCode.CAPACITY
+            )
+        told: dict[Peer, list[Rebound]] = {}
+        mismatched = 0
+        for claim in request.channels:
+            waiting = ws.claims.get(claim.token)
+            if waiting is not None and waiting.peer.role != peer.role and waiting.peer.alive:
+                if waiting.envs != claim.envs:
+                    mismatched += 1
+                    continue
+                del ws.claims[claim.token]
+                waiting.peer.claims.discard(claim.token)
+                channel = self._rejoin(ws, peer, waiting.peer, claim.token, claim.envs)
+                for end in (channel.simulator, channel.trainer):
+                    end.resumes += 1
+                    told.setdefault(end, []).append(Rebound(token=claim.token, channel=channel.id))
+                continue
+            if waiting is not None:  # the same end's earlier claim, from a connection that is gone or going
+                waiting.peer.claims.discard(claim.token)
+            ws.claims[claim.token] = ClaimOf(peer, claim.envs)
+            peer.claims.add(claim.token)
+        for end in sorted(told, key=lambda p: p.role != "simulator"):
+            for start in range(0, len(told[end]), MAX_RESUME_CHANNELS):
+                await end.send(control_frame(Resumed(channels=told[end][start : start + MAX_RESUME_CHANNELS])))
+        if mismatched:
+            raise ProtocolError(
+                f"{mismatched} resume claims name a different number of envs than the other end's claim",
+                code=ErrorCode.BAD_PAYLOAD,
+            )
+
+    def _rejoin(self, ws: Workspace, peer: Peer, other: Peer, token: str, envs: int) -> Channel:
+        trainer, sim = (peer, other) if peer.role == "trainer" else (other, peer)
+        channel = Channel(next(self._channel_ids), trainer, sim, envs, token=token)
+        self.channels[channel.id] = channel
+        trainer.channels.add(channel.id)
+        sim.channels.add(channel.id)
+        sim.hosted_envs += envs
+        self._count(channel, envs)
+        slot = self._slot(ws, sim)
+        if slot is not None:
+            ws.pool.refresh(slot)
+        return channel
+
+    def forget(self, peer: Peer, request: Forget) -> None:
+        """``peer`` withdraws its waiting claims of these tokens."""
+        ws = self.workspaces.get(peer.workspace)
+        if ws is not None:
+            self._drop_claims(ws, peer, request.tokens)
+
+    @staticmethod
+    def _drop_claims(ws: Workspace, peer: Peer, tokens: list[str]) -> None:
+        for token in tokens:
+            waiting = ws.claims.get(token)
+            if waiting is not None and waiting.peer is peer:
+                del ws.claims[token]
+            peer.claims.discard(token)
 
     @staticmethod
     def _slot(ws: Workspace | None, peer: Peer) -> Slot | None:
@@ -552,7 +692,10 @@ class Switchboard:
         sim.hosted_envs += envs
         key = (trainer.id, sim.id)
         self._mine[key] = self._mine.get(key, 0) + envs
-        placement.placed.append((channel, Shard(channel=channel.id, envs=envs, simulator=sim.id)))
+        if trainer.resumable and sim.resumable:
+            channel.token = secrets.token_urlsafe(16)
+        shard = Shard(channel=channel.id, envs=envs, simulator=sim.id, token=channel.token)
+        placement.placed.append((channel, shard))
 
     def _undo(self, placement: Placement) -> None:
         """Take back every channel ``placement`` made (no simulator has heard of them) and its holds."""

@@ -3,10 +3,13 @@
 Single-threaded on purpose: requests are handled in arrival order in the
 calling thread (Gymnasium envs are rarely thread-safe), while the websockets
 library's own thread keeps the heartbeat going during long steps. When the
-relay goes away, every hosted env is closed (its channels died with the
-relay) and the host reconnects with capped exponential backoff. Before each
-connection it picks the relay region with the lowest round-trip time (or the
-one named by ``region``).
+relay connection drops, the host reconnects with capped exponential backoff;
+envs made with a resume token stay suspended meanwhile and are claimed again
+on the new connection, so their trainers carry on where they were, for up to
+``resume_window`` seconds (``docs/protocol.md``, resuming). A request sent
+again after a resume is answered from the channel's answer memory, never run
+twice. Before each connection it picks the relay region with the lowest
+round-trip time (or the one named by ``region``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,23 @@ from ..protocol.errors import (
     exception_type_name,
 )
 from ..protocol.frames import Op
-from ..protocol.messages import CAP_NOTICE, CAP_RECONNECT, Detach, Hello, Notice, Reconnect
+from ..protocol.limits import MAX_RESUME_CHANNELS
+from ..protocol.messages import (
+    CAP_NOTICE,
+    CAP_RECONNECT,
+    CAP_RESUME,
+    Claim,
+    Detach,
+    Forget,
+    Hello,
+    Notice,
+    Paused,
+    Reconnect,
+    Resume,
+    Resumed,
+    control_frame,
+)
+from ..protocol.replay import Answer
 from ..rate_limited_log import RateLimitedLog
 from ..transport import RelayConnection
 from ..transport.discovery import RegionsUnavailableError, UnknownRegionError, choose_region
@@ -50,6 +69,7 @@ MAX_MAKE_BYTES = 65_536  # make/register requests: env ids, kwargs and specs are
 _MAKING = frozenset({Op.MAKE, Op.MAKE_VEC, Op.REGISTER})
 POLL_SECONDS = 0.25  # how often an idle simulator checks for a stop request
 REPICK_SECONDS = 30.0  # a region unreachable this long is given up for the nearest other one
+RESUME_WINDOW = 120.0  # seconds a suspended env waits for its channel to resume
 
 
 class Connection(Enum):
@@ -73,12 +93,15 @@ class SimulatorHost:
         allow_processes: bool = False,
         allow_attributes: bool = True,
         max_make_bytes: int = MAX_MAKE_BYTES,
+        resume_window: float = RESUME_WINDOW,
     ) -> None:
         """``ca_file``: PEM CA certificates a ``wss://`` relay is verified with
         (None: the system trust store). ``allow_processes``: trainers may ask for
         async vector envs (a process per env). ``allow_attributes``: trainers may
         call public env methods and get or set public attributes. ``max_make_bytes``: the largest
-        make or register request (their kwargs reach env constructors)."""
+        make or register request (their kwargs reach env constructors). ``resume_window``:
+        seconds an env whose trainer or relay connection dropped waits to resume (0: none
+        waits; channels end when a connection drops, as before resuming existed)."""
         self.relay_url = relay_url
         self.ca_file = ca_file
         self.region = region  # None: the nearest one
@@ -89,6 +112,7 @@ class SimulatorHost:
         )
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.max_envs = max_envs
+        self.resume_window = resume_window
         self.connection = Connection.STAY
         self._last_url: str | None = None  # the region URL of the last connection that worked
 
@@ -98,7 +122,7 @@ class SimulatorHost:
             api_key=self.api_key,
             name=self.name,
             max_envs=self.max_envs,
-            capabilities=[CAP_RECONNECT, CAP_NOTICE],
+            capabilities=[CAP_RECONNECT, CAP_NOTICE, *([CAP_RESUME] if self.resume_window > 0 else [])],
         )
 
     def serve(self, stop: threading.Event) -> None:
@@ -130,11 +154,15 @@ class SimulatorHost:
                 flush=True,
             )
             try:
+                self._claim(conn, self.table.claims())
                 self._serve_connection(conn, stop)
             except RelayUnavailableError as exc:
                 log.warning("lost the relay (%s); reconnecting", exc)
             finally:
-                self.table.close_all()
+                if stop.is_set() or self.resume_window <= 0:
+                    self.table.close_all()
+                else:
+                    self.table.suspend(list(self.table.by_channel))
                 conn.close()
 
     def pick_url(self, stop: threading.Event) -> str | None:
@@ -167,20 +195,43 @@ class SimulatorHost:
             event = conn.next_event(POLL_SECONDS)
             if event is not None:
                 self.handle(conn, event)
+            if self.table.suspended:
+                self._expire(conn)
             if self.connection is Connection.MOVE_WHEN_IDLE and self.table.hosted_envs == 0:
                 log.info("relay asked us to reconnect; dialing again")
                 return
 
+    def _claim(self, conn: RelayConnection, claims: list[Claim]) -> None:
+        """Claim suspended envs' channels (those past the window are closed first)."""
+        self._expire(conn)
+        live = {c.token for c in self.table.claims()}
+        claims = [c for c in claims if c.token in live]
+        for start in range(0, len(claims), MAX_RESUME_CHANNELS):
+            conn.send(control_frame(Resume(channels=claims[start : start + MAX_RESUME_CHANNELS])))
+
+    def _expire(self, conn: RelayConnection) -> None:
+        gone = self.table.expire(self.resume_window)
+        if gone:
+            log.warning("closed %d envs whose trainers did not resume within %.0fs", len(gone), self.resume_window)
+            for start in range(0, len(gone), MAX_RESUME_CHANNELS):
+                conn.send(control_frame(Forget(tokens=gone[start : start + MAX_RESUME_CHANNELS])))
+
     def handle(self, conn: RelayConnection, event: Event) -> None:
         if isinstance(event, Request):
-            frame = conn.protocol.answer(event.op, event.channel, event.seq, *self._answer(conn, event))
+            answer = self._recall_or_run(conn, event)
+            frame = conn.protocol.answer(event.op, event.channel, event.seq, answer.body, answer.error)
             try:
                 conn.send(frame)
             except FrameTooLargeError as exc:  # never ends serving: say so in a frame that fits
                 conn.send(conn.protocol.answer(event.op, event.channel, event.seq, None, exc.to_wire()))
         elif isinstance(event, Control):
             message = event.message
-            if isinstance(message, Detach):
+            if isinstance(message, Paused):
+                self._claim(conn, self.table.suspend(message.channels))
+            elif isinstance(message, Resumed):
+                for rebound in message.channels:
+                    self.table.rebind(rebound.token, rebound.channel)
+            elif isinstance(message, Detach):
                 self.table.close(message.channel)
             elif isinstance(message, Reconnect):
                 self.connection = Connection.MOVE_WHEN_IDLE
@@ -192,6 +243,23 @@ class SimulatorHost:
             _relay_log.warning(
                 "relay error", "relay reported an error on channel %s: %s", event.channel, event.error
             )
+
+    def _recall_or_run(self, conn: RelayConnection, request: Request) -> Answer:
+        """The answer a resumable channel already gave ``request.seq`` (sent again after
+        a resume), else the request run now (and remembered)."""
+        hosted = self.table.by_channel.get(request.channel)
+        memory = hosted.memory if hosted is not None else None
+        if memory is not None:
+            try:
+                remembered = memory.recall(request.seq)
+            except RemoteRLError as exc:
+                return Answer(request.op, None, exc.to_wire())
+            if remembered is not None:
+                return remembered
+        answer = Answer(request.op, *self._answer(conn, request))
+        if memory is not None:
+            memory.remember(request.seq, answer)
+        return answer
 
     def _answer(self, conn: RelayConnection, request: Request) -> tuple[bytes | None, dict[str, Any] | None]:
         """(body, None) or (None, wire error): the env's answer, or why there is none."""

@@ -9,12 +9,19 @@ Registrations mirrored by a trainer never enter Gymnasium's registry: each is
 kept for the channel it came on and dropped with that channel, so it cannot
 change what the simulator makes for anyone else, and an id the registry
 already resolves always means the simulator's own env.
+
+An env made with a resume token (``docs/protocol.md``, resuming) outlives its
+channel: when the channel pauses, the env is *suspended* under its token until
+the channel resumes under a new id or the resume window runs out.
 """
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Iterable
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec, find_highest_version, parse_env_id
@@ -32,6 +39,8 @@ from ..protocol.errors import (
     exception_type_name,
 )
 from ..protocol.frames import Op
+from ..protocol.messages import Claim
+from ..protocol.replay import AnswerMemory
 from ..protocol.space_values import batch_converter, convert_final_obs, sample_converter
 from ..protocol.spaces import space_to_wire
 from .allowlist import Allowlist
@@ -159,14 +168,28 @@ class Registrations:
         self.count -= len(self.by_channel.pop(channel, {}))
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+def _token(arg: dict[str, Any]) -> str | None:
+    token = arg.get("resume")
+    if token is not None and not (isinstance(token, str) and _TOKEN.fullmatch(token)):
+        raise ProtocolError("resume must be a token of 16 to 64 URL-safe characters", code=ErrorCode.BAD_PAYLOAD)
+    return token
+
+
 class Hosted:
     """One hosted env (``vector=False``) or vector env shard (``vector=True``)."""
 
-    def __init__(self, env: Any, *, vector: bool, num_envs: int, mode: str | None = None) -> None:
+    def __init__(
+        self, env: Any, *, vector: bool, num_envs: int, mode: str | None = None, token: str | None = None
+    ) -> None:
         self.env = env
         self.vector = vector
         self.num_envs = num_envs
         self.mode = mode  # the vectorization mode the shard was made in
+        self.token = token  # resume token: the env outlives its channel (None: it does not)
+        self.memory = AnswerMemory() if token is not None else None  # answers to give again after a resume
         # Samples the codec cannot carry as they are (Graph, registered user spaces); None: nothing to do.
         if vector:
             self.obs_values = batch_converter(env.single_observation_space)
@@ -233,8 +256,15 @@ class Hosted:
         self.env.close()
 
 
+class Suspended(NamedTuple):
+    """An env whose channel paused, waiting for it to resume."""
+
+    hosted: Hosted
+    since: float  # time.monotonic() when its channel paused
+
+
 class EnvTable:
-    """All envs this simulator hosts, by channel."""
+    """All envs this simulator hosts, by channel, and those suspended, by token."""
 
     def __init__(
         self, allowlist: Allowlist, max_envs: int, *, allow_processes: bool = False, allow_attributes: bool = True
@@ -248,11 +278,53 @@ class EnvTable:
         self.allow_processes = allow_processes
         self.allow_attributes = allow_attributes
         self.by_channel: dict[int, Hosted] = {}
+        self.suspended: dict[str, Suspended] = {}
         self.registrations = Registrations()
 
     @property
     def hosted_envs(self) -> int:
-        return sum(h.num_envs for h in self.by_channel.values())
+        return sum(h.num_envs for h in self.by_channel.values()) + sum(
+            s.hosted.num_envs for s in self.suspended.values()
+        )
+
+    # -- resuming -----------------------------------------------------------
+
+    def suspend(self, channels: Iterable[int], now: float | None = None) -> list[Claim]:
+        """These channels paused: their resumable envs wait under their tokens (the
+        claims to send the relay are returned), the others are closed."""
+        now = time.monotonic() if now is None else now
+        claims = []
+        for channel in list(channels):
+            hosted = self.by_channel.get(channel)
+            if hosted is None or hosted.token is None:
+                self.close(channel)
+                continue
+            del self.by_channel[channel]
+            self.registrations.drop(channel)  # only a make reads them
+            self.suspended[hosted.token] = Suspended(hosted, now)
+            claims.append(Claim(token=hosted.token, envs=hosted.num_envs))
+        return claims
+
+    def claims(self) -> list[Claim]:
+        """Every suspended env's claim (sent again on each new connection)."""
+        return [Claim(token=token, envs=s.hosted.num_envs) for token, s in self.suspended.items()]
+
+    def rebind(self, token: str, channel: int) -> bool:
+        """A suspended env's channel resumed as ``channel``; False if no env waits for ``token``."""
+        suspended = self.suspended.get(token)
+        if suspended is None or channel in self.by_channel:
+            return False
+        del self.suspended[token]
+        self.by_channel[channel] = suspended.hosted
+        return True
+
+    def expire(self, window: float, now: float | None = None) -> list[str]:
+        """Close suspended envs that waited longer than ``window`` seconds; their tokens."""
+        now = time.monotonic() if now is None else now
+        gone = [token for token, s in self.suspended.items() if now - s.since > window]
+        for token in gone:
+            _close_quietly(self.suspended.pop(token).hosted)
+        return gone
 
     def answer(self, op: int, channel: int, arg: Any, *, max_bytes: int) -> bytes:
         """Run one request; returns the answer's payload (``max_bytes``: what fits a frame)."""
@@ -327,6 +399,11 @@ class EnvTable:
     def make(self, channel: int, arg: dict[str, Any], *, vector: bool) -> dict[str, Any]:
         if channel in self.by_channel:
             raise ProtocolError(f"channel {channel} already hosts an env", code=ErrorCode.BAD_PAYLOAD)
+        token = _token(arg)
+        if token is not None and (
+            token in self.suspended or any(h.token == token for h in self.by_channel.values())
+        ):
+            raise ProtocolError("that resume token is taken", code=ErrorCode.BAD_PAYLOAD)
         env_id = _env_id(arg)
         kwargs = _kwargs(arg)
         spec = self.spec_for(channel, env_id)
@@ -366,7 +443,7 @@ class EnvTable:
         except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv) as exc:  # NameNotFound etc. derive from it
             raise UnknownEnvError(str(exc), remote_type=exception_type_name(type(exc))) from None
         try:
-            hosted = Hosted(env, vector=vector, num_envs=num_envs, mode=mode)
+            hosted = Hosted(env, vector=vector, num_envs=num_envs, mode=mode, token=token)
             description = hosted.describe()
         except RemoteRLError:
             env.close()
@@ -379,11 +456,16 @@ class EnvTable:
         self.registrations.drop(channel)
         hosted = self.by_channel.pop(channel, None)
         if hosted is not None:
-            try:
-                hosted.close()
-            except Exception:  # a failing close must not take the simulator down
-                pass
+            _close_quietly(hosted)
 
     def close_all(self) -> None:
         for channel in list(self.by_channel) + list(self.registrations.by_channel):
             self.close(channel)
+        self.expire(-1.0)
+
+
+def _close_quietly(hosted: Hosted) -> None:
+    try:
+        hosted.close()
+    except Exception:  # a failing close must not take the simulator down
+        pass

@@ -17,6 +17,7 @@ from ..config import (
     resolve_ca_file,
     resolve_count,
     resolve_relay_url,
+    resolve_resume_window,
     resolve_seconds,
     resolve_tensorboard_dir,
 )
@@ -49,6 +50,7 @@ def trainer_settings(
     tensorboard_dir: str | None = None,
     ca_file: str | None = None,
     max_space_bytes: int | None = None,
+    resume_window: float | None = None,
 ) -> TrainerSettings:
     """Trainer settings from the arguments given, then ``REMOTERL_*`` env vars, then defaults."""
     return TrainerSettings(
@@ -62,4 +64,5 @@ def trainer_settings(
         tensorboard_dir=resolve_tensorboard_dir(tensorboard_dir),
         ca_file=resolve_ca_file(ca_file),
         max_space_bytes=resolve_count(max_space_bytes, ENV_MAX_SPACE_BYTES, MAX_SPACE_BYTES),
+        resume_window=resolve_resume_window(resume_window),
     )

@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from enum import Enum
 from typing import Any
 
@@ -24,6 +25,7 @@ from ..protocol.messages import (
     CAP_LOCATE,
     CAP_NOTICE,
     CAP_RECONNECT,
+    CAP_RESUME,
     Hello,
     Locate,
     Notice,
@@ -34,6 +36,7 @@ from ..protocol.messages import (
     encode_control,
     parse_control,
 )
+from ..protocol.replay import SeqCounter
 from ..transport import RelayConnection
 from .settings import TrainerSettings
 
@@ -56,6 +59,8 @@ class RelayLinks:
         self.state = Home.CONNECTED
         self._home: RelayConnection | None = None
         self._regional: dict[str, RelayConnection] = {}  # other regions, by name
+        self._region_of: weakref.WeakKeyDictionary[RelayConnection, Region] = weakref.WeakKeyDictionary()
+        self.seqs = SeqCounter()  # one for every connection: a resumed channel's seqs keep growing
         self._lock = threading.Lock()  # the connections (held while dialling and closing)
         self._state_lock = threading.Lock()  # ``state`` only, never held while taking another lock
 
@@ -67,6 +72,10 @@ class RelayLinks:
             self.state = new
             return True
 
+    @property
+    def closed(self) -> bool:
+        return self.state is Home.CLOSED
+
     def _on_control(self, message: Any) -> None:
         """Runs in the thread reading the home connection, with that connection's lock held."""
         if isinstance(message, Simulators):
@@ -77,17 +86,19 @@ class RelayLinks:
             log.warning("remoterl: %s", message.message)
 
     def _open(self, url: str, timeout: float, **handlers: Any) -> RelayConnection | None:
+        resume = [CAP_RESUME] if self.settings.resume_window > 0 else []
         return RelayConnection.open_with_backoff(
             url,
             Hello(
                 role="trainer",
                 api_key=self.settings.api_key,
                 name=f"{socket.gethostname()}:{os.getpid()}",  # shown on the operator dashboard
-                capabilities=[CAP_RECONNECT, CAP_NOTICE],
+                capabilities=[CAP_RECONNECT, CAP_NOTICE, *resume],
             ),
             deadline=time.monotonic() + timeout,
             timeout=min(timeout, 10.0) or 1.0,
             ca_file=self.settings.ca_file,
+            seqs=self.seqs,
             **handlers,
         )
 
@@ -104,6 +115,9 @@ class RelayLinks:
     def conn(self) -> RelayConnection:
         """The home link's live connection; dials again once if the relay dropped it,
         or asked us to move while we held no channel there."""
+        return self._home_conn(self.settings.connect_timeout)
+
+    def _home_conn(self, timeout: float) -> RelayConnection:
         with self._lock:
             if self.state is Home.CLOSED:
                 raise RelayUnavailableError("this trainer session was shut down")
@@ -111,24 +125,37 @@ class RelayLinks:
                 log.info("relay moved this workspace to another replica; reconnecting")
                 self._home.close()
             if self._home is None or self._home.closed:
-                if self.connect() is None:
+                if self.connect(timeout) is None:
                     raise RelayUnavailableError(f"cannot reach the relay at {self.settings.relay_url}")
             assert self._home is not None
             return self._home
+
+    def replace(self, lost: RelayConnection, deadline: float) -> RelayConnection:
+        """The live connection to where ``lost`` led (the home link, or its region),
+        dialling until ``deadline`` if nobody has yet. Raises ``RelayUnavailableError``."""
+        region = self._region_of.get(lost)
+        if region is None:
+            return self._home_conn(max(0.0, deadline - time.monotonic()))
+        return self._region_conn(region, max(0.0, deadline - time.monotonic()))
 
     def region_conn(self, region: Region) -> RelayConnection:
         """The connection to ``region`` (``url`` None: the home link's)."""
         if region.url is None:
             return self.conn
+        return self._region_conn(region, self.settings.connect_timeout)
+
+    def _region_conn(self, region: Region, timeout: float) -> RelayConnection:
+        assert region.url is not None
         with self._lock:
             if self.state is Home.CLOSED:
                 raise RelayUnavailableError("this trainer session was shut down")
             conn = self._regional.get(region.name)
             if conn is None or conn.closed:
-                conn = self._open(region.url, self.settings.connect_timeout)
+                conn = self._open(region.url, timeout)
                 if conn is None:
                     raise RelayUnavailableError(f"cannot reach region {region.name} at {region.url}")
                 self._regional[region.name] = conn
+                self._region_of[conn] = region
             return conn
 
     def locate(self) -> list[Region]:

@@ -3,7 +3,8 @@
 Every batched step records its round-trip latency and how many env-steps it
 carried. ``snapshot()`` turns the window since the previous snapshot into
 the numbers integrations report (RLlib results, TensorBoard): latency
-p50/p99, env-steps/s, bytes on the wire and the simulators online.
+p50/p99, env-steps/s, bytes on the wire, the simulators online and how many
+times envs resumed after a dropped connection (a running total).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ ENV_STEPS_PER_S = "env_steps_per_s"
 BYTES_SENT = "bytes_sent"
 BYTES_RECEIVED = "bytes_received"
 SIMULATORS = "simulators"
+RESUMES = "resumes"
 
 
 class RemoteMetrics:
@@ -34,6 +36,12 @@ class RemoteMetrics:
         self._env_steps = 0
         self._since = clock()
         self.total_env_steps = 0
+        self._resumes = 0
+
+    def resumed(self) -> None:
+        """A remote env's cut channels resumed (one count per env, however many channels)."""
+        with self._lock:
+            self._resumes += 1
 
     def record(self, seconds: float, env_steps: int) -> None:
         with self._lock:
@@ -53,6 +61,7 @@ class RemoteMetrics:
             BYTES_SENT: float(bytes_sent),
             BYTES_RECEIVED: float(bytes_received),
             SIMULATORS: float(simulators),
+            RESUMES: float(self._resumes),
         }
         if latencies is not None:
             p50, p99 = np.percentile(latencies, [50, 99])

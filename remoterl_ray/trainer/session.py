@@ -200,6 +200,8 @@ class TrainerSession:
                 if registration is not None:
                     requests.append((Kind.REQUEST, Op.REGISTER, shard.channel, codec.packb(registration.to_wire())))
                 arg = dict(make_arg, id=env_id)
+                if shard.token is not None:
+                    arg["resume"] = shard.token  # the simulator keeps the envs for a resume under it
                 if vector:
                     arg["num_envs"] = shard.envs
                     arg["first_index"] = first_index  # where this shard's envs sit in the whole vector
@@ -237,7 +239,7 @@ class TrainerSession:
         try:
             if conn.closed:
                 return
-            live = [ch for ch in channels if ch not in conn.lost_channels]
+            live = [ch for ch in channels if ch not in conn.lost_channels and ch not in conn.protocol.paused]
             if close_first and live:
                 requests = [(Kind.REQUEST, Op.CLOSE, ch, codec.packb(None)) for ch in live]
                 conn.call(requests, min(self.settings.timeout, 10.0))
@@ -247,6 +249,14 @@ class TrainerSession:
             log.debug("releasing channels %s: %s", channels, exc)
         finally:
             conn.forget_channels(channels)
+
+
+def group_by_conn(conns: list[RelayConnection], items: list[int]) -> list[tuple[RelayConnection, list[int]]]:
+    """``items`` (indexes into ``conns``) grouped by their connection, in first-seen order."""
+    groups: dict[int, tuple[RelayConnection, list[int]]] = {}
+    for i in items:
+        groups.setdefault(id(conns[i]), (conns[i], []))[1].append(i)
+    return list(groups.values())
 
 
 def group_channels(made: list[Made]) -> list[tuple[RelayConnection, list[int]]]:

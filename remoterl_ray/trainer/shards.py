@@ -2,10 +2,17 @@
 
 Both ``RemoteEnv`` (one shard) and ``RemoteVectorEnv`` (one shard per
 simulator) keep the connection each shard was created on (shards in other
-regions live on other connections). If the relay drops one (a relay
-restart, a Serve replica removed by a downscale or redeploy), the channels
-are gone with it: the envs are made again on a fresh connection and the
-shards are ``Serving.MADE_AGAIN`` until a reset is answered. An episode
+regions live on other connections). If a connection drops (a relay
+restart, a Serve replica removed by a downscale or redeploy, a network
+blip), or the relay says a simulator's did (``Paused``), the shards resume:
+each claims its channel again by token, on a fresh connection if need be,
+and the requests still unanswered are sent again with their seqs, so a call
+returns exactly what it would have without the drop (``docs/protocol.md``).
+Only if that fails within ``resume_window`` (the simulator process is gone)
+are the channels given up: a paused shard's call raises
+``SimulatorLostError`` (``resume_expired``); after a lost connection the
+envs are made again on a fresh one and the shards are ``Serving.MADE_AGAIN``
+until a reset is answered. An episode
 call (reset, step, render) interrupted that way returns None, and the env
 class reports the episode truncated; any other call raises
 ``EnvsMadeAgainError``. If the envs cannot be made again, the call raises
@@ -23,12 +30,20 @@ from typing import Any
 from gymnasium.envs.registration import EnvSpec
 
 from ..protocol import codec
-from ..protocol.errors import EnvClosedError, EnvsMadeAgainError, RelayUnavailableError, RemoteRLError
+from ..protocol.errors import (
+    ChannelPausedError,
+    EnvClosedError,
+    EnvsMadeAgainError,
+    ErrorCode,
+    RelayUnavailableError,
+    RemoteRLError,
+    SimulatorLostError,
+)
 from ..protocol.frames import Kind, Op
-from ..protocol.messages import Shard
-from ..protocol.client_protocol import Pending
+from ..protocol.messages import Claim, Shard
+from ..protocol.client_protocol import Pending, Reply
 from ..transport import RelayConnection
-from .session import Made, TrainerSession, group_channels
+from .session import Made, TrainerSession, group_by_conn, group_channels
 from .specs import remote_spec
 
 log = logging.getLogger("remoterl.trainer")
@@ -48,6 +63,14 @@ EPISODE_OPS = frozenset({Op.RESET, Op.STEP, Op.RENDER})  # calls the env classes
 SKIP = object()  # in ``Shards.request`` args: nothing is sent to that shard, and SKIP is its answer
 PENDING = object()  # a shard's answer not received yet
 POLL_SLICE = 0.002  # seconds spent reading one connection before the next, for shards in several regions
+
+
+def cut_off(error: RemoteRLError | None) -> bool:
+    """An answer that says the channel's connection, or its other end's, dropped: a
+    resume may still bring the real answer (an error the relay closed us with may not)."""
+    return isinstance(error, ChannelPausedError) or (
+        isinstance(error, RelayUnavailableError) and error.code is ErrorCode.RELAY_GONE
+    )
 
 
 class InFlight:
@@ -222,9 +245,10 @@ class Shards:
     def send(self, op: int, args: list[Any], into: InFlight | None = None) -> InFlight | None:
         """Put one request per asked shard in flight (``SKIP``: that shard is not asked);
         :meth:`wait` gathers the answers. ``into``: add them to a flight of the same op
-        (these shards must be idle in it). If sending fails, the shards of this call
-        are idle again and the flight's other requests are untouched; None: the envs
-        were made again (an episode call)."""
+        (these shards must be idle in it). Shards whose channel is cut are resumed and
+        asked then. If sending fails, the shards of this call are idle again and the
+        flight's other requests are untouched; None: the envs were made again (an
+        episode call)."""
         if self.closed:
             raise EnvClosedError(f"remote env {self.env_id!r} is closed")
         if self.session.released_later:
@@ -234,33 +258,57 @@ class Shards:
         assert flight.op == op and all(flight.answers[i] is SKIP for i in new), "shards already in flight"
         if into is not None and not flight.out:
             flight.started = time.perf_counter()  # latency is counted from the first request out
-        by_conn: dict[int, tuple[RelayConnection, list[int]]] = {}
-        for i in new:
-            by_conn.setdefault(id(self.conns[i]), (self.conns[i], []))[1].append(i)
+        unsent = new
         try:
-            for conn, idx in by_conn.values():
-                requests = [(Kind.REQUEST, op, self.channels[i], codec.packb(args[i])) for i in idx]
-                for i, pending in zip(idx, conn.start(requests)):
-                    flight.out[i] = (conn, pending)
-                    flight.answers[i] = PENDING
+            for _ in range(2):
+                unsent, cause = self._start(flight, op, args, unsent)
+                if not unsent or not self._resume(cause, flight):
+                    break
+            if unsent:
+                raise cause if cause is not None else self._lost_twice()
         except BaseException as exc:
             for i in new:  # this call's requests are withdrawn; the others stay out
                 if i in flight.out:
                     conn, pending = flight.out.pop(i)
                     conn.forget([pending])
                 flight.answers[i] = SKIP
+            if isinstance(exc, ChannelPausedError):
+                raise self._expired(exc) from exc
             if not isinstance(exc, RelayUnavailableError):
                 raise
             self._rebuild(exc, op)
             return None
         return flight
 
+    def _start(
+        self, flight: InFlight, op: int, args: list[Any], shards: list[int]
+    ) -> tuple[list[int], RemoteRLError | None]:
+        """Send ``shards``' requests, a connection at a time; the shards not sent because
+        their channel is cut (a lost connection, a paused channel), and why."""
+        unsent: list[int] = []
+        cause: RemoteRLError | None = None
+        for conn, idx in group_by_conn(self.conns, shards):
+            requests = [(Kind.REQUEST, op, self.channels[i], codec.packb(args[i])) for i in idx]
+            try:
+                pendings = conn.start(requests)
+            except RemoteRLError as exc:
+                if not cut_off(exc):
+                    raise
+                unsent += idx
+                cause = exc
+                continue
+            for i, pending in zip(idx, pendings):
+                flight.out[i] = (conn, pending)
+                flight.answers[i] = PENDING
+        return unsent, cause
+
     def wait(self, flight: InFlight, timeout: float | None = None, envs: int | None = None) -> list[int] | None:
         """Wait until the answered shards hold at least ``envs`` envs (default: until
         every shard out has answered), or ``timeout`` passes; then every shard still
-        out answers a ``RemoteTimeoutError``. Returns the answered shards, in shard
-        order (their replies are in ``flight.answers`` until taken); None: the envs
-        were made again (an episode call), the flight abandoned."""
+        out answers a ``RemoteTimeoutError``. Shards cut meanwhile are resumed and
+        asked again (the time that takes is not counted). Returns the answered shards,
+        in shard order (their replies are in ``flight.answers`` until taken); None: the
+        envs were made again (an episode call), the flight abandoned."""
         timeout = timeout if timeout is not None else self.session.settings.timeout
         deadline = time.monotonic() + timeout
         answered_envs = sum(self.sizes[i] for i in flight.answered)
@@ -274,18 +322,31 @@ class Shards:
                     break
                 calls = flight.waiting()
                 several = len(calls) > 1
+                cut: list[tuple[int, RemoteRLError]] = []
                 for conn, idx, pendings in calls:
                     until = min(deadline, time.monotonic() + POLL_SLICE) if several else deadline
                     conn.gather(pendings, until, len(pendings) if everything and not several else 1)
                     answered = [(i, p) for i, p in zip(idx, pendings) if p.reply is not None]
                     for i, pending in answered:
                         assert pending.reply is not None
-                        if isinstance(pending.reply.error, RelayUnavailableError):
-                            raise pending.reply.error
+                        if cut_off(pending.reply.error):
+                            cut.append((i, pending.reply.error))  # stays out: resumed and asked again
+                            continue
                         flight.answers[i] = pending.reply
                         del flight.out[i]
                         answered_envs += self.sizes[i]
                     conn.forget([p for _, p in answered])
+                if not cut:
+                    continue
+                if self._resume(cut[0][1], flight):
+                    deadline = time.monotonic() + timeout
+                    continue
+                for i, error in cut:
+                    if isinstance(error, RelayUnavailableError):
+                        raise error
+                    flight.answers[i] = Reply(Kind.ERROR, Op.NONE, self.channels[i], error=self._expired(error))
+                    del flight.out[i]
+                    answered_envs += self.sizes[i]
         except RelayUnavailableError as exc:
             self.abandon(flight)
             self._rebuild(exc, flight.op)
@@ -299,6 +360,80 @@ class Shards:
         if flight.op == Op.STEP:
             self.session.record_step(time.perf_counter() - flight.started, answered_envs)
         return flight.answered
+
+    # -- resuming ---------------------------------------------------------
+
+    def _cut(self) -> list[int]:
+        """Shards whose channel is cut: their connection is lost, or the relay paused it."""
+        return [
+            i
+            for i, (conn, channel) in enumerate(zip(self.conns, self.channels))
+            if conn.closed or channel in conn.protocol.paused
+        ]
+
+    def _resume(self, cause: RemoteRLError | None, flight: InFlight | None) -> bool:
+        """Claim every cut shard's channel again (on a fresh connection where its own is
+        lost) and send its requests in ``flight`` again, with their seqs. False if
+        that could not be done within ``resume_window`` (or resuming is off): the
+        shards still cut are then given up by the caller."""
+        window = self.session.settings.resume_window
+        cut = self._cut()
+        if not cut or window <= 0 or any(self.shards[i].token is None for i in cut):
+            return False
+        started = time.monotonic()
+        deadline = started + window
+        log.warning("%s: %s; resuming %d of its channels (up to %.0fs)", self.env_id, cause, len(cut), window)
+        while cut and time.monotonic() < deadline:
+            for old, idx in group_by_conn(self.conns, cut):
+                try:
+                    conn = self.session.links.replace(old, deadline) if old.closed else old
+                    claims = [Claim(token=self.shards[i].token, envs=self.sizes[i]) for i in idx]
+                    channels = conn.claim(claims, deadline)
+                except RelayUnavailableError as exc:
+                    log.debug("resuming %s: %s", self.env_id, exc)
+                    if self.closed or self.session.links.closed:
+                        return False
+                    continue
+                tokens = {self.shards[i].token: i for i in idx}
+                self._rebind(conn, {i: channels[t] for t, i in tokens.items() if t in channels}, flight)
+                for i in idx:
+                    self.conns[i] = conn  # claimed there: a retry starts from it
+            cut = [i for i in cut if self.conns[i].closed or self.channels[i] in self.conns[i].protocol.paused]
+        if cut:
+            for conn, idx in group_by_conn(self.conns, cut):
+                if not conn.closed:
+                    conn.withdraw([self.shards[i].token for i in idx])
+                    conn.give_up([self.channels[i] for i in idx], self._expired(cause))
+            log.warning("%s: %d channels did not resume within %.0fs", self.env_id, len(cut), window)
+            return False
+        self.session.metrics.resumed()
+        log.warning("%s resumed after %.2fs", self.env_id, time.monotonic() - started)
+        return True
+
+    def _rebind(self, conn: RelayConnection, channels: dict[int, int], flight: InFlight | None) -> None:
+        """Shards resumed on ``conn`` as ``channels`` (shard -> new channel id); their
+        requests still out in ``flight`` are sent again, with their seqs."""
+        again: list[tuple[int, Pending]] = []
+        for i, channel in channels.items():
+            old_conn, old_channel = self.conns[i], self.channels[i]
+            if not old_conn.closed:
+                old_conn.forget_channels([old_channel])
+            shard = self.shards[i].model_copy(update={"channel": channel})
+            self.shards[i], self.channels[i], self.conns[i] = shard, channel, conn
+            self.made[i] = Made(conn, shard, self.made[i].description)
+            if flight is not None and i in flight.out:
+                again.append((i, flight.out[i][1]))
+        if again:
+            news = conn.resend([(pending, self.channels[i]) for i, pending in again])
+            for (i, _), pending in zip(again, news):
+                flight.out[i] = (conn, pending)
+
+    def _expired(self, cause: RemoteRLError | None) -> SimulatorLostError:
+        return SimulatorLostError(
+            f"{self.env_id}: its simulator did not come back within the resume window "
+            f"({self.session.settings.resume_window:g}s)" + (f" after: {cause.message}" if cause is not None else ""),
+            code=ErrorCode.RESUME_EXPIRED,
+        )
 
     def abandon(self, flight: InFlight) -> None:
         """Stop waiting for a flight's requests still out (answers already in are kept)."""

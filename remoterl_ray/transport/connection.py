@@ -47,7 +47,8 @@ from ..protocol.errors import (
     TLSError,
 )
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE
-from ..protocol.messages import Hello, Welcome
+from ..protocol.limits import MAX_RESUME_CHANNELS
+from ..protocol.messages import Claim, Forget, Hello, Resume, Welcome, control_frame
 from ..rate_limited_log import RateLimitedLog
 from .discovery import direct_route, split_relay_url
 from .tls import client_context, expects_tls, tls_failure, warn_if_cleartext
@@ -115,6 +116,7 @@ class RelayConnection:
         ping_timeout: float | None = 20.0,
         additional_headers: dict[str, str] | None = None,
         ca_file: str | None = None,
+        seqs: Callable[[], int] | None = None,
         **handlers: Any,
     ) -> RelayConnection:
         """Connect and greet once. Raises ``RelayUnavailableError`` if the relay
@@ -122,6 +124,7 @@ class RelayConnection:
         refuses us, ``TLSError`` if a ``wss://`` relay's certificate fails
         verification (against ``ca_file``, else the system trust store) or only
         one side speaks TLS (those are final: retrying will not help).
+        ``seqs``: where request seqs come from (see ``ClientProtocol``).
 
         Sends the affinity header so that, under Ray Serve, every peer of one
         workspace reaches the same relay replica."""
@@ -140,7 +143,7 @@ class RelayConnection:
             )
         except (OSError, InvalidHandshake, TimeoutError, InvalidURI) as exc:
             raise connect_error(url, exc, ca_file, timeout) from None
-        protocol = ClientProtocol(hello)
+        protocol = ClientProtocol(hello, seqs)
         try:
             try:
                 ws.send(protocol.hello_frame())
@@ -260,7 +263,9 @@ class RelayConnection:
         return self.finish(pending, time.monotonic() + timeout, timeout)
 
     def start(self, requests: Iterable[tuple[int, int, int, bytes]]) -> list[Pending]:
-        """Send requests without waiting; :meth:`finish` gathers the answers.
+        """Send requests without waiting; :meth:`finish` gathers the answers. Raises if
+        none was sent; if the connection is lost while sending, the requests are
+        returned, their replies saying so.
 
         Lets a caller put requests in flight on several connections (regions)
         before waiting on any of them.
@@ -278,6 +283,12 @@ class RelayConnection:
                 raise
         try:
             self.send_many(frames)
+        except RelayUnavailableError:
+            if self.protocol.close_error is None:
+                self._forget(pendings)
+                raise
+            # Lost part way: some frames may have left. The replies say the connection was
+            # lost; a resume sends these requests again with their seqs (never run twice).
         except BaseException:
             self._forget(pendings)
             raise
@@ -302,6 +313,51 @@ class RelayConnection:
     def forget(self, pendings: list[Pending]) -> None:
         """Stop waiting for these requests (their answers, if they come, are dropped)."""
         self._forget(pendings)
+
+    # -- resuming (docs/protocol.md) ---------------------------------------
+
+    def claim(self, claims: list[Claim], deadline: float) -> dict[str, int]:
+        """Claim channels by token and wait until ``deadline`` for the relay to pair
+        them with their simulators' claims; returns token -> channel id for those
+        paired (the rest stay claimed: :meth:`withdraw` them when giving up)."""
+        for start in range(0, len(claims), MAX_RESUME_CHANNELS):
+            self.send(control_frame(Resume(channels=claims[start : start + MAX_RESUME_CHANNELS])))
+        tokens = [c.token for c in claims]
+        resumed = self.protocol.resumed
+        self._pump(lambda: all(t in resumed for t in tokens), deadline)
+        with self._cond:
+            return {t: resumed.pop(t) for t in tokens if t in resumed}
+
+    def withdraw(self, tokens: list[str]) -> None:
+        """Withdraw claims (best effort: a claim also ends with its connection)."""
+        try:
+            for start in range(0, len(tokens), MAX_RESUME_CHANNELS):
+                self.send(control_frame(Forget(tokens=tokens[start : start + MAX_RESUME_CHANNELS])))
+        except RemoteRLError as exc:
+            log.debug("withdrawing resume claims: %s", exc)
+
+    def give_up(self, channels: list[int], error: RemoteRLError) -> None:
+        """Paused channels that did not resume: lost, every request on them ends in ``error``."""
+        with self._cond:
+            for channel in channels:
+                self.protocol.fail_channel(channel, error)
+
+    def resend(self, pendings: list[tuple[Pending, int]]) -> list[Pending]:
+        """Requests again, each with its seq, on its channel's new id (``(pending,
+        channel)`` pairs; the old pendings may be another connection's)."""
+        news: list[Pending] = []
+        frames: list[bytes] = []
+        with self._cond:
+            for pending, channel in pendings:
+                new, frame = self.protocol.resend(pending, channel)
+                news.append(new)
+                frames.append(frame)
+        try:
+            self.send_many(frames)
+        except BaseException:
+            self._forget(news)
+            raise
+        return news
 
     def forget_channels(self, channels: list[int]) -> None:
         """Channels given back: drop what is awaited or remembered on them."""
