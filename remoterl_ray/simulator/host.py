@@ -212,7 +212,9 @@ class SimulatorHost:
     def _expire(self, conn: RelayConnection) -> None:
         gone = self.table.expire(self.resume_window)
         if gone:
-            log.warning("closed %d envs whose trainers did not resume within %.0fs", len(gone), self.resume_window)
+            log.warning(
+                "closed the envs of %d channels whose trainers did not resume within %gs", len(gone), self.resume_window
+            )
             for start in range(0, len(gone), MAX_RESUME_CHANNELS):
                 conn.send(control_frame(Forget(tokens=gone[start : start + MAX_RESUME_CHANNELS])))
 

@@ -2,6 +2,8 @@
 
 This kernel has no netem, so tests make distance here: every chunk is held
 ``delay`` seconds in each direction before it is passed on, in order.
+:meth:`LatencyProxy.drop` cuts every connection through it at once (a reset
+both ways, as a network failure looks to each end); new ones are accepted.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ class LatencyProxy:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="latency-proxy", daemon=True)
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.dropped = 0  # connections cut by drop()
 
     def __enter__(self) -> LatencyProxy:
         self._thread.start()
@@ -29,6 +33,19 @@ class LatencyProxy:
     def __exit__(self, *exc: object) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    def drop(self, timeout: float = 10.0) -> int:
+        """Cut every open connection (both sides get a reset); returns how many were cut."""
+
+        async def cut() -> int:
+            pairs = len(self._writers) // 2
+            for writer in list(self._writers):
+                writer.transport.abort()
+            self._writers.clear()
+            self.dropped += pairs
+            return pairs
+
+        return asyncio.run_coroutine_threadsafe(cut(), self._loop).result(timeout)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -44,7 +61,13 @@ class LatencyProxy:
         except OSError:
             client_writer.close()
             return
-        await asyncio.gather(self._pipe(client_reader, upstream_writer), self._pipe(upstream_reader, client_writer))
+        self._writers.update((client_writer, upstream_writer))
+        try:
+            await asyncio.gather(
+                self._pipe(client_reader, upstream_writer), self._pipe(upstream_reader, client_writer)
+            )
+        finally:
+            self._writers.difference_update((client_writer, upstream_writer))
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()

@@ -1,0 +1,211 @@
+"""Resuming with real processes: a relay killed and restarted, connections cut on
+either side in the middle of a step, a window that runs out. Each run is compared,
+value for value, with the same envs stepped locally without any interruption."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from conftest import TEST_ENVS_ALLOW, SimulatorPool, init_trainer, local_gym, new_key, sim_env
+from latency_proxy import LatencyProxy
+
+import remoterl_ray
+from remoterl_ray.local import free_port, start_relay, start_simulator
+from remoterl_ray.trainer.remote_env import RECONNECTED
+
+GATED = "remoterl_testenvs:GatedCounter-v0"
+
+
+def equal_steps(remote: tuple, local: tuple) -> None:
+    """A step (or reset) result, value for value and type for type."""
+    assert len(remote) == len(local)
+    for got, want in zip(remote, local):
+        if isinstance(want, dict):
+            assert got.keys() == want.keys()
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key])
+        else:
+            assert type(got) is type(want)
+            np.testing.assert_array_equal(got, want)
+
+
+def received(result: tuple) -> tuple:
+    """``recv``'s result without the ``env_id`` it adds (every env answered, in order here)."""
+    *values, infos = result
+    assert list(infos.pop("env_id")) == list(range(len(values[0])))
+    return (*values, infos)
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true within {timeout}s: {what}")
+        time.sleep(0.02)
+
+
+def test_a_relay_killed_and_restarted_mid_run_costs_no_step_and_no_episode(trainer_cleanup):
+    """SIGKILL the relay between two steps and again with a step in flight: envs on two
+    simulators, a single env and a vector env stepped with send/recv carry on exactly
+    as local ones that were never interrupted."""
+    key = new_key("resume-restart")
+    port = free_port()
+    relay = start_relay(api_keys=[key], port=port)
+    pool = SimulatorPool(relay, key)
+    pool.start(2)
+    try:
+        with local_gym():
+            local_env = gym.make("CartPole-v1")
+            local_vec = gym.make_vec("CartPole-v1", 4, vectorization_mode="sync")
+            local_pooled = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")
+        assert init_trainer(relay, key, num_env_runners=2, connect_timeout=5)
+        env = gym.make("CartPole-v1")
+        vec = gym.make_vec("CartPole-v1", 4, vectorization_mode="sync")
+        pooled = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")
+        assert vec.unwrapped.shard_sizes == [2, 2]
+        equal_steps(env.reset(seed=1), local_env.reset(seed=1))
+        equal_steps(vec.reset(seed=2), local_vec.reset(seed=2))
+        equal_steps(pooled.reset(seed=3), local_pooled.reset(seed=3))
+        rng = np.random.default_rng(0)
+        for t in range(120):
+            if t == 40:  # between steps
+                relay.process.kill()
+                relay = start_relay(api_keys=[key], port=port)
+            action, actions = int(rng.integers(2)), rng.integers(0, 2, 4)
+            if t == 80:  # with a step in flight on every env
+                vec.step_async(actions)
+                pooled.send(actions[:2])
+                relay.process.kill()
+                relay = start_relay(api_keys=[key], port=port)
+                equal_steps(vec.step_wait(), local_vec.step(actions))
+                equal_steps(received(pooled.recv()), local_pooled.step(actions[:2]))
+            else:
+                equal_steps(vec.step(actions), local_vec.step(actions))
+                pooled.send(actions[:2])
+                equal_steps(received(pooled.recv()), local_pooled.step(actions[:2]))
+            result = env.step(action)
+            equal_steps(result, local_env.step(action))
+            assert RECONNECTED not in result[-1]
+            if result[2] or result[3]:
+                equal_steps(env.reset(), local_env.reset())
+        session = remoterl_ray.current_session()
+        assert session.metrics_snapshot()["resumes"] == 6  # three envs, twice
+        # The relay restarted empty: it counts the resumes it made, of four channels.
+        assert sum(p["resumes"] for p in relay.peers(key, "simulator")) == 4
+        for e in (env, vec, pooled):
+            e.close()
+    finally:
+        remoterl_ray.shutdown()
+        pool.stop()
+        relay.stop()
+
+
+@pytest.fixture
+def gate(tmp_path) -> Iterator[Path]:
+    path = tmp_path / "gate"
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("side", ["trainer", "simulator"])
+def test_a_connection_cut_during_a_step_gets_the_one_answer_the_simulator_gave(relay, keys, gate, side,
+                                                                                trainer_cleanup):  # fmt: skip
+    """The step reached the simulator, which is still running it when one side's connection
+    is cut: after the resume the step returns its answer, and the env stepped once."""
+    key = keys.take()
+    address = urlsplit(relay.url)
+    with LatencyProxy(address.hostname, address.port, 0.0) as proxy:
+        through = f"ws://127.0.0.1:{proxy.port}"
+        sim = start_simulator(through if side == "simulator" else relay.url, key, allow=TEST_ENVS_ALLOW,
+                              env={**sim_env(), "REMOTERL_TEST_GATE": str(gate)})  # fmt: skip
+        try:
+            relay.wait_for(key, "simulator", 1)
+            assert remoterl_ray.init(key, role="trainer", relay_url=through if side == "trainer" else relay.url,
+                                     timeout=30, connect_timeout=10)  # fmt: skip
+            with local_gym():
+                local = gym.make_vec(GATED, 2, vectorization_mode="sync")
+            vec = gym.make_vec(GATED, 2, vectorization_mode="sync")
+            equal_steps(vec.reset(seed=0), local.reset(seed=0))
+            forwarded = relay.peers(key, "simulator")[0]["frames_out"]
+            gate.touch()
+            actions = np.array([1, 2])
+            vec.step_async(actions)
+            wait_until(lambda: relay.peers(key, "simulator")[0]["frames_out"] > forwarded, 10, "step forwarded")
+            time.sleep(0.2)  # the simulator reads it and blocks in the gated step
+            assert proxy.drop() == 1
+            gate.unlink()  # the step ends; its answer meets a cut connection
+            equal_steps(vec.step_wait(), local.step(actions))  # stepped once: the counters moved by 1 and 2
+            for t in range(5):
+                equal_steps(vec.step(np.array([t % 3, 1])), local.step(np.array([t % 3, 1])))
+            assert remoterl_ray.current_session().metrics_snapshot()["resumes"] == 1
+            vec.close()
+        finally:
+            remoterl_ray.shutdown()
+            sim.stop()
+
+
+def test_a_window_that_runs_out_ends_the_episodes_instead_of_hanging(trainer_cleanup):
+    """The relay restarts but the simulator that hosted the envs is gone for good: after
+    the window the envs are made on the new simulator and the episodes report truncated."""
+    key = new_key("resume-expired")
+    port = free_port()
+    relay = start_relay(api_keys=[key], port=port)
+    pool = SimulatorPool(relay, key)
+    (old,) = pool.start(1)
+    try:
+        assert init_trainer(relay, key, connect_timeout=5, simulator_wait=20, resume_window=2)
+        vec = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")
+        vec.reset(seed=0)
+        old.kill()
+        relay.process.kill()
+        relay = start_relay(api_keys=[key], port=port)
+        pool.relay = relay
+        pool.start(1)
+        started = time.monotonic()
+        _, rewards, terminations, truncations, infos = vec.step(np.array([0, 1]))
+        assert truncations.all() and not terminations.any() and infos[RECONNECTED].all()
+        assert 2 <= time.monotonic() - started < 30
+        assert vec.step(np.array([0, 1]))[0].shape == (2, 4)
+        vec.close()
+    finally:
+        remoterl_ray.shutdown()
+        pool.stop()
+        relay.stop()
+
+
+def test_a_simulator_frees_the_envs_of_a_trainer_that_never_comes_back(relay, keys):
+    """A trainer process killed outright: its simulator keeps the envs for its window,
+    then closes them, and its room is free for the next trainer."""
+    key = keys.take()
+    pool = SimulatorPool(relay, key)
+    pool.start(1, extra_args=("--max-envs", "2", "--resume-window", "1"))
+    script = (
+        "import sys, gymnasium as gym, remoterl_ray\n"
+        f"assert remoterl_ray.init({key!r}, relay_url={relay.url!r})\n"
+        "env = gym.make_vec('CartPole-v1', 2, vectorization_mode='sync')\n"
+        "env.reset(seed=0)\n"
+        "print('made', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    trainer = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert trainer.stdout.readline().strip() == b"made"
+        trainer.kill()  # no goodbye: its channel pauses, the simulator keeps the envs
+        trainer.wait(10)
+        wait_until(lambda: "did not resume within 1s" in pool.procs[0].output(), 30, "the window ran out")
+        assert remoterl_ray.init(key, role="trainer", relay_url=relay.url, simulator_wait=10)
+        vec = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")  # the room is free again
+        assert vec.reset(seed=0)[0].shape == (2, 4)
+        vec.close()
+    finally:
+        trainer.kill()
+        remoterl_ray.shutdown()
+        pool.stop()
