@@ -94,6 +94,7 @@ def test_operator_logs_in_watches_disconnects_and_blocks(relay, page, trainer_cl
         stepper = threading.Thread(target=lambda: [env.step(0) for _ in iter(stop.is_set, True)], daemon=True)
         stepper.start()
         page.wait_for_selector("tr[data-role=trainer][data-workspace=robots]")
+        assert "Resumes" in page.inner_text("#online")  # channels resumed, per peer (0 here)
         page.wait_for_function(
             "() => [...document.querySelectorAll('tr[data-role=trainer][data-workspace=robots] td.num')]"
             ".some((td, i) => i === 3 && parseFloat(td.textContent) > 0)"

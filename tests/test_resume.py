@@ -5,6 +5,7 @@ value for value, with the same envs stepped locally without any interruption."""
 from __future__ import annotations
 
 import subprocess
+import threading
 import sys
 import time
 from collections.abc import Iterator
@@ -209,3 +210,60 @@ def test_a_simulator_frees_the_envs_of_a_trainer_that_never_comes_back(relay, ke
         trainer.kill()
         remoterl_ray.shutdown()
         pool.stop()
+
+
+def test_sb3_ppo_through_a_relay_crash_learns_exactly_what_it_learns_without_one(trainer_cleanup):
+    """PPO trains on remote envs twice with the same seeds; in the second run the relay is
+    SIGKILLed part way and restarted. Same episodes, same step count, same weights."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    key = new_key("resume-sb3")
+    port = free_port()
+    relays = [start_relay(api_keys=[key], port=port)]
+    pool = SimulatorPool(relays[0], key)
+    pool.start(2)
+
+    class CrashRelay(BaseCallback):
+        """At one step, kill the relay outright; restart it from another thread while
+        PPO carries on stepping (its next steps wait for the resume)."""
+
+        def __init__(self, at: int | None) -> None:
+            super().__init__()
+            self.at, self.restarter = at, None
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps == self.at:
+                relays[-1].process.kill()
+                self.restarter = threading.Thread(target=lambda: relays.append(start_relay(api_keys=[key], port=port)))
+                self.restarter.start()
+            return True
+
+    def train(crash_at: int | None) -> tuple[list, int, dict, float]:
+        assert init_trainer(relays[-1], key, num_env_runners=2, connect_timeout=5)
+        env = make_vec_env("CartPole-v1", n_envs=4, seed=7)
+        model = PPO("MlpPolicy", env, n_steps=64, batch_size=128, n_epochs=2, seed=7, device="cpu")
+        crash = CrashRelay(crash_at)
+        model.learn(total_timesteps=2048, callback=crash)
+        if crash.restarter is not None:
+            crash.restarter.join(60)
+        episodes = [(info["r"], info["l"]) for info in model.ep_info_buffer]
+        resumes = remoterl_ray.current_session().metrics_snapshot()["resumes"]
+        env.close()
+        remoterl_ray.shutdown()
+        return episodes, model.num_timesteps, model.policy.state_dict(), resumes
+
+    try:
+        episodes, steps, weights, resumes = train(None)
+        assert resumes == 0 and steps == 2048 and len(episodes) > 20
+        crashed_episodes, crashed_steps, crashed_weights, crashed_resumes = train(300)
+        assert crashed_resumes == 1
+        assert (crashed_episodes, crashed_steps) == (episodes, steps)
+        assert all(torch.equal(weights[name], crashed_weights[name]) for name in weights)
+    finally:
+        remoterl_ray.shutdown()
+        pool.stop()
+        for relay in relays:
+            relay.stop()

@@ -3,13 +3,16 @@ tests for SingleAgentEnvRunner (rllib/env/tests/test_single_agent_env_runner.py)
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import ray
-from conftest import TEST_ENVS_MODULE, SimulatorPool, init_trainer, serving
+import torch
+from conftest import TEST_ENVS_MODULE, SimulatorPool, init_trainer, new_key, serving
 from ray import tune
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
@@ -19,6 +22,7 @@ from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 import remoterl_ray
 from remoterl_ray.api import trainer_settings
+from remoterl_ray.local import free_port, start_relay
 from remoterl_ray.protocol.errors import SimulatorLostError, UnsupportedError
 from remoterl_ray.rllib import EnvCreator, FirstReadyEnvRunner, RemoteEnvRunner, use_remote_env_runners
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
@@ -313,3 +317,71 @@ def test_tune_experiment_runs_on_remote_env_runners(ray_cluster, relay, keys, tm
         assert result.metrics["env_runners"]["remoterl"]["simulators"] == 1
     logged = "".join(p.read_text(errors="ignore") for p in Path(tmp_path).rglob("*.json"))
     assert logged and key not in logged, "the API key must not be written to Tune's logs"
+
+
+def test_ppo_through_relay_crashes_learns_exactly_what_it_learns_without_one(ray_cluster, keys):
+    """PPO with 2 env runners trains twice with the same seed; in the second run the relay
+    is SIGKILLed and restarted between iterations and again while the env runners sample.
+    Same steps, same returns, same weights."""
+    key = new_key("resume-rllib")
+    port = free_port()
+    relays = [start_relay(api_keys=[key], port=port)]
+    pool = SimulatorPool(relays[0], key)
+    pool.start(2)
+
+    def crash() -> None:
+        relays[-1].process.kill()
+        relays.append(start_relay(api_keys=[key], port=port))
+
+    def crash_while_sampling(steps: int) -> threading.Thread:
+        def watch() -> None:
+            deadline = time.monotonic() + 60
+            while sum(p["env_steps"] for p in relays[-1].peers(key, "simulator")) < steps:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.01)
+            crash()
+
+        thread = threading.Thread(target=watch)
+        thread.start()
+        return thread
+
+    def train(crashes: bool) -> tuple[list, dict, float]:
+        assert init_trainer(relays[-1], key, num_workers=2, num_env_runners=2, connect_timeout=5)
+        config = (
+            PPOConfig()
+            .environment("CartPole-v1")
+            .env_runners(num_env_runners=2, num_envs_per_env_runner=2)
+            .training(train_batch_size_per_learner=256, minibatch_size=64, num_epochs=2)
+            .debugging(seed=11)
+        )
+        algo = config.build_algo()
+        try:
+            results = []
+            for iteration in range(3):
+                watcher = crash_while_sampling(100) if crashes and iteration == 2 else None
+                if crashes and iteration == 1:
+                    crash()
+                result = algo.train()
+                if watcher is not None:
+                    watcher.join(60)
+                runners = result["env_runners"]
+                results.append((runners[NUM_ENV_STEPS_SAMPLED_LIFETIME], runners.get("episode_return_mean")))
+            resumes = sum(r["remoterl"]["resumes"] for r in [result["env_runners"]])
+            weights = algo.get_module().state_dict()
+            return results, weights, resumes
+        finally:
+            algo.stop()
+            remoterl_ray.shutdown()
+
+    try:
+        expected, weights, resumes = train(crashes=False)
+        assert resumes == 0
+        got, crashed_weights, crashed_resumes = train(crashes=True)
+        assert len(relays) == 3 and crashed_resumes > 0
+        assert got == expected
+        assert all(torch.equal(weights[name], crashed_weights[name]) for name in weights)
+    finally:
+        pool.stop()
+        for relay in relays:
+            relay.stop()

@@ -54,9 +54,12 @@ MAX_RESUME_CHANNELS = 1024
 MAX_CLAIMS_PER_PEER = 4096
 """Resume claims one connection may have waiting at the relay."""
 
-ANSWERS_KEPT = 16
+ANSWERS_KEPT = 4
 """Answers a simulator keeps per resumable channel, to answer a re-sent request
-again rather than run it twice."""
+again rather than run it twice. A trainer has at most two requests out on a
+channel (a step, and an attribute call made while it steps), so four leave
+room; each is a reference to a frame already built, but a large one (camera
+observations) stays alive that much longer."""
 
 # -- space descriptions a trainer receives from a simulator -------------------
 

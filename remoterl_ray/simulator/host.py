@@ -76,7 +76,7 @@ class Connection(Enum):
     """What the simulator does with its current relay connection."""
 
     STAY = "stay"
-    MOVE_WHEN_IDLE = "move when idle"  # the relay asked us to dial again: once no env is hosted
+    MOVE_WHEN_IDLE = "move when idle"  # the relay asked us to dial again: once no channel is live
 
 
 class SimulatorHost:
@@ -197,7 +197,8 @@ class SimulatorHost:
                 self.handle(conn, event)
             if self.table.suspended:
                 self._expire(conn)
-            if self.connection is Connection.MOVE_WHEN_IDLE and self.table.hosted_envs == 0:
+            if self.connection is Connection.MOVE_WHEN_IDLE and not self.table.by_channel:
+                # Suspended envs move along: they are claimed again on the new connection.
                 log.info("relay asked us to reconnect; dialing again")
                 return
 
