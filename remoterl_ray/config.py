@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .protocol.limits import RESUME_WINDOW
+
 Number = TypeVar("Number", int, float)
 
 DEFAULT_RELAY_URL = "ws://127.0.0.1:8000"
@@ -76,7 +78,7 @@ def resolve_seconds(value: float | None, env_var: str, default: float) -> float:
     return _positive(value, env_var, default, float, "a number of seconds")
 
 
-def resolve_resume_window(value: float | None, default: float = 120.0) -> float:
+def resolve_resume_window(value: float | None, default: float = RESUME_WINDOW) -> float:
     """Seconds a channel whose connection dropped waits to resume: ``value``, else
     ``REMOTERL_RESUME_WINDOW``, else ``default``; 0 turns resuming off."""
     return _positive(value, ENV_RESUME_WINDOW, default, float, "the resume window (seconds)", zero=True)

@@ -133,3 +133,9 @@ def test_relay_capacity_benchmark_smoke_run():
 def test_scaling_benchmark_smoke_run():
     out = run_bench("scaling.py", "--quick")
     assert re.search(r"^ +2 +8 +[\d.]+ +[\d.]+", out, re.M), out
+
+
+def test_resume_benchmark_smoke_run():
+    out = run_bench("resume.py", "--quick")
+    for phase in ("relay restart, from relay back", "trainer connection dropped", "simulator connection dropped"):
+        assert re.search(rf"^{phase} +p50 +\d+\.\d+ s", out, re.M), out

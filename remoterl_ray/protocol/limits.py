@@ -54,6 +54,10 @@ MAX_RESUME_CHANNELS = 1024
 MAX_CLAIMS_PER_PEER = 4096
 """Resume claims one connection may have waiting at the relay."""
 
+RESUME_WINDOW = 120.0
+"""Seconds, by default, a channel whose connection dropped waits to resume: the
+simulator keeps its envs that long, the trainer waits that long for them."""
+
 ANSWERS_KEPT = 4
 """Answers a simulator keeps per resumable channel, to answer a re-sent request
 again rather than run it twice. A trainer has at most two requests out on a

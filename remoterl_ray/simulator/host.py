@@ -39,7 +39,7 @@ from ..protocol.errors import (
     exception_type_name,
 )
 from ..protocol.frames import Op
-from ..protocol.limits import MAX_RESUME_CHANNELS
+from ..protocol.limits import MAX_RESUME_CHANNELS, RESUME_WINDOW
 from ..protocol.messages import (
     CAP_NOTICE,
     CAP_RECONNECT,
@@ -58,6 +58,7 @@ from ..protocol.messages import (
 from ..protocol.replay import Answer
 from ..rate_limited_log import RateLimitedLog
 from ..transport import RelayConnection
+from ..transport.connection import RESUME_MAX_DELAY
 from ..transport.discovery import RegionsUnavailableError, UnknownRegionError, choose_region
 from .allowlist import Allowlist
 from .hosted import EnvTable
@@ -69,7 +70,6 @@ MAX_MAKE_BYTES = 65_536  # make/register requests: env ids, kwargs and specs are
 _MAKING = frozenset({Op.MAKE, Op.MAKE_VEC, Op.REGISTER})
 POLL_SECONDS = 0.25  # how often an idle simulator checks for a stop request
 REPICK_SECONDS = 30.0  # a region unreachable this long is given up for the nearest other one
-RESUME_WINDOW = 120.0  # seconds a suspended env waits for its channel to resume
 
 
 class Connection(Enum):
@@ -136,6 +136,7 @@ class SimulatorHost:
                 url,
                 self.hello(),
                 deadline=time.monotonic() + REPICK_SECONDS,
+                max_delay=RESUME_MAX_DELAY if self.table.suspended else 5.0,
                 stop=stop,
                 timeout=5.0,
                 ca_file=self.ca_file,

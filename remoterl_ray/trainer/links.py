@@ -38,6 +38,7 @@ from ..protocol.messages import (
 )
 from ..protocol.replay import SeqCounter
 from ..transport import RelayConnection
+from ..transport.connection import RESUME_MAX_DELAY
 from .settings import TrainerSettings
 
 log = logging.getLogger("remoterl.trainer")
@@ -85,7 +86,7 @@ class RelayLinks:
         elif isinstance(message, Notice):
             log.warning("remoterl: %s", message.message)
 
-    def _open(self, url: str, timeout: float, **handlers: Any) -> RelayConnection | None:
+    def _open(self, url: str, timeout: float, *, max_delay: float = 5.0, **handlers: Any) -> RelayConnection | None:
         resume = [CAP_RESUME] if self.settings.resume_window > 0 else []
         return RelayConnection.open_with_backoff(
             url,
@@ -96,16 +97,18 @@ class RelayLinks:
                 capabilities=[CAP_RECONNECT, CAP_NOTICE, *resume],
             ),
             deadline=time.monotonic() + timeout,
+            max_delay=max_delay,
             timeout=min(timeout, 10.0) or 1.0,
             ca_file=self.settings.ca_file,
             seqs=self.seqs,
             **handlers,
         )
 
-    def connect(self, timeout: float | None = None) -> RelayConnection | None:
-        """Connect the home link (retrying until ``timeout``); None if the relay is unreachable."""
+    def connect(self, timeout: float | None = None, max_delay: float = 5.0) -> RelayConnection | None:
+        """Connect the home link (retrying until ``timeout``, at most ``max_delay`` apart);
+        None if the relay is unreachable."""
         timeout = self.settings.connect_timeout if timeout is None else timeout
-        conn = self._open(self.settings.relay_url, timeout, on_control=self._on_control)
+        conn = self._open(self.settings.relay_url, timeout, max_delay=max_delay, on_control=self._on_control)
         if conn is not None:
             self.simulators = conn.welcome.simulators
             self._home = conn
@@ -117,7 +120,7 @@ class RelayLinks:
         or asked us to move while we held no channel there."""
         return self._home_conn(self.settings.connect_timeout)
 
-    def _home_conn(self, timeout: float) -> RelayConnection:
+    def _home_conn(self, timeout: float, max_delay: float = 5.0) -> RelayConnection:
         with self._lock:
             if self.state is Home.CLOSED:
                 raise RelayUnavailableError("this trainer session was shut down")
@@ -125,7 +128,7 @@ class RelayLinks:
                 log.info("relay moved this workspace to another replica; reconnecting")
                 self._home.close()
             if self._home is None or self._home.closed:
-                if self.connect(timeout) is None:
+                if self.connect(timeout, max_delay) is None:
                     raise RelayUnavailableError(f"cannot reach the relay at {self.settings.relay_url}")
             assert self._home is not None
             return self._home
@@ -134,9 +137,10 @@ class RelayLinks:
         """The live connection to where ``lost`` led (the home link, or its region),
         dialling until ``deadline`` if nobody has yet. Raises ``RelayUnavailableError``."""
         region = self._region_of.get(lost)
+        left = max(0.0, deadline - time.monotonic())
         if region is None:
-            return self._home_conn(max(0.0, deadline - time.monotonic()))
-        return self._region_conn(region, max(0.0, deadline - time.monotonic()))
+            return self._home_conn(left, RESUME_MAX_DELAY)
+        return self._region_conn(region, left, RESUME_MAX_DELAY)
 
     def region_conn(self, region: Region) -> RelayConnection:
         """The connection to ``region`` (``url`` None: the home link's)."""
@@ -144,14 +148,14 @@ class RelayLinks:
             return self.conn
         return self._region_conn(region, self.settings.connect_timeout)
 
-    def _region_conn(self, region: Region, timeout: float) -> RelayConnection:
+    def _region_conn(self, region: Region, timeout: float, max_delay: float = 5.0) -> RelayConnection:
         assert region.url is not None
         with self._lock:
             if self.state is Home.CLOSED:
                 raise RelayUnavailableError("this trainer session was shut down")
             conn = self._regional.get(region.name)
             if conn is None or conn.closed:
-                conn = self._open(region.url, timeout)
+                conn = self._open(region.url, timeout, max_delay=max_delay)
                 if conn is None:
                     raise RelayUnavailableError(f"cannot reach region {region.name} at {region.url}")
                 self._regional[region.name] = conn

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..protocol.limits import MAX_SPACE_BYTES
+from ..protocol.limits import MAX_SPACE_BYTES, RESUME_WINDOW
 
 
 @dataclass(frozen=True)
@@ -25,4 +25,4 @@ class TrainerSettings:
     metrics_interval: float = 5.0  # seconds between TensorBoard points
     ca_file: str | None = None  # PEM CAs a wss:// relay is verified with (None: the system trust store)
     max_space_bytes: int = MAX_SPACE_BYTES  # largest space a simulator may describe (protocol/limits.py)
-    resume_window: float = 120.0  # seconds a channel whose connection dropped waits to resume (0: never resume)
+    resume_window: float = RESUME_WINDOW  # seconds a channel whose connection dropped waits to resume (0: never resume)

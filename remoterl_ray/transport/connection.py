@@ -58,6 +58,7 @@ log = logging.getLogger("remoterl.transport")
 _peer_log = RateLimitedLog(log)
 
 DIRECT_TIMEOUT = 3.0  # a replica address that does not answer by then is not reachable from here
+RESUME_MAX_DELAY = 1.0  # longest wait between dials while channels wait to resume (a relay restart takes seconds)
 
 
 def endpoint(relay_url: str) -> str:

@@ -102,4 +102,6 @@ if __name__ == "__main__":  # a proxy in a process of its own: python latency_pr
 
     with LatencyProxy(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])) as proxy:
         print(proxy.port, flush=True)
-        sys.stdin.read()  # until the parent closes our stdin
+        for line in sys.stdin:  # until the parent closes our stdin; "drop" cuts every connection
+            if line.strip() == "drop":
+                print(proxy.drop(), flush=True)
