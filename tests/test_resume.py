@@ -154,27 +154,64 @@ def test_a_connection_cut_during_a_step_gets_the_one_answer_the_simulator_gave(r
 
 
 def test_a_window_that_runs_out_ends_the_episodes_instead_of_hanging(trainer_cleanup):
-    """The relay restarts but the simulator that hosted the envs is gone for good: after
-    the window the envs are made on the new simulator and the episodes report truncated."""
+    """The relay restarts, but the simulator of env ``a`` is gone for good while ``b``'s came
+    back: ``b`` resumes (taking channel ids on the new relay), ``a`` cannot, so after the
+    window ``a`` is made again and reports its episode truncated, and no step of ``a`` ever
+    lands on ``b`` (whose channel on the new relay may carry ``a``'s old id)."""
     key = new_key("resume-expired")
     port = free_port()
     relay = start_relay(api_keys=[key], port=port)
     pool = SimulatorPool(relay, key)
-    (old,) = pool.start(1)
+    (first,) = pool.start(1)
+    pool.start(1)
     try:
         assert init_trainer(relay, key, connect_timeout=5, simulator_wait=20, resume_window=2)
-        vec = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")
-        vec.reset(seed=0)
-        old.kill()
+        with local_gym():
+            local_b = gym.make(GATED)
+        a, b = gym.make(GATED), gym.make(GATED)  # the least loaded simulator first: a on the first one
+        assert [p["hosted_envs"] for p in relay.peers(key, "simulator")] == [1, 1]
+        a.reset(seed=1)
+        equal_steps(b.reset(seed=2), local_b.reset(seed=2))
+        first.kill()
         relay.process.kill()
         relay = start_relay(api_keys=[key], port=port)
         pool.relay = relay
-        pool.start(1)
+        equal_steps(b.step(2), local_b.step(2))  # b resumes on the new relay
         started = time.monotonic()
-        _, rewards, terminations, truncations, infos = vec.step(np.array([0, 1]))
-        assert truncations.all() and not terminations.any() and infos[RECONNECTED].all()
+        obs, reward, terminated, truncated, info = a.step(1)
+        assert truncated and not terminated and reward == 0.0 and info[RECONNECTED]
         assert 2 <= time.monotonic() - started < 30
-        assert vec.step(np.array([0, 1]))[0].shape == (2, 4)
+        equal_steps(b.step(1), local_b.step(1))  # b's env moved by b's actions only
+        a.close()
+        b.close()
+    finally:
+        remoterl_ray.shutdown()
+        pool.stop()
+        relay.stop()
+
+
+def test_a_step_sent_before_a_crash_is_resumed_by_whichever_call_comes_next(trainer_cleanup):
+    """``send``, the relay crashes, an attribute call resumes the channels: the step still
+    out is sent again with it (before it), and ``recv`` gets the step's one answer."""
+    key = new_key("resume-two-calls")
+    port = free_port()
+    relay = start_relay(api_keys=[key], port=port)
+    pool = SimulatorPool(relay, key)
+    pool.start(1)
+    try:
+        with local_gym():
+            local = gym.make_vec(GATED, 2, vectorization_mode="sync")
+        assert init_trainer(relay, key, connect_timeout=5)
+        vec = gym.make_vec(GATED, 2, vectorization_mode="sync")
+        equal_steps(vec.reset(seed=4), local.reset(seed=4))
+        vec.send(np.array([2, 1]))
+        relay.process.kill()
+        relay = start_relay(api_keys=[key], port=port)
+        pool.relay = relay
+        assert list(vec.get_attr("delay")) == [0.0, 0.0]  # answered after the step, on the resumed channel
+        equal_steps(received(vec.recv()), local.step(np.array([2, 1])))
+        equal_steps(vec.step(np.array([1, 1])), local.step(np.array([1, 1])))
+        assert remoterl_ray.current_session().metrics_snapshot()["resumes"] == 1
         vec.close()
     finally:
         remoterl_ray.shutdown()
@@ -267,3 +304,36 @@ def test_sb3_ppo_through_a_relay_crash_learns_exactly_what_it_learns_without_one
         pool.stop()
         for relay in relays:
             relay.stop()
+
+
+def test_shutdown_ends_a_resume_that_waits_for_a_relay_that_is_not_back(trainer_cleanup):
+    key = new_key("resume-shutdown")
+    relay = start_relay(api_keys=[key])
+    pool = SimulatorPool(relay, key)
+    pool.start(1)
+    try:
+        assert init_trainer(relay, key, resume_window=60)
+        env = gym.make("CartPole-v1")
+        env.reset(seed=0)
+        relay.process.kill()
+        outcome: dict[str, BaseException] = {}
+
+        def step() -> None:
+            try:
+                env.step(0)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                outcome["error"] = exc
+
+        stepping = threading.Thread(target=step)
+        stepping.start()
+        time.sleep(1.0)  # dialling a relay that is not there, with the window far from over
+        assert stepping.is_alive()
+        started = time.monotonic()
+        remoterl_ray.shutdown()
+        stepping.join(30)
+        assert not stepping.is_alive() and time.monotonic() - started < 10
+        assert isinstance(outcome.get("error"), remoterl_ray.RemoteRLError), outcome
+    finally:
+        remoterl_ray.shutdown()
+        pool.stop()
+        relay.stop()

@@ -148,8 +148,8 @@ def test_a_claim_message_past_its_bound_is_refused():
 # -- the relay pairs claims ---------------------------------------------------------------------
 
 
-def resumable(role: str, name: str, workspace: str = "w"):
-    p = peer(role, name, workspace)
+def resumable(role: str, name: str, workspace: str = "w", max_envs: int = 256):
+    p = peer(role, name, workspace, max_envs)
     p.capabilities = frozenset({CAP_RESUME})
     return p
 
@@ -269,7 +269,7 @@ def test_claims_pair_only_within_a_workspace_and_across_roles_and_envs():
 
 def test_claims_are_bounded_per_connection_and_end_with_it():
     board = Switchboard()
-    sim = resumable("simulator", "s")
+    sim = resumable("simulator", "s", max_envs=65536)
     batches = [
         [Claim(token=f"{k}{i:021d}", envs=1) for i in range(MAX_RESUME_CHANNELS)]
         for k in range(MAX_CLAIMS_PER_PEER // MAX_RESUME_CHANNELS)
@@ -288,3 +288,53 @@ def test_claims_are_bounded_per_connection_and_end_with_it():
 
     asyncio.run(go())
     assert not sim.claims and "w" not in board.workspaces
+
+
+def test_claims_are_held_to_the_simulators_room_and_the_trainers_channel_cap():
+    """Made-up tokens paired by one key holder's own trainer and simulator must not grow
+    the relay past the bounds an open is held to."""
+    board = Switchboard(max_channels_per_trainer=2)
+    trainer, sim = resumable("trainer", "t"), resumable("simulator", "s", max_envs=4)
+
+    async def go() -> None:
+        await board.join(trainer)
+        await board.join(sim)
+        await board.resume(sim, Resume(channels=[Claim(token=f"{i:022d}", envs=2) for i in range(2)]))
+        assert sim.hosted_envs == 4  # a simulator's waiting claims are envs it hosts: no open lands there
+        with pytest.raises(NoSimulatorError):
+            await board.open(trainer, Open(envs=1))
+        with pytest.raises(NoSimulatorError):  # past its max_envs
+            await board.resume(sim, Resume(channels=[Claim(token="x" * 22, envs=1)]))
+        claims = [Claim(token=f"{i:022d}", envs=2) for i in range(2)]
+        await board.resume(trainer, Resume(channels=claims))
+        assert len(trainer.channels) == 2 and sim.hosted_envs == 4
+        board.forget(sim, Forget(tokens=["nothing-waits-here-000"]))  # not a claim of its: nothing changes
+        assert sim.hosted_envs == 4
+
+    asyncio.run(go())
+    board2 = Switchboard(max_channels_per_trainer=1)
+    trainer, sim = resumable("trainer", "t"), resumable("simulator", "s")
+
+    async def cap() -> None:
+        await board2.join(trainer)
+        await board2.join(sim)
+        await board2.open(trainer, Open(envs=1))
+        await board2.resume(trainer, Resume(channels=[Claim(token=TOKEN, envs=1)]))
+        with pytest.raises(NoSimulatorError):  # the trainer already holds its one channel
+            await board2.resume(sim, Resume(channels=[Claim(token=TOKEN, envs=1)]))
+        assert len(trainer.channels) == 1
+
+    asyncio.run(cap())
+
+
+def test_a_request_on_a_channel_just_paused_is_told_so_not_called_unknown():
+    board = Switchboard()
+    trainer, sim = resumable("trainer", "t"), resumable("simulator", "s")
+    shard = opened_pair(board, trainer, sim)
+    asyncio.run(board.leave(sim))
+    with pytest.raises(Exception) as raised:
+        board.route(trainer, Kind.REQUEST, Op.STEP, shard.channel)
+    assert raised.value.code is ErrorCode.CHANNEL_PAUSED
+    with pytest.raises(Exception) as raised:
+        board.route(trainer, Kind.REQUEST, Op.STEP, shard.channel + 1000)
+    assert raised.value.code is ErrorCode.UNKNOWN_CHANNEL

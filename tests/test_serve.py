@@ -10,9 +10,10 @@ processes speaking real WebSockets through Serve's proxy.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -326,11 +327,13 @@ def test_one_replica_holds_a_thousand_connections(serve_cluster: ServeCluster) -
 
 
 def test_idle_simulators_follow_their_workspace_when_replicas_change(serve_cluster: ServeCluster) -> None:
-    """Scale 1 -> 3 replicas, then redeploy: new trainers still find their simulators, and a
-    trainer stepping meanwhile resumes without losing a step."""
+    """Scale 1 -> 3 replicas, redeploy, scale back to 1, while a trainer steps: new trainers
+    still find their simulators, and every step of the stepping one equals a local env's
+    (its channels resume wherever its connection was cut)."""
     keys = serve_cluster.keys[12:18]
     url = f"ws://127.0.0.1:{serve_cluster.port}/scale"
     deploy(serve_cluster, "scale", 1, url, nodes="near")
+    session = None
     try:
         for key in keys:
             serve_cluster.simulator(key, url, "--region", "scale")
@@ -341,33 +344,65 @@ def test_idle_simulators_follow_their_workspace_when_replicas_change(serve_clust
             for key in keys:
                 trainer_steps_once(url, key)
 
-        deploy(
-            serve_cluster, "scale", 3, url, nodes="near"
-        )  # more replicas: the hash ring changes under the simulators
-        trainers_find_their_simulators()
-        # A trainer mid-training while every replica is replaced (new args): its channels resume on
-        # the new replicas, and every step equals a local env's, as if nothing had happened.
         session = TrainerSession(TrainerSettings(relay_url=url, api_key=keys[0], simulator_wait=30))
-        try:
-            local = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")
-            vec = RemoteVectorEnv(session, "CartPole-v1", 2, vectorization_mode="sync")
-            np.testing.assert_array_equal(vec.reset(seed=0)[0], local.reset(seed=0)[0])
-            deploy(serve_cluster, "scale", 3, url, nodes="near", max_frame=8 << 20)
-            deadline = time.monotonic() + 90
-            rng = np.random.default_rng(0)
-            after = 0
-            while after < 5:  # old replicas keep their peers for graceful_shutdown_timeout_s, then cut them
-                actions = rng.integers(0, 2, 2)
-                for got, want in zip(vec.step(actions)[:4], local.step(actions)[:4]):
-                    np.testing.assert_array_equal(got, want)
-                if session.metrics_snapshot()["resumes"] >= 1:
-                    after += 1
-                assert time.monotonic() < deadline, "the trainer's connection was never replaced"
-                time.sleep(0.05)
-            vec.close()
-        finally:
-            session.close()
+        local = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")
+        vec = RemoteVectorEnv(session, "CartPole-v1", 2, vectorization_mode="sync")
+        np.testing.assert_array_equal(vec.reset(seed=0)[0], local.reset(seed=0)[0])
+        rng = np.random.default_rng(0)
+
+        def stepping_while(change: Callable[[], None], settled: Callable[[], bool]) -> int:
+            """Step (comparing with the local env) in a thread while ``change()`` runs here,
+            until ``settled()``, then five steps more; the number of steps."""
+            stop, steps, errors = threading.Event(), [0], []
+
+            def step() -> None:
+                try:
+                    while not stop.is_set():
+                        actions = rng.integers(0, 2, 2)
+                        for got, want in zip(vec.step(actions)[:4], local.step(actions)[:4]):
+                            np.testing.assert_array_equal(got, want)
+                        steps[0] += 1
+                        time.sleep(0.02)
+                except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                    errors.append(exc)
+
+            thread = threading.Thread(target=step)
+            thread.start()
+            try:
+                change()
+                deadline = time.monotonic() + 90
+                while not settled() and not errors:  # old replicas keep peers for graceful_shutdown_timeout_s
+                    assert time.monotonic() < deadline, "the change never settled"
+                    time.sleep(0.1)
+                until = steps[0] + 5
+                while steps[0] < until and not errors and thread.is_alive():
+                    time.sleep(0.05)
+            finally:
+                stop.set()
+                thread.join(60)
+            assert not errors, errors
+            return steps[0]
+
+        def replicas() -> int:
+            return len(serve_cluster.cluster_stats()["regions"]["scale"]["replicas"])
+
+        # More replicas: the hash ring changes under everyone; the stepping trainer stays where it is.
+        stepping_while(lambda: deploy(serve_cluster, "scale", 3, url, nodes="near"), lambda: replicas() >= 3)
         trainers_find_their_simulators()
-        assert len(serve_cluster.cluster_stats()["regions"]["scale"]["replicas"]) >= 3
+        # Every replica replaced (new args): the stepping trainer's connection is cut, and resumes.
+        stepping_while(
+            lambda: deploy(serve_cluster, "scale", 3, url, nodes="near", max_frame=8 << 20),
+            lambda: session.metrics_snapshot()["resumes"] >= 1,
+        )
+        trainers_find_their_simulators()
+        assert replicas() >= 3
+        # Back to one replica: two of three go, with whoever they held.
+        stepping_while(
+            lambda: deploy(serve_cluster, "scale", 1, url, nodes="near", max_frame=8 << 20), lambda: replicas() == 1
+        )
+        trainers_find_their_simulators()
+        vec.close()
     finally:
+        if session is not None:
+            session.close()
         serve.delete("relay-scale")

@@ -313,6 +313,8 @@ class ClientProtocol:
                 # On a channel a simulator may be the sender: it can lose its own channel, never
                 # pass for the relay (which would have every shard of the session made again).
                 error = SimulatorLostError(f"channel {channel}: {error.message}")
+            if channel and isinstance(error, ChannelPausedError) and pending is not None:
+                self.pause([channel])  # the relay refused a request in the moment before it said so
             if pending is not None:
                 if pending.reply is None:
                     pending.reply = Reply(kind, op, channel, error=error)
@@ -347,7 +349,7 @@ class ClientProtocol:
     def pause(self, channels: list[int]) -> None:
         """These channels' other end dropped: their requests end in ``ChannelPausedError``
         (the caller resumes the channel and sends them again)."""
-        mine = [c for c in channels if c in self.channels]
+        mine = [c for c in channels if c in self.channels or c in self.resumed.values()]
         self.paused.update(mine)
         for channel in mine:
             error = ChannelPausedError(f"channel {channel} is paused: the other end's connection dropped")

@@ -249,6 +249,10 @@ class PeerDriver:
                         await forward(peer, data, event.kind, event.op, event.channel, event.seq)
                         continue
                     except RemoteRLError as exc:
+                        if exc.code is ErrorCode.CHANNEL_PAUSED:  # no fault of the peer's: told, not counted
+                            await peer.send(error_frame(exc.to_wire(), op=event.op, channel=event.channel,
+                                                        seq=event.seq))  # fmt: skip
+                            continue
                         event = protocol.refuse(exc, event.op, event.channel, event.seq)
                 elif type(event) is ControlRequest:
                     try:

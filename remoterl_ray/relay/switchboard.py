@@ -103,6 +103,7 @@ class Peer:
     hosted_envs: int = 0
     channels: set[int] = field(default_factory=set)
     claims: set[str] = field(default_factory=set)  # resume tokens it claimed, waiting for the other end
+    paused_ids: dict[int, None] = field(default_factory=dict)  # a trainer's channels paused lately (bounded)
     resumes: int = 0  # channels resumed with it as one end
     capabilities: frozenset[str] = frozenset()
     presence: Presence = Presence.ONLINE
@@ -396,7 +397,7 @@ class Switchboard:
         if slot is not None:
             ws.pool.retire(slot, Seat.GONE)  # before any await: never chosen from here on
         if ws is not None:
-            self._drop_claims(ws, peer, list(peer.claims))
+            self._drop_claims(ws, peer, list(peer.claims))  # gone: its count goes with it
         paused: dict[Peer, list[int]] = {}
         for done, channel_id in enumerate(sorted(peer.channels), 1):
             if done % self.CLOSES_PER_TURN == 0:  # a peer may hold thousands of channels: let others in
@@ -416,6 +417,10 @@ class Switchboard:
             if resumable and channel.token is not None and other.alive:
                 self._off_board(channel)
                 paused.setdefault(other, []).append(channel_id)
+                if other.role == "trainer":  # a request on it meanwhile is told it is paused, not unknown
+                    other.paused_ids[channel_id] = None
+                    if len(other.paused_ids) > self.max_channels_per_trainer:
+                        del other.paused_ids[next(iter(other.paused_ids))]
             elif peer.role == "simulator":
                 channel.trainer.channels.discard(channel_id)
                 self._count(channel, -channel.envs)
@@ -456,9 +461,12 @@ class Switchboard:
         workspace, the other role, the same envs) becomes a new channel, and both ends
         are told its id (``Resumed``: the simulator first, so it knows the id before a
         request on it arrives); any other claim waits for the other end's, as long as
-        ``peer`` stays connected. Raises ``NoSimulatorError`` (capacity) past
-        ``MAX_CLAIMS_PER_PEER`` waiting claims, ``ProtocolError`` for a claim whose
-        envs differ from its other end's (the other claims are taken)."""
+        ``peer`` stays connected. A simulator's waiting claims count as envs it hosts.
+
+        Claims past ``MAX_CLAIMS_PER_PEER``, past a simulator's ``max_envs`` or a
+        trainer's channel cap are refused (``NoSimulatorError``, capacity), as are
+        claims whose envs differ from the other end's (``ProtocolError``); the other
+        claims of the message are taken."""
         ws = self.workspaces.get(peer.workspace)
         if ws is None or not peer.alive:
             return
@@ -467,24 +475,34 @@ class Switchboard:
                 f"a connection may have at most {MAX_CLAIMS_PER_PEER} resume claims waiting", code=ErrorCode.CAPACITY
             )
         told: dict[Peer, list[Rebound]] = {}
-        mismatched = 0
+        mismatched = full = 0
         for claim in request.channels:
             waiting = ws.claims.get(claim.token)
             if waiting is not None and waiting.peer.role != peer.role and waiting.peer.alive:
+                trainer, sim = (peer, waiting.peer) if peer.role == "trainer" else (waiting.peer, peer)
                 if waiting.envs != claim.envs:
                     mismatched += 1
                     continue
-                del ws.claims[claim.token]
-                waiting.peer.claims.discard(claim.token)
-                channel = self._rejoin(ws, peer, waiting.peer, claim.token, claim.envs)
-                for end in (channel.simulator, channel.trainer):
+                if len(trainer.channels) >= self.max_channels_per_trainer or (
+                    sim is peer and not self._has_room(sim, claim.envs)
+                ):
+                    full += 1
+                    continue
+                self._drop_claims(ws, waiting.peer, [claim.token], keep_count=True)
+                channel = self._rejoin(ws, trainer, sim, claim.token, claim.envs, counted=sim is waiting.peer)
+                for end in (sim, trainer):
                     end.resumes += 1
                     told.setdefault(end, []).append(Rebound(token=claim.token, channel=channel.id))
                 continue
+            if peer.role == "simulator" and not self._has_room(peer, claim.envs):
+                full += 1
+                continue
             if waiting is not None:  # the same end's earlier claim, from a connection that is gone or going
-                waiting.peer.claims.discard(claim.token)
+                self._drop_claims(ws, waiting.peer, [claim.token])
             ws.claims[claim.token] = ClaimOf(peer, claim.envs)
             peer.claims.add(claim.token)
+            if peer.role == "simulator":
+                self._host(ws, peer, claim.envs)
         for end in sorted(told, key=lambda p: p.role != "simulator"):
             for start in range(0, len(told[end]), MAX_RESUME_CHANNELS):
                 await end.send(control_frame(Resumed(channels=told[end][start : start + MAX_RESUME_CHANNELS])))
@@ -493,18 +511,32 @@ class Switchboard:
                 f"{mismatched} resume claims name a different number of envs than the other end's claim",
                 code=ErrorCode.BAD_PAYLOAD,
             )
+        if full:
+            raise NoSimulatorError(
+                f"{full} resume claims refused: past a simulator's max_envs or a trainer's channel cap",
+                code=ErrorCode.CAPACITY,
+            )
 
-    def _rejoin(self, ws: Workspace, peer: Peer, other: Peer, token: str, envs: int) -> Channel:
-        trainer, sim = (peer, other) if peer.role == "trainer" else (other, peer)
+    @staticmethod
+    def _has_room(sim: Peer, envs: int) -> bool:
+        return sim.hosted_envs + envs <= sim.max_envs
+
+    def _host(self, ws: Workspace, sim: Peer, envs: int) -> None:
+        """``envs`` more (or fewer) envs on ``sim``, and its place in the pool with them."""
+        sim.hosted_envs += envs
+        slot = self._slot(ws, sim)
+        if slot is not None:
+            ws.pool.refresh(slot)
+
+    def _rejoin(self, ws: Workspace, trainer: Peer, sim: Peer, token: str, envs: int, *, counted: bool) -> Channel:
+        """The new channel of a resumed token (``counted``: its envs already count as hosted)."""
         channel = Channel(next(self._channel_ids), trainer, sim, envs, token=token)
         self.channels[channel.id] = channel
         trainer.channels.add(channel.id)
         sim.channels.add(channel.id)
-        sim.hosted_envs += envs
         self._count(channel, envs)
-        slot = self._slot(ws, sim)
-        if slot is not None:
-            ws.pool.refresh(slot)
+        if not counted:
+            self._host(ws, sim, envs)
         return channel
 
     def forget(self, peer: Peer, request: Forget) -> None:
@@ -513,12 +545,15 @@ class Switchboard:
         if ws is not None:
             self._drop_claims(ws, peer, request.tokens)
 
-    @staticmethod
-    def _drop_claims(ws: Workspace, peer: Peer, tokens: list[str]) -> None:
+    def _drop_claims(self, ws: Workspace, peer: Peer, tokens: list[str], *, keep_count: bool = False) -> None:
+        """Withdraw ``peer``'s waiting claims of ``tokens`` (a simulator's envs with them,
+        unless ``keep_count``: they move to the channel the claim resumed)."""
         for token in tokens:
             waiting = ws.claims.get(token)
             if waiting is not None and waiting.peer is peer:
                 del ws.claims[token]
+                if peer.role == "simulator" and not keep_count and peer.alive:
+                    self._host(ws, peer, -waiting.envs)
             peer.claims.discard(token)
 
     @staticmethod
@@ -778,6 +813,8 @@ class Switchboard:
             if peer.role != "trainer":
                 raise ProtocolError("only trainers send requests")
             if channel is None or channel.trainer is not peer:
+                if channel is None and channel_id in peer.paused_ids:
+                    raise RemoteRLError(f"channel {channel_id} is paused", code=ErrorCode.CHANNEL_PAUSED)
                 raise RemoteRLError(
                     f"channel {channel_id} is not open (closed, or never opened)", code=ErrorCode.UNKNOWN_CHANNEL
                 )

@@ -173,6 +173,8 @@ class SimulatorHost:
         dialled again (or the list is retried with backoff); a region name the
         relay does not know is an error at start-up only. None once ``stop`` is set.
         """
+        if self.table.suspended and self._last_url is not None:
+            return self._last_url  # suspended envs are claimed where their trainers will look for them
         delay = 0.1
         while not stop.is_set():
             try:

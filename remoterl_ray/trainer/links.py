@@ -64,6 +64,7 @@ class RelayLinks:
         self.seqs = SeqCounter()  # one for every connection: a resumed channel's seqs keep growing
         self._lock = threading.Lock()  # the connections (held while dialling and closing)
         self._state_lock = threading.Lock()  # ``state`` only, never held while taking another lock
+        self._closing = threading.Event()  # set first by close(): a dial in progress gives up
 
     def _move(self, old: Home, new: Home) -> bool:
         """``state`` from ``old`` to ``new``, if it still is ``old``."""
@@ -101,6 +102,7 @@ class RelayLinks:
             timeout=min(timeout, 10.0) or 1.0,
             ca_file=self.settings.ca_file,
             seqs=self.seqs,
+            stop=self._closing,
             **handlers,
         )
 
@@ -192,6 +194,7 @@ class RelayLinks:
         return sum(c.counters.bytes_sent for c in conns), sum(c.counters.bytes_received for c in conns)
 
     def close(self) -> None:
+        self._closing.set()  # a resume dialling (with the lock held) stops at once
         with self._lock:
             with self._state_lock:
                 self.state = Home.CLOSED

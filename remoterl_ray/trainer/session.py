@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,7 @@ class TrainerSession:
         self.unmirrored: dict[str, str] = {}  # id -> why its registration stayed local
         self._descriptions: dict[bytes, EnvDescription] = {}
         self.released_later: deque[tuple[RelayConnection, list[int]]] = deque()  # from finalizers: close soon
+        self.remote_envs: weakref.WeakSet[Any] = weakref.WeakSet()  # every env's Shards, to claim ahead for
         self.metrics = RemoteMetrics()
         self._tensorboard: Any = None
         self._next_write = 0.0
@@ -103,6 +105,14 @@ class TrainerSession:
 
     def _write_tensorboard(self) -> None:
         self._tensorboard.write(self.metrics.total_env_steps, self.metrics_snapshot())
+
+    def claim_ahead(self, conn: RelayConnection, lost: set[RelayConnection], *, skip: Any) -> None:
+        """One env resumed on ``conn`` what it had on ``lost`` connections: claim every other
+        env's channels there now, without waiting, so an env not used for a while finds
+        them resumed (or resumes at once) instead of meeting a simulator that gave up."""
+        claims = [claim for env in list(self.remote_envs) if env is not skip for claim in env.claims_on(lost)]
+        if claims:
+            conn.claim_ahead(claims)
 
     def release_later(self, groups: list[tuple[RelayConnection, list[int]]]) -> None:
         """Channels to close at the next call that makes or steps envs (no I/O here)."""

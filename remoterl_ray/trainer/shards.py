@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from enum import Enum
 from typing import Any
@@ -40,7 +41,7 @@ from ..protocol.errors import (
     SimulatorLostError,
 )
 from ..protocol.frames import Kind, Op
-from ..protocol.messages import Claim, Shard
+from ..protocol.messages import CAP_RESUME, Claim, Shard
 from ..protocol.client_protocol import Pending, Reply
 from ..transport import RelayConnection
 from .session import Made, TrainerSession, group_by_conn, group_channels
@@ -152,6 +153,7 @@ class Shards:
                 session.release(conn, channels, close_first=True)
             self.whole = True
             made = session.create(env_id, num_envs, make_arg, vector=vector, whole=True)
+        self._flights: weakref.WeakSet[InFlight] = weakref.WeakSet()  # flights with requests out
         self._adopt(made)
         self.description = made[0].description
         self.observation_space = self.description.observation_space
@@ -160,6 +162,7 @@ class Shards:
             if (other.observation_space, other.action_space) != (self.observation_space, self.action_space):
                 log.warning("simulators of %s report different spaces; using the first one's", env_id)
         self.state = Serving.LIVE
+        session.remote_envs.add(self)
 
     @property
     def closed(self) -> bool:
@@ -262,7 +265,7 @@ class Shards:
         try:
             for _ in range(2):
                 unsent, cause = self._start(flight, op, args, unsent)
-                if not unsent or not self._resume(cause, flight):
+                if not unsent or not self._resume(cause):
                     break
             if unsent:
                 raise cause if cause is not None else self._lost_twice()
@@ -278,6 +281,8 @@ class Shards:
                 raise
             self._rebuild(exc, op)
             return None
+        if flight.out:
+            self._flights.add(flight)  # a resume sends its requests again, whichever call resumes
         return flight
 
     def _start(
@@ -330,7 +335,8 @@ class Shards:
                     for i, pending in answered:
                         assert pending.reply is not None
                         if cut_off(pending.reply.error):
-                            cut.append((i, pending.reply.error))  # stays out: resumed and asked again
+                            if flight.out.get(i, (None, None))[1] is pending:  # not sent again by a resume yet
+                                cut.append((i, pending.reply.error))  # stays out: resumed and asked again
                             continue
                         flight.answers[i] = pending.reply
                         del flight.out[i]
@@ -338,8 +344,9 @@ class Shards:
                     conn.forget([p for _, p in answered])
                 if not cut:
                     continue
-                if self._resume(cut[0][1], flight):
-                    deadline = time.monotonic() + timeout
+                resuming = time.monotonic()
+                if self._resume(cut[0][1]):
+                    deadline += time.monotonic() - resuming  # the time a resume takes is not the request's
                     continue
                 for i, error in cut:
                     if isinstance(error, RelayUnavailableError):
@@ -355,6 +362,8 @@ class Shards:
             for i, (conn, pending) in flight.out.items():
                 flight.answers[i] = conn.protocol.timed_out(pending, timeout)
             self.abandon(flight)
+        if not flight.out:
+            self._flights.discard(flight)
         if flight.op == Op.RESET and self.state is Serving.MADE_AGAIN and every_env_reset(flight):
             self.state = Serving.LIVE
         if flight.op == Op.STEP:
@@ -371,11 +380,12 @@ class Shards:
             if conn.closed or channel in conn.protocol.paused
         ]
 
-    def _resume(self, cause: RemoteRLError | None, flight: InFlight | None) -> bool:
+    def _resume(self, cause: RemoteRLError | None) -> bool:
         """Claim every cut shard's channel again (on a fresh connection where its own is
-        lost) and send its requests in ``flight`` again, with their seqs. False if
-        that could not be done within ``resume_window`` (or resuming is off): the
-        shards still cut are then given up by the caller."""
+        lost) and send the requests still out on it again, with their seqs, in every
+        flight. False if that could not be done within ``resume_window`` (or resuming
+        is off, or the relay reached does not resume): the shards still cut are then
+        given up (paused ones for good) by the caller."""
         window = self.session.settings.resume_window
         cut = self._cut()
         if not cut or window <= 0 or any(self.shards[i].token is None for i in cut):
@@ -383,37 +393,63 @@ class Shards:
         started = time.monotonic()
         deadline = started + window
         log.warning("%s: %s; resuming %d of its channels (up to %.0fs)", self.env_id, cause, len(cut), window)
-        while cut and time.monotonic() < deadline:
-            for old, idx in group_by_conn(self.conns, cut):
+        left = set(cut)
+        claimed_on: dict[int, RelayConnection] = {}  # shard -> the live connection its claim waits on
+        replaced: dict[RelayConnection, set[RelayConnection]] = {}  # new connection -> the lost ones it replaces
+        while left and time.monotonic() < deadline:
+            for old, idx in group_by_conn(self.conns, sorted(left)):
                 try:
                     conn = self.session.links.replace(old, deadline) if old.closed else old
-                    claims = [Claim(token=self.shards[i].token, envs=self.sizes[i]) for i in idx]
-                    channels = conn.claim(claims, deadline)
                 except RelayUnavailableError as exc:
                     log.debug("resuming %s: %s", self.env_id, exc)
                     if self.closed or self.session.links.closed:
-                        return False
+                        deadline = 0.0
                     continue
-                tokens = {self.shards[i].token: i for i in idx}
-                self._rebind(conn, {i: channels[t] for t, i in tokens.items() if t in channels}, flight)
-                for i in idx:
-                    self.conns[i] = conn  # claimed there: a retry starts from it
-            cut = [i for i in cut if self.conns[i].closed or self.channels[i] in self.conns[i].protocol.paused]
-        if cut:
-            for conn, idx in group_by_conn(self.conns, cut):
+                if CAP_RESUME not in conn.welcome.capabilities:  # a relay that does not resume: no use waiting
+                    deadline = 0.0
+                    break
+                if old.closed:
+                    replaced.setdefault(conn, set()).add(old)
+                claimed_on.update((i, conn) for i in idx)
+                try:
+                    channels = conn.claim([Claim(token=self.shards[i].token, envs=self.sizes[i]) for i in idx], deadline)
+                except RelayUnavailableError as exc:
+                    log.debug("resuming %s: %s", self.env_id, exc)
+                    continue
+                paired = {i: channels[self.shards[i].token] for i in idx if self.shards[i].token in channels}
+                self._rebind(conn, paired)
+                left -= paired.keys()
+        if left:
+            gone = sorted(left)
+            claims = [claimed_on.get(i, self.conns[i]) for i in range(len(self.conns))]
+            for conn, idx in group_by_conn(claims, gone):
                 if not conn.closed:
                     conn.withdraw([self.shards[i].token for i in idx])
+            for conn, idx in group_by_conn(self.conns, gone):
+                if not conn.closed:
                     conn.give_up([self.channels[i] for i in idx], self._expired(cause))
-            log.warning("%s: %d channels did not resume within %.0fs", self.env_id, len(cut), window)
+            log.warning("%s: %d channels did not resume within %.0fs", self.env_id, len(gone), window)
             return False
         self.session.metrics.resumed()
         log.warning("%s resumed after %.2fs", self.env_id, time.monotonic() - started)
+        for conn, lost in replaced.items():
+            self.session.claim_ahead(conn, lost, skip=self)
         return True
 
-    def _rebind(self, conn: RelayConnection, channels: dict[int, int], flight: InFlight | None) -> None:
-        """Shards resumed on ``conn`` as ``channels`` (shard -> new channel id); their
-        requests still out in ``flight`` are sent again, with their seqs."""
-        again: list[tuple[int, Pending]] = []
+    def claims_on(self, lost: set[RelayConnection]) -> list[Claim]:
+        """Claims of this env's shards whose connection is among ``lost`` (claimed ahead,
+        on the connection that replaced them, by another env of the session that resumed)."""
+        return [
+            Claim(token=shard.token, envs=size)
+            for conn, shard, size in zip(self.conns, self.shards, self.sizes)
+            if conn in lost and shard.token is not None
+        ]
+
+    def _rebind(self, conn: RelayConnection, channels: dict[int, int]) -> None:
+        """Shards resumed on ``conn`` as ``channels`` (shard -> new channel id); the
+        requests still out on them, in every flight, are sent again with their seqs,
+        oldest first (the simulator runs them in that order)."""
+        again: list[tuple[InFlight, int, Pending]] = []
         for i, channel in channels.items():
             old_conn, old_channel = self.conns[i], self.channels[i]
             if not old_conn.closed:
@@ -421,11 +457,13 @@ class Shards:
             shard = self.shards[i].model_copy(update={"channel": channel})
             self.shards[i], self.channels[i], self.conns[i] = shard, channel, conn
             self.made[i] = Made(conn, shard, self.made[i].description)
-            if flight is not None and i in flight.out:
-                again.append((i, flight.out[i][1]))
+            conn.adopt_channels([channel])
+            again += [(flight, i, flight.out[i][1]) for flight in list(self._flights) if i in flight.out]
         if again:
-            news = conn.resend([(pending, self.channels[i]) for i, pending in again])
-            for (i, _), pending in zip(again, news):
+            first = again[0][2].seq
+            again.sort(key=lambda item: (item[2].seq - first + 2**31) % 2**32)  # seq order, across a wrap
+            news = conn.resend([(pending, self.channels[i]) for _, i, pending in again])
+            for (flight, i, _), pending in zip(again, news):
                 flight.out[i] = (conn, pending)
 
     def _expired(self, cause: RemoteRLError | None) -> SimulatorLostError:
@@ -443,6 +481,7 @@ class Shards:
             if flight.answers[i] is PENDING:
                 flight.answers[i] = SKIP
         flight.out.clear()
+        self._flights.discard(flight)
 
     def call(self, op: int, args: list[Any]) -> list[Any]:
         """:meth:`request` for what is not an episode call (attributes, methods): if

@@ -320,14 +320,26 @@ class RelayConnection:
     def claim(self, claims: list[Claim], deadline: float) -> dict[str, int]:
         """Claim channels by token and wait until ``deadline`` for the relay to pair
         them with their simulators' claims; returns token -> channel id for those
-        paired (the rest stay claimed: :meth:`withdraw` them when giving up)."""
-        for start in range(0, len(claims), MAX_RESUME_CHANNELS):
-            self.send(control_frame(Resume(channels=claims[start : start + MAX_RESUME_CHANNELS])))
-        tokens = [c.token for c in claims]
+        paired (the rest stay claimed: :meth:`withdraw` them when giving up). Tokens
+        already paired (claimed ahead) are not claimed again."""
         resumed = self.protocol.resumed
+        with self._cond:
+            new = [c for c in claims if c.token not in resumed]
+        self.claim_ahead(new)
+        tokens = [c.token for c in claims]
         self._pump(lambda: all(t in resumed for t in tokens), deadline)
         with self._cond:
             return {t: resumed.pop(t) for t in tokens if t in resumed}
+
+    def claim_ahead(self, claims: list[Claim]) -> None:
+        """Claim channels without waiting: their ``resumed`` waits here for :meth:`claim`."""
+        for start in range(0, len(claims), MAX_RESUME_CHANNELS):
+            self.send(control_frame(Resume(channels=claims[start : start + MAX_RESUME_CHANNELS])))
+
+    def adopt_channels(self, channels: list[int]) -> None:
+        """Channels this connection now carries (resumed here): the relay may pause them."""
+        with self._cond:
+            self.protocol.channels.update(channels)
 
     def withdraw(self, tokens: list[str]) -> None:
         """Withdraw claims (best effort: a claim also ends with its connection)."""
