@@ -16,7 +16,14 @@ import pytest
 from conftest import TEST_ENVS_ALLOW, SimulatorPool, sim_env
 from support.doc_blocks import blocks
 
-SMALL_BUDGETS = {"total_timesteps=100_000": "total_timesteps=2_048"}
+SMALL_BUDGETS = {  # the budgets, not the calls: one small rollout and update each
+    "total_timesteps=100_000": "total_timesteps=2_048",
+    'PPO("MlpPolicy", env, verbose=1)': 'PPO("MlpPolicy", env, verbose=1, n_steps=64)',
+    ".env_runners(num_env_runners=2).build_algo()": (
+        ".env_runners(num_env_runners=2).training(train_batch_size_per_learner=256, minibatch_size=64, num_epochs=1)"
+        ".build_algo()"
+    ),
+}
 ALL = [(block.where, block.code, block.not_run) for block in blocks("python")]
 
 

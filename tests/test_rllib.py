@@ -352,14 +352,14 @@ def test_ppo_through_relay_crashes_learns_exactly_what_it_learns_without_one(ray
             PPOConfig()
             .environment("CartPole-v1")
             .env_runners(num_env_runners=2, num_envs_per_env_runner=2)
-            .training(train_batch_size_per_learner=256, minibatch_size=64, num_epochs=2)
+            .training(train_batch_size_per_learner=256, minibatch_size=64, num_epochs=1)
             .debugging(seed=11)
         )
         algo = config.build_algo()
         try:
             results = []
-            for iteration in range(3):
-                watcher = crash_while_sampling(100) if crashes and iteration == 2 else None
+            for iteration in range(2):
+                watcher = crash_while_sampling(100) if crashes and iteration == 0 else None
                 if crashes and iteration == 1:
                     crash()
                 result = algo.train()

@@ -13,6 +13,7 @@ CLOSE_POLICY = 1008  # RFC 6455: the peer broke a rule (revoked key, operator ac
 CLOSE_PROTOCOL_ERROR = 1002  # RFC 6455: the peer's hello was not our protocol
 MAX_REASON = 120  # a close frame's reason must fit in 123 bytes
 CLOSE_NORMAL = 1000  # RFC 6455: a peer closing on purpose (shutdown, env closed)
+CLOSE_MOVING = 1001  # RFC 6455 "going away": a peer dialling another relay replica, its channels to resume there
 
 
 def said_goodbye(code: int | None) -> bool:

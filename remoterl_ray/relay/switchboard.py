@@ -478,7 +478,12 @@ class Switchboard:
         mismatched = full = 0
         for claim in request.channels:
             waiting = ws.claims.get(claim.token)
-            if waiting is not None and waiting.peer.role != peer.role and waiting.peer.alive:
+            if (  # a peer asked to move elsewhere takes its claims along: it pairs where it lands
+                waiting is not None
+                and waiting.peer.role != peer.role
+                and waiting.peer.presence is Presence.ONLINE
+                and peer.presence is Presence.ONLINE
+            ):
                 trainer, sim = (peer, waiting.peer) if peer.role == "trainer" else (waiting.peer, peer)
                 if waiting.envs != claim.envs:
                     mismatched += 1

@@ -164,7 +164,7 @@ class SimulatorHost:
                     self.table.close_all()
                 else:
                     self.table.suspend(list(self.table.by_channel))
-                conn.close()
+                conn.close(moving=not stop.is_set())  # a goodbye only when stopping
 
     def pick_url(self, stop: threading.Event) -> str | None:
         """The relay URL to dial now: the named or the nearest region of ``relay_url``.

@@ -128,16 +128,21 @@ class RelayLinks:
                 raise RelayUnavailableError("this trainer session was shut down")
             if self._move(Home.MOVE_ASKED, Home.CONNECTED) and self._home is not None:
                 log.info("relay moved this workspace to another replica; reconnecting")
-                self._home.close()
+                self._home.close(moving=True)
             if self._home is None or self._home.closed:
                 if self.connect(timeout, max_delay) is None:
                     raise RelayUnavailableError(f"cannot reach the relay at {self.settings.relay_url}")
             assert self._home is not None
             return self._home
 
+    def asked_to_move(self, conn: RelayConnection) -> bool:
+        """The relay asked the home link ``conn`` to dial again (another replica serves us)."""
+        return conn is self._home and self.state is Home.MOVE_ASKED
+
     def replace(self, lost: RelayConnection, deadline: float) -> RelayConnection:
         """The live connection to where ``lost`` led (the home link, or its region),
-        dialling until ``deadline`` if nobody has yet. Raises ``RelayUnavailableError``."""
+        dialling until ``deadline`` if nobody has yet (or if the relay asked the home
+        link to move). Raises ``RelayUnavailableError``."""
         region = self._region_of.get(lost)
         left = max(0.0, deadline - time.monotonic())
         if region is None:

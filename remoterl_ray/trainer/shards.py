@@ -398,8 +398,9 @@ class Shards:
         replaced: dict[RelayConnection, set[RelayConnection]] = {}  # new connection -> the lost ones it replaces
         while left and time.monotonic() < deadline:
             for old, idx in group_by_conn(self.conns, sorted(left)):
+                links = self.session.links
                 try:
-                    conn = self.session.links.replace(old, deadline) if old.closed else old
+                    conn = links.replace(old, deadline) if old.closed or links.asked_to_move(old) else old
                 except RelayUnavailableError as exc:
                     log.debug("resuming %s: %s", self.env_id, exc)
                     if self.closed or self.session.links.closed:
@@ -408,11 +409,12 @@ class Shards:
                 if CAP_RESUME not in conn.welcome.capabilities:  # a relay that does not resume: no use waiting
                     deadline = 0.0
                     break
-                if old.closed:
+                if conn is not old:
                     replaced.setdefault(conn, set()).add(old)
                 claimed_on.update((i, conn) for i in idx)
-                try:
-                    channels = conn.claim([Claim(token=self.shards[i].token, envs=self.sizes[i]) for i in idx], deadline)
+                claims = [Claim(token=self.shards[i].token, envs=self.sizes[i]) for i in idx]
+                try:  # claims meet where the relay says the workspace lives: if asked to move, move first
+                    channels = conn.claim(claims, deadline, until=lambda conn=conn: links.asked_to_move(conn))
                 except RelayUnavailableError as exc:
                     log.debug("resuming %s: %s", self.env_id, exc)
                     continue

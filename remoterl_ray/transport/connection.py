@@ -30,6 +30,7 @@ from urllib.parse import urlunsplit
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidURI
 
 from ..protocol.affinity import SESSION_HEADER, session_id_for
+from ..protocol.closing import CLOSE_MOVING, CLOSE_NORMAL
 from ..protocol.client_protocol import (
     ChannelLost,
     ClientProtocol,
@@ -317,17 +318,19 @@ class RelayConnection:
 
     # -- resuming (docs/protocol.md) ---------------------------------------
 
-    def claim(self, claims: list[Claim], deadline: float) -> dict[str, int]:
-        """Claim channels by token and wait until ``deadline`` for the relay to pair
-        them with their simulators' claims; returns token -> channel id for those
-        paired (the rest stay claimed: :meth:`withdraw` them when giving up). Tokens
-        already paired (claimed ahead) are not claimed again."""
+    def claim(
+        self, claims: list[Claim], deadline: float, until: Callable[[], bool] | None = None
+    ) -> dict[str, int]:
+        """Claim channels by token and wait until ``deadline`` (or ``until()``) for the
+        relay to pair them with their simulators' claims; returns token -> channel id
+        for those paired (the rest stay claimed: :meth:`withdraw` them when giving up).
+        Tokens already paired (claimed ahead) are not claimed again."""
         resumed = self.protocol.resumed
         with self._cond:
             new = [c for c in claims if c.token not in resumed]
         self.claim_ahead(new)
         tokens = [c.token for c in claims]
-        self._pump(lambda: all(t in resumed for t in tokens), deadline)
+        self._pump(lambda: all(t in resumed for t in tokens) or (until is not None and until()), deadline)
         with self._cond:
             return {t: resumed.pop(t) for t in tokens if t in resumed}
 
@@ -452,11 +455,13 @@ class RelayConnection:
             self._cond.notify_all()
         return error
 
-    def close(self) -> None:
+    def close(self, *, moving: bool = False) -> None:
+        """Close: a goodbye (the relay ends this connection's channels), or ``moving``
+        to another relay replica (close code 1001: they wait to resume there)."""
         with self._cond:
             self.protocol.close()
             self._cond.notify_all()
         try:
-            self._ws.close()
+            self._ws.close(CLOSE_MOVING if moving else CLOSE_NORMAL)
         except Exception:  # closing a dead socket may raise; nothing left to do
             pass

@@ -380,15 +380,15 @@ class WebSocket:
 
     # -- closing ------------------------------------------------------------
 
-    def close(self) -> None:
-        """Close with code 1000, spending at most about ``CLOSE_WAIT`` seconds on
-        each half of the closing handshake."""
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE) -> None:
+        """Close with ``code`` (1000: a goodbye; 1001: going away, to come back),
+        spending at most about ``CLOSE_WAIT`` seconds on each half of the closing handshake."""
         self._stop.set()
         self._closing = True
         if self._write_lock.acquire(timeout=CLOSE_WAIT):
             try:
                 if self._closed is None and self._protocol.state is State.OPEN:
-                    self._protocol.send_close(CloseCode.NORMAL_CLOSURE)
+                    self._protocol.send_close(code)
                     self._write(CLOSE_WAIT)
             except ConnectionClosed:
                 pass
@@ -404,7 +404,7 @@ class WebSocket:
             finally:
                 self._read_lock.release()
         if self._closed is None:
-            self._closed = closed_error(None, Close(CloseCode.NORMAL_CLOSURE, ""))
+            self._closed = closed_error(None, Close(code, ""))
         self._lost()
         self._messages.clear()
         self._selector.close()
