@@ -11,14 +11,15 @@ import os
 import secrets
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import remoterl_ray
-from remoterl_ray.local import LocalProcess, LocalRelay, start_relay, start_simulator
+from remoterl_ray.local import LocalProcess, LocalRelay, free_port, start_relay, start_simulator
 from remoterl_ray.trainer import gym_patch
 from remoterl_ray.trainer.gym_patch import GYM_MODULES
 
@@ -128,6 +129,58 @@ def trainer_cleanup() -> Iterator[None]:
     """Whatever a test initialised, shut it down afterwards."""
     yield
     remoterl_ray.shutdown()
+
+
+class CrashableRelay:
+    """A relay of one fresh workspace on a port of its own, with ``simulators`` simulator
+    processes, that a test can SIGKILL and start again there (``crash``); its peers dial
+    the same URL. Everything is stopped on exit (also a trainer session)."""
+
+    def __init__(self, name: str, simulators: int) -> None:
+        self.key = new_key(name)
+        self.port = free_port()
+        self.relays = [start_relay(api_keys=[self.key], port=self.port)]
+        self.pool = SimulatorPool(self.relays[0], self.key)
+        self.sims = self.pool.start(simulators) if simulators else []
+
+    @property
+    def relay(self) -> LocalRelay:
+        return self.relays[-1]
+
+    def crash(self, *, restart: bool = True) -> None:
+        """SIGKILL the relay (no goodbye to anyone); start a new, empty one on its port."""
+        self.relay.process.kill()
+        if restart:
+            self.crash_restart()
+
+    def crash_restart(self) -> None:
+        """The relay's start after a :meth:`crash` without one."""
+        self.relays.append(start_relay(api_keys=[self.key], port=self.port))
+        self.pool.relay = self.relay
+
+    def __enter__(self) -> CrashableRelay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        remoterl_ray.shutdown()
+        self.pool.stop()
+        for relay in self.relays:
+            relay.stop()
+
+
+def in_thread(call: Callable[[], object]) -> tuple[threading.Thread, dict[str, BaseException]]:
+    """``call()`` started in a thread; what it raised lands in the dict under ``"error"``."""
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
 
 
 @contextmanager

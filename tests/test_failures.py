@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import TEST_ENVS_MODULE, SimulatorPool, init_trainer, new_key, sim_env
+from conftest import TEST_ENVS_MODULE, SimulatorPool, in_thread, init_trainer, new_key, sim_env
 
 import remoterl_ray
 from remoterl_ray import (
@@ -146,16 +145,7 @@ def test_simulator_killed_mid_episode_gives_a_coded_error(relay, keys, trainer_c
         vec = gym.make_vec("CartPole-v1", num_envs=2)
         env.reset(seed=0)
         vec.reset(seed=0)
-        outcome: dict[str, BaseException] = {}
-
-        def step_in_flight() -> None:
-            try:
-                env.step(1)
-            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=step_in_flight)
-        thread.start()
+        thread, outcome = in_thread(lambda: env.step(1))
         time.sleep(0.5)  # the step is now running on the simulator
         sim.kill()
         thread.join(30)

@@ -5,7 +5,6 @@ value for value, with the same envs stepped locally without any interruption."""
 from __future__ import annotations
 
 import subprocess
-import threading
 import sys
 import time
 from collections.abc import Iterator
@@ -15,11 +14,11 @@ from urllib.parse import urlsplit
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import TEST_ENVS_ALLOW, SimulatorPool, init_trainer, local_gym, new_key, sim_env
+from conftest import TEST_ENVS_ALLOW, CrashableRelay, SimulatorPool, in_thread, init_trainer, local_gym, sim_env
 from latency_proxy import LatencyProxy
 
 import remoterl_ray
-from remoterl_ray.local import free_port, start_relay, start_simulator
+from remoterl_ray.local import start_simulator
 from remoterl_ray.trainer.remote_env import RECONNECTED
 
 GATED = "remoterl_testenvs:GatedCounter-v0"
@@ -53,21 +52,16 @@ def wait_until(predicate, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def test_a_relay_killed_and_restarted_mid_run_costs_no_step_and_no_episode(trainer_cleanup):
+def test_a_relay_killed_and_restarted_mid_run_costs_no_step_and_no_episode():
     """SIGKILL the relay between two steps and again with a step in flight: envs on two
     simulators, a single env and a vector env stepped with send/recv carry on exactly
     as local ones that were never interrupted."""
-    key = new_key("resume-restart")
-    port = free_port()
-    relay = start_relay(api_keys=[key], port=port)
-    pool = SimulatorPool(relay, key)
-    pool.start(2)
-    try:
+    with CrashableRelay("resume-restart", simulators=2) as site:
         with local_gym():
             local_env = gym.make("CartPole-v1")
             local_vec = gym.make_vec("CartPole-v1", 4, vectorization_mode="sync")
             local_pooled = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")
-        assert init_trainer(relay, key, num_env_runners=2, connect_timeout=5)
+        assert init_trainer(site.relay, site.key, num_env_runners=2, connect_timeout=5)
         env = gym.make("CartPole-v1")
         vec = gym.make_vec("CartPole-v1", 4, vectorization_mode="sync")
         pooled = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")
@@ -78,14 +72,12 @@ def test_a_relay_killed_and_restarted_mid_run_costs_no_step_and_no_episode(train
         rng = np.random.default_rng(0)
         for t in range(120):
             if t == 40:  # between steps
-                relay.process.kill()
-                relay = start_relay(api_keys=[key], port=port)
+                site.crash()
             action, actions = int(rng.integers(2)), rng.integers(0, 2, 4)
             if t == 80:  # with a step in flight on every env
                 vec.step_async(actions)
                 pooled.send(actions[:2])
-                relay.process.kill()
-                relay = start_relay(api_keys=[key], port=port)
+                site.crash()
                 equal_steps(vec.step_wait(), local_vec.step(actions))
                 equal_steps(received(pooled.recv()), local_pooled.step(actions[:2]))
             else:
@@ -100,13 +92,9 @@ def test_a_relay_killed_and_restarted_mid_run_costs_no_step_and_no_episode(train
         session = remoterl_ray.current_session()
         assert session.metrics_snapshot()["resumes"] == 6  # three envs, twice
         # The relay restarted empty: it counts the resumes it made, of four channels.
-        assert sum(p["resumes"] for p in relay.peers(key, "simulator")) == 4
+        assert sum(p["resumes"] for p in site.relay.peers(site.key, "simulator")) == 4
         for e in (env, vec, pooled):
             e.close()
-    finally:
-        remoterl_ray.shutdown()
-        pool.stop()
-        relay.stop()
 
 
 @pytest.fixture
@@ -153,29 +141,23 @@ def test_a_connection_cut_during_a_step_gets_the_one_answer_the_simulator_gave(r
             sim.stop()
 
 
-def test_a_window_that_runs_out_ends_the_episodes_instead_of_hanging(trainer_cleanup):
+def test_a_window_that_runs_out_ends_the_episodes_instead_of_hanging():
     """The relay restarts, but the simulator of env ``a`` is gone for good while ``b``'s came
     back: ``b`` resumes (taking channel ids on the new relay), ``a`` cannot, so after the
     window ``a`` is made again and reports its episode truncated, and no step of ``a`` ever
     lands on ``b`` (whose channel on the new relay may carry ``a``'s old id)."""
-    key = new_key("resume-expired")
-    port = free_port()
-    relay = start_relay(api_keys=[key], port=port)
-    pool = SimulatorPool(relay, key)
-    (first,) = pool.start(1)
-    pool.start(1)
-    try:
-        assert init_trainer(relay, key, connect_timeout=5, simulator_wait=20, resume_window=2)
+    with CrashableRelay("resume-expired", simulators=0) as site:
+        (first,) = site.pool.start(1)
+        site.pool.start(1)
+        assert init_trainer(site.relay, site.key, connect_timeout=5, simulator_wait=20, resume_window=2)
         with local_gym():
             local_b = gym.make(GATED)
         a, b = gym.make(GATED), gym.make(GATED)  # the least loaded simulator first: a on the first one
-        assert [p["hosted_envs"] for p in relay.peers(key, "simulator")] == [1, 1]
+        assert [p["hosted_envs"] for p in site.relay.peers(site.key, "simulator")] == [1, 1]
         a.reset(seed=1)
         equal_steps(b.reset(seed=2), local_b.reset(seed=2))
         first.kill()
-        relay.process.kill()
-        relay = start_relay(api_keys=[key], port=port)
-        pool.relay = relay
+        site.crash()
         equal_steps(b.step(2), local_b.step(2))  # b resumes on the new relay
         started = time.monotonic()
         obs, reward, terminated, truncated, info = a.step(1)
@@ -184,39 +166,24 @@ def test_a_window_that_runs_out_ends_the_episodes_instead_of_hanging(trainer_cle
         equal_steps(b.step(1), local_b.step(1))  # b's env moved by b's actions only
         a.close()
         b.close()
-    finally:
-        remoterl_ray.shutdown()
-        pool.stop()
-        relay.stop()
 
 
-def test_a_step_sent_before_a_crash_is_resumed_by_whichever_call_comes_next(trainer_cleanup):
+def test_a_step_sent_before_a_crash_is_resumed_by_whichever_call_comes_next():
     """``send``, the relay crashes, an attribute call resumes the channels: the step still
     out is sent again with it (before it), and ``recv`` gets the step's one answer."""
-    key = new_key("resume-two-calls")
-    port = free_port()
-    relay = start_relay(api_keys=[key], port=port)
-    pool = SimulatorPool(relay, key)
-    pool.start(1)
-    try:
+    with CrashableRelay("resume-two-calls", simulators=1) as site:
         with local_gym():
             local = gym.make_vec(GATED, 2, vectorization_mode="sync")
-        assert init_trainer(relay, key, connect_timeout=5)
+        assert init_trainer(site.relay, site.key, connect_timeout=5)
         vec = gym.make_vec(GATED, 2, vectorization_mode="sync")
         equal_steps(vec.reset(seed=4), local.reset(seed=4))
         vec.send(np.array([2, 1]))
-        relay.process.kill()
-        relay = start_relay(api_keys=[key], port=port)
-        pool.relay = relay
+        site.crash()
         assert list(vec.get_attr("delay")) == [0.0, 0.0]  # answered after the step, on the resumed channel
         equal_steps(received(vec.recv()), local.step(np.array([2, 1])))
         equal_steps(vec.step(np.array([1, 1])), local.step(np.array([1, 1])))
         assert remoterl_ray.current_session().metrics_snapshot()["resumes"] == 1
         vec.close()
-    finally:
-        remoterl_ray.shutdown()
-        pool.stop()
-        relay.stop()
 
 
 def test_a_simulator_frees_the_envs_of_a_trainer_that_never_comes_back(relay, keys):
@@ -249,7 +216,7 @@ def test_a_simulator_frees_the_envs_of_a_trainer_that_never_comes_back(relay, ke
         pool.stop()
 
 
-def test_sb3_ppo_through_a_relay_crash_learns_exactly_what_it_learns_without_one(trainer_cleanup):
+def test_sb3_ppo_through_a_relay_crash_learns_exactly_what_it_learns_without_one():
     """PPO trains on remote envs twice with the same seeds; in the second run the relay is
     SIGKILLed part way and restarted. Same episodes, same step count, same weights."""
     import torch
@@ -257,75 +224,50 @@ def test_sb3_ppo_through_a_relay_crash_learns_exactly_what_it_learns_without_one
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
-    key = new_key("resume-sb3")
-    port = free_port()
-    relays = [start_relay(api_keys=[key], port=port)]
-    pool = SimulatorPool(relays[0], key)
-    pool.start(2)
-
     class CrashRelay(BaseCallback):
-        """At one step, kill the relay outright; restart it from another thread while
+        """At one step, kill the relay outright; start it again from another thread while
         PPO carries on stepping (its next steps wait for the resume)."""
 
-        def __init__(self, at: int | None) -> None:
+        def __init__(self, site: CrashableRelay | None, at: int) -> None:
             super().__init__()
-            self.at, self.restarter = at, None
+            self.site, self.at, self.restarter = site, at, None
 
         def _on_step(self) -> bool:
-            if self.num_timesteps == self.at:
-                relays[-1].process.kill()
-                self.restarter = threading.Thread(target=lambda: relays.append(start_relay(api_keys=[key], port=port)))
-                self.restarter.start()
+            if self.site is not None and self.num_timesteps == self.at:
+                self.site.crash(restart=False)
+                self.restarter, _ = in_thread(self.site.crash_restart)
             return True
 
-    def train(crash_at: int | None) -> tuple[list, int, dict, float]:
-        assert init_trainer(relays[-1], key, num_env_runners=2, connect_timeout=5)
+    def train(site: CrashableRelay, crash: bool) -> tuple[list, int, dict, float]:
+        assert init_trainer(site.relay, site.key, num_env_runners=2, connect_timeout=5)
         env = make_vec_env("CartPole-v1", n_envs=4, seed=7)
         model = PPO("MlpPolicy", env, n_steps=64, batch_size=128, n_epochs=2, seed=7, device="cpu")
-        crash = CrashRelay(crash_at)
-        model.learn(total_timesteps=2048, callback=crash)
-        if crash.restarter is not None:
-            crash.restarter.join(60)
+        callback = CrashRelay(site if crash else None, at=300)
+        model.learn(total_timesteps=2048, callback=callback)
+        if callback.restarter is not None:
+            callback.restarter.join(60)
         episodes = [(info["r"], info["l"]) for info in model.ep_info_buffer]
         resumes = remoterl_ray.current_session().metrics_snapshot()["resumes"]
         env.close()
         remoterl_ray.shutdown()
         return episodes, model.num_timesteps, model.policy.state_dict(), resumes
 
-    try:
-        episodes, steps, weights, resumes = train(None)
+    with CrashableRelay("resume-sb3", simulators=2) as site:
+        episodes, steps, weights, resumes = train(site, crash=False)
         assert resumes == 0 and steps == 2048 and len(episodes) > 20
-        crashed_episodes, crashed_steps, crashed_weights, crashed_resumes = train(300)
-        assert crashed_resumes == 1
+        crashed_episodes, crashed_steps, crashed_weights, crashed_resumes = train(site, crash=True)
+        assert crashed_resumes == 1 and len(site.relays) == 2
         assert (crashed_episodes, crashed_steps) == (episodes, steps)
         assert all(torch.equal(weights[name], crashed_weights[name]) for name in weights)
-    finally:
-        remoterl_ray.shutdown()
-        pool.stop()
-        for relay in relays:
-            relay.stop()
 
 
-def test_shutdown_ends_a_resume_that_waits_for_a_relay_that_is_not_back(trainer_cleanup):
-    key = new_key("resume-shutdown")
-    relay = start_relay(api_keys=[key])
-    pool = SimulatorPool(relay, key)
-    pool.start(1)
-    try:
-        assert init_trainer(relay, key, resume_window=60)
+def test_shutdown_ends_a_resume_that_waits_for_a_relay_that_is_not_back():
+    with CrashableRelay("resume-shutdown", simulators=1) as site:
+        assert init_trainer(site.relay, site.key, resume_window=60)
         env = gym.make("CartPole-v1")
         env.reset(seed=0)
-        relay.process.kill()
-        outcome: dict[str, BaseException] = {}
-
-        def step() -> None:
-            try:
-                env.step(0)
-            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-                outcome["error"] = exc
-
-        stepping = threading.Thread(target=step)
-        stepping.start()
+        site.crash(restart=False)
+        stepping, outcome = in_thread(lambda: env.step(0))
         time.sleep(1.0)  # dialling a relay that is not there, with the window far from over
         assert stepping.is_alive()
         started = time.monotonic()
@@ -333,7 +275,3 @@ def test_shutdown_ends_a_resume_that_waits_for_a_relay_that_is_not_back(trainer_
         stepping.join(30)
         assert not stepping.is_alive() and time.monotonic() - started < 10
         assert isinstance(outcome.get("error"), remoterl_ray.RemoteRLError), outcome
-    finally:
-        remoterl_ray.shutdown()
-        pool.stop()
-        relay.stop()

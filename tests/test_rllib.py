@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import ray
 import torch
-from conftest import TEST_ENVS_MODULE, SimulatorPool, init_trainer, new_key, serving
+from conftest import TEST_ENVS_MODULE, CrashableRelay, SimulatorPool, init_trainer, serving
 from ray import tune
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
@@ -22,7 +22,6 @@ from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 import remoterl_ray
 from remoterl_ray.api import trainer_settings
-from remoterl_ray.local import free_port, start_relay
 from remoterl_ray.protocol.errors import SimulatorLostError, UnsupportedError
 from remoterl_ray.rllib import EnvCreator, FirstReadyEnvRunner, RemoteEnvRunner, use_remote_env_runners
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
@@ -319,35 +318,26 @@ def test_tune_experiment_runs_on_remote_env_runners(ray_cluster, relay, keys, tm
     assert logged and key not in logged, "the API key must not be written to Tune's logs"
 
 
-def test_ppo_through_relay_crashes_learns_exactly_what_it_learns_without_one(ray_cluster, keys):
+def test_ppo_through_relay_crashes_learns_exactly_what_it_learns_without_one(ray_cluster):
     """PPO with 2 env runners trains twice with the same seed; in the second run the relay
-    is SIGKILLed and restarted between iterations and again while the env runners sample.
+    is SIGKILLed and restarted while the env runners sample, and again between iterations.
     Same steps, same returns, same weights."""
-    key = new_key("resume-rllib")
-    port = free_port()
-    relays = [start_relay(api_keys=[key], port=port)]
-    pool = SimulatorPool(relays[0], key)
-    pool.start(2)
 
-    def crash() -> None:
-        relays[-1].process.kill()
-        relays.append(start_relay(api_keys=[key], port=port))
-
-    def crash_while_sampling(steps: int) -> threading.Thread:
+    def crash_while_sampling(site: CrashableRelay, steps: int) -> threading.Thread:
         def watch() -> None:
             deadline = time.monotonic() + 60
-            while sum(p["env_steps"] for p in relays[-1].peers(key, "simulator")) < steps:
+            while sum(p["env_steps"] for p in site.relay.peers(site.key, "simulator")) < steps:
                 if time.monotonic() > deadline:
                     return
                 time.sleep(0.01)
-            crash()
+            site.crash()
 
         thread = threading.Thread(target=watch)
         thread.start()
         return thread
 
-    def train(crashes: bool) -> tuple[list, dict, float]:
-        assert init_trainer(relays[-1], key, num_workers=2, num_env_runners=2, connect_timeout=5)
+    def train(site: CrashableRelay, crashes: bool) -> tuple[list, dict, float]:
+        assert init_trainer(site.relay, site.key, num_workers=2, num_env_runners=2, connect_timeout=5)
         config = (
             PPOConfig()
             .environment("CartPole-v1")
@@ -359,29 +349,23 @@ def test_ppo_through_relay_crashes_learns_exactly_what_it_learns_without_one(ray
         try:
             results = []
             for iteration in range(2):
-                watcher = crash_while_sampling(100) if crashes and iteration == 0 else None
+                watcher = crash_while_sampling(site, 100) if crashes and iteration == 0 else None
                 if crashes and iteration == 1:
-                    crash()
+                    site.crash()
                 result = algo.train()
                 if watcher is not None:
                     watcher.join(60)
                 runners = result["env_runners"]
                 results.append((runners[NUM_ENV_STEPS_SAMPLED_LIFETIME], runners.get("episode_return_mean")))
-            resumes = sum(r["remoterl"]["resumes"] for r in [result["env_runners"]])
-            weights = algo.get_module().state_dict()
-            return results, weights, resumes
+            return results, algo.get_module().state_dict(), result["env_runners"]["remoterl"]["resumes"]
         finally:
             algo.stop()
             remoterl_ray.shutdown()
 
-    try:
-        expected, weights, resumes = train(crashes=False)
+    with CrashableRelay("resume-rllib", simulators=2) as site:
+        expected, weights, resumes = train(site, crashes=False)
         assert resumes == 0
-        got, crashed_weights, crashed_resumes = train(crashes=True)
-        assert len(relays) == 3 and crashed_resumes > 0
+        got, crashed_weights, crashed_resumes = train(site, crashes=True)
+        assert len(site.relays) == 3 and crashed_resumes > 0
         assert got == expected
         assert all(torch.equal(weights[name], crashed_weights[name]) for name in weights)
-    finally:
-        pool.stop()
-        for relay in relays:
-            relay.stop()
