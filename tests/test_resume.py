@@ -275,3 +275,16 @@ def test_shutdown_ends_a_resume_that_waits_for_a_relay_that_is_not_back():
         stepping.join(30)
         assert not stepping.is_alive() and time.monotonic() - started < 10
         assert isinstance(outcome.get("error"), remoterl_ray.RemoteRLError), outcome
+
+
+def test_a_simulator_cut_off_from_its_relay_closes_suspended_envs_when_its_window_ends():
+    """Its trainer cannot come back while the relay is down: past its window the simulator
+    closes the envs, connection or not (and then dials the region of its choice again)."""
+    with CrashableRelay("resume-sim-expiry", simulators=0) as site:
+        (sim,) = site.pool.start(1, extra_args=("--resume-window", "1"))
+        assert init_trainer(site.relay, site.key)
+        env = gym.make("CartPole-v1")
+        env.reset(seed=0)
+        site.crash(restart=False)
+        wait_until(lambda: "did not resume within 1s" in sim.output(), 30, "the simulator's window ran out")
+        assert sim.alive()

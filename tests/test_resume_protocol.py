@@ -182,7 +182,8 @@ def test_an_abrupt_departure_pauses_the_channel_and_both_claims_make_a_new_one()
     shard = opened_pair(board, trainer, sim)
     asyncio.run(board.leave(trainer))  # no goodbye: a dropped connection
     assert controls(sim) == [Paused(channels=[shard.channel])]
-    assert shard.channel not in board.channels and sim.hosted_envs == 0
+    assert shard.channel not in board.channels
+    assert sim.hosted_envs == 2  # its envs are suspended there: their room stays taken
     back = resumable("trainer", "t2")
 
     async def claims() -> None:
@@ -197,7 +198,7 @@ def test_an_abrupt_departure_pauses_the_channel_and_both_claims_make_a_new_one()
     assert told_sim == told_trainer and told_sim.channels[0].token == shard.token
     channel = board.channels[told_sim.channels[0].channel]
     assert (channel.trainer, channel.simulator, channel.envs, channel.token) == (back, sim, 2, shard.token)
-    assert sim.hosted_envs == 2 and sim.resumes == back.resumes == 1
+    assert sim.hosted_envs == 2 and sim.resumes == back.resumes == 1  # counted once, not again
     assert not board.workspaces["w"].claims and not sim.claims
 
 
@@ -264,7 +265,7 @@ def test_claims_pair_only_within_a_workspace_and_across_roles_and_envs():
 
     asyncio.run(go())
     assert [type(m) for m in controls(a_trainer2)] == [Resumed]
-    assert not controls(b_sim) and board.workspaces["b"].claims[TOKEN].peer is b_sim
+    assert not controls(b_sim) and board.workspaces["b"].claims[(TOKEN, "simulator")].peer is b_sim
 
 
 def test_claims_are_bounded_per_connection_and_end_with_it():
@@ -338,3 +339,65 @@ def test_a_request_on_a_channel_just_paused_is_told_so_not_called_unknown():
     with pytest.raises(Exception) as raised:
         board.route(trainer, Kind.REQUEST, Op.STEP, shard.channel + 1000)
     assert raised.value.code is ErrorCode.UNKNOWN_CHANNEL
+
+
+def test_a_claim_that_cannot_pair_yet_never_removes_the_other_ends_claim():
+    """A simulator asked to move claims; the trainer's claim meanwhile must not replace it
+    (one waiting claim per token and role), and neither pairs with a mover."""
+    board = Switchboard()
+    trainer, sim = resumable("trainer", "t"), resumable("simulator", "s")
+    claim = Resume(channels=[Claim(token=TOKEN, envs=1)])
+
+    async def go() -> None:
+        await board.join(trainer)
+        await board.join(sim)
+        board.mark_moving(sim)
+        await board.resume(sim, claim)
+        await board.resume(trainer, claim)
+        claims = board.workspaces["w"].claims
+        assert claims[(TOKEN, "simulator")].peer is sim and claims[(TOKEN, "trainer")].peer is trainer
+
+    asyncio.run(go())
+    assert not controls(trainer) and not [m for m in controls(sim) if isinstance(m, Resumed)]
+
+
+def test_a_simulators_reserved_room_is_released_when_its_claim_differs():
+    board = Switchboard()
+    trainer, sim = resumable("trainer", "t"), resumable("simulator", "s", max_envs=4)
+    shard = opened_pair(board, trainer, sim)  # 2 envs
+
+    async def go() -> None:
+        await board.leave(trainer)
+        assert sim.hosted_envs == 2 and sim.reserved == {shard.token: 2}
+        await board.resume(sim, Resume(channels=[Claim(token=shard.token, envs=3)]))  # not what it held
+
+    asyncio.run(go())
+    assert sim.hosted_envs == 3 and not sim.reserved  # counted as a new claim, held to its room
+
+
+def test_an_error_frame_saying_paused_is_a_lost_shard_not_a_pause():
+    """Only the relay pauses, in a CONTROL frame; an ERROR frame on a channel may come from
+    its simulator, which must not be able to make the trainer wait out a resume window."""
+    protocol = greeted()
+    pending, _ = protocol.request(Kind.REQUEST, Op.STEP, 7, b"")
+    forged = {"code": "channel_paused", "message": "not really", "remote_type": None}
+    protocol.receive(pack(Kind.ERROR, Op.STEP, 7, pending.seq, codec.packb(forged)))
+    assert not protocol.paused and not isinstance(pending.reply.error, ChannelPausedError)
+    assert pending.reply.error.code is ErrorCode.SIMULATOR_GONE
+
+
+def test_a_pause_forgets_a_channel_resumed_ahead():
+    protocol = greeted()
+    protocol.receive(control_frame(Resumed(channels=[{"token": TOKEN, "channel": 12}])))
+    protocol.receive(control_frame(Paused(channels=[12])))
+    assert protocol.resumed == {} and 12 in protocol.paused
+
+
+def test_a_move_request_is_noted_on_the_connection_it_came_on():
+    """A trainer waiting on claims follows it (any region's connection, not only the home link)."""
+    from remoterl_ray.protocol.messages import Reconnect
+
+    protocol = greeted()
+    assert not protocol.move_asked
+    protocol.receive(control_frame(Reconnect(reason="workspace moved")))
+    assert protocol.move_asked

@@ -17,6 +17,7 @@ TAGS = [
     metrics.BYTES_SENT,
     metrics.BYTES_RECEIVED,
     metrics.SIMULATORS,
+    metrics.RESUMES,
 ]
 
 
@@ -38,6 +39,7 @@ def test_tensorboard_event_files_hold_the_remote_env_metrics(relay, keys, tmp_pa
     assert sorted(scalars) == sorted("remoterl/" + t for t in TAGS)
     last = {t: events.Scalars("remoterl/" + t)[-1] for t in TAGS}
     assert last[metrics.SIMULATORS].value == 2
+    assert last[metrics.RESUMES].value == 0  # nothing dropped: no channel resumed
     assert last[metrics.SIMULATORS].step == 300 * 8  # x axis: env-steps taken
     assert 0 < last[metrics.STEP_LATENCY_P50_MS].value <= last[metrics.STEP_LATENCY_P99_MS].value
     assert last[metrics.BYTES_RECEIVED].value > last[metrics.BYTES_SENT].value > 0

@@ -44,7 +44,7 @@ from .errors import (
 )
 from .frames import HEADER_SIZE, MAX_SEQ, Kind, Op, pack, payload_of, unpack_header
 from .limits import MAX_CLAIMS_PER_PEER
-from .messages import Hello, Paused, Resumed, Welcome, control_frame, error_frame, parse_control
+from .messages import Hello, Paused, Reconnect, Resumed, Welcome, control_frame, error_frame, parse_control
 
 class State(enum.Enum):
     GREETING = "greeting"
@@ -159,6 +159,7 @@ class ClientProtocol:
         self.counters = Counters()
         self.paused: set[int] = set()  # channels the relay reported paused: dead ids here
         self.resumed: dict[str, int] = {}  # token -> its channel id now, until the caller takes it
+        self.move_asked = False  # the relay asked us to dial again (Reconnect): another replica serves us
         self._seqs = seqs
         self._seq = itertools.count(1)
 
@@ -313,8 +314,10 @@ class ClientProtocol:
                 # On a channel a simulator may be the sender: it can lose its own channel, never
                 # pass for the relay (which would have every shard of the session made again).
                 error = SimulatorLostError(f"channel {channel}: {error.message}")
-            if channel and isinstance(error, ChannelPausedError) and pending is not None:
-                self.pause([channel])  # the relay refused a request in the moment before it said so
+            if channel and isinstance(error, ChannelPausedError):
+                # Only the relay pauses a channel, in a CONTROL frame: an ERROR saying so on a
+                # channel may be a simulator's, and fails its own shard only.
+                error = SimulatorLostError(f"channel {channel}: {error.message}")
             if pending is not None:
                 if pending.reply is None:
                     pending.reply = Reply(kind, op, channel, error=error)
@@ -338,6 +341,8 @@ class ClientProtocol:
                 return Dropped("malformed control", f"dropping malformed control message: {exc}")
             if isinstance(message, Paused):
                 self.pause(message.channels)
+            elif isinstance(message, Reconnect):
+                self.move_asked = True
             elif isinstance(message, Resumed):
                 for rebound in message.channels:
                     if len(self.resumed) >= MAX_CLAIMS_PER_PEER:
@@ -351,6 +356,8 @@ class ClientProtocol:
         (the caller resumes the channel and sends them again)."""
         mine = [c for c in channels if c in self.channels or c in self.resumed.values()]
         self.paused.update(mine)
+        for token in [t for t, c in self.resumed.items() if c in mine]:
+            del self.resumed[token]  # claimed ahead, then paused again before its env came for it
         for channel in mine:
             error = ChannelPausedError(f"channel {channel} is paused: the other end's connection dropped")
             for pending in self.pending.values():

@@ -27,6 +27,7 @@ from ..protocol.messages import (
     Forget,
     Locate,
     Open,
+    Paused,
     Regions,
     Release,
     Resume,
@@ -250,8 +251,8 @@ class PeerDriver:
                         continue
                     except RemoteRLError as exc:
                         if exc.code is ErrorCode.CHANNEL_PAUSED:  # no fault of the peer's: told, not counted
-                            await peer.send(error_frame(exc.to_wire(), op=event.op, channel=event.channel,
-                                                        seq=event.seq))  # fmt: skip
+                            # in a CONTROL frame, which only the relay sends (a simulator cannot forge it)
+                            await peer.send(control_frame(Paused(channels=[event.channel])))
                             continue
                         event = protocol.refuse(exc, event.op, event.channel, event.seq)
                 elif type(event) is ControlRequest:

@@ -104,6 +104,7 @@ class Peer:
     channels: set[int] = field(default_factory=set)
     claims: set[str] = field(default_factory=set)  # resume tokens it claimed, waiting for the other end
     paused_ids: dict[int, None] = field(default_factory=dict)  # a trainer's channels paused lately (bounded)
+    reserved: dict[str, int] = field(default_factory=dict)  # a simulator's paused envs, by token, until it claims
     resumes: int = 0  # channels resumed with it as one end
     capabilities: frozenset[str] = frozenset()
     presence: Presence = Presence.ONLINE
@@ -346,7 +347,7 @@ class Workspace:
     simulators: dict[str, Peer] = field(default_factory=dict)
     pool: Pool = field(default_factory=Pool)
     announcing: asyncio.Task[None] | None = None  # the coalesced simulator count on its way to trainers
-    claims: dict[str, ClaimOf] = field(default_factory=dict)  # resume token -> the claim waiting for its pair
+    claims: dict[tuple[str, str], ClaimOf] = field(default_factory=dict)  # (token, role) -> a claim waiting
 
 
 class Switchboard:
@@ -415,7 +416,11 @@ class Switchboard:
                 continue
             other = channel.other_end(peer)
             if resumable and channel.token is not None and other.alive:
-                self._off_board(channel)
+                channel.trainer.channels.discard(channel.id)
+                channel.simulator.channels.discard(channel.id)
+                self._count(channel, -channel.envs)
+                if other.role == "simulator":  # its envs stay, suspended: their room stays taken until it claims
+                    other.reserved[channel.token] = channel.envs
                 paused.setdefault(other, []).append(channel_id)
                 if other.role == "trainer":  # a request on it meanwhile is told it is paused, not unknown
                     other.paused_ids[channel_id] = None
@@ -449,11 +454,6 @@ class Switchboard:
         if not ws.simulators and not ws.trainers:
             self.workspaces.pop(ws.name, None)
 
-    def _off_board(self, channel: Channel) -> None:
-        """Take a channel (already out of ``channels``) off both its ends' books."""
-        channel.trainer.channels.discard(channel.id)
-        self._unplace(channel)
-
     # -- resuming ---------------------------------------------------------
 
     async def resume(self, peer: Peer, request: Resume) -> None:
@@ -476,37 +476,46 @@ class Switchboard:
             )
         told: dict[Peer, list[Rebound]] = {}
         mismatched = full = 0
+        other_role = "simulator" if peer.role == "trainer" else "trainer"
         for claim in request.channels:
-            waiting = ws.claims.get(claim.token)
+            reserved = peer.reserved.pop(claim.token, None)  # a simulator's paused envs: counted already
+            if reserved is not None and reserved != claim.envs:
+                self._release_reserved(ws, peer, reserved)
+                reserved = None
+            waiting = ws.claims.get((claim.token, other_role))
             if (  # a peer asked to move elsewhere takes its claims along: it pairs where it lands
                 waiting is not None
-                and waiting.peer.role != peer.role
+                and waiting.peer.alive
                 and waiting.peer.presence is Presence.ONLINE
                 and peer.presence is Presence.ONLINE
             ):
                 trainer, sim = (peer, waiting.peer) if peer.role == "trainer" else (waiting.peer, peer)
                 if waiting.envs != claim.envs:
+                    self._release_reserved(ws, peer, reserved)
                     mismatched += 1
                     continue
                 if len(trainer.channels) >= self.max_channels_per_trainer or (
-                    sim is peer and not self._has_room(sim, claim.envs)
+                    sim is peer and reserved is None and not self._has_room(sim, claim.envs)
                 ):
+                    self._release_reserved(ws, peer, reserved)
                     full += 1
                     continue
                 self._drop_claims(ws, waiting.peer, [claim.token], keep_count=True)
-                channel = self._rejoin(ws, trainer, sim, claim.token, claim.envs, counted=sim is waiting.peer)
+                counted = sim is waiting.peer or reserved is not None
+                channel = self._rejoin(ws, trainer, sim, claim.token, claim.envs, counted=counted)
                 for end in (sim, trainer):
                     end.resumes += 1
                     told.setdefault(end, []).append(Rebound(token=claim.token, channel=channel.id))
                 continue
-            if peer.role == "simulator" and not self._has_room(peer, claim.envs):
+            if peer.role == "simulator" and reserved is None and not self._has_room(peer, claim.envs):
                 full += 1
                 continue
-            if waiting is not None:  # the same end's earlier claim, from a connection that is gone or going
-                self._drop_claims(ws, waiting.peer, [claim.token])
-            ws.claims[claim.token] = ClaimOf(peer, claim.envs)
+            mine = ws.claims.get((claim.token, peer.role))
+            if mine is not None:  # this end's earlier claim, from a connection that is gone or going
+                self._drop_claims(ws, mine.peer, [claim.token])
+            ws.claims[(claim.token, peer.role)] = ClaimOf(peer, claim.envs)
             peer.claims.add(claim.token)
-            if peer.role == "simulator":
+            if peer.role == "simulator" and reserved is None:
                 self._host(ws, peer, claim.envs)
         for end in sorted(told, key=lambda p: p.role != "simulator"):
             for start in range(0, len(told[end]), MAX_RESUME_CHANNELS):
@@ -521,6 +530,10 @@ class Switchboard:
                 f"{full} resume claims refused: past a simulator's max_envs or a trainer's channel cap",
                 code=ErrorCode.CAPACITY,
             )
+
+    def _release_reserved(self, ws: Workspace, sim: Peer, envs: int | None) -> None:
+        if envs is not None and sim.alive:
+            self._host(ws, sim, -envs)
 
     @staticmethod
     def _has_room(sim: Peer, envs: int) -> bool:
@@ -554,12 +567,14 @@ class Switchboard:
         """Withdraw ``peer``'s waiting claims of ``tokens`` (a simulator's envs with them,
         unless ``keep_count``: they move to the channel the claim resumed)."""
         for token in tokens:
-            waiting = ws.claims.get(token)
+            waiting = ws.claims.get((token, peer.role))
             if waiting is not None and waiting.peer is peer:
-                del ws.claims[token]
+                del ws.claims[(token, peer.role)]
                 if peer.role == "simulator" and not keep_count and peer.alive:
                     self._host(ws, peer, -waiting.envs)
             peer.claims.discard(token)
+            if not keep_count:
+                self._release_reserved(ws, peer, peer.reserved.pop(token, None))
 
     @staticmethod
     def _slot(ws: Workspace | None, peer: Peer) -> Slot | None:

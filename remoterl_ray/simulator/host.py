@@ -129,6 +129,10 @@ class SimulatorHost:
         """Serve until ``stop`` is set. Raises ``AuthenticationError`` for a bad key,
         ``TLSError`` for a relay certificate it cannot verify."""
         while not stop.is_set():
+            gone = self.table.expire(self.resume_window)  # also while the relay cannot be reached
+            if gone:
+                log.warning("closed the envs of %d channels that did not resume within %gs", len(gone),
+                            self.resume_window)  # fmt: skip
             url = self.pick_url(stop)
             if url is None:
                 break

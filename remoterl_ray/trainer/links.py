@@ -76,7 +76,7 @@ class RelayLinks:
 
     @property
     def closed(self) -> bool:
-        return self.state is Home.CLOSED
+        return self.state is Home.CLOSED or self._closing.is_set()
 
     def _on_control(self, message: Any) -> None:
         """Runs in the thread reading the home connection, with that connection's lock held."""
@@ -124,7 +124,7 @@ class RelayLinks:
 
     def _home_conn(self, timeout: float, max_delay: float = 5.0) -> RelayConnection:
         with self._lock:
-            if self.state is Home.CLOSED:
+            if self.closed:
                 raise RelayUnavailableError("this trainer session was shut down")
             if self._move(Home.MOVE_ASKED, Home.CONNECTED) and self._home is not None:
                 log.info("relay moved this workspace to another replica; reconnecting")
@@ -136,8 +136,9 @@ class RelayLinks:
             return self._home
 
     def asked_to_move(self, conn: RelayConnection) -> bool:
-        """The relay asked the home link ``conn`` to dial again (another replica serves us)."""
-        return conn is self._home and self.state is Home.MOVE_ASKED
+        """The relay asked ``conn`` (the home link or a region's) to dial again: another
+        replica serves us."""
+        return conn.protocol.move_asked or (conn is self._home and self.state is Home.MOVE_ASKED)
 
     def replace(self, lost: RelayConnection, deadline: float) -> RelayConnection:
         """The live connection to where ``lost`` led (the home link, or its region),
@@ -158,9 +159,12 @@ class RelayLinks:
     def _region_conn(self, region: Region, timeout: float, max_delay: float = 5.0) -> RelayConnection:
         assert region.url is not None
         with self._lock:
-            if self.state is Home.CLOSED:
+            if self.closed:
                 raise RelayUnavailableError("this trainer session was shut down")
             conn = self._regional.get(region.name)
+            if conn is not None and not conn.closed and conn.protocol.move_asked:
+                log.info("relay moved this workspace to another replica of region %s; reconnecting", region.name)
+                conn.close(moving=True)
             if conn is None or conn.closed:
                 conn = self._open(region.url, timeout, max_delay=max_delay)
                 if conn is None:

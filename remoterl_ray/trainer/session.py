@@ -111,8 +111,10 @@ class TrainerSession:
         env's channels there now, without waiting, so an env not used for a while finds
         them resumed (or resumes at once) instead of meeting a simulator that gave up."""
         claims = [claim for env in list(self.remote_envs) if env is not skip for claim in env.claims_on(lost)]
-        if claims:
+        try:
             conn.claim_ahead(claims)
+        except RemoteRLError as exc:  # best effort: each env claims for itself when it is next used
+            log.debug("claiming ahead: %s", exc)
 
     def release_later(self, groups: list[tuple[RelayConnection, list[int]]]) -> None:
         """Channels to close at the next call that makes or steps envs (no I/O here)."""

@@ -186,6 +186,8 @@ class Shards:
         if self.state is Serving.CLOSED:  # closed while a step was out: nothing is made again
             raise EnvClosedError(f"remote env {self.env_id!r} is closed") from lost
         log.warning("lost the relay connection of %s (%s); making its envs again", self.env_id, lost)
+        for flight in list(self._flights):  # requests out to the lost envs: none is sent to the new ones
+            self.abandon(flight)
         for conn, channels in group_channels(self.made):
             self.session.release(conn, channels)  # channels on a live connection (another region) go back
         try:
@@ -262,10 +264,11 @@ class Shards:
         if into is not None and not flight.out:
             flight.started = time.perf_counter()  # latency is counted from the first request out
         unsent = new
+        resume_by = time.monotonic() + self.session.settings.resume_window  # one window per call
         try:
             for _ in range(2):
                 unsent, cause = self._start(flight, op, args, unsent)
-                if not unsent or not self._resume(cause):
+                if not unsent or not self._resume(cause, resume_by):
                     break
             if unsent:
                 raise cause if cause is not None else self._lost_twice()
@@ -320,6 +323,7 @@ class Shards:
         wanted = answered_envs + sum(self.sizes[i] for i in flight.out)
         everything = envs is None or envs >= wanted
         wanted = wanted if everything else envs
+        resume_by: float | None = None  # one window per call, however often its channels are cut
         try:
             while flight.out and answered_envs < wanted:
                 remaining = deadline - time.monotonic()
@@ -345,7 +349,9 @@ class Shards:
                 if not cut:
                     continue
                 resuming = time.monotonic()
-                if self._resume(cut[0][1]):
+                if resume_by is None:
+                    resume_by = resuming + self.session.settings.resume_window
+                if self._resume(cut[0][1], resume_by):
                     deadline += time.monotonic() - resuming  # the time a resume takes is not the request's
                     continue
                 for i, error in cut:
@@ -380,18 +386,17 @@ class Shards:
             if conn.closed or channel in conn.protocol.paused
         ]
 
-    def _resume(self, cause: RemoteRLError | None) -> bool:
+    def _resume(self, cause: RemoteRLError | None, deadline: float) -> bool:
         """Claim every cut shard's channel again (on a fresh connection where its own is
         lost) and send the requests still out on it again, with their seqs, in every
-        flight. False if that could not be done within ``resume_window`` (or resuming
-        is off, or the relay reached does not resume): the shards still cut are then
-        given up (paused ones for good) by the caller."""
+        flight. False if that could not be done by ``deadline`` (the call's window; or
+        resuming is off, or the relay reached does not resume): the shards still cut
+        are then given up (paused ones for good) by the caller."""
         window = self.session.settings.resume_window
         cut = self._cut()
         if not cut or window <= 0 or any(self.shards[i].token is None for i in cut):
             return False
         started = time.monotonic()
-        deadline = started + window
         log.warning("%s: %s; resuming %d of its channels (up to %.0fs)", self.env_id, cause, len(cut), window)
         left = set(cut)
         claimed_on: dict[int, RelayConnection] = {}  # shard -> the live connection its claim waits on
@@ -419,7 +424,11 @@ class Shards:
                     log.debug("resuming %s: %s", self.env_id, exc)
                     continue
                 paired = {i: channels[self.shards[i].token] for i in idx if self.shards[i].token in channels}
-                self._rebind(conn, paired)
+                try:
+                    self._rebind(conn, paired)
+                except RelayUnavailableError as exc:  # the new connection dropped too: claim again
+                    log.debug("resuming %s: %s", self.env_id, exc)
+                    continue
                 left -= paired.keys()
         if left:
             gone = sorted(left)
@@ -441,6 +450,8 @@ class Shards:
     def claims_on(self, lost: set[RelayConnection]) -> list[Claim]:
         """Claims of this env's shards whose connection is among ``lost`` (claimed ahead,
         on the connection that replaced them, by another env of the session that resumed)."""
+        if self.closed:
+            return []
         return [
             Claim(token=shard.token, envs=size)
             for conn, shard, size in zip(self.conns, self.shards, self.sizes)

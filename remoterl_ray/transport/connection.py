@@ -48,7 +48,7 @@ from ..protocol.errors import (
     TLSError,
 )
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE
-from ..protocol.limits import MAX_RESUME_CHANNELS
+from ..protocol.limits import MAX_CLAIMS_PER_PEER, MAX_RESUME_CHANNELS
 from ..protocol.messages import Claim, Forget, Hello, Resume, Welcome, control_frame
 from ..rate_limited_log import RateLimitedLog
 from .discovery import direct_route, split_relay_url
@@ -103,6 +103,7 @@ class RelayConnection:
         self.counters = protocol.counters
         self._cond = threading.Condition()
         self._reading = False
+        self._claimed: set[str] = set()  # resume tokens claimed on this connection
 
     # -- connecting -------------------------------------------------------
 
@@ -205,7 +206,7 @@ class RelayConnection:
         """
         delay = first_delay
         attempt = 0
-        while True:
+        while stop is None or not stop.is_set():
             attempt += 1
             try:
                 return cls.open_routed(relay_url, hello, **kwargs)
@@ -229,6 +230,7 @@ class RelayConnection:
             else:
                 time.sleep(wait)
             delay = min(delay * 2, max_delay)
+        return None
 
     # -- sending ----------------------------------------------------------
 
@@ -326,18 +328,25 @@ class RelayConnection:
         for those paired (the rest stay claimed: :meth:`withdraw` them when giving up).
         Tokens already paired (claimed ahead) are not claimed again."""
         resumed = self.protocol.resumed
-        with self._cond:
-            new = [c for c in claims if c.token not in resumed]
-        self.claim_ahead(new)
+        self.claim_ahead(claims)
         tokens = [c.token for c in claims]
         self._pump(lambda: all(t in resumed for t in tokens) or (until is not None and until()), deadline)
         with self._cond:
-            return {t: resumed.pop(t) for t in tokens if t in resumed}
+            paired = {t: resumed.pop(t) for t in tokens if t in resumed}
+            self._claimed.difference_update(paired)  # a channel paused again is claimed anew
+            return paired
 
     def claim_ahead(self, claims: list[Claim]) -> None:
-        """Claim channels without waiting: their ``resumed`` waits here for :meth:`claim`."""
-        for start in range(0, len(claims), MAX_RESUME_CHANNELS):
-            self.send(control_frame(Resume(channels=claims[start : start + MAX_RESUME_CHANNELS])))
+        """Claim channels without waiting: their ``resumed`` waits here for :meth:`claim`.
+        A token already paired, or already claimed on this connection, is not sent again
+        (a claim lasts as long as the connection)."""
+        with self._cond:
+            new = [c for c in claims if c.token not in self.protocol.resumed and c.token not in self._claimed]
+            room = MAX_CLAIMS_PER_PEER - len(self._claimed)
+            new = new[: max(0, room)]
+            self._claimed.update(c.token for c in new)
+        for start in range(0, len(new), MAX_RESUME_CHANNELS):
+            self.send(control_frame(Resume(channels=new[start : start + MAX_RESUME_CHANNELS])))
 
     def adopt_channels(self, channels: list[int]) -> None:
         """Channels this connection now carries (resumed here): the relay may pause them."""
@@ -346,6 +355,8 @@ class RelayConnection:
 
     def withdraw(self, tokens: list[str]) -> None:
         """Withdraw claims (best effort: a claim also ends with its connection)."""
+        with self._cond:
+            self._claimed.difference_update(tokens)
         try:
             for start in range(0, len(tokens), MAX_RESUME_CHANNELS):
                 self.send(control_frame(Forget(tokens=tokens[start : start + MAX_RESUME_CHANNELS])))
