@@ -165,6 +165,7 @@ def opened_pair(board: Switchboard, trainer, sim) -> int:
         return (await board.open(trainer, Open(envs=2))).shards
 
     [shard] = asyncio.run(go())
+    board.route(sim, Kind.RESPONSE, Op.MAKE_VEC, shard.channel)  # the simulator made the envs
     return shard
 
 
@@ -401,3 +402,19 @@ def test_a_move_request_is_noted_on_the_connection_it_came_on():
     assert not protocol.move_asked
     protocol.receive(control_frame(Reconnect(reason="workspace moved")))
     assert protocol.move_asked
+
+
+def test_a_channel_paused_before_its_envs_were_made_frees_its_room():
+    """Nothing to suspend on the simulator: no room is kept for a claim that never comes."""
+    board = Switchboard()
+    trainer, sim = resumable("trainer", "t"), resumable("simulator", "s")
+
+    async def go() -> None:
+        await board.join(trainer)
+        await board.join(sim)
+        await board.open(trainer, Open(envs=2))
+        assert sim.hosted_envs == 2
+        await board.leave(trainer)  # before any make reached the simulator
+
+    asyncio.run(go())
+    assert sim.hosted_envs == 0 and not sim.reserved

@@ -354,7 +354,8 @@ class ClientProtocol:
     def pause(self, channels: list[int]) -> None:
         """These channels' other end dropped: their requests end in ``ChannelPausedError``
         (the caller resumes the channel and sends them again)."""
-        mine = [c for c in channels if c in self.channels or c in self.resumed.values()]
+        resumed = set(self.resumed.values())
+        mine = [c for c in channels if (c in self.channels or c in resumed) and c not in self.lost_channels]
         self.paused.update(mine)
         for token in [t for t, c in self.resumed.items() if c in mine]:
             del self.resumed[token]  # claimed ahead, then paused again before its env came for it

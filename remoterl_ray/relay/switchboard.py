@@ -209,6 +209,7 @@ class Channel:
     envs: int
     placing: Placement | None = None  # the open still placing it: its trainer has not been told yet
     token: str | None = None  # resume token, when both ends resume
+    made: bool = False  # its simulator answered the make: there are envs to suspend when it pauses
 
     def other_end(self, peer: Peer) -> Peer:
         return self.simulator if peer is self.trainer else self.trainer
@@ -416,11 +417,14 @@ class Switchboard:
                 continue
             other = channel.other_end(peer)
             if resumable and channel.token is not None and other.alive:
-                channel.trainer.channels.discard(channel.id)
-                channel.simulator.channels.discard(channel.id)
-                self._count(channel, -channel.envs)
-                if other.role == "simulator":  # its envs stay, suspended: their room stays taken until it claims
+                if other.role == "simulator" and channel.made:  # its envs stay, suspended: room kept until it claims
+                    channel.trainer.channels.discard(channel.id)
+                    other.channels.discard(channel.id)
+                    self._count(channel, -channel.envs)
                     other.reserved[channel.token] = channel.envs
+                else:  # nothing there to claim: its room is free again
+                    channel.trainer.channels.discard(channel.id)
+                    self._unplace(channel)
                 paused.setdefault(other, []).append(channel_id)
                 if other.role == "trainer":  # a request on it meanwhile is told it is paused, not unknown
                     other.paused_ids[channel_id] = None
@@ -846,6 +850,8 @@ class Switchboard:
             raise ProtocolError("only simulators send responses")
         if channel is None or channel.simulator is not peer:
             return None
+        if op == Op.MAKE or op == Op.MAKE_VEC:
+            channel.made = kind == Kind.RESPONSE  # its envs exist on the simulator (and outlive a pause)
         return channel.trainer
 
     async def forward(self, peer: Peer, frame: bytes, kind: int, op: int, channel_id: int, seq: int) -> None:

@@ -139,7 +139,9 @@ class SimulatorHost:
             conn = RelayConnection.open_with_backoff(
                 url,
                 self.hello(),
-                deadline=time.monotonic() + REPICK_SECONDS,
+                deadline=min(  # back in time to close suspended envs whose window runs out
+                    time.monotonic() + REPICK_SECONDS, self.table.next_expiry(self.resume_window) or float("inf")
+                ),
                 max_delay=RESUME_MAX_DELAY if self.table.suspended else 5.0,
                 stop=stop,
                 timeout=5.0,

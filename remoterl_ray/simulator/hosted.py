@@ -318,6 +318,10 @@ class EnvTable:
         self.by_channel[channel] = suspended.hosted
         return True
 
+    def next_expiry(self, window: float) -> float | None:
+        """When (``time.monotonic()``) the first suspended env's window runs out; None if none waits."""
+        return min(s.since for s in self.suspended.values()) + window if self.suspended else None
+
     def expire(self, window: float, now: float | None = None) -> list[str]:
         """Close suspended envs that waited longer than ``window`` seconds; their tokens."""
         now = time.monotonic() if now is None else now

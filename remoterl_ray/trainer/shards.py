@@ -85,6 +85,7 @@ class InFlight:
         self.answers: list[Any] = [SKIP] * shards
         self.out: dict[int, tuple[RelayConnection, Pending]] = {}  # shard -> its request waiting for an answer
         self.started = started
+        self.dropped = False  # its envs were made again: nothing of it will ever be answered
 
     @property
     def asked(self) -> list[int]:
@@ -187,6 +188,7 @@ class Shards:
             raise EnvClosedError(f"remote env {self.env_id!r} is closed") from lost
         log.warning("lost the relay connection of %s (%s); making its envs again", self.env_id, lost)
         for flight in list(self._flights):  # requests out to the lost envs: none is sent to the new ones
+            flight.dropped = True
             self.abandon(flight)
         for conn, channels in group_channels(self.made):
             self.session.release(conn, channels)  # channels on a live connection (another region) go back
@@ -317,6 +319,8 @@ class Shards:
         asked again (the time that takes is not counted). Returns the answered shards,
         in shard order (their replies are in ``flight.answers`` until taken); None: the
         envs were made again (an episode call), the flight abandoned."""
+        if flight.dropped:  # made again under it by another call
+            return None
         timeout = timeout if timeout is not None else self.session.settings.timeout
         deadline = time.monotonic() + timeout
         answered_envs = sum(self.sizes[i] for i in flight.answered)

@@ -328,7 +328,11 @@ class RelayConnection:
         for those paired (the rest stay claimed: :meth:`withdraw` them when giving up).
         Tokens already paired (claimed ahead) are not claimed again."""
         resumed = self.protocol.resumed
-        self.claim_ahead(claims)
+        with self._cond:
+            new = [c for c in claims if c.token not in resumed]
+            self._claimed.update(c.token for c in new)
+        for start in range(0, len(new), MAX_RESUME_CHANNELS):  # sent even if claimed before: it may have lapsed
+            self.send(control_frame(Resume(channels=new[start : start + MAX_RESUME_CHANNELS])))
         tokens = [c.token for c in claims]
         self._pump(lambda: all(t in resumed for t in tokens) or (until is not None and until()), deadline)
         with self._cond:
