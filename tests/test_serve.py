@@ -340,8 +340,8 @@ def test_idle_simulators_follow_their_workspace_when_replicas_change(serve_clust
         for key in keys:
             serve_cluster.wait_where(key, lambda p: p["simulators"])
 
-        def trainers_find_their_simulators() -> None:
-            for key in keys:
+        def trainers_find_their_simulators(among: list[str] = keys) -> None:
+            for key in among:
                 trainer_steps_once(url, key)
 
         session = TrainerSession(TrainerSettings(relay_url=url, api_key=keys[0], simulator_wait=30))
@@ -386,9 +386,11 @@ def test_idle_simulators_follow_their_workspace_when_replicas_change(serve_clust
         def replicas() -> int:
             return len(serve_cluster.cluster_stats()["regions"]["scale"]["replicas"])
 
-        # More replicas: the hash ring changes under everyone; the stepping trainer stays where it is.
+        # More replicas: the hash ring changes under everyone. Idle simulators follow their workspace;
+        # the stepping trainer and its busy simulator stay where they are (busy peers never move), so
+        # only the other workspaces' new trainers are sure to find theirs.
         stepping_while(lambda: deploy(serve_cluster, "scale", 3, url, nodes="near"), lambda: replicas() >= 3)
-        trainers_find_their_simulators()
+        trainers_find_their_simulators(keys[1:])
         # Every replica replaced (new args): the stepping trainer's connection is cut, and resumes.
         stepping_while(
             lambda: deploy(serve_cluster, "scale", 3, url, nodes="near", max_frame=8 << 20),
