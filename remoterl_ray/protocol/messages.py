@@ -9,7 +9,8 @@ relay is size-checked before it is decoded (:func:`parse_hello`,
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
@@ -212,6 +213,16 @@ class Forget(_Message):
 
     op: Literal["forget"] = "forget"
     tokens: list[Token] = Field(max_length=MAX_RESUME_CHANNELS)
+
+
+_T = TypeVar("_T")
+
+
+def resume_batches(items: list[_T]) -> Iterator[list[_T]]:
+    """``items`` in runs of at most ``MAX_RESUME_CHANNELS``: what one paused, resume,
+    resumed or forget message may name (longer lists go in several messages)."""
+    for start in range(0, len(items), MAX_RESUME_CHANNELS):
+        yield items[start : start + MAX_RESUME_CHANNELS]
 
 
 class Notice(_Message):

@@ -39,7 +39,7 @@ from typing import Any
 
 from ..protocol.errors import ErrorCode, NoSimulatorError, ProtocolError, RemoteRLError
 from ..protocol.frames import Kind, Op
-from ..protocol.limits import MAX_CLAIMS_PER_PEER, MAX_RESUME_CHANNELS
+from ..protocol.limits import MAX_CLAIMS_PER_PEER
 from ..protocol.messages import (
     CAP_RESUME,
     Detach,
@@ -54,6 +54,7 @@ from ..protocol.messages import (
     Simulators,
     control_frame,
     error_frame,
+    resume_batches,
 )
 
 log = logging.getLogger("remoterl.relay")
@@ -442,8 +443,8 @@ class Switchboard:
                 await self._detach(channel)
         peer.channels.clear()
         for other, channel_ids in paused.items():
-            for start in range(0, len(channel_ids), MAX_RESUME_CHANNELS):
-                await other.send(control_frame(Paused(channels=channel_ids[start : start + MAX_RESUME_CHANNELS])))
+            for batch in resume_batches(channel_ids):
+                await other.send(control_frame(Paused(channels=batch)))
         if self._peers.get(peer.id) is peer:
             del self._peers[peer.id]
         if ws is None:
@@ -522,8 +523,8 @@ class Switchboard:
             if peer.role == "simulator" and reserved is None:
                 self._host(ws, peer, claim.envs)
         for end in sorted(told, key=lambda p: p.role != "simulator"):
-            for start in range(0, len(told[end]), MAX_RESUME_CHANNELS):
-                await end.send(control_frame(Resumed(channels=told[end][start : start + MAX_RESUME_CHANNELS])))
+            for batch in resume_batches(told[end]):
+                await end.send(control_frame(Resumed(channels=batch)))
         if mismatched:
             raise ProtocolError(
                 f"{mismatched} resume claims name a different number of envs than the other end's claim",

@@ -39,7 +39,7 @@ from ..protocol.errors import (
     exception_type_name,
 )
 from ..protocol.frames import Op
-from ..protocol.limits import MAX_RESUME_CHANNELS, RESUME_WINDOW
+from ..protocol.limits import RESUME_WINDOW
 from ..protocol.messages import (
     CAP_NOTICE,
     CAP_RECONNECT,
@@ -54,6 +54,7 @@ from ..protocol.messages import (
     Resume,
     Resumed,
     control_frame,
+    resume_batches,
 )
 from ..protocol.replay import Answer
 from ..rate_limited_log import RateLimitedLog
@@ -216,8 +217,8 @@ class SimulatorHost:
         self._expire(conn)
         live = {c.token for c in self.table.claims()}
         claims = [c for c in claims if c.token in live]
-        for start in range(0, len(claims), MAX_RESUME_CHANNELS):
-            conn.send(control_frame(Resume(channels=claims[start : start + MAX_RESUME_CHANNELS])))
+        for batch in resume_batches(claims):
+            conn.send(control_frame(Resume(channels=batch)))
 
     def _expire(self, conn: RelayConnection) -> None:
         gone = self.table.expire(self.resume_window)
@@ -225,8 +226,8 @@ class SimulatorHost:
             log.warning(
                 "closed the envs of %d channels whose trainers did not resume within %gs", len(gone), self.resume_window
             )
-            for start in range(0, len(gone), MAX_RESUME_CHANNELS):
-                conn.send(control_frame(Forget(tokens=gone[start : start + MAX_RESUME_CHANNELS])))
+            for batch in resume_batches(gone):
+                conn.send(control_frame(Forget(tokens=batch)))
 
     def handle(self, conn: RelayConnection, event: Event) -> None:
         if isinstance(event, Request):

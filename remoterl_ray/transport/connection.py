@@ -48,8 +48,8 @@ from ..protocol.errors import (
     TLSError,
 )
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE
-from ..protocol.limits import MAX_CLAIMS_PER_PEER, MAX_RESUME_CHANNELS
-from ..protocol.messages import Claim, Forget, Hello, Resume, Welcome, control_frame
+from ..protocol.limits import MAX_CLAIMS_PER_PEER
+from ..protocol.messages import Claim, Forget, Hello, Resume, Welcome, control_frame, resume_batches
 from ..rate_limited_log import RateLimitedLog
 from .discovery import direct_route, split_relay_url
 from .tls import client_context, expects_tls, tls_failure, warn_if_cleartext
@@ -331,8 +331,8 @@ class RelayConnection:
         with self._cond:
             new = [c for c in claims if c.token not in resumed]
             self._claimed.update(c.token for c in new)
-        for start in range(0, len(new), MAX_RESUME_CHANNELS):  # sent even if claimed before: it may have lapsed
-            self.send(control_frame(Resume(channels=new[start : start + MAX_RESUME_CHANNELS])))
+        for batch in resume_batches(new):  # sent even if claimed before: it may have lapsed
+            self.send(control_frame(Resume(channels=batch)))
         tokens = [c.token for c in claims]
         self._pump(lambda: all(t in resumed for t in tokens) or (until is not None and until()), deadline)
         with self._cond:
@@ -349,8 +349,8 @@ class RelayConnection:
             room = MAX_CLAIMS_PER_PEER - len(self._claimed)
             new = new[: max(0, room)]
             self._claimed.update(c.token for c in new)
-        for start in range(0, len(new), MAX_RESUME_CHANNELS):
-            self.send(control_frame(Resume(channels=new[start : start + MAX_RESUME_CHANNELS])))
+        for batch in resume_batches(new):
+            self.send(control_frame(Resume(channels=batch)))
 
     def adopt_channels(self, channels: list[int]) -> None:
         """Channels this connection now carries (resumed here): the relay may pause them."""
@@ -362,8 +362,8 @@ class RelayConnection:
         with self._cond:
             self._claimed.difference_update(tokens)
         try:
-            for start in range(0, len(tokens), MAX_RESUME_CHANNELS):
-                self.send(control_frame(Forget(tokens=tokens[start : start + MAX_RESUME_CHANNELS])))
+            for batch in resume_batches(tokens):
+                self.send(control_frame(Forget(tokens=batch)))
         except RemoteRLError as exc:
             log.debug("withdrawing resume claims: %s", exc)
 
