@@ -418,3 +418,15 @@ def test_a_channel_paused_before_its_envs_were_made_frees_its_room():
 
     asyncio.run(go())
     assert sim.hosted_envs == 0 and not sim.reserved
+
+
+def test_a_deeply_nested_claim_is_refused_before_it_is_built():
+    """Crafted structure, not random bytes: a claim list nested far past the control bound."""
+    relay = RelayPeerProtocol(1 << 20, 100)
+    relay.receive_hello(control_frame(Hello(role="simulator")))
+    nested: object = {"token": TOKEN, "envs": 1}
+    for _ in range(200):
+        nested = [nested]
+    frame = pack(Kind.CONTROL, Op.NONE, 0, 0, codec.packb({"op": "resume", "channels": nested}))
+    refused = relay.receive(frame)
+    assert type(refused) is Refuse and refused.error.code is ErrorCode.BAD_PAYLOAD
