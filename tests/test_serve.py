@@ -396,7 +396,9 @@ def test_idle_simulators_follow_their_workspace_when_replicas_change(serve_clust
             lambda: deploy(serve_cluster, "scale", 3, url, nodes="near", max_frame=8 << 20),
             lambda: session.metrics_snapshot()["resumes"] >= 1,
         )
-        trainers_find_their_simulators()
+        # The stepping pair resumed on whichever new replica was up first and, busy, stays there
+        # even when the ring later puts its workspace elsewhere: again only the others are sure.
+        trainers_find_their_simulators(keys[1:])
         assert replicas() >= 3
         # Back to one replica: two of three go, with whoever they held.
         stepping_while(
