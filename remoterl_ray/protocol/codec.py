@@ -7,13 +7,16 @@ Values that travel: None, bool, int, float, str, bytes, list, dict, and
 * ``tuple``: an array whose first item is the empty ext 3 marker, so
   Tuple-space samples stay tuples;
 * object arrays: an array whose first item is an ext 4 marker holding the
-  shape, followed by the elements (vector infos such as ``final_obs``).
+  shape, followed by the elements (vector infos such as ``final_obs``);
+* compressed ``numpy.ndarray`` (ext 5): codec id, dtype string, shape, the
+  compressed bytes (``compression.py``; only sent where the channel agreed).
 
 Decoding only ever builds those types: there is no pickle, no class lookup by
 name, no eval. Object and void dtypes are refused in raw-array form. Every
 payload is first checked by :func:`scan.check_structure` (depth, value count,
-layout), so decoding allocates no more than the limits allow and never
-recurses: tuples and object arrays are rebuilt by msgpack's ``list_hook`` on
+layout), and a compressed array's raw size is charged to the payload's
+``max_expanded`` before it is decompressed, so decoding allocates no more
+than the limits allow and never recurses: tuples and object arrays are rebuilt by msgpack's ``list_hook`` on
 the way up, not by decoding nested payloads.
 """
 
@@ -30,9 +33,11 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from . import compression as compressing
+from .compression import Compression
 from .errors import ErrorCode, FrameTooLargeError, ProtocolError
 from .limits import DEFAULT_DECODE, MAX_NDIM, DecodeLimits
-from .scan import EXT_NDARRAY, EXT_NPSCALAR, EXT_OBJARRAY, EXT_TUPLE, StructureError, check_structure
+from .scan import EXT_NDARRAY, EXT_NPSCALAR, EXT_OBJARRAY, EXT_PACKED, EXT_TUPLE, StructureError, check_structure
 
 __all__ = ["DecodeError", "EncodeError", "packb", "packb_items", "unpackb", "wire_dtype"]
 
@@ -89,12 +94,13 @@ def _dtype_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     return prefix + dims.pack(*shape)
 
 
-def _read_dtype_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
-    """Return (dtype, shape, offset of the raw bytes) of an ext blob."""
+def _read_dtype_header(data: bytes, start: int = 0) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Return (dtype, shape, offset of the raw bytes) of an ext blob whose header
+    begins at ``start``."""
     try:
-        n = data[0]
-        ndim = data[1 + n]
-        key = (data[1 : 1 + n], ndim)
+        n = data[start]
+        ndim = data[start + 1 + n]
+        key = (data[start + 1 : start + 1 + n], ndim)
         parser = _PARSERS.get(key)
         if parser is None:
             if ndim > MAX_NDIM:
@@ -103,7 +109,7 @@ def _read_dtype_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
             if len(_PARSERS) < 1024:  # peers choose the keys: keep the cache bounded
                 _PARSERS[key] = parser
         dtype, dims = parser
-        pos = 2 + n
+        pos = start + 2 + n
         shape = dims.unpack_from(data, pos)
     except DecodeError:
         raise
@@ -161,6 +167,23 @@ def _default(obj: Any) -> Any:
     raise EncodeError(f"values of type {type(obj).__module__}.{type(obj).__qualname__} cannot be sent")
 
 
+def _compressing(policy: Compression) -> Any:
+    """``_default`` for a channel that compresses: arrays ``policy`` takes go as ext 5
+    when that makes them smaller enough; everything else as ``_default`` sends it."""
+    codec_byte = bytes([policy.codec])
+
+    def default(obj: Any) -> Any:
+        if type(obj) is np.ndarray and obj.dtype != object and policy.takes(obj):
+            raw = np.ascontiguousarray(obj)
+            header = _dtype_header(raw.dtype, raw.shape)
+            packed = compressing.compress(policy.codec, memoryview(raw).cast("B"))
+            if compressing.worth_sending(raw.nbytes, len(packed)):
+                return _ext(EXT_PACKED, codec_byte + header + packed)
+        return _default(obj)
+
+    return default
+
+
 class _ObjectShape(tuple):
     """The decoded ext 4 marker: the shape of the object array its array holds."""
 
@@ -176,6 +199,21 @@ def _ext_hook(code: int, data: bytes) -> Any:
                 raise DecodeError(f"array of {count} empty strings")
             return np.zeros(shape, dtype)
         return np.frombuffer(data, dtype=dtype, offset=pos, count=count).reshape(shape).copy()
+    if code == EXT_PACKED:
+        if not data:
+            raise DecodeError("malformed compressed array")
+        dtype, shape, pos = _read_dtype_header(data, 1)
+        if dtype.itemsize == 0:
+            raise DecodeError("compressed arrays of empty items are not sent")
+        size = math.prod(shape) * dtype.itemsize
+        left = _local.expand_left - size
+        if left < 0:
+            raise DecodeError(
+                f"compressed arrays would expand past this payload's limit of {_local.expand_limit} bytes",
+                code=ErrorCode.MESSAGE_TOO_LARGE,
+            )
+        _local.expand_left = left
+        return compressing.decompress(data[0], memoryview(data)[pos:], dtype, shape)
     if code == EXT_NPSCALAR:
         dtype, shape, pos = _read_dtype_header(data)
         if shape or len(data) - pos != dtype.itemsize:
@@ -217,11 +255,24 @@ def _list_hook(items: list[Any]) -> Any:
 _local = threading.local()
 
 
-def packb(obj: Any) -> bytes:
-    """Encode ``obj``; raises :class:`EncodeError` for values that cannot travel."""
-    packer = getattr(_local, "packer", None)
-    if packer is None:  # one reusable packer per thread (``_default`` never packs re-entrantly)
-        packer = _local.packer = msgpack.Packer(default=_default, strict_types=True, use_bin_type=True, autoreset=True)
+def _packer(compression: Compression | None) -> msgpack.Packer:
+    """One reusable packer per thread and compression (``_default`` never packs re-entrantly)."""
+    packers = getattr(_local, "packers", None)
+    if packers is None:
+        packers = _local.packers = {}
+    packer = packers.get(compression)
+    if packer is None:
+        default = _default if compression is None else _compressing(compression)
+        packer = packers[compression] = msgpack.Packer(
+            default=default, strict_types=True, use_bin_type=True, autoreset=True
+        )
+    return packer
+
+
+def packb(obj: Any, compression: Compression | None = None) -> bytes:
+    """Encode ``obj``, its large arrays compressed as ``compression`` says (None:
+    raw); raises :class:`EncodeError` for values that cannot travel."""
+    packer = _packer(compression)
     try:
         return packer.pack(obj)
     except EncodeError:
@@ -232,14 +283,16 @@ def packb(obj: Any) -> bytes:
         raise EncodeError(f"cannot encode payload: {exc}") from None
 
 
-def packb_items(items: list[Any] | tuple[Any, ...], max_bytes: int) -> bytes:
+def packb_items(
+    items: list[Any] | tuple[Any, ...], max_bytes: int, compression: Compression | None = None
+) -> bytes:
     """``packb(list(items))``, built item by item so that it stops, with
     ``FrameTooLargeError``, as soon as it passes ``max_bytes`` (a list of many
     references to one large value costs no more than the limit to refuse)."""
     parts = [msgpack.Packer().pack_array_header(len(items))]
     size = len(parts[0])
     for item in items:
-        parts.append(packb(item))
+        parts.append(packb(item, compression))
         size += len(parts[-1])
         if size > max_bytes:
             raise FrameTooLargeError(f"answer passes {max_bytes} bytes after {len(parts) - 1} of {len(items)} items")
@@ -253,11 +306,12 @@ def unpackb(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT
         check_structure(data, limits)
     except StructureError as exc:
         raise DecodeError(exc.message) from None
+    _local.expand_left = _local.expand_limit = limits.max_expanded
     try:
         return msgpack.unpackb(
             data, ext_hook=_ext_hook, list_hook=_list_hook, raw=False, strict_map_key=False, use_list=True
         )
-    except DecodeError:
+    except ProtocolError:  # ours, from a hook (compression.decompress among them)
         raise
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise DecodeError(f"cannot decode payload: {type(exc).__name__}: {exc}") from None

@@ -55,6 +55,7 @@ class ErrorCode(str, Enum):
     CHANNEL_PAUSED = "channel_paused"  # the other end's connection dropped: the channel waits for it to resume
     RESUME_EXPIRED = "resume_expired"  # a paused channel's other end did not come back within the resume window
     RESUME_GAP = "resume_gap"  # a request re-sent after a resume is older than the answers a simulator keeps
+    MESSAGE_TOO_LARGE = "message_too_large"  # a message (chunked or expanded) over the receiver's max_message
 
 
 class RemoteRLError(RuntimeError):
@@ -227,6 +228,7 @@ _CLASS_BY_CODE: dict[ErrorCode, type[RemoteRLError]] = {
     ErrorCode.CHANNEL_PAUSED: ChannelPausedError,
     ErrorCode.RESUME_EXPIRED: SimulatorLostError,
     ErrorCode.RESUME_GAP: ProtocolError,
+    ErrorCode.MESSAGE_TOO_LARGE: FrameTooLargeError,
 }
 
 

@@ -30,6 +30,17 @@ MAX_ERROR_MESSAGE = 2000
 exception text may repeat whatever a trainer sent, so it must never grow an
 error frame past the frame limit."""
 
+MAX_MESSAGE = 256 * 1024 * 1024
+"""Default largest payload a peer takes in one message, however many frames it
+came in (a payload above the relay's frame limit travels in chunks), and the
+most its compressed arrays may expand to. Each end of a channel says its own
+at make; a sender refuses to send more, a receiver refuses an announced size
+above it before it keeps a byte. Set with ``init(max_message=...)`` and
+``remoterl simulator --max-message``."""
+
+MIN_MESSAGE = 1024 * 1024
+"""The smallest ``max_message`` a peer may set or announce."""
+
 # -- control messages, the only payloads the relay decodes --------------------
 
 MAX_HELLO_BYTES = 4096
@@ -84,6 +95,7 @@ class DecodeLimits:
 
     max_depth: int = MAX_DEPTH
     max_objects: int = MAX_OBJECTS
+    max_expanded: int = MAX_MESSAGE  # bytes the payload's compressed arrays may expand to, in all
 
 
 DEFAULT_DECODE = DecodeLimits()

@@ -17,12 +17,14 @@ import struct
 from .errors import ErrorCode, ProtocolError
 from .limits import DecodeLimits
 
-# Extension types (the codec's): 1 ndarray, 2 numpy scalar, 3 tuple marker, 4 object-array marker.
+# Extension types (the codec's): 1 ndarray, 2 numpy scalar, 3 tuple marker, 4 object-array marker,
+# 5 compressed ndarray.
 EXT_NDARRAY = 1
 EXT_NPSCALAR = 2
 EXT_TUPLE = 3
 EXT_OBJARRAY = 4
-KNOWN_EXTS = frozenset({EXT_NDARRAY, EXT_NPSCALAR, EXT_TUPLE, EXT_OBJARRAY})
+EXT_PACKED = 5
+KNOWN_EXTS = frozenset({EXT_NDARRAY, EXT_NPSCALAR, EXT_TUPLE, EXT_OBJARRAY, EXT_PACKED})
 HEAD_EXTS = frozenset({EXT_TUPLE, EXT_OBJARRAY})  # only ever the first item of an array
 
 
