@@ -73,8 +73,8 @@ def test_a_refused_or_bad_greeting_closes_with_the_typed_error(answer, error):
 
 def test_answers_land_on_their_request_in_any_order():
     protocol = greeted()
-    first, frame1 = protocol.request(Kind.REQUEST, Op.STEP, 7, codec.packb(1))
-    second, frame2 = protocol.request(Kind.REQUEST, Op.RESET, 8, codec.packb(2))
+    first, [frame1] = protocol.request(Kind.REQUEST, Op.STEP, 7, codec.packb(1))
+    second, [frame2] = protocol.request(Kind.REQUEST, Op.RESET, 8, codec.packb(2))
     assert unpack_header(frame1).seq != unpack_header(frame2).seq
     assert protocol.receive(pack(Kind.RESPONSE, Op.RESET, 8, second.seq, codec.packb("b"))) is None
     assert protocol.receive(pack(Kind.RESPONSE, Op.STEP, 7, first.seq, codec.packb("a"))) is None
@@ -139,9 +139,9 @@ def test_a_simulator_gets_requests_and_answers_within_the_frame_limit():
     protocol = greeted("simulator")
     request = protocol.receive(pack(Kind.REQUEST, Op.STEP, 3, 11, codec.packb([1])))
     assert isinstance(request, Request) and (request.op, request.channel, request.seq) == (Op.STEP, 3, 11)
-    answer = protocol.answer(Op.STEP, 3, 11, codec.packb("ok"), None)
+    [answer] = protocol.answer(Op.STEP, 3, 11, codec.packb("ok"), None)
     assert unpack_header(answer) == (Kind.RESPONSE, Op.STEP, 3, 11)
-    too_big = protocol.answer(Op.STEP, 3, 11, b"x" * (MAX_FRAME + 1), None)
+    [too_big] = protocol.answer(Op.STEP, 3, 11, b"x" * (MAX_FRAME + 1), None)
     header = unpack_header(too_big)
     assert (header.kind, header.seq) == (Kind.ERROR, 11)
     assert codec.unpackb(too_big[HEADER_SIZE:])["code"] == ErrorCode.FRAME_TOO_LARGE.value

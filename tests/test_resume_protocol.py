@@ -100,7 +100,7 @@ def test_a_request_is_sent_again_with_its_seq_and_payload_on_the_new_channel():
     protocol.receive(control_frame(Paused(channels=[7])))
     protocol.receive(control_frame(Resumed(channels=[{"token": TOKEN, "channel": 12}])))
     assert protocol.resumed == {TOKEN: 12}
-    again, frame = protocol.resend(pending, 12)
+    again, [frame] = protocol.resend(pending, 12)
     assert unpack_header(frame) == (Kind.REQUEST, Op.STEP, 12, pending.seq) and frame.endswith(b"action")
     protocol.receive(pack(Kind.RESPONSE, Op.STEP, 12, pending.seq, codec.packb("done")))
     assert again.reply.value() == "done"

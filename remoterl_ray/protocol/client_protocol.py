@@ -19,6 +19,12 @@ dead here (its requests end in ``ChannelPausedError``, its later answers are
 dropped); the channel ids a ``Resumed`` gives tokens are kept in
 ``resumed`` for the caller, who sends the unanswered requests again with
 :meth:`ClientProtocol.resend`.
+
+Large messages: a request or answer above the relay's frame limit leaves as
+chunks when the relay forwards them (``chunks.py``); chunks coming in are put
+back together here within ``max_message``, and only for a request of ours
+that awaits its answer (a trainer) or, on a simulator, within that same bound
+for all unfinished requests at once.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from . import codec
+from . import codec, chunks
+from .chunks import ChunkError, Reassembly
 from .closing import closing_error
 from .errors import (
     ChannelPausedError,
@@ -42,9 +49,19 @@ from .errors import (
     SimulatorLostError,
     error_from_wire,
 )
-from .frames import HEADER_SIZE, MAX_SEQ, Kind, Op, pack, payload_of, unpack_header
-from .limits import MAX_CLAIMS_PER_PEER
-from .messages import Hello, Paused, Reconnect, Resumed, Welcome, control_frame, error_frame, parse_control
+from .frames import HEADER_SIZE, MAX_SEQ, MORE, Kind, Op, payload_of, unpack_header
+from .limits import MAX_CLAIMS_PER_PEER, MAX_MESSAGE
+from .messages import (
+    CAP_CHUNKS,
+    Hello,
+    Paused,
+    Reconnect,
+    Resumed,
+    Welcome,
+    control_frame,
+    error_frame,
+    parse_control,
+)
 
 class State(enum.Enum):
     GREETING = "greeting"
@@ -130,7 +147,17 @@ class Dropped(NamedTuple):
     detail: str
 
 
-Event = Request | Control | ChannelLost | RelayReported | Dropped
+class Unreadable(NamedTuple):
+    """A trainer's request refused before it was read (a chunked message over this
+    simulator's limit, or malformed): answer ``error`` to it."""
+
+    op: int
+    channel: int
+    seq: int
+    error: RemoteRLError
+
+
+Event = Request | Control | ChannelLost | RelayReported | Dropped | Unreadable
 
 
 @dataclass
@@ -144,9 +171,10 @@ class Counters:
 class ClientProtocol:
     """One connection's rules for a trainer or a simulator (see the module docstring)."""
 
-    def __init__(self, hello: Hello, seqs: Callable[[], int] | None = None) -> None:
+    def __init__(self, hello: Hello, seqs: Callable[[], int] | None = None, max_message: int = MAX_MESSAGE) -> None:
         """``seqs``: where request seqs come from (a trainer shares one ``SeqCounter``
-        over its connections, so a resumed channel's seqs keep growing)."""
+        over its connections, so a resumed channel's seqs keep growing);
+        ``max_message``: the largest message taken in, however many chunks it came in."""
         self.hello = hello
         self.trainer = hello.role == "trainer"
         self.state = State.GREETING
@@ -162,6 +190,9 @@ class ClientProtocol:
         self.move_asked = False  # the relay asked us to dial again (Reconnect): another replica serves us
         self._seqs = seqs
         self._seq = itertools.count(1)
+        self.max_message = max_message
+        self.chunking = False  # the relay forwards chunks (its welcome says so)
+        self.reassembly = Reassembly(max_message, max_pending=max_message)
 
     # -- greeting -----------------------------------------------------------
 
@@ -187,6 +218,7 @@ class ClientProtocol:
             self._close(exc)
             raise
         self.welcome, self.max_frame, self.state = message, message.max_frame, State.OPEN
+        self.chunking = CAP_CHUNKS in message.capabilities
         return message
 
     # -- sending ------------------------------------------------------------
@@ -212,7 +244,18 @@ class ClientProtocol:
                 f"frame payload of {len(frame) - HEADER_SIZE} bytes exceeds the relay's limit of {self.max_frame}"
             )
 
-    def request(self, kind: int, op: int, channel: int, payload: bytes) -> tuple[Pending, bytes]:
+    def frames(self, kind: int, op: int, channel: int, seq: int, payload: bytes) -> list[bytes]:
+        """The frames that carry ``payload``: chunks when it passes the relay's frame
+        limit and the relay forwards them, else one frame (``FrameTooLargeError`` if
+        it does not fit)."""
+        if len(payload) > self.max_frame and not (self.chunking and kind != Kind.CONTROL):
+            raise FrameTooLargeError(
+                f"frame payload of {len(payload)} bytes exceeds the relay's limit of {self.max_frame}"
+                + ("" if self.chunking else " (and the relay does not forward chunked messages)")
+            )
+        return chunks.split(kind, op, channel, seq, payload, self.max_frame)
+
+    def request(self, kind: int, op: int, channel: int, payload: bytes) -> tuple[Pending, list[bytes]]:
         """A request to send: its pending entry (the answer lands there) and its frame.
         Refused at once on a closed connection or a channel the relay reported lost."""
         self.check_open()
@@ -222,26 +265,29 @@ class ClientProtocol:
             raise ChannelPausedError(f"channel {channel} is paused: the other end's connection dropped")
         return self._register(self.next_seq(), kind, op, channel, payload)
 
-    def resend(self, pending: Pending, channel: int) -> tuple[Pending, bytes]:
+    def resend(self, pending: Pending, channel: int) -> tuple[Pending, list[bytes]]:
         """``pending``'s request again, with its seq, on ``channel`` (its channel after a
         resume, on this or another connection): the simulator answers a seq it already
         ran from memory."""
         self.check_open()
         return self._register(pending.seq, pending.kind, pending.op, channel, pending.payload)
 
-    def _register(self, seq: int, kind: int, op: int, channel: int, payload: bytes) -> tuple[Pending, bytes]:
-        frame = pack(kind, op, channel, seq, payload)
-        self.check_size(frame)
+    def _register(self, seq: int, kind: int, op: int, channel: int, payload: bytes) -> tuple[Pending, list[bytes]]:
+        frames = self.frames(kind, op, channel, seq, payload)
         pending = self.pending[seq] = Pending(seq, channel, op, kind, payload)
         if channel:
             self.channels.add(channel)
-        return pending, frame
+        return pending, frames
 
     def forget(self, pendings: list[Pending]) -> None:
         """Stop expecting answers to these requests (answered, timed out or never sent)."""
+        gone = set()
         for pending in pendings:
             if self.pending.get(pending.seq) is pending:  # not a newer request that reuses a wrapped seq
                 del self.pending[pending.seq]
+                gone.add(pending.seq)
+        if gone and self.reassembly.partial:
+            self.reassembly.drop_seq(gone)  # an answer half received is not wanted any more
 
     def forget_channels(self, channels: list[int]) -> None:
         """Channels given back: nothing on them is awaited or remembered any more, so
@@ -251,6 +297,7 @@ class ClientProtocol:
             del self.pending[seq]
         for channel in gone:
             self.lost_channels.pop(channel, None)
+            self.reassembly.drop(channel)
         self.channels -= gone
         self.paused -= gone
 
@@ -262,18 +309,28 @@ class ClientProtocol:
             error=RemoteTimeoutError(f"no answer within {timeout}s on channel {pending.channel}"),
         )
 
-    def answer(self, op: int, channel: int, seq: int, body: bytes | None, error: dict[str, Any] | None) -> bytes:
-        """The simulator's answer frame to a :class:`Request`: ``body``, or ``error``
-        (a wire error dict). An answer over the relay's frame limit becomes that error."""
+    def answer(
+        self, op: int, channel: int, seq: int, body: bytes | None, error: dict[str, Any] | None, limit: int = 0
+    ) -> list[bytes]:
+        """The simulator's answer frames to a :class:`Request`: ``body``, or ``error``
+        (a wire error dict). ``limit``: the largest message the trainer takes (0: a
+        trainer that takes one frame only). An answer over what can reach the
+        trainer becomes that error."""
         if error is None:
             assert body is not None
-            if len(body) <= self.max_frame:
-                return pack(Kind.RESPONSE, op, channel, seq, body)
-            error = RemoteRLError(
-                f"answer of {len(body)} bytes exceeds the relay's frame limit of {self.max_frame}",
-                code=ErrorCode.FRAME_TOO_LARGE,
-            ).to_wire()
-        return error_frame(error, op=op, channel=channel, seq=seq)
+            size = len(body)
+            if size <= self.max_frame:
+                return chunks.split(Kind.RESPONSE, op, channel, seq, body, self.max_frame)
+            if self.chunking and limit and size <= limit:
+                return chunks.split(Kind.RESPONSE, op, channel, seq, body, self.max_frame)
+            if self.chunking and limit:
+                why = f"the trainer's limit of {limit} (max_message)"
+                code = ErrorCode.MESSAGE_TOO_LARGE
+            else:
+                why = f"the relay's frame limit of {self.max_frame}"
+                code = ErrorCode.FRAME_TOO_LARGE
+            error = RemoteRLError(f"answer of {size} bytes exceeds {why}", code=code).to_wire()
+        return [error_frame(error, op=op, channel=channel, seq=seq)]
 
     def sent(self, frame: bytes) -> None:
         self.counters.bytes_sent += len(frame)
@@ -293,8 +350,22 @@ class ClientProtocol:
             kind, op, channel, seq = unpack_header(frame)
         except ProtocolError as exc:
             return Dropped("malformed frame", f"dropping malformed frame from the relay: {exc}")
-        payload = payload_of(frame)
+        payload: memoryview | bytes = payload_of(frame)
         pending = self.pending.get(seq) if seq else None
+        more = op & MORE
+        if (more or (self.reassembly.partial and channel in self.reassembly.partial)) and (
+            kind == Kind.REQUEST or kind == Kind.RESPONSE
+        ):
+            op &= ~MORE
+            if self.trainer and (pending is None or channel in self.paused or not pending.accepts(kind, op, channel)):
+                return None  # chunks are kept only for an answer we wait for
+            try:
+                whole = self.reassembly.take(kind, op, bool(more), channel, seq, payload)
+            except ChunkError as exc:
+                return self._unreadable(op, channel, exc)
+            if whole is None:
+                return None
+            payload = memoryview(whole)
         if channel in self.paused and kind != Kind.CONTROL:
             return None  # late news of a channel that moved: its requests were (or will be) sent again
         if pending is not None and not pending.accepts(kind, op, channel):
@@ -350,6 +421,16 @@ class ClientProtocol:
                     self.resumed[rebound.token] = rebound.channel
             return Control(message)
         return None  # a late answer to a request that already timed out
+
+    def _unreadable(self, op: int, channel: int, exc: ChunkError) -> Event | None:
+        """A chunked message refused: its request fails (a trainer), or is answered
+        with the error (a simulator)."""
+        if not self.trainer:
+            return Unreadable(op, channel, exc.seq, exc)
+        pending = self.pending.get(exc.seq)
+        if pending is not None and pending.reply is None and pending.channel == channel:
+            pending.reply = Reply(Kind.ERROR, op, channel, error=exc)
+        return Dropped("chunked message refused", f"channel {channel}: {exc}")
 
     def pause(self, channels: list[int]) -> None:
         """These channels' other end dropped: their requests end in ``ChannelPausedError``

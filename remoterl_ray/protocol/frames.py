@@ -8,7 +8,8 @@ env-steps). The payload after the header is never parsed by the relay.
 Layout (little endian)::
 
     offset 0  u8   kind      Kind
-    offset 1  u8   op        Op (REQUEST/RESPONSE/ERROR), 0 otherwise
+    offset 1  u8   op        Op (REQUEST/RESPONSE/ERROR), 0 otherwise; bit 7 (``MORE``):
+                             a chunk of a larger message, more follow (``chunks.py``)
     offset 2  u32  channel   relay-assigned channel id, 0 = the relay itself
     offset 6  u32  seq       request id chosen by the sender, echoed in the answer
     offset 10 ...  payload
@@ -56,6 +57,8 @@ class Op(IntEnum):
 
 _KINDS = frozenset(int(k) for k in Kind)
 VALID_OPS = frozenset(int(o) for o in Op)
+MORE = 0x80
+CHUNK_OPS = frozenset(op | MORE for op in VALID_OPS if op)  # a REQUEST's or RESPONSE's op on all but its last chunk
 
 
 class Header(NamedTuple):
@@ -77,7 +80,7 @@ def unpack_header(frame: bytes | bytearray | memoryview) -> Header:
     kind, op, channel, seq = HEADER.unpack_from(frame)
     if kind not in _KINDS:
         raise ProtocolError(f"unknown frame kind {kind}")
-    if op not in VALID_OPS:
+    if op not in VALID_OPS and (op not in CHUNK_OPS or kind == Kind.CONTROL or kind == Kind.ERROR):
         raise ProtocolError(f"unknown op {op}")
     return Header(kind, op, channel, seq)
 

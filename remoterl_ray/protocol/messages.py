@@ -37,6 +37,7 @@ CAP_RECONNECT = "reconnect"  # peer: follows a Reconnect when idle
 CAP_LOCATE = "locate"  # relay: answers Locate with Regions
 CAP_NOTICE = "notice"  # peer: understands Notice (quota warnings and the like)
 CAP_RESUME = "resume"  # peer: resumes channels (Paused, Resume, Resumed, Forget); see docs/protocol.md
+CAP_CHUNKS = "chunks"  # relay: forwards messages cut into chunks (the op's MORE bit); see docs/protocol.md
 
 # A channel's resume token: 128 random bits, URL-safe base64 (``secrets.token_urlsafe(16)``).
 Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,64}$")]

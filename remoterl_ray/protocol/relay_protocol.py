@@ -20,10 +20,11 @@ import time
 from typing import Any, NamedTuple
 
 from .errors import ErrorCode, FrameTooLargeError, ProtocolError, ProtocolVersionError, RemoteRLError
-from .frames import HEADER, HEADER_SIZE, SUPPORTED_VERSIONS, VALID_OPS, Kind, payload_of, unpack_header
+from .frames import CHUNK_OPS, HEADER, HEADER_SIZE, SUPPORTED_VERSIONS, VALID_OPS, Kind, payload_of, unpack_header
 from .messages import Forget, Hello, Locate, Open, Release, Resume, error_frame, parse_hello, parse_peer_control
 
 _FORWARDED = frozenset({Kind.REQUEST, Kind.RESPONSE, Kind.ERROR})
+_CHUNKED = frozenset({Kind.REQUEST, Kind.RESPONSE})  # may come in chunks (an op with the MORE bit)
 _CONTROLS = {"trainer": (Open, Release, Locate, Resume, Forget), "simulator": (Resume, Forget)}
 
 
@@ -130,7 +131,9 @@ class RelayPeerProtocol:
         if self.state is not State.OPEN or not HEADER_SIZE <= len(data) <= self._max_size:
             return None
         kind, op, channel, seq = HEADER.unpack_from(data)
-        return Forward(data, kind, op, channel, seq) if kind in _FORWARDED and op in VALID_OPS else None
+        if kind in _FORWARDED and (op in VALID_OPS or (op in CHUNK_OPS and kind in _CHUNKED)):
+            return Forward(data, kind, op, channel, seq)
+        return None
 
     def receive(self, data: bytes | None) -> Event:
         """One message after the hello (``None``: a text message)."""
@@ -152,10 +155,8 @@ class RelayPeerProtocol:
                 f"frame of {size - HEADER_SIZE} bytes exceeds the limit of {self.max_frame}"
             )
             return self.refuse(error, echo_op, channel, seq)
-        if kind in _FORWARDED:
-            if op not in VALID_OPS:
-                return self.refuse(ProtocolError(f"unknown op {op}", code=ErrorCode.UNKNOWN_OP), 0, channel, seq)
-            return Forward(data, kind, op, channel, seq)
+        if kind in _FORWARDED:  # (a valid one took the fast path above)
+            return self.refuse(ProtocolError(f"unknown op {op}", code=ErrorCode.UNKNOWN_OP), 0, channel, seq)
         if kind == Kind.CONTROL:
             try:
                 message = parse_peer_control(payload_of(data))

@@ -48,7 +48,7 @@ from ..protocol.errors import (
     TLSError,
 )
 from ..protocol.frames import DEFAULT_MAX_FRAME, HEADER_SIZE
-from ..protocol.limits import MAX_CLAIMS_PER_PEER
+from ..protocol.limits import MAX_CLAIMS_PER_PEER, MAX_MESSAGE
 from ..protocol.messages import Claim, Forget, Hello, Resume, Welcome, control_frame, resume_batches
 from ..rate_limited_log import RateLimitedLog
 from .discovery import direct_route, split_relay_url
@@ -120,6 +120,7 @@ class RelayConnection:
         additional_headers: dict[str, str] | None = None,
         ca_file: str | None = None,
         seqs: Callable[[], int] | None = None,
+        max_message: int = MAX_MESSAGE,
         **handlers: Any,
     ) -> RelayConnection:
         """Connect and greet once. Raises ``RelayUnavailableError`` if the relay
@@ -127,7 +128,8 @@ class RelayConnection:
         refuses us, ``TLSError`` if a ``wss://`` relay's certificate fails
         verification (against ``ca_file``, else the system trust store) or only
         one side speaks TLS (those are final: retrying will not help).
-        ``seqs``: where request seqs come from (see ``ClientProtocol``).
+        ``seqs``: where request seqs come from, ``max_message``: the largest
+        message taken in (see ``ClientProtocol``).
 
         Sends the affinity header so that, under Ray Serve, every peer of one
         workspace reaches the same relay replica."""
@@ -146,7 +148,7 @@ class RelayConnection:
             )
         except (OSError, InvalidHandshake, TimeoutError, InvalidURI) as exc:
             raise connect_error(url, exc, ca_file, timeout) from None
-        protocol = ClientProtocol(hello, seqs)
+        protocol = ClientProtocol(hello, seqs, max_message)
         try:
             try:
                 ws.send(protocol.hello_frame())
@@ -279,9 +281,9 @@ class RelayConnection:
         with self._cond:
             try:
                 for kind, op, channel, payload in requests:
-                    pending, frame = self.protocol.request(kind, op, channel, payload)
+                    pending, more = self.protocol.request(kind, op, channel, payload)
                     pendings.append(pending)
-                    frames.append(frame)
+                    frames += more
             except BaseException:
                 self.protocol.forget(pendings)
                 raise
@@ -380,9 +382,9 @@ class RelayConnection:
         frames: list[bytes] = []
         with self._cond:
             for pending, channel in pendings:
-                new, frame = self.protocol.resend(pending, channel)
+                new, more = self.protocol.resend(pending, channel)
                 news.append(new)
-                frames.append(frame)
+                frames += more
         try:
             self.send_many(frames)
         except BaseException:
