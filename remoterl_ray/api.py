@@ -44,6 +44,8 @@ def init(
     ca_file: str | None = None,
     max_space_bytes: int | None = None,
     resume_window: float | None = None,
+    compression: str | None = None,
+    max_message: int | None = None,
     strict: bool = True,
 ) -> bool:
     """Connect this process to a relay as a trainer or a simulator.
@@ -92,6 +94,18 @@ def init(
     episodes end (``SimulatorLostError``, code ``resume_expired``, or, after
     a lost relay connection, envs made again and episodes reported
     truncated). 0 turns resuming off.
+
+    ``compression`` (or ``REMOTERL_COMPRESSION``; default ``"auto"``): what the
+    simulators compress in their answers, agreed per env at make. ``"auto"``
+    compresses uint8 arrays (camera frames, screens, rgb_array renders) with
+    lz4 and leaves small and float arrays raw; ``"lz4"`` and ``"zstd"``
+    compress every array of 4 KiB or more; ``"none"`` sends them raw. Lossless
+    always. One env can ask for its own: ``gym.make(id,
+    remoterl_compression="zstd")``.
+
+    ``max_message`` (or ``REMOTERL_MAX_MESSAGE``; default 256 MiB): the
+    largest answer this trainer takes in, in bytes. Answers above the relay's
+    frame limit travel in chunks, put together here within this bound.
     """
     if role not in ("trainer", "simulator"):
         raise ValueError(f"role must be 'trainer' or 'simulator', got {role!r}")
@@ -121,6 +135,8 @@ def init(
         ca_file=ca_file,
         max_space_bytes=max_space_bytes,
         resume_window=resume_window,
+        compression=compression,
+        max_message=max_message,
     )
     return _init_trainer(settings, strict=strict)
 

@@ -27,6 +27,7 @@ from .config import (
 )
 from .protocol.errors import RemoteRLError
 from .protocol.frames import DEFAULT_MAX_FRAME
+from .protocol.limits import MAX_MESSAGE
 
 if TYPE_CHECKING:
     from .relay.settings import RelaySettings
@@ -345,6 +346,14 @@ def simulator(
     max_make_bytes: Annotated[
         int, typer.Option(min=1024, help="Largest make or register request, in bytes (their kwargs reach env constructors).")
     ] = 65_536,
+    max_message_mib: Annotated[
+        int,
+        typer.Option(
+            "--max-message-mib",
+            min=1,
+            help="Largest request taken in, in MiB, however many chunks it comes in (trainers are told at make).",
+        ),
+    ] = MAX_MESSAGE >> 20,
     name: Annotated[Optional[str], typer.Option(help="Name shown on the relay (default host:pid).")] = None,
     region: Annotated[
         Optional[str],
@@ -388,6 +397,7 @@ def simulator(
             allow_attributes=env_attributes,
             max_make_bytes=max_make_bytes,
             resume_window=resolve_resume_window(resume_window),
+            max_message=max_message_mib << 20,
         )
     except ValueError as exc:  # a malformed --allow entry or REMOTERL_ALLOW_MODULES
         raise typer.BadParameter(str(exc), param_hint="--allow / REMOTERL_ALLOW_MODULES") from None

@@ -23,6 +23,8 @@ ENV_ADMIN_TOKEN = "REMOTERL_ADMIN_TOKEN"
 ENV_DB = "REMOTERL_DB"  # the relay's accounts store
 ENV_MAX_SPACE_BYTES = "REMOTERL_MAX_SPACE_BYTES"  # largest space a simulator may describe
 ENV_RESUME_WINDOW = "REMOTERL_RESUME_WINDOW"  # seconds a dropped channel waits to resume (0: never)
+ENV_COMPRESSION = "REMOTERL_COMPRESSION"  # auto, none, lz4 or zstd: what a trainer asks simulators for
+ENV_MAX_MESSAGE = "REMOTERL_MAX_MESSAGE"  # largest message (bytes) a trainer takes, chunks put together
 ENV_CA_FILE = "REMOTERL_CA_FILE"  # PEM CA certificates clients trust instead of the system store
 DEFAULT_DB = "~/.remoterl/relay.db"
 
@@ -82,6 +84,16 @@ def resolve_resume_window(value: float | None, default: float = RESUME_WINDOW) -
     """Seconds a channel whose connection dropped waits to resume: ``value``, else
     ``REMOTERL_RESUME_WINDOW``, else ``default``; 0 turns resuming off."""
     return _positive(value, ENV_RESUME_WINDOW, default, float, "the resume window (seconds)", zero=True)
+
+
+def resolve_compression(value: str | None) -> str:
+    """What a trainer asks simulators to compress: ``value``, else ``REMOTERL_COMPRESSION``, else ``auto``."""
+    from .protocol.compression import SETTINGS
+
+    chosen = value or os.environ.get(ENV_COMPRESSION) or "auto"
+    if chosen not in SETTINGS:
+        raise ValueError(f"compression must be one of {', '.join(SETTINGS)}, got {chosen!r}")
+    return chosen
 
 
 def resolve_count(value: int | None, env_var: str, default: int) -> int:

@@ -18,6 +18,8 @@ from gymnasium.error import Error as GymnasiumError
 from gymnasium.vector import AutoresetMode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .compression import Compression
+from .compression import from_wire as compression_from_wire
 from .errors import ErrorCode, ProtocolError
 from .limits import MAX_SPACE_BYTES
 from .spaces import space_bytes, space_from_wire
@@ -60,6 +62,8 @@ class _Fields(BaseModel):
     observation_spaces: list[dict[str, Any]] | None = None  # a vector env's, per env, if they may differ
     vectorization_mode: Literal["sync", "async", "vector_entry_point"] | None = None
     per_env_infos: bool = False  # a vector shard answers one info map per env
+    compression: dict[str, Any] | None = None  # what the simulator compresses its answers with
+    max_message: int = Field(default=0, ge=0)  # the largest request it takes (0: one frame)
 
     @field_validator("metadata")
     @classmethod
@@ -81,6 +85,8 @@ class EnvDescription:
     observation_spaces: list[spaces.Space] | None = None
     vectorization_mode: str | None = None
     per_env_infos: bool = False
+    compression: Compression | None = None
+    max_message: int = 0
 
 
 def parse_description(value: Any, *, max_space_bytes: int = MAX_SPACE_BYTES) -> EnvDescription:
@@ -119,4 +125,6 @@ def parse_description(value: Any, *, max_space_bytes: int = MAX_SPACE_BYTES) -> 
         observation_spaces=observation_spaces,
         vectorization_mode=fields.vectorization_mode,
         per_env_infos=fields.per_env_infos,
+        compression=compression_from_wire(fields.compression),
+        max_message=fields.max_message,
     )

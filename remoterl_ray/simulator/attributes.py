@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..protocol import codec
+from ..protocol.compression import Compression
 from ..protocol.errors import ErrorCode, ProtocolError, UnsupportedError
 from .entry_points import plain_kwargs
 
@@ -67,13 +68,16 @@ def _indices(value: Any, num_envs: int) -> list[int]:
     return value
 
 
-def encode_attribute_result(result: Any, arg: dict[str, Any], max_bytes: int) -> bytes:
-    """The answer's payload: data only, encoded once, and a per-env list refused as
-    soon as it passes ``max_bytes`` (not after encoding all of it)."""
+def encode_attribute_result(
+    result: Any, arg: dict[str, Any], max_bytes: int, compression: Compression | None = None
+) -> bytes:
+    """The answer's payload: data only, encoded once (compressed as the channel
+    agreed), and a per-env list refused as soon as it passes ``max_bytes`` (not
+    after encoding all of it)."""
     try:
         if isinstance(result, list):
-            return codec.packb_items(result, max_bytes)
-        return codec.packb(result)
+            return codec.packb_items(result, max_bytes, compression)
+        return codec.packb(result, compression)
     except codec.EncodeError as exc:
         raise UnsupportedError(
             f"the result of {arg.get('do')} {arg.get('name')!r} cannot be sent to the trainer: {exc.message} "

@@ -28,7 +28,7 @@ from enum import Enum
 from typing import Any
 
 from ..protocol import codec
-from ..protocol.client_protocol import Control, Dropped, Event, RelayReported, Request
+from ..protocol.client_protocol import Control, Dropped, Event, RelayReported, Request, Unreadable
 from ..protocol.errors import (
     ErrorCode,
     FrameTooLargeError,
@@ -39,7 +39,7 @@ from ..protocol.errors import (
     exception_type_name,
 )
 from ..protocol.frames import Op
-from ..protocol.limits import RESUME_WINDOW
+from ..protocol.limits import MAX_MESSAGE, RESUME_WINDOW
 from ..protocol.messages import (
     CAP_NOTICE,
     CAP_RECONNECT,
@@ -95,6 +95,7 @@ class SimulatorHost:
         allow_attributes: bool = True,
         max_make_bytes: int = MAX_MAKE_BYTES,
         resume_window: float = RESUME_WINDOW,
+        max_message: int = MAX_MESSAGE,
     ) -> None:
         """``ca_file``: PEM CA certificates a ``wss://`` relay is verified with
         (None: the system trust store). ``allow_processes``: trainers may ask for
@@ -102,14 +103,20 @@ class SimulatorHost:
         call public env methods and get or set public attributes. ``max_make_bytes``: the largest
         make or register request (their kwargs reach env constructors). ``resume_window``:
         seconds an env whose trainer or relay connection dropped waits to resume (0: none
-        waits; channels end when a connection drops, as before resuming existed)."""
+        waits; channels end when a connection drops, as before resuming existed).
+        ``max_message``: the largest request taken in, however many chunks it came in."""
         self.relay_url = relay_url
         self.ca_file = ca_file
         self.region = region  # None: the nearest one
         self.api_key = api_key
         self.max_make_bytes = max_make_bytes
+        self.max_message = max_message
         self.table = EnvTable(
-            Allowlist(allow_modules), max_envs, allow_processes=allow_processes, allow_attributes=allow_attributes
+            Allowlist(allow_modules),
+            max_envs,
+            allow_processes=allow_processes,
+            allow_attributes=allow_attributes,
+            max_message=max_message,
         )
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.max_envs = max_envs
@@ -147,6 +154,7 @@ class SimulatorHost:
                 stop=stop,
                 timeout=5.0,
                 ca_file=self.ca_file,
+                max_message=self.max_message,
                 announce=True,
             )
             if conn is None:
@@ -232,11 +240,15 @@ class SimulatorHost:
     def handle(self, conn: RelayConnection, event: Event) -> None:
         if isinstance(event, Request):
             answer = self._recall_or_run(conn, event)
-            frame = conn.protocol.answer(event.op, event.channel, event.seq, answer.body, answer.error)
+            hosted = self.table.by_channel.get(event.channel)
+            limit = hosted.peer_max_message if hosted is not None else 0
+            frames = conn.protocol.answer(event.op, event.channel, event.seq, answer.body, answer.error, limit)
             try:
-                conn.send(frame)
+                conn.send_many(frames)
             except FrameTooLargeError as exc:  # never ends serving: say so in a frame that fits
-                conn.send(conn.protocol.answer(event.op, event.channel, event.seq, None, exc.to_wire()))
+                conn.send_many(conn.protocol.answer(event.op, event.channel, event.seq, None, exc.to_wire()))
+        elif isinstance(event, Unreadable):  # a chunked request refused before it was read
+            conn.send_many(conn.protocol.answer(event.op, event.channel, event.seq, None, event.error.to_wire()))
         elif isinstance(event, Control):
             message = event.message
             if isinstance(message, Paused):

@@ -27,6 +27,7 @@ import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec, find_highest_version, parse_env_id
 
 from ..protocol import codec
+from ..protocol.compression import Compression, negotiate
 from ..protocol.errors import (
     UnsupportedError,
     EnvClosedError,
@@ -39,6 +40,7 @@ from ..protocol.errors import (
     exception_type_name,
 )
 from ..protocol.frames import Op
+from ..protocol.limits import MAX_MESSAGE, MIN_MESSAGE
 from ..protocol.messages import Claim
 from ..protocol.replay import AnswerMemory
 from ..protocol.space_values import batch_converter, convert_final_obs, sample_converter
@@ -182,14 +184,24 @@ class Hosted:
     """One hosted env (``vector=False``) or vector env shard (``vector=True``)."""
 
     def __init__(
-        self, env: Any, *, vector: bool, num_envs: int, mode: str | None = None, token: str | None = None
+        self,
+        env: Any,
+        *,
+        vector: bool,
+        num_envs: int,
+        mode: str | None = None,
+        token: str | None = None,
+        peer_max_message: int = 0,
     ) -> None:
+        """``peer_max_message``: the largest message the trainer takes (0: one frame)."""
         self.env = env
         self.vector = vector
         self.num_envs = num_envs
         self.mode = mode  # the vectorization mode the shard was made in
         self.token = token  # resume token: the env outlives its channel (None: it does not)
         self.memory = AnswerMemory() if token is not None else None  # answers to give again after a resume
+        self.peer_max_message = peer_max_message
+        self.compression: Compression | None = None  # agreed at make (``negotiate``)
         # Samples the codec cannot carry as they are (Graph, registered user spaces); None: nothing to do.
         if vector:
             self.obs_values = batch_converter(env.single_observation_space)
@@ -209,7 +221,15 @@ class Hosted:
             out[-1] = convert_final_obs(out[-1], self.final_obs_values.to_wire)
         return out
 
-    def describe(self) -> dict[str, Any]:
+    def agree_compression(self, asked: Any, readable: Any) -> None:
+        """Choose this channel's compression from the trainer's wish and this env's spaces."""
+        env = self.env
+        space = env.single_observation_space if self.vector else env.observation_space
+        self.compression = negotiate(asked, readable, space, getattr(env, "render_mode", None))
+
+    def describe(self, max_message: int = MAX_MESSAGE) -> dict[str, Any]:
+        """What the trainer mirrors: spaces, metadata, spec; and what this channel agreed:
+        its compression and the largest message this simulator takes."""
         env = self.env
         if self.vector:
             spaces = {
@@ -233,6 +253,8 @@ class Hosted:
             "num_envs": self.num_envs,
             "vectorization_mode": self.mode,
             "per_env_infos": isinstance(env, PerEnvInfos),
+            "compression": None if self.compression is None else self.compression.to_wire(),
+            "max_message": max_message,
         }
 
     def reset(self, arg: Any) -> Any:
@@ -267,13 +289,21 @@ class EnvTable:
     """All envs this simulator hosts, by channel, and those suspended, by token."""
 
     def __init__(
-        self, allowlist: Allowlist, max_envs: int, *, allow_processes: bool = False, allow_attributes: bool = True
+        self,
+        allowlist: Allowlist,
+        max_envs: int,
+        *,
+        allow_processes: bool = False,
+        allow_attributes: bool = True,
+        max_message: int = MAX_MESSAGE,
     ) -> None:
         """``allow_processes``: trainers may ask for ``vectorization_mode="async"``,
         which starts a process per env; off, such a request is refused.
         ``allow_attributes``: trainers may call public env methods and get or set
-        public attributes (``call``/``get_attr``/``set_attr``, SB3's ``env_method``)."""
+        public attributes (``call``/``get_attr``/``set_attr``, SB3's ``env_method``).
+        ``max_message``: the largest request this simulator takes (said at make)."""
         self.allowlist = allowlist
+        self.max_message = max_message
         self.max_envs = max_envs
         self.allow_processes = allow_processes
         self.allow_attributes = allow_attributes
@@ -331,11 +361,15 @@ class EnvTable:
         return gone
 
     def answer(self, op: int, channel: int, arg: Any, *, max_bytes: int) -> bytes:
-        """Run one request; returns the answer's payload (``max_bytes``: what fits a frame)."""
+        """Run one request; returns the answer's payload, its arrays compressed as the
+        channel agreed (``max_bytes``: the most that can reach the trainer)."""
         result = self.handle(op, channel, arg)
+        hosted = self.by_channel.get(channel)
+        compression = None if hosted is None or op in (Op.MAKE, Op.MAKE_VEC, Op.SPACES) else hosted.compression
         if op == Op.ATTR:
-            return encode_attribute_result(result, arg, max_bytes)
-        return codec.packb(result)
+            return encode_attribute_result(result, arg, max(max_bytes, hosted.peer_max_message if hosted else 0),
+                                           compression)  # fmt: skip
+        return codec.packb(result, compression)
 
     def handle(self, op: int, channel: int, arg: Any) -> Any:
         """Run one request; returns the answer value."""
@@ -356,7 +390,7 @@ class EnvTable:
         if op == Op.RENDER:
             return hosted.render()
         if op == Op.SPACES:
-            return hosted.describe()
+            return hosted.describe(self.max_message)
         if op == Op.ATTR:
             if not self.allow_attributes:
                 raise UnsupportedError(
@@ -404,6 +438,11 @@ class EnvTable:
         if channel in self.by_channel:
             raise ProtocolError(f"channel {channel} already hosts an env", code=ErrorCode.BAD_PAYLOAD)
         token = _token(arg)
+        peer_max_message = arg.get("max_message", 0)  # absent: a trainer that takes one frame per message
+        if not isinstance(peer_max_message, int) or (peer_max_message and peer_max_message < MIN_MESSAGE):
+            raise ProtocolError(
+                f"max_message must be an integer of at least {MIN_MESSAGE} bytes", code=ErrorCode.BAD_PAYLOAD
+            )
         if token is not None and (
             token in self.suspended or any(h.token == token for h in self.by_channel.values())
         ):
@@ -447,8 +486,11 @@ class EnvTable:
         except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv) as exc:  # NameNotFound etc. derive from it
             raise UnknownEnvError(str(exc), remote_type=exception_type_name(type(exc))) from None
         try:
-            hosted = Hosted(env, vector=vector, num_envs=num_envs, mode=mode, token=token)
-            description = hosted.describe()
+            hosted = Hosted(
+                env, vector=vector, num_envs=num_envs, mode=mode, token=token, peer_max_message=peer_max_message
+            )
+            hosted.agree_compression(arg.get("compression"), arg.get("codecs", []))
+            description = hosted.describe(self.max_message)
         except RemoteRLError:
             env.close()
             raise

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 from ..config import (
     ENV_CONNECT_TIMEOUT,
+    ENV_MAX_MESSAGE,
     ENV_MAX_SPACE_BYTES,
     ENV_SIMULATOR_WAIT,
     ENV_TIMEOUT,
     resolve_api_key,
     resolve_ca_file,
+    resolve_compression,
     resolve_count,
     resolve_relay_url,
     resolve_resume_window,
     resolve_seconds,
     resolve_tensorboard_dir,
 )
-from ..protocol.limits import MAX_SPACE_BYTES
+from ..protocol.limits import MAX_MESSAGE, MAX_SPACE_BYTES, MIN_MESSAGE
 from .session import TrainerSession
 from .settings import TrainerSettings
 
@@ -51,8 +53,13 @@ def trainer_settings(
     ca_file: str | None = None,
     max_space_bytes: int | None = None,
     resume_window: float | None = None,
+    compression: str | None = None,
+    max_message: int | None = None,
 ) -> TrainerSettings:
     """Trainer settings from the arguments given, then ``REMOTERL_*`` env vars, then defaults."""
+    max_message = resolve_count(max_message, ENV_MAX_MESSAGE, MAX_MESSAGE)
+    if max_message < MIN_MESSAGE:
+        raise ValueError(f"max_message must be at least {MIN_MESSAGE} bytes, got {max_message}")
     return TrainerSettings(
         relay_url=resolve_relay_url(relay_url),
         api_key=resolve_api_key(api_key),
@@ -65,4 +72,6 @@ def trainer_settings(
         ca_file=resolve_ca_file(ca_file),
         max_space_bytes=resolve_count(max_space_bytes, ENV_MAX_SPACE_BYTES, MAX_SPACE_BYTES),
         resume_window=resolve_resume_window(resume_window),
+        compression=resolve_compression(compression),
+        max_message=max_message,
     )

@@ -102,6 +102,7 @@ class RelayLinks:
             timeout=min(timeout, 10.0) or 1.0,
             ca_file=self.settings.ca_file,
             seqs=self.seqs,
+            max_message=self.settings.max_message,
             stop=self._closing,
             **handlers,
         )

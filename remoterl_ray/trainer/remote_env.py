@@ -6,6 +6,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from ..config import resolve_compression
 from ..protocol.frames import Op
 from ..protocol.space_values import sample_converter
 from .answers import reset_answer, step_answer
@@ -13,6 +14,17 @@ from .session import TrainerSession
 from .shards import Serving, Shards
 
 RECONNECTED = "remoterl_reconnected"  # info key: the relay connection was replaced, the episode truncated
+COMPRESSION_KWARG = "remoterl_compression"  # make kwarg: this env's compression, instead of init's
+
+
+def make_arg_of(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The make request's fields for ``gym.make`` kwargs: the env's own kwargs, and
+    this env's compression if the call chose one (taken out: it is not the env's)."""
+    compression = kwargs.pop(COMPRESSION_KWARG, None)
+    arg: dict[str, Any] = {"kwargs": kwargs}
+    if compression is not None:
+        arg["compression"] = resolve_compression(compression)
+    return arg
 
 
 def _local(env: gym.Env, name: str) -> bool:
@@ -26,7 +38,7 @@ class RemoteEnv(gym.Env):
     OrderEnforcing run on the simulator, exactly as they would here)."""
 
     def __init__(self, session: TrainerSession, env_id: str, **kwargs: Any) -> None:
-        self._remote = Shards(session, env_id, 1, {"kwargs": kwargs}, vector=False)
+        self._remote = Shards(session, env_id, 1, make_arg_of(kwargs), vector=False)
         description = self._remote.description
         self.observation_space = self._remote.observation_space
         self.action_space = self._remote.action_space

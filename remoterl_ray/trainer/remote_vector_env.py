@@ -39,7 +39,7 @@ from .answers import (
     vector_step_answer,
 )
 from .batching import check_per_env_fill, concat_arrays, concat_batches, merge_infos, slice_batch, unbatch_infos
-from .remote_env import RECONNECTED
+from .remote_env import RECONNECTED, make_arg_of
 from .session import TrainerSession
 from .shards import SKIP, InFlight, Serving, Shards
 
@@ -103,7 +103,7 @@ class RemoteVectorEnv(VectorEnv):
         # Sync shards answer each env's info as it was produced: batched here, in env order, a
         # split vector env's infos are typed as a local one's (or handed to SB3 as they are).
         make_arg: dict[str, Any] = {
-            "kwargs": kwargs,
+            **make_arg_of(kwargs),
             "vectorization_mode": mode,
             "vector_kwargs": vector_kwargs,
             "per_env_infos": True,

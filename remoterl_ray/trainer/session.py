@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol import codec
+from ..protocol.compression import AVAILABLE
 from ..protocol.errors import ErrorCode, NoSimulatorError, ProtocolError, RemoteRLError
 from ..protocol.descriptions import EnvDescription, parse_description
 from ..protocol.frames import Kind, Op
@@ -211,7 +212,8 @@ class TrainerSession:
             for shard in shards:
                 if registration is not None:
                     requests.append((Kind.REQUEST, Op.REGISTER, shard.channel, codec.packb(registration.to_wire())))
-                arg = dict(make_arg, id=env_id)
+                arg = dict(make_arg, id=env_id, codecs=AVAILABLE, max_message=self.settings.max_message)
+                arg.setdefault("compression", self.settings.compression)
                 if shard.token is not None:
                     arg["resume"] = shard.token  # the simulator keeps the envs for a resume under it
                 if vector:

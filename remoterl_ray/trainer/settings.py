@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..protocol.limits import MAX_SPACE_BYTES, RESUME_WINDOW
+from ..protocol.limits import MAX_MESSAGE, MAX_SPACE_BYTES, RESUME_WINDOW
 
 
 @dataclass(frozen=True)
@@ -26,3 +26,5 @@ class TrainerSettings:
     ca_file: str | None = None  # PEM CAs a wss:// relay is verified with (None: the system trust store)
     max_space_bytes: int = MAX_SPACE_BYTES  # largest space a simulator may describe (protocol/limits.py)
     resume_window: float = RESUME_WINDOW  # seconds a channel whose connection dropped waits to resume (0: never resume)
+    compression: str = "auto"  # what simulators are asked to compress (protocol/compression.py)
+    max_message: int = MAX_MESSAGE  # largest message taken in, its chunks put together
