@@ -17,7 +17,12 @@ uvicorn's h11 HTTP protocol and its sans-I/O WebSocket protocol:
   and a peer that lets it fill (it does not read, or floods pings and never
   reads the pongs) is aborted, never waited for, so the relay's senders never
   block on one slow peer. Peers get a small cap until the app admits them,
-  and all peers together get ``max_queued_bytes``;
+  and all peers together get ``max_queued_bytes``. Before a cap fills, the
+  relay stops reading from a peer whose frames go to a peer that has a
+  quarter of its cap queued, until that drops to an eighth (``Flow``): a
+  message of many chunks then waits in TCP for a reader that is merely
+  slower, instead of getting it cut off. Only the sender waits; a reader that
+  stays behind for ``STALL_SECONDS`` is aborted;
 * every close: a peer that does not take our last bytes within
   ``close_timeout`` is aborted, so a closed connection frees its buffer, its
   descriptor and its place in the counts;
@@ -53,6 +58,10 @@ log = logging.getLogger("remoterl.relay")
 peer_log = RateLimitedLog(log)
 
 FD_RESERVE = 64  # descriptors kept for the store, logs and the process itself
+# A peer held up this long by a reader that does not drain gets that reader cut off; well inside the
+# heartbeat's 20 s, since the held-up peer's pongs (and pings) wait unread meanwhile.
+STALL_SECONDS = 10.0
+POLL_SECONDS = 0.002  # how often a held-up peer looks at its reader's queue again
 _connection_ids = itertools.count(1)
 
 
@@ -167,6 +176,10 @@ class GuardedTransport:
         self.client = client
         self.queued = 0
         self._closing = False
+        self._server_paused = False  # uvicorn's own pause (while its queue holds a message)
+        self._held_by: GuardedTransport | None = None  # the reader this peer's frames wait for
+        self._held_since = 0.0
+        self._read_paused = False
         guard.queue.members.add(self)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -192,8 +205,68 @@ class GuardedTransport:
         self.guard.queue.forget(self)
         self.guard.gate.leave(self.key)
 
+    # -- flow control: reading pauses for the server's reasons and for ours, apart --
+
+    def pause_reading(self) -> None:
+        self._server_paused = True
+        self._apply_reading()
+
+    def resume_reading(self) -> None:
+        self._server_paused = False
+        self._apply_reading()
+
+    def _apply_reading(self) -> None:
+        paused = self._server_paused or self._held_by is not None
+        if paused != self._read_paused and not self.inner.is_closing():
+            self._read_paused = paused
+            (self.inner.pause_reading if paused else self.inner.resume_reading)()
+
+    def backlog(self) -> int:
+        return self.inner.get_write_buffer_size()
+
+    def hold_for(self, reader: GuardedTransport) -> None:
+        """Stop reading from this peer until ``reader``'s queue drains (or it is gone)."""
+        if self._held_by is not None or self._closing:
+            return
+        self._held_by = reader
+        self._held_since = asyncio.get_running_loop().time()
+        self._apply_reading()
+        asyncio.get_running_loop().call_later(POLL_SECONDS, self._check_hold)
+
+    def _check_hold(self) -> None:
+        reader = self._held_by
+        if reader is None:
+            return
+        loop = asyncio.get_running_loop()
+        if reader.inner.is_closing() or reader.backlog() <= self.guard.limits.peer_buffer // 8:
+            self._held_by = None
+            self._apply_reading()
+        elif loop.time() - self._held_since > STALL_SECONDS:
+            peer_log.info("slow reader", "closing a connection from %s: it stopped reading for %gs (%d bytes queued)",
+                          reader.client, STALL_SECONDS, reader.backlog())  # fmt: skip
+            reader.inner.abort()
+            self._held_by = None
+            self._apply_reading()
+        else:
+            loop.call_later(POLL_SECONDS, self._check_hold)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+class Flow:
+    """One connection's side of the relay's flow control, as the app sees it (see the module docstring)."""
+
+    __slots__ = ("transport", "_soft")
+
+    def __init__(self, transport: GuardedTransport) -> None:
+        self.transport = transport
+        self._soft = transport.guard.limits.peer_buffer // 4
+
+    def sent_to(self, reader: Flow) -> None:
+        """This peer's frame went to ``reader``: if it has too much queued, read no more from this peer for now."""
+        if reader.transport.backlog() > self._soft:
+            self.transport.hold_for(reader.transport)
 
 
 class ServerGuard:
@@ -340,6 +413,9 @@ class _Hooks:
 
     def take_frames(self, handler: Callable[[bytes], bool] | None) -> None:
         self._protocol.direct = handler
+
+    def flow(self) -> Flow:
+        return Flow(self._protocol.transport)
 
 
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):

@@ -13,7 +13,7 @@ import itertools
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
@@ -22,6 +22,7 @@ from ..accounts.store import Identity
 from ..protocol.closing import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, close_reason, said_goodbye
 from ..protocol.errors import ErrorCode, FrameTooLargeError, ProtocolError, RemoteRLError
 from ..protocol.messages import (
+    CAP_CHUNKS,
     CAP_LOCATE,
     CAP_RESUME,
     Forget,
@@ -62,6 +63,9 @@ class ServerConnection(Protocol):
         """Offer each binary message to ``handler`` as it arrives, while the app waits
         for none (True: taken; False: it goes to the ASGI queue as usual)."""
 
+    def flow(self) -> Any:
+        """This connection's flow control (``guarded_server.Flow``), or None."""
+
 
 class _NoServerHooks:
     def authenticated(self) -> None:
@@ -71,6 +75,9 @@ class _NoServerHooks:
         return None
 
     def take_frames(self, handler: Callable[[bytes], bool] | None) -> None:
+        return None
+
+    def flow(self) -> None:
         return None
 
 
@@ -146,6 +153,7 @@ class PeerDriver:
             name=hello.name,
             send_raw=lambda frame: self.send_bytes(ws, frame),
             write_now=server_connection(ws).writer(),
+            flow=server_connection(ws).flow(),
             close=lambda code, reason: ws.close(code, reason),
             key_id=identity.key_id,
             max_envs=hello.max_envs if hello.role == "simulator" else 0,
@@ -206,7 +214,7 @@ class PeerDriver:
                         simulators=simulators,
                         max_frame=self.max_frame,
                         region=self.directory.region,
-                        capabilities=[CAP_LOCATE, CAP_RESUME],
+                        capabilities=[CAP_LOCATE, CAP_RESUME, CAP_CHUNKS],
                         quota=self.accounting.quota(identity.workspace, identity.plan) if self.has_accounts else None,
                     )
                 )
@@ -291,6 +299,6 @@ class PeerDriver:
             return False  # refused by the pump, as any frame the peer may not send
         peer.received(data)
         if target is not None:
-            target.send_now(data)  # every peer of the board came through this server: each has write_now
+            peer.forward_to(target, data)  # every peer of the board came through this server: each has write_now
         return True
 

@@ -110,6 +110,7 @@ class Peer:
     capabilities: frozenset[str] = frozenset()
     presence: Presence = Presence.ONLINE
     write_now: WriteFn | None = None  # the embedded server's connection writes at once, without ASGI
+    flow: Any = None  # the embedded server's flow control for this connection (``guarded_server.Flow``)
 
     @property
     def alive(self) -> bool:
@@ -140,6 +141,13 @@ class Peer:
         except Exception as exc:
             return self._send_failed(exc)
         return self._sent(frame)
+
+    def forward_to(self, target: Peer, frame: bytes) -> None:
+        """Write this peer's ``frame`` to ``target`` at once; if ``target`` has a lot
+        queued, read no more from this peer until it drains (its sender waits, not it)."""
+        target.send_now(frame)
+        if self.flow is not None and target.flow is not None:
+            self.flow.sent_to(target.flow)
 
     def received(self, frame: bytes) -> None:
         """Count a frame from this peer (whichever path, ASGI or the fast one, took it)."""
@@ -859,7 +867,10 @@ class Switchboard:
         """Route a REQUEST/RESPONSE/ERROR frame to the other end of its channel."""
         target = self.route(peer, kind, op, channel_id)
         if target is not None:
-            await target.send(frame)
+            if target.write_now is not None:
+                peer.forward_to(target, frame)
+            else:
+                await target.send(frame)
 
     def peers(self, workspace: str | None = None) -> list[Peer]:
         """Every peer online (of ``workspace``, if given): a list, safe to await over."""

@@ -1,7 +1,10 @@
 """A user-space TCP proxy that delays traffic: a "far away" region on loopback.
 
 This kernel has no netem, so tests make distance here: every chunk is held
-``delay`` seconds in each direction before it is passed on, in order.
+``delay`` seconds in each direction before it is passed on, in order, and
+with ``rate`` (bytes a second) a thin link: each direction passes at most that
+many bytes a second and reads no further ahead than a few chunks, so a sender
+faster than that finds its writes waiting, as on a slow uplink.
 :meth:`LatencyProxy.drop` cuts every connection through it at once (a reset
 both ways, as a network failure looks to each end); new ones are accepted.
 """
@@ -14,9 +17,10 @@ import time
 
 
 class LatencyProxy:
-    def __init__(self, target_host: str, target_port: int, delay: float) -> None:
+    def __init__(self, target_host: str, target_port: int, delay: float, rate: float | None = None) -> None:
         self.target = (target_host, target_port)
         self.delay = delay
+        self.rate = rate
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -31,6 +35,13 @@ class LatencyProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:  # end every pipe first: no task is left pending on a closed loop
+            tasks = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
@@ -70,7 +81,7 @@ class LatencyProxy:
             self._writers.difference_update((client_writer, upstream_writer))
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(4 if self.rate else 0)
 
         async def deliver() -> None:
             while True:
@@ -82,6 +93,8 @@ class LatencyProxy:
                     await asyncio.sleep(wait)
                 writer.write(data)
                 await writer.drain()
+                if self.rate:
+                    await asyncio.sleep(len(data) / self.rate)
 
         sender = asyncio.create_task(deliver())
         try:
