@@ -10,17 +10,22 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import SimulatorPool, init_trainer
+from conftest import SimulatorPool, init_trainer, local_gym
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 import remoterl_ray
 from remoterl_ray.local import start_relay
+from remoterl_ray.trainer.remote_env import RemoteEnv
+from remoterl_ray.trainer.session import TrainerSession
+from remoterl_ray.trainer.settings import TrainerSettings
 from remoterl_ray.protocol import codec
-from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, Op, pack, unpack_header
+from remoterl_ray.protocol.chunks import SIZE_PREFIX
+from remoterl_ray.protocol.frames import HEADER_SIZE, MORE, Kind, Op, pack, unpack_header
 from remoterl_ray.protocol.messages import Hello, Open, Welcome, control_frame, encode_control, parse_control
 
 SMALL_FRAME = 64 * 1024
+BIG_OBS = "remoterl_testenvs:BigObs-v0"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,7 @@ def small_relay(keys):
     key = keys.take()
     relay = start_relay(api_keys=[key], extra_args=["--max-frame", str(SMALL_FRAME)])
     pool = SimulatorPool(relay, key)
-    pool.start(1)
+    pool.start(1, extra_args=("--max-message-mib", "16"))
     yield relay, key
     pool.stop()
     relay.stop()
@@ -168,21 +173,53 @@ def test_oversized_frame_gets_a_coded_error_and_the_peer_stays(small_relay, byst
     still_fine(bystander)
 
 
-def test_trainer_refuses_to_send_an_oversized_frame(small_relay, bystander):
-    with pytest.raises(remoterl_ray.FrameTooLargeError):
-        bystander.step(np.zeros(SMALL_FRAME))
+def test_a_request_past_the_frame_limit_travels_in_chunks_and_past_the_simulators_limit_is_refused(
+    small_relay, bystander
+):
+    # CartPole judges the action as it would locally: the chunks reached it whole.
+    with pytest.raises(remoterl_ray.RemoteEnvError):
+        bystander.step(np.zeros(SMALL_FRAME))  # 512 KiB: 9 chunks through this relay
+    with pytest.raises(remoterl_ray.FrameTooLargeError) as refused:
+        bystander.step(np.zeros(SMALL_FRAME * 40))  # 20 MiB: the simulator takes 16
+    assert refused.value.code.value == "message_too_large"
     still_fine(bystander)
 
 
-def test_simulator_answer_too_large_is_a_coded_error(small_relay, bystander):
-    gym.register("BigObs-v0", entry_point="remoterl_testenvs:BigObsEnv")
+def test_an_answer_past_the_frame_limit_arrives_whole_and_past_the_trainers_limit_is_refused(small_relay, bystander):
+    env = gym.make(BIG_OBS, size=400_000)  # 1.6 MB observations, 25 frames each
+    with local_gym():
+        local = gym.make(BIG_OBS, size=400_000)
+    np.testing.assert_array_equal(env.reset(seed=3)[0], local.reset(seed=3)[0])
+    for action in (0, 1, 1):
+        np.testing.assert_array_equal(env.step(action)[0], local.step(action)[0])
+    env.close()
+    relay, key = small_relay
+    session = TrainerSession(TrainerSettings(relay_url=relay.url, api_key=key, max_message=1 << 20))
     try:
-        env = gym.make("BigObs-v0")
-        with pytest.raises(remoterl_ray.FrameTooLargeError):
-            env.reset(seed=0)
-        env.close()
+        small = RemoteEnv(session, BIG_OBS, size=400_000)  # this trainer takes 1 MiB at most
+        with pytest.raises(remoterl_ray.FrameTooLargeError) as refused:
+            small.reset(seed=0)
+        assert refused.value.code.value == "message_too_large"
+        small.close()
     finally:
-        gym.registry.pop("BigObs-v0", None)
+        session.close()
+    still_fine(bystander)
+
+
+def test_a_request_announcing_a_huge_chunked_message_is_refused_before_it_is_read(small_relay, bystander):
+    relay, key = small_relay
+    ws = raw(relay, Hello(role="trainer", api_key=key))
+    ws.send(pack(Kind.CONTROL, 0, 0, 1, encode_control(Open(envs=1))))
+    opened = parse_control(memoryview(ws.recv(timeout=10))[HEADER_SIZE:])
+    channel = opened.shards[0].channel
+    ws.send(pack(Kind.REQUEST, Op.MAKE, channel, 2, codec.packb({"id": "CartPole-v1", "kwargs": {}})))
+    assert unpack_header(ws.recv(timeout=30)).kind == Kind.RESPONSE
+    ws.send(pack(Kind.REQUEST, Op.STEP | MORE, channel, 3, SIZE_PREFIX.pack(1 << 40) + b"\0" * 1000))
+    expect_error(ws, "message_too_large", seq=3)
+    # A step that follows is read and answered: the simulator kept nothing of the refused one.
+    ws.send(pack(Kind.REQUEST, Op.RESET, channel, 4, codec.packb({"seed": 0})))
+    assert unpack_header(ws.recv(timeout=30)) == (Kind.RESPONSE, Op.RESET, channel, 4)
+    ws.close()
     still_fine(bystander)
 
 

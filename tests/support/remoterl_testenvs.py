@@ -103,18 +103,35 @@ class GatedCounterEnv(CounterEnv):
 
 
 class BigObsEnv(gym.Env):
-    """Observations far larger than a small relay frame limit allows."""
+    """Observations far larger than a relay frame: float32 values that differ along
+    the array and from step to step (chunks put back in the wrong order would show)."""
 
     def __init__(self, size: int = 100_000) -> None:
-        self.observation_space = spaces.Box(0, 1, (size,), np.float32)
+        self.observation_space = spaces.Box(0, 2000, (size,), np.float32)
         self.action_space = spaces.Discrete(2)
+        self._ramp = (np.arange(size) % 1000).astype(np.float32)
+        self._t = 0
+
+    def _obs(self) -> np.ndarray:
+        return self._ramp + np.float32(self._t)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        return np.zeros(self.observation_space.shape, np.float32), {}
+        self._t = int(self.np_random.integers(0, 100))
+        return self._obs(), {}
 
     def step(self, action):
-        return np.zeros(self.observation_space.shape, np.float32), 0.0, False, False, {}
+        self._t += 1 + int(action)
+        return self._obs(), float(self._t), False, False, {"t": self._t}
+
+
+def make_preprocessed_pong(**kwargs):
+    """Pong as DQN papers feed it (84x84 grey frames, 4 frames skipped), built on the simulator
+    (``AtariPreprocessing`` reads the emulator itself, so it cannot wrap a remote env)."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+    return gym.wrappers.AtariPreprocessing(gym.make("ALE/Pong-v5", frameskip=1, **kwargs), frame_skip=4)
 
 
 class CorridorEnv(gym.Env):
@@ -258,3 +275,5 @@ gym.register("EchoText-v0", entry_point="remoterl_testenvs:EchoTextEnv")
 gym.register("Curriculum-v0", entry_point="remoterl_testenvs:CurriculumEnv")
 gym.register("VaryingBounds-v0", entry_point="remoterl_testenvs:VaryingBoundsEnv")
 gym.register("StructuredAction-v0", entry_point="remoterl_testenvs:StructuredActionEnv")
+gym.register("BigObs-v0", entry_point="remoterl_testenvs:BigObsEnv")
+gym.register("PongPreprocessed-v0", entry_point="remoterl_testenvs:make_preprocessed_pong")
