@@ -100,9 +100,10 @@ def test_training_benchmark_smoke_run():
 
 
 def test_serve_benchmark_smoke_run():
-    """Also runs ``remoterl relay --serve`` behind Serve's proxy and behind HAProxy (dialled directly)."""
-    out = run_bench("serve_path.py", "--quick", "--variants", "serve", "direct", timeout=600)
-    for variant in ("embedded", "serve", "direct"):
+    """Also runs ``remoterl relay --serve`` behind HAProxy, dialled directly (tests/test_serve.py
+    runs Serve's own proxy)."""
+    out = run_bench("serve_path.py", "--quick", "--variants", "direct", timeout=600)
+    for variant in ("embedded", "direct"):
         assert f"\n{variant} " in out
     assert "idle simulator connections" in out
 
@@ -139,3 +140,8 @@ def test_resume_benchmark_smoke_run():
     out = run_bench("resume.py", "--quick")
     for phase in ("relay restart, from relay back", "trainer connection dropped", "simulator connection dropped"):
         assert re.search(rf"^{phase} +p50 +\d+\.\d+ s", out, re.M), out
+
+
+def test_large_observations_benchmark_smoke_run():
+    out = run_bench("large_obs.py", "--quick")
+    assert re.search(r"^raw +4 +auto +[\d.]+", out, re.M) and "1 MB observation: remote / raw forward" in out, out

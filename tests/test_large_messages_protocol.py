@@ -20,8 +20,17 @@ from remoterl_ray.protocol.client_protocol import ClientProtocol, Dropped, Reque
 from remoterl_ray.protocol.compression import Codec, Compression, Scope, negotiate
 from remoterl_ray.protocol.errors import ErrorCode, ProtocolError
 from remoterl_ray.protocol.frames import HEADER_SIZE, MORE, Kind, Op, pack, unpack_header
-from remoterl_ray.protocol.limits import DecodeLimits
-from remoterl_ray.protocol.messages import CAP_CHUNKS, Hello, Welcome, control_frame
+from remoterl_ray.protocol.limits import MIN_PACKED_CHARGE, DecodeLimits
+from remoterl_ray.protocol.messages import (
+    CAP_CHUNKS,
+    Detach,
+    Hello,
+    Paused,
+    Welcome,
+    control_frame,
+    parse_hello,
+    parse_peer_control,
+)
 from remoterl_ray.protocol.relay_protocol import Forward, Refuse, RelayPeerProtocol
 from remoterl_ray.protocol.scan import EXT_PACKED
 
@@ -47,7 +56,7 @@ def test_a_message_of_any_size_comes_back_whole(size):
     assert all(len(f) - HEADER_SIZE <= MAX_FRAME for f in frames)
     assert len(frames) == (1 if size <= MAX_FRAME else -(-(size + 8) // MAX_FRAME))
     assert [unpack_header(f).op for f in frames] == [Op.STEP | MORE] * (len(frames) - 1) + [Op.STEP]
-    reassembly = Reassembly(MAX_MESSAGE, MAX_MESSAGE)
+    reassembly = Reassembly(MAX_MESSAGE, MAX_MESSAGE, max_frame=16)
     outs = []
     for frame in frames:
         header = unpack_header(frame)
@@ -61,7 +70,7 @@ def test_a_message_of_any_size_comes_back_whole(size):
 
 
 def test_an_announced_size_past_the_limit_is_refused_before_anything_is_kept():
-    reassembly = Reassembly(max_message=4096, max_pending=4096)
+    reassembly = Reassembly(max_message=4096, max_pending=4096, max_frame=16)
     first = chunks.SIZE_PREFIX.pack(1 << 40) + b"x" * 100
     with pytest.raises(ChunkError) as refused:
         reassembly.take(Kind.REQUEST, Op.STEP, True, 5, 77, memoryview(first))
@@ -70,7 +79,7 @@ def test_an_announced_size_past_the_limit_is_refused_before_anything_is_kept():
 
 
 def test_the_rest_of_a_refused_message_is_passed_over_not_read_as_a_new_one():
-    reassembly = Reassembly(max_message=3000, max_pending=3000)
+    reassembly = Reassembly(max_message=3000, max_pending=3000, max_frame=1024)
     frames = chunks.split(Kind.REQUEST, Op.STEP, 5, 8, b"\xff" * 5000, 1024)  # 5000 bytes: past the limit
     headers = [unpack_header(f) for f in frames]
     with pytest.raises(ChunkError):
@@ -86,7 +95,7 @@ def test_the_rest_of_a_refused_message_is_passed_over_not_read_as_a_new_one():
 
 @pytest.mark.parametrize("announced, sent", [(100, [60, 60]), (100, [60, 20]), (100, [60, 20, 30])])
 def test_chunks_that_do_not_add_up_to_the_announced_size_are_refused(announced, sent):
-    reassembly = Reassembly(MAX_MESSAGE, MAX_MESSAGE)
+    reassembly = Reassembly(MAX_MESSAGE, MAX_MESSAGE, max_frame=16)
     parts = [chunks.SIZE_PREFIX.pack(announced) + b"a" * sent[0], *(b"b" * n for n in sent[1:])]
     with pytest.raises(ChunkError):
         for i, part in enumerate(parts):
@@ -95,7 +104,7 @@ def test_chunks_that_do_not_add_up_to_the_announced_size_are_refused(announced, 
 
 
 def test_another_message_on_the_channel_cuts_the_first_one_off():
-    reassembly = Reassembly(MAX_MESSAGE, MAX_MESSAGE)
+    reassembly = Reassembly(MAX_MESSAGE, MAX_MESSAGE, max_frame=16)
     reassembly.take(Kind.RESPONSE, Op.STEP, True, 1, 2, memoryview(chunks.SIZE_PREFIX.pack(100) + b"a" * 10))
     with pytest.raises(ChunkError) as refused:
         reassembly.take(Kind.RESPONSE, Op.STEP, False, 1, 3, memoryview(b"other"))
@@ -107,7 +116,7 @@ def test_another_message_on_the_channel_cuts_the_first_one_off():
 
 
 def test_unfinished_messages_are_bounded_in_all():
-    reassembly = Reassembly(max_message=1000, max_pending=1200)
+    reassembly = Reassembly(max_message=1000, max_pending=1200, max_frame=16)
     for channel in (1, 2):
         first = memoryview(chunks.SIZE_PREFIX.pack(1000) + b"a" * 700)
         if channel == 1:
@@ -237,9 +246,9 @@ def test_a_compressed_array_past_the_payloads_budget_is_refused_before_it_is_dec
         codec.unpackb(bomb)
     assert refused.value.code is ErrorCode.MESSAGE_TOO_LARGE and called == []
     # The budget is for the whole payload, not for each array.
-    two = codec.msgpack.packb([codec.msgpack.ExtType(EXT_PACKED, _packed(Codec.LZ4, "uint8", (600,), b"")[3:])] * 2)
+    two = codec.msgpack.packb([codec.msgpack.ExtType(EXT_PACKED, _packed(Codec.LZ4, "uint8", (1500,), b"")[3:])] * 2)
     with pytest.raises(ProtocolError):
-        codec.unpackb(two, DecodeLimits(max_expanded=1000))
+        codec.unpackb(two, DecodeLimits(max_expanded=2500))
     assert len(called) == 1  # the first fits; the second is refused before it is decompressed
 
 
@@ -302,3 +311,92 @@ def test_a_description_names_only_codecs_this_side_reads():
     for bad in ({"codec": "gzip"}, {"codec": "lz4", "scope": "some"}, "lz4", {"codec": "lz4", "min_bytes": "x"}):
         with pytest.raises(ProtocolError):
             compression.from_wire(bad)
+
+
+def test_tiny_compressed_arrays_each_cost_a_minimum_of_the_budget(monkeypatch):
+    called = []
+    monkeypatch.setattr(compression, "decompress", lambda *a: called.append(a))
+    many = codec.msgpack.packb([codec.msgpack.ExtType(EXT_PACKED, _packed(Codec.ZSTD, "uint8", (1,), b"x")[3:])] * 100)
+    with pytest.raises(ProtocolError) as refused:
+        codec.unpackb(many, DecodeLimits(max_expanded=10 * MIN_PACKED_CHARGE))
+    assert refused.value.code is ErrorCode.MESSAGE_TOO_LARGE and len(called) == 10
+
+
+def test_hellos_control_messages_and_error_records_take_no_compressed_array(monkeypatch):
+    called = []
+    monkeypatch.setattr(compression, "decompress", lambda *a: called.append(a))
+    bomb = codec.msgpack.ExtType(EXT_PACKED, _packed(Codec.ZSTD, "uint8", (1 << 20,), b"x")[3:])
+    hello = codec.msgpack.packb({"op": "hello", "protocol": 2, "role": "trainer", "api_key": "k", "name": bomb})
+    with pytest.raises(ProtocolError):
+        parse_hello(hello)
+    control = codec.msgpack.packb({"op": "open", "envs": 1, "per_simulator": bomb})
+    with pytest.raises(ProtocolError):
+        parse_peer_control(control)
+    protocol = greeted()
+    pending, _ = protocol.request(Kind.REQUEST, Op.STEP, 4, codec.packb(0))
+    record = codec.msgpack.packb({"code": "env_error", "message": bomb, "remote_type": None})
+    protocol.receive(pack(Kind.ERROR, Op.STEP, 4, pending.seq, record))
+    with pytest.raises(ProtocolError):
+        pending.reply.value()
+    assert called == []
+
+
+@pytest.mark.parametrize("array", [np.array("x" * 3000), np.arange(2000).astype("M8[ms]"), np.ones((40, 40))[::2]])
+def test_any_array_that_travels_raw_travels_compressed_alike(array):
+    for codec_id in Codec:
+        out = codec.unpackb(codec.packb(array, Compression(codec_id, Scope.ALL, 64)))
+        assert out.shape == array.shape and out.dtype == array.dtype
+        np.testing.assert_array_equal(out, array)
+
+
+def test_empty_chunks_and_small_ones_before_the_last_are_refused():
+    reassembly = Reassembly(MAX_MESSAGE, MAX_MESSAGE, max_frame=1024)  # chunks of 1024: at least 512 but the last
+    reassembly.take(Kind.REQUEST, Op.STEP, True, 1, 2, memoryview(chunks.SIZE_PREFIX.pack(5000) + b"a" * 1016))
+    with pytest.raises(ChunkError):
+        reassembly.take(Kind.REQUEST, Op.STEP, True, 1, 2, memoryview(b""))
+    assert reassembly.partial == {} and reassembly.pending_bytes == 0
+
+
+def test_a_request_kind_with_a_smaller_bound_is_refused_from_its_announced_size():
+    protocol = greeted("simulator")
+    protocol.request_limits[Op.MAKE] = 4096
+    event = protocol.receive(pack(Kind.REQUEST, Op.MAKE | MORE, 3, 9, chunks.SIZE_PREFIX.pack(5000) + b"m" * 1016))
+    assert isinstance(event, Unreadable) and event.error.code is ErrorCode.MESSAGE_TOO_LARGE
+    assert protocol.reassembly.partial == {}
+
+
+def test_a_simulator_drops_a_half_received_request_when_its_channel_ends():
+    for ending in (Detach(channel=3), Paused(channels=[3])):
+        protocol = greeted("simulator")
+        first = chunks.split(Kind.REQUEST, Op.STEP, 3, 9, b"s" * 5000, MAX_FRAME)[0]
+        assert protocol.receive(first) is None and protocol.reassembly.pending_bytes > 0
+        protocol.receive(control_frame(ending))
+        assert protocol.reassembly.partial == {} and protocol.reassembly.pending_bytes == 0
+
+
+def test_a_message_that_cuts_another_off_is_passed_over_too():
+    reassembly = Reassembly(MAX_MESSAGE, MAX_MESSAGE, max_frame=1024)
+    old = chunks.split(Kind.RESPONSE, Op.STEP, 1, 2, b"o" * 3000, 1024)
+    new = chunks.split(Kind.RESPONSE, Op.STEP, 1, 3, b"n" * 3000, 1024)
+    take = lambda frame: reassembly.take(  # noqa: E731
+        Kind.RESPONSE, Op.STEP, bool(unpack_header(frame).op & MORE), 1, unpack_header(frame).seq,
+        memoryview(frame)[HEADER_SIZE:],
+    )  # fmt: skip
+    assert take(old[0]) is None
+    with pytest.raises(ChunkError):
+        take(new[0])
+    assert [take(frame) for frame in new[1:]] == [None] * (len(new) - 1)  # never read as new messages
+    assert reassembly.partial == {} and reassembly.skipping == {}
+
+
+def test_a_trainer_sends_a_simulator_no_more_than_it_takes():
+    protocol = greeted()
+    protocol.peer_limits.update({5: 0, 6: 2000})
+    with pytest.raises(ProtocolError) as one_frame:
+        protocol.request(Kind.REQUEST, Op.STEP, 5, b"x" * 1500)  # a simulator from before chunks
+    assert one_frame.value.code is ErrorCode.FRAME_TOO_LARGE
+    with pytest.raises(ProtocolError) as too_large:
+        protocol.request(Kind.REQUEST, Op.STEP, 6, b"x" * 2500)
+    assert too_large.value.code is ErrorCode.MESSAGE_TOO_LARGE
+    assert protocol.pending == {}  # refused before anything was sent or awaited
+    assert len(protocol.request(Kind.REQUEST, Op.STEP, 6, b"x" * 1900)[1]) == 2  # within its limit: chunks

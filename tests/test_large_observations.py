@@ -106,6 +106,7 @@ def test_car_racing_frames_equal_local(trainer):
     run_side_by_side(lambda: gym.make("CarRacing-v3"), steps=60)
 
 
+@pytest.mark.parametrize("trainer", ["auto"], indirect=True)  # float arrays travel raw under auto too
 def test_a_64_mib_observation_crosses_the_relay_in_chunks(trainer):
     size = 16 << 20  # float32: 64 MiB, four times the relay's frame limit
     before = received()
@@ -172,3 +173,31 @@ def test_a_message_many_times_the_relays_queue_waits_for_its_reader_instead_of_c
             env.close()
         finally:
             session.close()
+
+
+@pytest.mark.parametrize("trainer", ["auto"], indirect=True)
+def test_sb3_video_recorder_of_remote_envs_has_the_frames_of_local_ones(trainer, tmp_path):
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecVideoRecorder
+
+    def make(folder):
+        venv = make_vec_env("CarRacing-v3", n_envs=2, seed=4, env_kwargs={"render_mode": "rgb_array"})
+        return VecVideoRecorder(venv, str(tmp_path / folder), record_video_trigger=lambda step: step == 0,
+                                video_length=10)  # fmt: skip
+
+    remote = make("remote")
+    with local_gym():
+        local = make("local")
+    remote.reset()
+    local.reset()
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        actions = rng.uniform(-1, 1, size=(2, 3)).astype(np.float32)
+        remote.step(actions)
+        local.step(actions)
+    assert len(remote.recorded_frames) == len(local.recorded_frames) == 6
+    for got, want in zip(remote.recorded_frames, local.recorded_frames):
+        assert got.shape == want.shape == (800, 600, 3)  # SB3 tiles the two envs' 600x400 frames
+        np.testing.assert_array_equal(got, want)
+    remote.close()
+    local.close()

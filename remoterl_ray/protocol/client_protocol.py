@@ -50,9 +50,10 @@ from .errors import (
     error_from_wire,
 )
 from .frames import HEADER_SIZE, MAX_SEQ, MORE, Kind, Op, payload_of, unpack_header
-from .limits import MAX_CLAIMS_PER_PEER, MAX_MESSAGE
+from .limits import DEFAULT_DECODE, MAX_CLAIMS_PER_PEER, MAX_MESSAGE, PLAIN_DECODE, DecodeLimits
 from .messages import (
     CAP_CHUNKS,
+    Detach,
     Hello,
     Paused,
     Reconnect,
@@ -78,12 +79,13 @@ class Reply:
     channel: int
     payload: memoryview | None = None
     error: RemoteRLError | None = None
+    limits: DecodeLimits = DEFAULT_DECODE  # its compressed arrays expand to the receiver's max_message at most
 
     def value(self) -> Any:
         if self.error is not None:
             raise self.error
         assert self.payload is not None
-        return codec.unpackb(self.payload)
+        return codec.unpackb(self.payload, self.limits)
 
 
 @dataclass
@@ -191,8 +193,13 @@ class ClientProtocol:
         self._seqs = seqs
         self._seq = itertools.count(1)
         self.max_message = max_message
+        self.decode_limits = DecodeLimits(max_expanded=max_message)  # for requests and answers on channels
         self.chunking = False  # the relay forwards chunks (its welcome says so)
-        self.reassembly = Reassembly(max_message, max_pending=max_message)
+        # A trainer takes chunks only of answers to its own requests (each within max_message): what it
+        # holds is what it asked for. A simulator holds max_message of unfinished requests in all.
+        self.reassembly = Reassembly(max_message, max_pending=(1 << 62) if self.trainer else max_message, max_frame=1)
+        self.request_limits: dict[int, int] = {}  # op -> a smaller max_message for that op's requests (a simulator)
+        self.peer_limits: dict[int, int] = {}  # channel -> the other end's max_message (0: one frame only)
 
     # -- greeting -----------------------------------------------------------
 
@@ -210,7 +217,7 @@ class ClientProtocol:
             header = unpack_header(frame)
             payload = payload_of(frame)
             if header.kind == Kind.ERROR:
-                raise error_from_wire(codec.unpackb(payload))
+                raise error_from_wire(codec.unpackb(payload, PLAIN_DECODE))
             message = parse_control(payload)
             if not isinstance(message, Welcome):
                 raise ProtocolError(f"relay answered the hello with {message.op!r}")
@@ -219,6 +226,7 @@ class ClientProtocol:
             raise
         self.welcome, self.max_frame, self.state = message, message.max_frame, State.OPEN
         self.chunking = CAP_CHUNKS in message.capabilities
+        self.reassembly = Reassembly(self.max_message, self.reassembly.max_pending, max_frame=message.max_frame)
         return message
 
     # -- sending ------------------------------------------------------------
@@ -248,11 +256,20 @@ class ClientProtocol:
         """The frames that carry ``payload``: chunks when it passes the relay's frame
         limit and the relay forwards them, else one frame (``FrameTooLargeError`` if
         it does not fit)."""
-        if len(payload) > self.max_frame and not (self.chunking and kind != Kind.CONTROL):
-            raise FrameTooLargeError(
-                f"frame payload of {len(payload)} bytes exceeds the relay's limit of {self.max_frame}"
-                + ("" if self.chunking else " (and the relay does not forward chunked messages)")
-            )
+        size = len(payload)
+        if size > self.max_frame:
+            peer = self.peer_limits.get(channel)  # None: not known here (a resumed channel's new id)
+            if not self.chunking or kind == Kind.CONTROL or peer == 0:
+                why = "" if self.chunking else " (and the relay does not forward chunked messages)"
+                raise FrameTooLargeError(
+                    f"frame payload of {size} bytes exceeds the relay's limit of {self.max_frame}"
+                    + (why or (" (and the simulator takes one frame per message)" if peer == 0 else ""))
+                )
+            if peer is not None and size > peer:
+                raise FrameTooLargeError(
+                    f"a message of {size} bytes exceeds the simulator's limit of {peer} (its max_message)",
+                    code=ErrorCode.MESSAGE_TOO_LARGE,
+                )
         return chunks.split(kind, op, channel, seq, payload, self.max_frame)
 
     def request(self, kind: int, op: int, channel: int, payload: bytes) -> tuple[Pending, list[bytes]]:
@@ -297,6 +314,7 @@ class ClientProtocol:
             del self.pending[seq]
         for channel in gone:
             self.lost_channels.pop(channel, None)
+            self.peer_limits.pop(channel, None)
             self.reassembly.drop(channel)
         self.channels -= gone
         self.paused -= gone
@@ -360,7 +378,9 @@ class ClientProtocol:
             if self.trainer and (pending is None or channel in self.paused or not pending.accepts(kind, op, channel)):
                 return None  # chunks are kept only for an answer we wait for
             try:
-                whole = self.reassembly.take(kind, op, bool(more), channel, seq, payload)
+                whole = self.reassembly.take(
+                    kind, op, bool(more), channel, seq, payload, 0 if self.trainer else self.request_limits.get(op, 0)
+                )
             except ChunkError as exc:
                 return self._unreadable(op, channel, exc)
             if whole is None:
@@ -378,7 +398,7 @@ class ClientProtocol:
             if pending is None and seq and self.trainer:
                 return None  # a late answer to a request that already timed out
             try:
-                error: RemoteRLError = error_from_wire(codec.unpackb(payload))
+                error: RemoteRLError = error_from_wire(codec.unpackb(payload, PLAIN_DECODE))
             except ProtocolError as exc:
                 error = exc
             if channel and isinstance(error, RelayUnavailableError):
@@ -401,7 +421,7 @@ class ClientProtocol:
             return RelayReported(channel, error)
         if pending is not None:
             if pending.reply is None:
-                pending.reply = Reply(kind, op, channel, payload=payload)
+                pending.reply = Reply(kind, op, channel, payload=payload, limits=self.decode_limits)
             return None
         if kind == Kind.REQUEST:
             return Request(op, channel, seq, payload)
@@ -411,7 +431,11 @@ class ClientProtocol:
             except ProtocolError as exc:
                 return Dropped("malformed control", f"dropping malformed control message: {exc}")
             if isinstance(message, Paused):
+                for gone in message.channels:
+                    self.reassembly.drop(gone)  # what was coming on it will be sent again, whole
                 self.pause(message.channels)
+            elif isinstance(message, Detach):
+                self.channel_closed(message.channel)
             elif isinstance(message, Reconnect):
                 self.move_asked = True
             elif isinstance(message, Resumed):
@@ -421,6 +445,10 @@ class ClientProtocol:
                     self.resumed[rebound.token] = rebound.channel
             return Control(message)
         return None  # a late answer to a request that already timed out
+
+    def channel_closed(self, channel: int) -> None:
+        """A simulator's channel ended (closed, detached): a request half received on it is dropped."""
+        self.reassembly.drop(channel)
 
     def _unreadable(self, op: int, channel: int, exc: ChunkError) -> Event | None:
         """A chunked message refused: its request fails (a trainer), or is answered

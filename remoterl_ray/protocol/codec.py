@@ -22,6 +22,7 @@ the way up, not by decoding nested payloads.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import struct
@@ -36,7 +37,7 @@ import numpy as np
 from . import compression as compressing
 from .compression import Compression
 from .errors import ErrorCode, FrameTooLargeError, ProtocolError
-from .limits import DEFAULT_DECODE, MAX_NDIM, DecodeLimits
+from .limits import DEFAULT_DECODE, MAX_NDIM, MIN_PACKED_CHARGE, DecodeLimits
 from .scan import EXT_NDARRAY, EXT_NPSCALAR, EXT_OBJARRAY, EXT_PACKED, EXT_TUPLE, StructureError, check_structure
 
 __all__ = ["DecodeError", "EncodeError", "packb", "packb_items", "unpackb", "wire_dtype"]
@@ -174,9 +175,9 @@ def _compressing(policy: Compression) -> Any:
 
     def default(obj: Any) -> Any:
         if type(obj) is np.ndarray and obj.dtype != object and policy.takes(obj):
-            raw = np.ascontiguousarray(obj)
-            header = _dtype_header(raw.dtype, raw.shape)
-            packed = compressing.compress(policy.codec, memoryview(raw).cast("B"))
+            raw = np.require(obj, requirements="C")  # keeps a 0-d array 0-d (ascontiguousarray would not)
+            header = _dtype_header(raw.dtype, raw.shape)  # refuses dtypes that may not travel, as raw
+            packed = compressing.compress(policy.codec, memoryview(raw.reshape(-1).view(np.uint8)))
             if compressing.worth_sending(raw.nbytes, len(packed)):
                 return _ext(EXT_PACKED, codec_byte + header + packed)
         return _default(obj)
@@ -188,7 +189,16 @@ class _ObjectShape(tuple):
     """The decoded ext 4 marker: the shape of the object array its array holds."""
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
+class _Budget:
+    """What one payload's compressed arrays may still expand to (one per ``unpackb`` call)."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.left = self.limit = limit
+
+
+def _ext_hook(code: int, data: bytes, budget: _Budget | None = None) -> Any:
     if code == EXT_NDARRAY:
         dtype, shape, pos = _read_dtype_header(data)
         count = math.prod(shape)
@@ -206,13 +216,14 @@ def _ext_hook(code: int, data: bytes) -> Any:
         if dtype.itemsize == 0:
             raise DecodeError("compressed arrays of empty items are not sent")
         size = math.prod(shape) * dtype.itemsize
-        left = _local.expand_left - size
+        limit = 0 if budget is None else budget.limit
+        left = -1 if budget is None else budget.left - max(size, MIN_PACKED_CHARGE)
         if left < 0:
             raise DecodeError(
-                f"compressed arrays would expand past this payload's limit of {_local.expand_limit} bytes",
+                f"compressed arrays would expand past this payload's limit of {limit} bytes",
                 code=ErrorCode.MESSAGE_TOO_LARGE,
             )
-        _local.expand_left = left
+        budget.left = left  # type: ignore[union-attr]
         return compressing.decompress(data[0], memoryview(data)[pos:], dtype, shape)
     if code == EXT_NPSCALAR:
         dtype, shape, pos = _read_dtype_header(data)
@@ -306,10 +317,10 @@ def unpackb(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT
         check_structure(data, limits)
     except StructureError as exc:
         raise DecodeError(exc.message) from None
-    _local.expand_left = _local.expand_limit = limits.max_expanded
+    hook = _ext_hook if not limits.max_expanded else functools.partial(_ext_hook, budget=_Budget(limits.max_expanded))
     try:
         return msgpack.unpackb(
-            data, ext_hook=_ext_hook, list_hook=_list_hook, raw=False, strict_map_key=False, use_list=True
+            data, ext_hook=hook, list_hook=_list_hook, raw=False, strict_map_key=False, use_list=True
         )
     except ProtocolError:  # ours, from a hook (compression.decompress among them)
         raise

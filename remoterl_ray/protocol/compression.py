@@ -105,8 +105,8 @@ def decompress(codec_id: int, data: memoryview | bytes, dtype: np.dtype, shape: 
             return np.frombuffer(out, dtype=dtype).reshape(shape)
         if codec_id == Codec.ZSTD:
             array = np.empty(shape, dtype)
-            view = memoryview(array).cast("B") if size else memoryview(bytearray())
-            with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False) as reader:
+            view = memoryview(array.reshape(-1).view(np.uint8))
+            with _zstd_decompressor().stream_reader(data, read_across_frames=False) as reader:
                 got = 0
                 while got < size:
                     n = reader.readinto(view[got:])
@@ -176,8 +176,15 @@ _per_thread = threading.local()
 
 
 def _zstd_compressor() -> Any:
-    """zstd compressors keep a context and are not thread-safe: one per thread."""
+    """zstd contexts are not thread-safe, and cost to make: one of each per thread."""
     compressor = getattr(_per_thread, "zstd", None)
     if compressor is None:
         compressor = _per_thread.zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
     return compressor
+
+
+def _zstd_decompressor() -> Any:
+    decompressor = getattr(_per_thread, "unzstd", None)
+    if decompressor is None:
+        decompressor = _per_thread.unzstd = zstandard.ZstdDecompressor()
+    return decompressor

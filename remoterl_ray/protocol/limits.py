@@ -95,7 +95,14 @@ class DecodeLimits:
 
     max_depth: int = MAX_DEPTH
     max_objects: int = MAX_OBJECTS
-    max_expanded: int = MAX_MESSAGE  # bytes the payload's compressed arrays may expand to, in all
+    max_expanded: int = MAX_MESSAGE  # bytes the payload's compressed arrays may expand to, in all (0: none taken)
 
 
 DEFAULT_DECODE = DecodeLimits()
+PLAIN_DECODE = DecodeLimits(max_expanded=0)
+"""For payloads that never carry compressed arrays (control messages, error records)."""
+
+MIN_PACKED_CHARGE = 1024
+"""Bytes of the budget a compressed array costs at least, however small it says it
+is: decompressing has a cost of its own (senders compress only arrays of at least
+``compression.COMPRESS_MIN_BYTES``)."""

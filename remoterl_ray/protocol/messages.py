@@ -18,7 +18,7 @@ from . import codec
 from .errors import ErrorCode, ProtocolError
 from .frames import PROTOCOL_VERSION, Kind, Op, pack
 from .limits import (
-    DEFAULT_DECODE,
+    PLAIN_DECODE,
     MAX_CAPABILITIES,
     MAX_CAPABILITY_LENGTH,
     MAX_CONTROL_BYTES,
@@ -248,12 +248,15 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(ControlMessage)
 
 # What a peer may make the relay decode: a hello is a handful of short fields;
 # the largest later message is a release naming MAX_RELEASE_CHANNELS channels.
-HELLO_DECODE = DecodeLimits(max_depth=4, max_objects=4 * MAX_CAPABILITIES + 64)
-CONTROL_DECODE = DecodeLimits(max_depth=8, max_objects=max(MAX_RELEASE_CHANNELS, 5 * MAX_RESUME_CHANNELS) + 64)
+# Neither ever holds a compressed array (max_expanded 0: refused by the scan, before anything is built).
+HELLO_DECODE = DecodeLimits(max_depth=4, max_objects=4 * MAX_CAPABILITIES + 64, max_expanded=0)
+CONTROL_DECODE = DecodeLimits(
+    max_depth=8, max_objects=max(MAX_RELEASE_CHANNELS, 5 * MAX_RESUME_CHANNELS) + 64, max_expanded=0
+)
 
 
 def parse_control(
-    payload: bytes | memoryview, *, max_bytes: int | None = None, limits: DecodeLimits = DEFAULT_DECODE
+    payload: bytes | memoryview, *, max_bytes: int | None = None, limits: DecodeLimits = PLAIN_DECODE
 ) -> Any:
     """Decode and validate a CONTROL payload; raises ``ProtocolError`` (bad_payload).
 

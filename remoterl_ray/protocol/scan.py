@@ -137,6 +137,8 @@ def check_structure(data: bytes | bytearray | memoryview, limits: DecodeLimits) 
                     raise StructureError(f"unknown extension type {code}")
                 if code in HEAD_EXTS and not head:
                     raise StructureError(f"extension type {code} may only open an array")
+                if code == EXT_PACKED and not limits.max_expanded:
+                    raise StructureError("compressed arrays are not taken in this payload")
                 pos = code_at + 1 + size
             else:
                 raise StructureError(f"byte 0x{byte:02x} is not a msgpack value")

@@ -21,8 +21,9 @@ uvicorn's h11 HTTP protocol and its sans-I/O WebSocket protocol:
   relay stops reading from a peer whose frames go to a peer that has a
   quarter of its cap queued, until that drops to an eighth (``Flow``): a
   message of many chunks then waits in TCP for a reader that is merely
-  slower, instead of getting it cut off. Only the sender waits; a reader that
-  stays behind for ``STALL_SECONDS`` is aborted;
+  slower, instead of getting it cut off. Only the sender waits (and, on its
+  connection, what else it sends); a reader whose queue does not shrink for
+  ``STALL_SECONDS`` is aborted;
 * every close: a peer that does not take our last bytes within
   ``close_timeout`` is aborted, so a closed connection frees its buffer, its
   descriptor and its place in the counts;
@@ -58,10 +59,10 @@ log = logging.getLogger("remoterl.relay")
 peer_log = RateLimitedLog(log)
 
 FD_RESERVE = 64  # descriptors kept for the store, logs and the process itself
-# A peer held up this long by a reader that does not drain gets that reader cut off; well inside the
-# heartbeat's 20 s, since the held-up peer's pongs (and pings) wait unread meanwhile.
+# A reader whose queue has not shrunk for this long while senders wait for it is cut off; well inside
+# the heartbeat's 20 s, since a waiting sender's pongs (and pings) wait unread meanwhile.
 STALL_SECONDS = 10.0
-POLL_SECONDS = 0.002  # how often a held-up peer looks at its reader's queue again
+POLL_SECONDS = 0.005  # how often a reader that senders wait for is looked at again (one timer per reader)
 _connection_ids = itertools.count(1)
 
 
@@ -178,8 +179,10 @@ class GuardedTransport:
         self._closing = False
         self._server_paused = False  # uvicorn's own pause (while its queue holds a message)
         self._held_by: GuardedTransport | None = None  # the reader this peer's frames wait for
-        self._held_since = 0.0
         self._read_paused = False
+        self._waiters: set[GuardedTransport] = set()  # as a reader: the senders waiting for it to drain
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._progress = (0, 0.0)  # as a reader: its lowest backlog since the wait began, and when
         guard.queue.members.add(self)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -201,9 +204,13 @@ class GuardedTransport:
             asyncio.get_running_loop().call_later(self.guard.limits.close_timeout, self.inner.abort)  # no-op once closed
 
     def lost(self) -> None:
-        """The connection is gone: out of every count."""
+        """The connection is gone: out of every count, and out of the flow control."""
         self.guard.queue.forget(self)
         self.guard.gate.leave(self.key)
+        if self._held_by is not None:
+            self._held_by._waiters.discard(self)
+            self._held_by = None
+        self._release_waiters()
 
     # -- flow control: reading pauses for the server's reasons and for ours, apart --
 
@@ -229,26 +236,42 @@ class GuardedTransport:
         if self._held_by is not None or self._closing:
             return
         self._held_by = reader
-        self._held_since = asyncio.get_running_loop().time()
         self._apply_reading()
-        asyncio.get_running_loop().call_later(POLL_SECONDS, self._check_hold)
+        reader._wait_for_drain(self)
 
-    def _check_hold(self) -> None:
-        reader = self._held_by
-        if reader is None:
+    def _wait_for_drain(self, sender: GuardedTransport) -> None:
+        """``sender`` waits for this reader: one timer per reader, however many wait."""
+        self._waiters.add(sender)
+        if self._drain_timer is None:
+            loop = asyncio.get_running_loop()
+            self._progress = (self.backlog(), loop.time())
+            self._drain_timer = loop.call_later(POLL_SECONDS, self._check_drain)
+
+    def _check_drain(self) -> None:
+        self._drain_timer = None
+        if not self._waiters:
             return
         loop = asyncio.get_running_loop()
-        if reader.inner.is_closing() or reader.backlog() <= self.guard.limits.peer_buffer // 8:
-            self._held_by = None
-            self._apply_reading()
-        elif loop.time() - self._held_since > STALL_SECONDS:
-            peer_log.info("slow reader", "closing a connection from %s: it stopped reading for %gs (%d bytes queued)",
-                          reader.client, STALL_SECONDS, reader.backlog())  # fmt: skip
-            reader.inner.abort()
-            self._held_by = None
-            self._apply_reading()
-        else:
-            loop.call_later(POLL_SECONDS, self._check_hold)
+        backlog = self.backlog()
+        if self.inner.is_closing() or backlog <= self.guard.limits.peer_buffer // 8:
+            self._release_waiters()
+            return
+        lowest, since = self._progress
+        if backlog < lowest:  # it reads, however slowly: its senders keep waiting
+            self._progress = (backlog, loop.time())
+        elif loop.time() - since > STALL_SECONDS:
+            peer_log.info("slow reader", "closing a connection from %s: it read nothing for %gs (%d bytes queued)",
+                          self.client, STALL_SECONDS, backlog)  # fmt: skip
+            self.inner.abort()
+            self._release_waiters()
+            return
+        self._drain_timer = loop.call_later(POLL_SECONDS, self._check_drain)
+
+    def _release_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for sender in waiters:
+            sender._held_by = None
+            sender._apply_reading()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

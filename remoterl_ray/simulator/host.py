@@ -169,6 +169,9 @@ class SimulatorHost:
                 file=sys.stderr,
                 flush=True,
             )
+            # Make and register requests reach env constructors: refused past their own bound
+            # from the size a chunked one announces, before it is read.
+            conn.protocol.request_limits.update(dict.fromkeys(_MAKING, self.max_make_bytes))
             try:
                 self._claim(conn, self.table.claims())
                 self._serve_connection(conn, stop)
@@ -296,7 +299,8 @@ class SimulatorHost:
                     f"{self.max_make_bytes} (--max-make-bytes)",
                     code=ErrorCode.BAD_PAYLOAD,
                 )
-            return self.table.answer(op, request.channel, codec.unpackb(payload), max_bytes=conn.max_frame), None
+            arg = codec.unpackb(payload, conn.protocol.decode_limits)
+            return self.table.answer(op, request.channel, arg, max_bytes=conn.max_frame), None
         except RemoteRLError as exc:
             return None, exc.to_wire()
         except Exception as exc:  # the env raised: report it, keep serving

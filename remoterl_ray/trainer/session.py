@@ -229,6 +229,7 @@ class TrainerSession:
                 for r in replies
                 if r.op in (Op.MAKE, Op.MAKE_VEC)
             ]
+            conn.limit_channels({s.channel: d.max_message for s, d in zip(shards, descriptions)})
         except BaseException:
             self.release(conn, [s.channel for s in shards], close_first=True)
             raise

@@ -392,6 +392,11 @@ class RelayConnection:
             raise
         return news
 
+    def limit_channels(self, limits: dict[int, int]) -> None:
+        """The largest message each channel's simulator takes (0: one frame), from its description."""
+        with self._cond:
+            self.protocol.peer_limits.update(limits)
+
     def forget_channels(self, channels: list[int]) -> None:
         """Channels given back: drop what is awaited or remembered on them."""
         with self._cond:
