@@ -20,7 +20,7 @@ from remoterl_ray.protocol.client_protocol import ClientProtocol, Dropped, Reque
 from remoterl_ray.protocol.compression import Codec, Compression, Scope, negotiate
 from remoterl_ray.protocol.errors import ErrorCode, ProtocolError
 from remoterl_ray.protocol.frames import HEADER_SIZE, MORE, Kind, Op, pack, unpack_header
-from remoterl_ray.protocol.limits import MIN_PACKED_CHARGE, DecodeLimits
+from remoterl_ray.protocol.limits import MIN_MESSAGE, MIN_PACKED_CHARGE, DecodeLimits
 from remoterl_ray.protocol.messages import (
     CAP_CHUNKS,
     Detach,
@@ -400,3 +400,13 @@ def test_a_trainer_sends_a_simulator_no_more_than_it_takes():
     assert too_large.value.code is ErrorCode.MESSAGE_TOO_LARGE
     assert protocol.pending == {}  # refused before anything was sent or awaited
     assert len(protocol.request(Kind.REQUEST, Op.STEP, 6, b"x" * 1900)[1]) == 2  # within its limit: chunks
+
+
+def test_a_simulator_reads_nothing_of_a_refused_request_down_to_its_last_chunk():
+    protocol = greeted("simulator", max_message=MIN_MESSAGE)
+    frames = chunks.split(Kind.REQUEST, Op.STEP, 6, 30, b"\x91\x01" * (MIN_MESSAGE // 2 + 1000), MAX_FRAME)
+    events = [protocol.receive(frame) for frame in frames]
+    assert isinstance(events[0], Unreadable) and events[0].error.code is ErrorCode.MESSAGE_TOO_LARGE
+    assert events[1:] == [None] * (len(frames) - 1)  # the tail too: never taken for a request of its own
+    assert protocol.reassembly.skipping == {} and protocol.reassembly.partial == {}
+    assert isinstance(protocol.receive(pack(Kind.REQUEST, Op.STEP, 6, 31, codec.packb(1))), Request)

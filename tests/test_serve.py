@@ -29,7 +29,7 @@ from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
 from remoterl_ray.trainer.session import TrainerSession
 from remoterl_ray.trainer.settings import TrainerSettings
 
-from conftest import idle_peers, new_key, trainer_steps_once
+from conftest import idle_peers, new_key, sim_env, trainer_steps_once
 from latency_proxy import LatencyProxy
 
 ray = pytest.importorskip("ray")
@@ -66,7 +66,7 @@ class ServeCluster:
         return self.http("/near/v1/cluster")
 
     def simulator(self, key: str, region_url: str, *extra: str) -> LocalProcess:
-        proc = start_simulator(region_url, key, extra_args=extra)
+        proc = start_simulator(region_url, key, extra_args=extra, env=sim_env())
         self.procs.append(proc)
         return proc
 
@@ -301,6 +301,25 @@ def test_trainer_steps_across_two_regions_at_once(serve_cluster: ServeCluster) -
         remote.close()
         placed = serve_cluster.where(key)
         assert sorted(region for region, _, _ in placed["trainers"]) == ["far", "near"]
+    finally:
+        session.close()
+
+
+def test_an_observation_larger_than_a_frame_crosses_a_replica_in_chunks(serve_cluster: ServeCluster) -> None:
+    """24 MiB observations: past the relay's frame limit and Serve's own 16 MiB WebSocket messages."""
+    key = serve_cluster.keys[9]
+    serve_cluster.simulator(key, serve_cluster.url("near"), "--region", "near", "--allow", "remoterl_testenvs")
+    session = TrainerSession(TrainerSettings(relay_url=serve_cluster.url("near"), api_key=key))
+    try:
+        assert session.links.wait_for_simulators(1, 30) == 1
+        env = RemoteEnv(session, "remoterl_testenvs:BigObs-v0", size=6 << 20)
+        local = gym.make("remoterl_testenvs:BigObs-v0", size=6 << 20)
+        np.testing.assert_array_equal(env.reset(seed=2)[0], local.reset(seed=2)[0])
+        for action in (1, 0):
+            got, want = env.step(action), local.step(action)
+            np.testing.assert_array_equal(got[0], want[0])
+            assert got[1:] == want[1:]
+        env.close()
     finally:
         session.close()
 

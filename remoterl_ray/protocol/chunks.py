@@ -39,9 +39,10 @@ class ChunkError(ProtocolError):
 
     default_code = ErrorCode.BAD_FRAME
 
-    def __init__(self, message: str, *, seq: int, code: ErrorCode = ErrorCode.BAD_FRAME) -> None:
+    def __init__(self, message: str, *, seq: int, op: int, code: ErrorCode = ErrorCode.BAD_FRAME) -> None:
         super().__init__(message, code=code)
         self.seq = seq
+        self.op = op
 
 
 def chunk_size(max_frame: int) -> int:
@@ -120,18 +121,20 @@ class Reassembly:
             raise ChunkError(
                 f"channel {channel}: a chunked message (seq {partial.seq}) was cut off by another frame",
                 seq=partial.seq,
+                op=partial.op,
             )
         if partial is None:
             if not more:
                 return payload
             if len(payload) < SIZE_PREFIX.size:
-                raise ChunkError("the first chunk of a message lacks its size", seq=seq)
+                raise ChunkError("the first chunk of a message lacks its size", seq=seq, op=op)
             (size,) = SIZE_PREFIX.unpack_from(payload)
             limit = min(limit, self.max_message) if limit else self.max_message
             if size > limit:
                 raise ChunkError(
                     f"a chunked message of {size} bytes exceeds this peer's limit of {limit}",
                     seq=seq,
+                    op=op,
                     code=ErrorCode.MESSAGE_TOO_LARGE,
                 )
             payload = payload[SIZE_PREFIX.size :]
@@ -143,12 +146,14 @@ class Reassembly:
                 f"a chunked message's chunks do not add up to its {partial.size} bytes in chunks of at least "
                 f"{self.min_chunk}",
                 seq=seq,
+                op=op,
             )
         if more and self.pending_bytes + len(payload) > self.max_pending:
             self.drop(channel)
             raise ChunkError(
                 f"unfinished chunked messages would hold more than {self.max_pending} bytes",
                 seq=seq,
+                op=op,
                 code=ErrorCode.MESSAGE_TOO_LARGE,
             )
         partial.parts.append(payload)

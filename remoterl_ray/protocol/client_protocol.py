@@ -193,7 +193,7 @@ class ClientProtocol:
         self._seqs = seqs
         self._seq = itertools.count(1)
         self.max_message = max_message
-        self.decode_limits = DecodeLimits(max_expanded=max_message)  # for requests and answers on channels
+        self.decode_limits = DecodeLimits(max_expanded=max_message)  # for answers (requests travel raw)
         self.chunking = False  # the relay forwards chunks (its welcome says so)
         # A trainer takes chunks only of answers to its own requests (each within max_message): what it
         # holds is what it asked for. A simulator holds max_message of unfinished requests in all.
@@ -371,18 +371,21 @@ class ClientProtocol:
         payload: memoryview | bytes = payload_of(frame)
         pending = self.pending.get(seq) if seq else None
         more = op & MORE
-        if (more or (self.reassembly.partial and channel in self.reassembly.partial)) and (
-            kind == Kind.REQUEST or kind == Kind.RESPONSE
-        ):
+        chunking = self.reassembly
+        if (
+            more
+            or (chunking.partial and channel in chunking.partial)
+            or (chunking.skipping and channel in chunking.skipping)  # the last chunk of a message passed over
+        ) and (kind == Kind.REQUEST or kind == Kind.RESPONSE):
             op &= ~MORE
             if self.trainer and (pending is None or channel in self.paused or not pending.accepts(kind, op, channel)):
                 return None  # chunks are kept only for an answer we wait for
             try:
-                whole = self.reassembly.take(
+                whole = chunking.take(
                     kind, op, bool(more), channel, seq, payload, 0 if self.trainer else self.request_limits.get(op, 0)
                 )
             except ChunkError as exc:
-                return self._unreadable(op, channel, exc)
+                return self._unreadable(exc.op, channel, exc)
             if whole is None:
                 return None
             payload = memoryview(whole)

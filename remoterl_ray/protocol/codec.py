@@ -314,10 +314,10 @@ def unpackb(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT
     """Decode a payload within ``limits``; raises :class:`DecodeError` for anything
     malformed or beyond them (checked before anything is built)."""
     try:
-        check_structure(data, limits)
+        packed = check_structure(data, limits)
     except StructureError as exc:
         raise DecodeError(exc.message) from None
-    hook = _ext_hook if not limits.max_expanded else functools.partial(_ext_hook, budget=_Budget(limits.max_expanded))
+    hook = functools.partial(_ext_hook, budget=_Budget(limits.max_expanded)) if packed else _ext_hook
     try:
         return msgpack.unpackb(
             data, ext_hook=hook, list_hook=_list_hook, raw=False, strict_map_key=False, use_list=True

@@ -81,13 +81,14 @@ for _b in range(0xA0, 0xC0):
 del _b
 
 
-def check_structure(data: bytes | bytearray | memoryview, limits: DecodeLimits) -> None:
+def check_structure(data: bytes | bytearray | memoryview, limits: DecodeLimits) -> bool:
     """Raise :class:`StructureError` unless ``data`` is exactly one msgpack value
-    within ``limits`` and the codec's layout rules."""
+    within ``limits`` and the codec's layout rules; whether it holds compressed arrays."""
     end = len(data)
     max_depth, max_objects = limits.max_depth, limits.max_objects
     lead, fixed, key_leads, widths = _LEAD, _FIXED, _KEY_LEADS, _WIDTH
     pos = 0
+    packed = False
     objects = 1  # values declared so far: the top-level one, then each container's items
     stack: list[tuple[int, bool]] = []  # the enclosing containers' (items left, is a map)
     left, in_map, at_head = 1, False, False  # the top level holds exactly one value
@@ -137,8 +138,10 @@ def check_structure(data: bytes | bytearray | memoryview, limits: DecodeLimits) 
                     raise StructureError(f"unknown extension type {code}")
                 if code in HEAD_EXTS and not head:
                     raise StructureError(f"extension type {code} may only open an array")
-                if code == EXT_PACKED and not limits.max_expanded:
-                    raise StructureError("compressed arrays are not taken in this payload")
+                if code == EXT_PACKED:
+                    if not limits.max_expanded:
+                        raise StructureError("compressed arrays are not taken in this payload")
+                    packed = True
                 pos = code_at + 1 + size
             else:
                 raise StructureError(f"byte 0x{byte:02x} is not a msgpack value")
@@ -146,3 +149,4 @@ def check_structure(data: bytes | bytearray | memoryview, limits: DecodeLimits) 
         raise StructureError("payload is truncated") from None
     if pos != end:
         raise StructureError("payload is truncated" if pos > end else f"{end - pos} bytes follow the payload's value")
+    return packed

@@ -22,8 +22,9 @@ uvicorn's h11 HTTP protocol and its sans-I/O WebSocket protocol:
   quarter of its cap queued, until that drops to an eighth (``Flow``): a
   message of many chunks then waits in TCP for a reader that is merely
   slower, instead of getting it cut off. Only the sender waits (and, on its
-  connection, what else it sends); a reader whose queue does not shrink for
-  ``STALL_SECONDS`` is aborted;
+  connection, what else it sends: its pongs too, so its heartbeat is not
+  failed while it was held); a reader that takes less than ``MIN_DRAIN`` in
+  any ``STALL_SECONDS`` while senders wait is aborted;
 * every close: a peer that does not take our last bytes within
   ``close_timeout`` is aborted, so a closed connection frees its buffer, its
   descriptor and its place in the counts;
@@ -59,9 +60,10 @@ log = logging.getLogger("remoterl.relay")
 peer_log = RateLimitedLog(log)
 
 FD_RESERVE = 64  # descriptors kept for the store, logs and the process itself
-# A reader whose queue has not shrunk for this long while senders wait for it is cut off; well inside
-# the heartbeat's 20 s, since a waiting sender's pongs (and pings) wait unread meanwhile.
+# A reader that senders wait for must take at least MIN_DRAIN bytes in every STALL_SECONDS, or it is cut
+# off: a reader that trickles cannot hold its senders (and their other channels) up for long.
 STALL_SECONDS = 10.0
+MIN_DRAIN = 1 << 20
 POLL_SECONDS = 0.005  # how often a reader that senders wait for is looked at again (one timer per reader)
 _connection_ids = itertools.count(1)
 
@@ -176,18 +178,21 @@ class GuardedTransport:
         self.key = key  # its entry in the gate
         self.client = client
         self.queued = 0
+        self.written = 0  # bytes ever handed to write (what it drained: this, less what is still queued)
         self._closing = False
         self._server_paused = False  # uvicorn's own pause (while its queue holds a message)
         self._held_by: GuardedTransport | None = None  # the reader this peer's frames wait for
         self._read_paused = False
         self._waiters: set[GuardedTransport] = set()  # as a reader: the senders waiting for it to drain
         self._drain_timer: asyncio.TimerHandle | None = None
-        self._progress = (0, 0.0)  # as a reader: its lowest backlog since the wait began, and when
+        self._window = (0, 0.0)  # as a reader: bytes drained when the current STALL_SECONDS began, and when
+        self._last_held = float("-inf")  # as a sender: when it was last held (its pongs may wait unread)
         guard.queue.members.add(self)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         inner = self.inner
         inner.write(data)
+        self.written += len(data)
         size = inner.get_write_buffer_size()
         if size != self.queued:
             delta, self.queued = size - self.queued, size
@@ -233,18 +238,26 @@ class GuardedTransport:
 
     def hold_for(self, reader: GuardedTransport) -> None:
         """Stop reading from this peer until ``reader``'s queue drains (or it is gone)."""
-        if self._held_by is not None or self._closing:
+        if self._held_by is not None or self._closing or self.inner.is_closing():
             return
         self._held_by = reader
+        self._last_held = asyncio.get_running_loop().time()
         self._apply_reading()
         reader._wait_for_drain(self)
+
+    def held_within(self, seconds: float) -> bool:
+        """Whether reading from this peer was held up in the last ``seconds`` (or is now)."""
+        return self._held_by is not None or asyncio.get_running_loop().time() - self._last_held < seconds
+
+    def drained(self) -> int:
+        return self.written - self.backlog()
 
     def _wait_for_drain(self, sender: GuardedTransport) -> None:
         """``sender`` waits for this reader: one timer per reader, however many wait."""
         self._waiters.add(sender)
         if self._drain_timer is None:
             loop = asyncio.get_running_loop()
-            self._progress = (self.backlog(), loop.time())
+            self._window = (self.drained(), loop.time())
             self._drain_timer = loop.call_later(POLL_SECONDS, self._check_drain)
 
     def _check_drain(self) -> None:
@@ -252,25 +265,27 @@ class GuardedTransport:
         if not self._waiters:
             return
         loop = asyncio.get_running_loop()
-        backlog = self.backlog()
-        if self.inner.is_closing() or backlog <= self.guard.limits.peer_buffer // 8:
+        if self.inner.is_closing() or self.backlog() <= self.guard.limits.peer_buffer // 8:
             self._release_waiters()
             return
-        lowest, since = self._progress
-        if backlog < lowest:  # it reads, however slowly: its senders keep waiting
-            self._progress = (backlog, loop.time())
-        elif loop.time() - since > STALL_SECONDS:
-            peer_log.info("slow reader", "closing a connection from %s: it read nothing for %gs (%d bytes queued)",
-                          self.client, STALL_SECONDS, backlog)  # fmt: skip
-            self.inner.abort()
-            self._release_waiters()
-            return
+        drained_then, since = self._window
+        if loop.time() - since >= STALL_SECONDS:
+            drained = self.drained() - drained_then
+            if drained < MIN_DRAIN:
+                peer_log.info("slow reader", "closing a connection from %s: it took %d bytes in %gs (%d queued)",
+                              self.client, drained, STALL_SECONDS, self.backlog())  # fmt: skip
+                self.inner.abort()
+                self._release_waiters()
+                return
+            self._window = (self.drained(), loop.time())
         self._drain_timer = loop.call_later(POLL_SECONDS, self._check_drain)
 
     def _release_waiters(self) -> None:
         waiters, self._waiters = self._waiters, set()
+        now = asyncio.get_running_loop().time() if waiters else 0.0
         for sender in waiters:
             sender._held_by = None
+            sender._last_held = now
             sender._apply_reading()
 
     def __getattr__(self, name: str) -> Any:
@@ -492,6 +507,14 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def resume_writing(self) -> None:
         return None  # never paused: sends do not wait
+
+    def keepalive_timeout(self) -> None:
+        """No pong in time: the peer is gone, unless we held reading from it up (its pong
+        then waits unread behind frames for a slow reader): then it gets another while."""
+        if isinstance(self.transport, GuardedTransport) and self.transport.held_within(self.ping_timeout or 0.0):
+            self.pong_timer = self.loop.call_later(self.ping_timeout or 0.0, self.keepalive_timeout)
+            return
+        super().keepalive_timeout()
 
     def data_received(self, data: bytes) -> None:
         if not self.handshake_initiated:

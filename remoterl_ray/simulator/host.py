@@ -39,7 +39,7 @@ from ..protocol.errors import (
     exception_type_name,
 )
 from ..protocol.frames import Op
-from ..protocol.limits import MAX_MESSAGE, RESUME_WINDOW
+from ..protocol.limits import MAX_MESSAGE, PLAIN_DECODE, RESUME_WINDOW
 from ..protocol.messages import (
     CAP_NOTICE,
     CAP_RECONNECT,
@@ -299,7 +299,7 @@ class SimulatorHost:
                     f"{self.max_make_bytes} (--max-make-bytes)",
                     code=ErrorCode.BAD_PAYLOAD,
                 )
-            arg = codec.unpackb(payload, conn.protocol.decode_limits)
+            arg = codec.unpackb(payload, PLAIN_DECODE)  # requests travel raw: none may expand
             return self.table.answer(op, request.channel, arg, max_bytes=conn.max_frame), None
         except RemoteRLError as exc:
             return None, exc.to_wire()

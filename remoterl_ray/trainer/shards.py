@@ -475,6 +475,7 @@ class Shards:
             self.shards[i], self.channels[i], self.conns[i] = shard, channel, conn
             self.made[i] = Made(conn, shard, self.made[i].description)
             conn.adopt_channels([channel])
+            conn.limit_channels({channel: self.made[i].description.max_message})
             again += [(flight, i, flight.out[i][1]) for flight in list(self._flights) if i in flight.out]
         if again:
             first = again[0][2].seq
