@@ -67,6 +67,14 @@ def raw(relay, hello: Hello | None = None, *, greet: bool = True):
     return ws
 
 
+def raw_channel(relay, key: str):
+    """A raw trainer connection with one channel opened: (the socket, the channel id)."""
+    ws = raw(relay, Hello(role="trainer", api_key=key))
+    ws.send(pack(Kind.CONTROL, 0, 0, 1, encode_control(Open(envs=1))))
+    opened = parse_control(memoryview(ws.recv(timeout=10))[HEADER_SIZE:])
+    return ws, opened.shards[0].channel
+
+
 def expect_error(ws, code: str, *, seq: int | None = None) -> dict:
     frame = ws.recv(timeout=10)
     header = unpack_header(frame)
@@ -143,11 +151,7 @@ def test_malformed_frames_after_hello_get_coded_errors_and_the_peer_stays(small_
 
 
 def test_garbage_payload_reaches_the_simulator_which_answers_with_a_code(small_relay, bystander):
-    relay, key = small_relay
-    ws = raw(relay, Hello(role="trainer", api_key=key))
-    ws.send(pack(Kind.CONTROL, 0, 0, 1, encode_control(Open(envs=1))))
-    opened = parse_control(memoryview(ws.recv(timeout=10))[HEADER_SIZE:])
-    channel = opened.shards[0].channel
+    ws, channel = raw_channel(*small_relay)
     ws.send(pack(Kind.REQUEST, Op.MAKE, channel, 2, b"\xc1 not msgpack"))
     expect_error(ws, "bad_payload", seq=2)
     ws.send(pack(Kind.REQUEST, Op.MAKE, channel, 3, codec.packb(["not", "a", "map"])))
@@ -207,11 +211,7 @@ def test_an_answer_past_the_frame_limit_arrives_whole_and_past_the_trainers_limi
 
 
 def test_a_request_announcing_a_huge_chunked_message_is_refused_before_it_is_read(small_relay, bystander):
-    relay, key = small_relay
-    ws = raw(relay, Hello(role="trainer", api_key=key))
-    ws.send(pack(Kind.CONTROL, 0, 0, 1, encode_control(Open(envs=1))))
-    opened = parse_control(memoryview(ws.recv(timeout=10))[HEADER_SIZE:])
-    channel = opened.shards[0].channel
+    ws, channel = raw_channel(*small_relay)
     ws.send(pack(Kind.REQUEST, Op.MAKE, channel, 2, codec.packb({"id": "CartPole-v1", "kwargs": {}})))
     assert unpack_header(ws.recv(timeout=30)).kind == Kind.RESPONSE
     ws.send(pack(Kind.REQUEST, Op.STEP | MORE, channel, 3, SIZE_PREFIX.pack(1 << 40) + b"\0" * 1000))

@@ -87,15 +87,17 @@ def test_preprocessed_pong_with_frame_stacking_on_the_trainer_equals_local(train
     run_side_by_side(make, steps=120)
 
 
-def test_pong_vector_env_over_two_simulators_equals_local(trainer):
-    env = gym.make_vec(PONG, num_envs=4, vectorization_mode="sync", obs_type="rgb")
+@pytest.mark.parametrize("env_id, kwargs, steps", [(PONG, {"obs_type": "rgb"}, 60), ("CarRacing-v3", {}, 25)])
+def test_vector_envs_over_two_simulators_equal_local(trainer, env_id, kwargs, steps):
+    env = gym.make_vec(env_id, num_envs=4, vectorization_mode="sync", **kwargs)
     with local_gym():
-        local = gym.make_vec(PONG, num_envs=4, vectorization_mode="sync", obs_type="rgb")
+        local = gym.make_vec(env_id, num_envs=4, vectorization_mode="sync", **kwargs)
     try:
+        assert env.shard_sizes == [2, 2]
         assert_same(env.reset(seed=5), local.reset(seed=5))
-        rng = np.random.default_rng(5)
-        for _ in range(60):
-            actions = rng.integers(0, 6, size=4)
+        env.action_space.seed(5)
+        for _ in range(steps):
+            actions = env.action_space.sample()
             assert_same(env.step(actions), local.step(actions))
     finally:
         env.close()
