@@ -337,9 +337,7 @@ class ClientProtocol:
         if error is None:
             assert body is not None
             size = len(body)
-            if size <= self.max_frame:
-                return chunks.split(Kind.RESPONSE, op, channel, seq, body, self.max_frame)
-            if self.chunking and limit and size <= limit:
+            if size <= self.max_frame or (self.chunking and limit and size <= limit):
                 return chunks.split(Kind.RESPONSE, op, channel, seq, body, self.max_frame)
             if self.chunking and limit:
                 why = f"the trainer's limit of {limit} (max_message)"
@@ -371,17 +369,17 @@ class ClientProtocol:
         payload: memoryview | bytes = payload_of(frame)
         pending = self.pending.get(seq) if seq else None
         more = op & MORE
-        chunking = self.reassembly
+        reassembly = self.reassembly
         if (
             more
-            or (chunking.partial and channel in chunking.partial)
-            or (chunking.skipping and channel in chunking.skipping)  # the last chunk of a message passed over
+            or (reassembly.partial and channel in reassembly.partial)
+            or (reassembly.skipping and channel in reassembly.skipping)  # the last chunk of a message passed over
         ) and (kind == Kind.REQUEST or kind == Kind.RESPONSE):
             op &= ~MORE
             if self.trainer and (pending is None or channel in self.paused or not pending.accepts(kind, op, channel)):
                 return None  # chunks are kept only for an answer we wait for
             try:
-                whole = chunking.take(
+                whole = reassembly.take(
                     kind, op, bool(more), channel, seq, payload, 0 if self.trainer else self.request_limits.get(op, 0)
                 )
             except ChunkError as exc:
