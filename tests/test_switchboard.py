@@ -13,8 +13,8 @@ import random
 import pytest
 
 from remoterl_ray.protocol import codec
-from remoterl_ray.protocol.errors import NoSimulatorError
-from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, unpack_header
+from remoterl_ray.protocol.errors import ErrorCode, NoSimulatorError, ProtocolError, RemoteRLError
+from remoterl_ray.protocol.frames import HEADER_SIZE, MORE, Kind, Op, unpack_header
 from remoterl_ray.protocol.messages import Open
 from remoterl_ray.relay.switchboard import ELIGIBLE, Peer, Presence, Seat, Switchboard
 
@@ -588,3 +588,23 @@ def test_simulator_churn_is_announced_coalesced_and_never_lost():
     assert online == 1
     assert all(counts and counts[-1] == 1 for counts in seen)  # the latest count always arrives
     assert all(len(counts) <= 3 for counts in seen)  # not one frame per join and leave
+
+
+def test_chunks_follow_the_channel_rules_of_whole_frames_and_count_one_step():
+    """A chunk (op with the MORE bit) on another trainer's channel, or from a simulator
+    as a request, is refused as a whole frame would be; a chunked step counts once."""
+    board = Switchboard()
+    trainer, other, sim = peer("trainer", "t"), peer("trainer", "u"), peer("simulator", "s")
+    joined(board, trainer, [sim])
+    asyncio.run(board.join(other))
+    channel = asyncio.run(board.open(trainer, Open(envs=2, per_simulator=2))).shards[0].channel
+    with pytest.raises(RemoteRLError) as refused:
+        board.route(other, Kind.REQUEST, Op.STEP | MORE, channel)
+    assert refused.value.code is ErrorCode.UNKNOWN_CHANNEL
+    with pytest.raises(ProtocolError):
+        board.route(sim, Kind.REQUEST, Op.STEP | MORE, channel)
+    with pytest.raises(ProtocolError):  # a trainer's answer
+        board.route(other, Kind.RESPONSE, Op.STEP | MORE, channel)
+    for op in (Op.STEP | MORE, Op.STEP | MORE, Op.STEP):
+        assert board.route(trainer, Kind.REQUEST, op, channel) is sim
+    assert trainer.env_steps == sim.env_steps == 2  # one step of 2 envs, in three chunks
