@@ -326,3 +326,18 @@ def unpackb(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT
         raise
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise DecodeError(f"cannot decode payload: {type(exc).__name__}: {exc}") from None
+
+
+def wire_safe(mapping: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``mapping`` that can travel, enums as their values (an env's
+    metadata may hold anything; what cannot travel is left out)."""
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, Enum):  # e.g. a vector env's autoreset_mode
+            value = value.value
+        try:
+            packb(value)
+        except EncodeError:
+            continue
+        out[str(key)] = value
+    return out

@@ -106,3 +106,6 @@ MIN_PACKED_CHARGE = 1024
 """Bytes of the budget a compressed array costs at least, however small it says it
 is: decompressing has a cost of its own (senders compress only arrays of at least
 ``compression.COMPRESS_MIN_BYTES``)."""
+MAX_AGENTS = 4096
+"""Agents a multi-agent env may name (``possible_agents``): their spaces travel at
+make, and every step answer lists the live ones."""

@@ -1,6 +1,7 @@
 """RLlib (new API stack) and Tune on remote simulators.
 
-``RemoteEnvRunner`` and ``use_remote_env_runners`` import RLlib on first use.
+``RemoteEnvRunner``, ``RemoteMultiAgentEnvRunner`` and ``use_remote_env_runners``
+import RLlib on first use.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ require("ray", "remoterl_ray.rllib (RLlib and Tune on remote simulators)", "rlli
 
 from .creators import EnvCreator  # noqa: E402 - after the check, so a missing extra is one clear line
 
-__all__ = ["EnvCreator", "FirstReadyEnvRunner", "RemoteEnvRunner", "use_remote_env_runners"]
+__all__ = ["EnvCreator", "FirstReadyEnvRunner", "RemoteEnvRunner", "RemoteMultiAgentEnvRunner", "use_remote_env_runners"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,6 +22,10 @@ def __getattr__(name: str) -> Any:
         from .env_runner import RemoteEnvRunner
 
         return RemoteEnvRunner
+    if name == "RemoteMultiAgentEnvRunner":
+        from .multi_agent import RemoteMultiAgentEnvRunner
+
+        return RemoteMultiAgentEnvRunner
     if name == "FirstReadyEnvRunner":
         from .first_ready import FirstReadyEnvRunner
 

@@ -33,7 +33,7 @@ from ..trainer.gym_patch import GYM_MODULES
 from ..trainer.patching import Patcher
 from ..trainer.remote_vector_env import RemoteVectorEnv
 from .creators import creator_target
-from .settings import SETTINGS_KEY, env_config_for_envs, session_for, settings_in
+from .settings import CREATOR_KEY, RESERVED_KEYS, env_config_for_envs, session_for, settings_in
 
 log = logging.getLogger("remoterl.rllib")
 
@@ -47,6 +47,42 @@ def _name(creator: Any) -> str:
 
 # An env that asks RLlib to recreate it by raising this on the simulator is recreated silently, as locally.
 register_remote_exception(StepFailedRecreateEnvError)
+
+
+def remote_session(runner: Any) -> Any:
+    """The trainer session of an env runner, from the settings its config carries. The
+    settings stay with the runner; envs and callbacks see the env_config they would locally."""
+    settings = settings_in(runner.config.env_config)
+    env_config = runner.config.env_config or {}
+    if RESERVED_KEYS.intersection(env_config):
+        runner._creator_target = env_config.get(CREATOR_KEY)
+        config = runner.config.copy(copy_frozen=False)
+        config.env_config = env_config_for_envs(config.env_config)  # environment() would merge, not replace
+        config.freeze()
+        runner.config, runner._settings = config, settings
+    return session_for(getattr(runner, "_settings", settings))
+
+
+def creator_call(runner: Any) -> tuple[dict[str, Any], str]:
+    """How the simulators build the runner's env: its creator by "module:function"
+    name (RLlib registers a lambda, and code never travels), with the env context."""
+    env = runner.config.env
+    creator, name = (_global_registry.get(ENV_CREATOR, env), env) if isinstance(env, str) else (env, _name(env))
+    target = getattr(runner, "_creator_target", None)
+    call = {
+        "target": creator_target(creator, name) if target is None or isinstance(env, str) else target,
+        "env_config": dict(runner.config.env_config or {}),
+        "worker_index": runner.worker_index or 0,
+        "num_workers": runner.num_workers or 0,
+    }
+    return call, name
+
+
+def report_metrics(runner: Any) -> None:
+    """The session's remote-env figures, in the runner's metrics under ``remoterl``."""
+    if runner.env is not None:  # make_env ran, so this env runner has its session
+        for key, value in runner._session.metrics_snapshot().items():
+            runner.metrics.log_value((METRICS_KEY, key), value, reduce="mean", window=1)
 
 
 class LossMeansRecreate(gym.vector.VectorWrapper):
@@ -66,14 +102,7 @@ class RemoteEnvRunner(SingleAgentEnvRunner):
     the ``gym.make_vec`` it calls builds a ``RemoteVectorEnv`` instead."""
 
     def make_env(self) -> None:
-        settings = settings_in(self.config.env_config)
-        if SETTINGS_KEY in (self.config.env_config or {}):
-            # The relay settings stay with this runner; envs and callbacks see the env_config they would locally.
-            config = self.config.copy(copy_frozen=False)
-            config.env_config = env_config_for_envs(config.env_config)  # environment() would merge, not replace
-            config.freeze()
-            self.config, self._settings = config, settings
-        self._session = session = session_for(getattr(self, "_settings", settings))
+        self._session = session = remote_session(self)
         patcher = Patcher()
         local_make_vec = gym.make_vec
         patcher.replace(GYM_MODULES, "make_vec", local_make_vec, lambda *a, **kw: self._make_vec(session, *a, **kw))
@@ -87,22 +116,13 @@ class RemoteEnvRunner(SingleAgentEnvRunner):
     ) -> gym.vector.VectorEnv:
         """What RLlib's ``make_env`` asks ``gym.make_vec`` for, hosted by the simulators."""
         mode = gym.VectorizeMode(vectorization_mode or self.config.gym_env_vectorize_mode).value
-        env = self.config.env
         if env_name != RLLIB_ENV_NAME:  # an id: made by the simulators' Gymnasium
             return LossMeansRecreate(RemoteVectorEnv(session, env_name, num_envs, vectorization_mode=mode, **env_config))
         # RLlib registered its creator under RLLIB_ENV_NAME as a lambda: send the creator by name instead.
-        creator, name = (_global_registry.get(ENV_CREATOR, env), env) if isinstance(env, str) else (env, _name(env))
-        call = {
-            "target": creator_target(creator, name),
-            "env_config": dict(self.config.env_config or {}),
-            "worker_index": self.worker_index or 0,
-            "num_workers": self.num_workers or 0,
-            "vectorization_mode": mode,  # as locally: "vector_entry_point" calls the creator once for a vector env
-        }
+        call, name = creator_call(self)
+        call["vectorization_mode"] = mode  # as locally: "vector_entry_point" calls the creator once for a vector env
         return LossMeansRecreate(RemoteVectorEnv(session, name, num_envs, creator=call))
 
     def get_metrics(self) -> ResultDict:
-        if self.env is not None:  # make_env ran, so this env runner has its session
-            for key, value in self._session.metrics_snapshot().items():
-                self.metrics.log_value((METRICS_KEY, key), value, reduce="mean", window=1)
+        report_metrics(self)
         return super().get_metrics()

@@ -16,25 +16,36 @@ from ..trainer.configure import current_session
 from ..trainer.patching import Patcher
 from ..trainer.settings import TrainerSettings
 from .env_runner import RemoteEnvRunner
-from .settings import SETTINGS_KEY
+from ..trainer.targets import importable_name
+from .settings import CREATOR_KEY, SETTINGS_KEY
 
 log = logging.getLogger("remoterl.rllib")
 
 
 def use_remote_env_runners(config: AlgorithmConfig, settings: TrainerSettings | None = None) -> AlgorithmConfig:
-    """A copy of ``config`` whose env runners are ``RemoteEnvRunner``s reaching
-    the relay with ``settings`` (default: the active session's, else
-    ``REMOTERL_*`` env vars in each env runner's process).
+    """A copy of ``config`` whose env runners are ``RemoteEnvRunner``s (multi-agent
+    configs: ``RemoteMultiAgentEnvRunner``s) reaching the relay with ``settings``
+    (default: the active session's, else ``REMOTERL_*`` env vars in each env
+    runner's process).
 
-    Configs that name another env runner class, are multi-agent or use the
-    old API stack are returned unchanged (with a warning): those run locally.
+    Configs that name another env runner class or use the old API stack are
+    returned unchanged (with a warning): those run locally.
     """
+    # Here, not at import: this module loads while RLlib's algorithm module is still importing.
+    from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
+
+    from .multi_agent import RemoteMultiAgentEnvRunner
+
     cls = config.env_runner_cls
-    if cls is not None and cls is not SingleAgentEnvRunner and not issubclass(cls, RemoteEnvRunner):
+    if config.is_multi_agent:
+        local, remote = MultiAgentEnvRunner, RemoteMultiAgentEnvRunner
+    else:
+        local, remote = SingleAgentEnvRunner, RemoteEnvRunner
+    if cls is not None and cls is not local and not issubclass(cls, (RemoteEnvRunner, RemoteMultiAgentEnvRunner)):
         log.warning("remoterl: config uses its own env runner %s; its envs stay local", cls.__name__)
         return config
-    if config.is_multi_agent or not config.enable_env_runner_and_connector_v2:
-        log.warning("remoterl: only single-agent configs on RLlib's new API stack run remotely; this one stays local")
+    if not config.enable_env_runner_and_connector_v2:
+        log.warning("remoterl: only configs on RLlib's new API stack run remotely; this one stays local")
         return config
     if settings is None:
         session = current_session()
@@ -43,8 +54,12 @@ def use_remote_env_runners(config: AlgorithmConfig, settings: TrainerSettings | 
     env_config = dict(config.env_config or {})
     if settings is not None:
         env_config[SETTINGS_KEY] = settings
+    if config.env is not None and not isinstance(config.env, str):
+        target = importable_name(config.env)
+        if target is not None:
+            env_config[CREATOR_KEY] = target
     config.environment(env_config=env_config)
-    config.env_runners(env_runner_cls=RemoteEnvRunner if cls is None or cls is SingleAgentEnvRunner else cls)
+    config.env_runners(env_runner_cls=remote if cls is None or cls is local else cls)
     return config
 
 

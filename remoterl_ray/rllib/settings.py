@@ -15,6 +15,10 @@ from ..trainer.session import TrainerSession
 from ..trainer.settings import TrainerSettings
 
 SETTINGS_KEY = "_remoterl"
+# The env's creator as "module:attr", named where the config was made: a class that a factory
+# made (RLlib's MultiAgentCartPole) reaches env runners pickled by value, no longer findable by name.
+CREATOR_KEY = "_remoterl_creator"
+RESERVED_KEYS = frozenset({SETTINGS_KEY, CREATOR_KEY})
 
 _sessions: dict[TrainerSettings, TrainerSession] = {}
 _lock = threading.Lock()
@@ -29,7 +33,7 @@ def settings_in(env_config: Any) -> TrainerSettings:
 
 
 def env_config_for_envs(env_config: Any) -> dict[str, Any]:
-    return {k: v for k, v in dict(env_config or {}).items() if k != SETTINGS_KEY}
+    return {k: v for k, v in dict(env_config or {}).items() if k not in RESERVED_KEYS}
 
 
 def session_for(settings: TrainerSettings) -> TrainerSession:

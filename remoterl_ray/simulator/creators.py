@@ -51,6 +51,11 @@ def _int(arg: dict[str, Any], key: str) -> int:
     return value
 
 
+def creator_ints(arg: dict[str, Any]) -> tuple[int, int]:
+    """The creator's ``worker_index`` and ``num_workers``, checked."""
+    return _int(arg, "worker_index"), _int(arg, "num_workers")
+
+
 def _mode(arg: dict[str, Any]) -> str:
     """The trainer's ``gym_env_vectorize_mode``: RLlib's default ``sync`` when
     not given; ``async`` builds the same envs in this process (env processes
@@ -67,7 +72,7 @@ def make_with_creator(
     """The shard's vector env of ``num_envs`` envs from ``arg["target"]``."""
     env_config = plain_kwargs(arg.get("env_config"), "creator env_config")
     creator: Callable[[dict[str, Any]], Any] = resolve_entry_point(allowlist, arg.get("target"), what="env creator")
-    worker_index, num_workers = _int(arg, "worker_index"), _int(arg, "num_workers")
+    worker_index, num_workers = creator_ints(arg)
     if not isinstance(first_index, int) or first_index < 0:
         raise ProtocolError("first_index must be a non-negative integer", code=ErrorCode.BAD_PAYLOAD)
     mode = _mode(arg)

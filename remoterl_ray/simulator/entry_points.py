@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -62,8 +63,19 @@ def resolve_entry_point(allowlist: Allowlist, target: object, *, what: str = "en
 
 
 def is_env_class(obj: object) -> bool:
-    """A ``gymnasium.Env`` subclass that can be built from data (a ``Wrapper`` needs an env object)."""
-    return isinstance(obj, type) and issubclass(obj, gym.Env) and not issubclass(obj, gym.Wrapper)
+    """A ``gymnasium.Env`` subclass that can be built from data (a ``Wrapper`` needs an env object),
+    or a PettingZoo env class (if PettingZoo is imported here; an env class in an allowed module has imported it)."""
+    if not isinstance(obj, type):
+        return False
+    if issubclass(obj, gym.Env):
+        return not issubclass(obj, gym.Wrapper)
+    pettingzoo = sys.modules.get("pettingzoo.utils.env")
+    if pettingzoo is None:
+        return False
+    wrappers = sys.modules.get("pettingzoo.utils.wrappers")
+    if wrappers is not None and issubclass(obj, (wrappers.BaseWrapper, wrappers.BaseParallelWrapper)):
+        return False
+    return issubclass(obj, (pettingzoo.AECEnv, pettingzoo.ParallelEnv))
 
 
 def _import(module_name: str, target: str, what: str) -> ModuleType:

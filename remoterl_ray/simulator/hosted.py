@@ -20,13 +20,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable
-from enum import Enum
 from typing import Any, NamedTuple
 
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec, find_highest_version, parse_env_id
 
 from ..protocol import codec
+from ..protocol.codec import wire_safe
 from ..protocol.compression import Compression, negotiate
 from ..protocol.errors import (
     UnsupportedError,
@@ -45,6 +45,7 @@ from ..protocol.messages import Claim
 from ..protocol.replay import AnswerMemory
 from ..protocol.space_values import batch_converter, convert_final_obs, sample_converter
 from ..protocol.spaces import space_to_wire
+from .agents import HostedAgents, HostedTurns, make_agents
 from .allowlist import Allowlist
 from .attributes import encode_attribute_result, handle_attribute
 from .creators import make_with_creator
@@ -105,20 +106,6 @@ def in_simulator_registry(env_id: str) -> bool:
     return version is None and find_highest_version(namespace, name) is not None
 
 
-def _wire_safe(mapping: dict[str, Any]) -> dict[str, Any]:
-    """The entries of ``mapping`` that can travel (metadata may hold anything)."""
-    out = {}
-    for key, value in mapping.items():
-        if isinstance(value, Enum):  # e.g. a vector env's autoreset_mode
-            value = value.value
-        try:
-            codec.packb(value)
-        except codec.EncodeError:
-            continue
-        out[str(key)] = value
-    return out
-
-
 def _spec_of(env: Any) -> dict[str, Any] | None:
     """The env's ``EnvSpec`` as the trainer rebuilds it: every field that is data
     (entry points only as their "module:attr" strings, kwargs that can travel)."""
@@ -134,7 +121,7 @@ def _spec_of(env: Any) -> dict[str, Any] | None:
         "nondeterministic": bool(spec.nondeterministic),
         "order_enforce": bool(spec.order_enforce),
         "disable_env_checker": bool(spec.disable_env_checker),
-        "kwargs": _wire_safe(dict(spec.kwargs)),
+        "kwargs": wire_safe(dict(spec.kwargs)),
     }
 
 
@@ -247,7 +234,7 @@ class Hosted:
             }
         return {
             **spaces,
-            "metadata": _wire_safe(dict(getattr(env, "metadata", {}) or {})),
+            "metadata": wire_safe(dict(getattr(env, "metadata", {}) or {})),
             "spec": _spec_of(env),
             "render_mode": getattr(env, "render_mode", None),
             "num_envs": self.num_envs,
@@ -307,7 +294,7 @@ class EnvTable:
         self.max_envs = max_envs
         self.allow_processes = allow_processes
         self.allow_attributes = allow_attributes
-        self.by_channel: dict[int, Hosted] = {}
+        self.by_channel: dict[int, Hosted | HostedAgents | HostedTurns] = {}
         self.suspended: dict[str, Suspended] = {}
         self.registrations = Registrations()
 
@@ -391,6 +378,8 @@ class EnvTable:
             return hosted.render()
         if op == Op.SPACES:
             return hosted.describe(self.max_message)
+        if op == Op.ATTR and not isinstance(hosted, Hosted):  # multi-agent: PettingZoo's methods by plain access
+            return hosted.attribute(_require_dict(arg, "attr"), allow_any=self.allow_attributes)
         if op == Op.ATTR:
             if not self.allow_attributes:
                 raise UnsupportedError(
@@ -449,7 +438,6 @@ class EnvTable:
             raise ProtocolError("that resume token is taken", code=ErrorCode.BAD_PAYLOAD)
         env_id = _env_id(arg)
         kwargs = _kwargs(arg)
-        spec = self.spec_for(channel, env_id)
         num_envs, mode = 1, None
         if vector:
             num_envs = arg.get("num_envs")
@@ -460,6 +448,19 @@ class EnvTable:
                 f"simulator is full: hosts {self.hosted_envs} of at most {self.max_envs} envs",
                 code=ErrorCode.CAPACITY,
             )
+        kind = arg.get("agents")
+        if kind is not None:
+            self.by_channel[channel] = hosted = make_agents(
+                self.allowlist, arg, kind=kind, vector=vector, num_envs=num_envs, token=token,
+                peer_max_message=peer_max_message,
+            )  # fmt: skip
+            try:
+                hosted.agree_compression(arg.get("compression"), arg.get("codecs", []))
+                return hosted.describe(self.max_message)
+            except BaseException:
+                self.close(channel)
+                raise
+        spec = self.spec_for(channel, env_id)
         try:
             if vector and arg.get("creator") is not None:
                 env = make_with_creator(

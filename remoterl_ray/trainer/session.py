@@ -229,6 +229,14 @@ class TrainerSession:
                 for r in replies
                 if r.op in (Op.MAKE, Op.MAKE_VEC)
             ]
+            kind = make_arg.get("agents")
+            for description in descriptions:  # what was made is the kind of env asked for
+                made_kind = None if description.agents is None else description.agents.kind
+                if made_kind != kind:
+                    raise ProtocolError(
+                        f"simulator described a {made_kind or 'single-agent'} env for a {kind or 'single-agent'} make",
+                        code=ErrorCode.BAD_PAYLOAD,
+                    )
             conn.limit_channels({s.channel: d.max_message for s, d in zip(shards, descriptions)})
         except BaseException:
             self.release(conn, [s.channel for s in shards], close_first=True)

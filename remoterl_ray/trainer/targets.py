@@ -23,9 +23,25 @@ def importable_name(obj: object) -> str | None:
     qualname = getattr(obj, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(qualname, str):
         return None
-    if module in _SCRIPTS or not qualname.isidentifier():
+    if module in _SCRIPTS:
         return None
     namespace = getattr(sys.modules.get(module), "__dict__", None)
-    if not isinstance(namespace, dict) or namespace.get(qualname) is not obj:
-        return None
-    return f"{module}:{qualname}"
+    if qualname.isidentifier() and isinstance(namespace, dict) and namespace.get(qualname) is obj:
+        return f"{module}:{qualname}"
+    if isinstance(obj, type) and "<locals>" in qualname:
+        return _exported_name(obj)
+    return None
+
+
+def _exported_name(cls: type) -> str | None:
+    """Where a class made by a factory function (RLlib's ``MultiAgentCartPole =
+    make_multi_agent("CartPole-v1")``) is bound at module level: the first such
+    name, by module name, among imported modules other than ``__main__``."""
+    for module_name in sorted(name for name in list(sys.modules) if name not in _SCRIPTS):
+        namespace = getattr(sys.modules.get(module_name), "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for attr, value in list(namespace.items()):
+            if value is cls and attr.isidentifier():
+                return f"{module_name}:{attr}"
+    return None
