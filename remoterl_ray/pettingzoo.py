@@ -120,7 +120,7 @@ class RemoteAECEnv(AECEnv):
         self.infos = turn["infos"]
         if turn["selected"] is not None:
             self.agent_selection = turn["selected"]
-        self._seen = None if turn["selected"] is None else (turn["selected"], turn["observation"])
+        self._seen = (turn["selected"], turn["observation"]) if turn["observed"] else None
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> None:
         self._take(self._remote.reset(seed, options))

@@ -9,7 +9,11 @@ Values that travel: None, bool, int, float, str, bytes, list, dict, and
 * object arrays: an array whose first item is an ext 4 marker holding the
   shape, followed by the elements (vector infos such as ``final_obs``);
 * compressed ``numpy.ndarray`` (ext 5): codec id, dtype string, shape, the
-  compressed bytes (``compression.py``; only sent where the channel agreed).
+  compressed bytes (``compression.py``; only sent where the channel agreed);
+* ``collections.defaultdict`` whose factory is a builtin type in
+  ``DEFAULT_FACTORIES`` (PettingZoo envs answer rewards in one): an array
+  whose first item is an ext 6 marker naming the factory by index, then the
+  map. Other factories are code, and such a map travels as a plain dict.
 
 Decoding only ever builds those types: there is no pickle, no class lookup by
 name, no eval. Object and void dtypes are refused in raw-array form. Every
@@ -27,6 +31,7 @@ import math
 import re
 import struct
 import threading
+from collections import defaultdict
 from collections.abc import Mapping
 from enum import Enum
 from typing import Any
@@ -38,7 +43,16 @@ from . import compression as compressing
 from .compression import Compression
 from .errors import ErrorCode, FrameTooLargeError, ProtocolError
 from .limits import DEFAULT_DECODE, MAX_NDIM, MIN_PACKED_CHARGE, DecodeLimits
-from .scan import EXT_NDARRAY, EXT_NPSCALAR, EXT_OBJARRAY, EXT_PACKED, EXT_TUPLE, StructureError, check_structure
+from .scan import (
+    EXT_DEFAULTDICT,
+    EXT_NDARRAY,
+    EXT_NPSCALAR,
+    EXT_OBJARRAY,
+    EXT_PACKED,
+    EXT_TUPLE,
+    StructureError,
+    check_structure,
+)
 
 __all__ = ["DecodeError", "EncodeError", "packb", "packb_items", "unpackb", "wire_dtype"]
 
@@ -134,8 +148,28 @@ def _shape_header(shape: tuple[int, ...]) -> bytes:
     return bytes([len(shape)]) + _DIMS[len(shape)].pack(*shape)
 
 
+# The factories a defaultdict may name on the wire, by index: builtin types whose call takes no
+# argument and builds an empty or zero value. The index is all that travels; nothing else is looked up.
+DEFAULT_FACTORIES: tuple[type, ...] = (int, float, bool, str, bytes, list, dict, tuple)
+_FACTORY_INDEX = {factory: index for index, factory in enumerate(DEFAULT_FACTORIES)}
+_NO_FACTORY = 255  # defaultdict(None): missing keys raise KeyError, as in a dict
+
+
+class _DefaultDictMark(int):
+    """The decoded ext 6 marker: the factory's index."""
+
+
+_DEFAULT_MARKS = [_DefaultDictMark(i) for i in range(len(DEFAULT_FACTORIES))] + [_DefaultDictMark(_NO_FACTORY)]
+
+
 def _default(obj: Any) -> Any:
     cls = type(obj)
+    if cls is defaultdict:
+        factory = obj.default_factory
+        index = _NO_FACTORY if factory is None else _FACTORY_INDEX.get(factory)
+        if index is not None:
+            return [_ext(EXT_DEFAULTDICT, bytes([index])), dict(obj)]
+        return dict(obj)  # its factory is code: the values travel, the default does not
     if cls is np.ndarray:
         if obj.dtype == object:
             return [_ext(EXT_OBJARRAY, _shape_header(obj.shape)), *obj.reshape(-1)]
@@ -244,6 +278,10 @@ def _ext_hook(code: int, data: bytes, budget: _Budget | None = None) -> Any:
             return _ObjectShape(_DIMS[ndim].unpack_from(data, 1))
         except IndexError:
             raise DecodeError("malformed object array marker") from None
+    if code == EXT_DEFAULTDICT:
+        if len(data) != 1 or (data[0] >= len(DEFAULT_FACTORIES) and data[0] != _NO_FACTORY):
+            raise DecodeError("malformed defaultdict marker")
+        return _DEFAULT_MARKS[min(data[0], len(DEFAULT_FACTORIES))]
     raise DecodeError(f"unknown extension type {code}")
 
 
@@ -260,6 +298,10 @@ def _list_hook(items: list[Any]) -> Any:
             for i, item in enumerate(items[1:]):
                 out[i] = item
             return out.reshape(head)
+        if type(head) is _DefaultDictMark:
+            if len(items) != 2 or type(items[1]) is not dict:
+                raise DecodeError("a defaultdict marker must be followed by exactly one map")
+            return defaultdict(None if head == _NO_FACTORY else DEFAULT_FACTORIES[head], items[1])
     return items
 
 

@@ -6,8 +6,8 @@ could be driven off the end of the C stack. :func:`check_structure` walks the
 bytes first, iteratively and without allocating per value, and refuses a
 payload that nests deeper than ``max_depth``, holds more than ``max_objects``
 values, uses map keys other than strings and integers, carries an extension
-type the codec does not know, or places a tuple / object-array marker anywhere
-but at the head of an array. Only then does ``codec.unpackb`` decode it.
+type the codec does not know, or places a tuple / object-array / defaultdict
+marker anywhere but at the head of an array. Only then does ``codec.unpackb`` decode it.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from .errors import ErrorCode, ProtocolError
 from .limits import DecodeLimits
 
 # Extension types (the codec's): 1 ndarray, 2 numpy scalar, 3 tuple marker, 4 object-array marker,
-# 5 compressed ndarray.
+# 5 compressed ndarray, 6 defaultdict marker.
 EXT_NDARRAY = 1
 EXT_NPSCALAR = 2
 EXT_TUPLE = 3
 EXT_OBJARRAY = 4
 EXT_PACKED = 5
-KNOWN_EXTS = frozenset({EXT_NDARRAY, EXT_NPSCALAR, EXT_TUPLE, EXT_OBJARRAY, EXT_PACKED})
-HEAD_EXTS = frozenset({EXT_TUPLE, EXT_OBJARRAY})  # only ever the first item of an array
+EXT_DEFAULTDICT = 6
+KNOWN_EXTS = frozenset({EXT_NDARRAY, EXT_NPSCALAR, EXT_TUPLE, EXT_OBJARRAY, EXT_PACKED, EXT_DEFAULTDICT})
+HEAD_EXTS = frozenset({EXT_TUPLE, EXT_OBJARRAY, EXT_DEFAULTDICT})  # only ever the first item of an array
 
 
 class StructureError(ProtocolError):

@@ -293,11 +293,13 @@ class HostedTurns:
         """What the trainer's ``last()``, ``agents`` and per-agent maps read after a reset or step."""
         env = self.env
         live = agent_ids(env, "agents")
-        selected = getattr(env, "agent_selection", None) if live else None
+        selected = getattr(env, "agent_selection", None)  # read as it is, also once every agent is done
+        observed = selected in live  # what last() reads next; a done env's is asked for if wanted
         return {
             "agents": live,
             "selected": selected,
-            "observation": None if selected is None else self.spaces.obs_out({selected: env.observe(selected)})[selected],
+            "observed": observed,
+            "observation": self.spaces.obs_out({selected: env.observe(selected)})[selected] if observed else None,
             "rewards": dict(env.rewards),
             "cumulative": dict(getattr(env, "_cumulative_rewards", {}) or {}),
             "terminations": dict(env.terminations),

@@ -247,8 +247,9 @@ class AgentTurns:
         turn = {"agents": live, "selected": selected}
         for key in ("rewards", "cumulative", "terminations", "truncations", "infos"):
             turn[key] = spaces.per_agent(value.get(key), key)
+        turn["observed"] = value.get("observed") is True and selected is not None
         observation = value.get("observation")
-        turn["observation"] = None if selected is None else spaces.obs_in({selected: observation})[selected]
+        turn["observation"] = spaces.obs_in({selected: observation})[selected] if turn["observed"] else None
         return turn
 
     def reset(self, seed: Any, options: Any) -> dict[str, Any] | None:

@@ -1,0 +1,381 @@
+"""Multi-agent envs on real simulators: RLlib's MultiAgentEnvRunner contract and
+PettingZoo's parallel and AEC APIs, each run locally and remotely side by side.
+
+Modelled on RLlib's own tests of ``MultiAgentEnvRunner`` and
+``SyncVectorMultiAgentEnv`` (reset seeds, next-step autoreset, per-env agent maps)
+and on PettingZoo's own API test helpers, which run here against the remote envs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import TEST_ENVS_ALLOW, CrashableRelay, SimulatorPool, init_trainer
+from identical import assert_identical
+from pettingzoo.classic import tictactoe_v3
+from pettingzoo.sisl import multiwalker_v9
+from pettingzoo.test import api_test, parallel_api_test
+from pettingzoo.utils.conversions import parallel_to_aec
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.connectors.env_to_module import FlattenObservations
+from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
+from ray.rllib.examples.envs.classes.multi_agent import MultiAgentCartPole
+from remoterl_agent_envs import Arrivals, ArrivalsMultiAgent, make_rps
+
+import remoterl_ray
+from remoterl_ray.api import trainer_settings
+from remoterl_ray.pettingzoo import RemoteAECEnv, RemoteParallelEnv, env, parallel_env
+from remoterl_ray.protocol.errors import RegistrationRefusedError, SimulatorLostError, UnsupportedError
+from remoterl_ray.rllib import RemoteMultiAgentEnvRunner, use_remote_env_runners
+from remoterl_ray.rllib.multi_agent import RemoteVectorMultiAgentEnv
+from remoterl_ray.trainer.remote_env import RECONNECTED
+
+AGENT_ENVS = "remoterl_agent_envs"
+MULTI_AGENT_ALLOW = (
+    *TEST_ENVS_ALLOW,
+    AGENT_ENVS,
+    f"{AGENT_ENVS}:arrivals",
+    f"{AGENT_ENVS}:make_rps",
+    "ray.rllib.examples.envs.classes.multi_agent",
+    "pettingzoo.classic.tictactoe_v3:env",
+    "pettingzoo.sisl.multiwalker_v9:parallel_env",
+)
+NUM_ENVS = 4
+
+
+@pytest.fixture(scope="module")
+def pool(relay, keys) -> Iterator[SimulatorPool]:
+    pool = SimulatorPool(relay, keys.take())
+    pool.start(2, allow=MULTI_AGENT_ALLOW)
+    yield pool
+    pool.stop()
+
+
+@pytest.fixture(scope="module")
+def trainer(relay, pool) -> Iterator[Any]:
+    assert init_trainer(relay, pool.key, num_workers=2, num_env_runners=2)
+    yield remoterl_ray.current_session()
+    remoterl_ray.shutdown()
+
+
+def seeded_actions(spaces: dict, agents: list, seed: int) -> dict:
+    """One action per agent, sampled from its space with a seed (the same locally and remotely)."""
+    actions = {}
+    for offset, agent in enumerate(agents):
+        space = spaces[agent]
+        space.seed(seed * 1000 + offset)
+        actions[agent] = space.sample()
+    return actions
+
+
+# -- RLlib: MultiAgentEnvRunner's env, remote and local ------------------------------------------
+
+
+def first_agent_apart(agent_id: Any, episode: Any, **kwargs: Any) -> str:
+    """Two policies: the first agent's (CartPole's 0, the base) and the others'."""
+    return "p0" if agent_id in (0, "base", "player_0") else "p1"
+
+
+def flattened(env: Any, spaces: Any, device: Any) -> FlattenObservations:
+    """As RLlib's multi-agent examples do for Dict and Discrete observations."""
+    return FlattenObservations(multi_agent=True)
+
+
+def runner_config(env: Any, env_config: dict, **env_runners: Any) -> PPOConfig:
+    env_runners.setdefault("num_envs_per_env_runner", NUM_ENVS)
+    env_runners.setdefault("env_to_module_connector", flattened)
+    return (
+        PPOConfig()
+        .environment(env, env_config=env_config)
+        .multi_agent(policies={"p0", "p1"}, policy_mapping_fn=first_agent_apart)
+        .env_runners(**env_runners)
+    )
+
+
+def remote_runner(relay, key: str, config: PPOConfig) -> RemoteMultiAgentEnvRunner:
+    settings = trainer_settings(key, relay.url, num_workers=2, num_env_runners=NUM_ENVS // 2, timeout=30.0)
+    return RemoteMultiAgentEnvRunner(config=use_remote_env_runners(config, settings))
+
+
+def step_side_by_side(local_env: Any, remote_env: Any, steps: int, seed: int) -> int:
+    """Reset both vector envs with ``seed``, then step both ``steps`` times with the same
+    actions for the agents each env lists: every result identical. Returns the episodes ended."""
+    assert_identical(local_env.reset(seed=seed), remote_env.reset(seed=seed), "reset")
+    spaces = local_env.single_action_spaces
+    ended = 0
+    obs = None
+    for t in range(steps):
+        observations = obs if obs is not None else [dict.fromkeys(e.unwrapped.agents) for e in local_env.envs]
+        actions = [seeded_actions(spaces, list(o), t * 10 + i) for i, o in enumerate(observations)]
+        local, remote = local_env.step(actions), remote_env.step(actions)
+        assert_identical(local, remote, f"step {t}")
+        assert [e.unwrapped.agents for e in remote_env.envs] == [e.unwrapped.agents for e in local_env.envs]
+        obs = local[0]
+        ended += sum(bool(t["__all__"]) or bool(u.get("__all__")) for t, u in zip(local[2], local[3]))
+    return ended
+
+
+def test_multi_agent_cartpole_remote_equals_local_for_500_steps(relay, pool):
+    config = runner_config(MultiAgentCartPole, {"num_agents": 2})
+    remote = remote_runner(relay, pool.key, config)
+    local = MultiAgentEnvRunner(config=config)
+    try:
+        assert isinstance(remote.env, RemoteVectorMultiAgentEnv) and remote.env.remote._remote.sizes == [2, 2]
+        assert remote.env.single_observation_spaces == local.env.single_observation_spaces
+        assert remote.env.single_action_space == local.env.single_action_space
+        assert remote.env.metadata == local.env.metadata
+        assert remote.config.env_config == local.config.env_config  # the relay settings stay with the runner
+        conn = remote._session.links.conn
+        before = conn.counters.frames_sent
+        ended = step_side_by_side(local.env, remote.env, 500, seed=11)
+        assert ended >= 4, "the steps crossed episode ends (next-step autoresets)"
+        # one frame per simulator per step (reset included), autoresets riding in the same frames
+        assert conn.counters.frames_sent - before == 501 * 2
+    finally:
+        remote.stop()
+        local.stop()
+
+
+def test_agents_arriving_and_leaving_keep_the_vector_envs_contract(relay, pool):
+    config = runner_config(ArrivalsMultiAgent, {"max_steps": 9})
+    remote = remote_runner(relay, pool.key, config)
+    local = MultiAgentEnvRunner(config=config)
+    try:
+        assert remote.env.envs[0].unwrapped.possible_agents == ["base", "scout_0", "scout_1", "scout_2"]
+        assert step_side_by_side(local.env, remote.env, 40, seed=3) >= 8
+    finally:
+        remote.stop()
+        local.stop()
+
+
+def test_runner_samples_episodes_whose_agents_arrive_and_leave(relay, pool):
+    config = runner_config(ArrivalsMultiAgent, {"max_steps": 9}, env_runner_cls=RemoteMultiAgentEnvRunner,
+                           num_envs_per_env_runner=2)  # fmt: skip
+    remote = remote_runner(relay, pool.key, config)
+    try:
+        assert type(remote) is RemoteMultiAgentEnvRunner
+        episodes = remote.sample(num_episodes=4, random_actions=True)
+        done = [e for e in episodes if e.is_done]
+        assert len(done) >= 4
+        for episode in done:
+            lengths = {aid: len(agent) for aid, agent in episode.agent_episodes.items()}
+            # the base all 9 steps; scout 0 until it ends at step 5; scouts 1 and 2 from steps 2 and 4
+            assert lengths == {"base": 9, "scout_0": 5, "scout_1": 7, "scout_2": 5}
+            assert episode.agent_episodes["scout_0"].is_terminated
+            assert episode.agent_episodes["base"].is_truncated
+        metrics = remote.get_metrics()
+        assert metrics["remoterl"]["simulators"] == 2
+    finally:
+        remote.stop()
+
+
+def test_rllib_parallel_pettingzoo_wrapper_through_a_module_level_creator(relay, pool):
+    from ray import tune
+
+    tune.register_env("rps", make_rps)  # a module-level function: it travels by its name
+    config = runner_config("rps", {"max_cycles": 5}, num_envs_per_env_runner=2)
+    remote = remote_runner(relay, pool.key, config)
+    try:
+        assert sorted(remote.env.single_action_spaces) == ["player_0", "player_1"]
+        episodes = remote.sample(num_episodes=2, random_actions=True)
+        assert all(len(e) == 5 for e in episodes if e.is_done)
+    finally:
+        remote.stop()
+
+
+# -- PettingZoo: parallel envs ---------------------------------------------------------------------
+
+
+def parallel_side_by_side(local: Any, remote: RemoteParallelEnv, steps: int, seed: int) -> int:
+    assert remote.possible_agents == local.possible_agents
+    for agent in local.possible_agents:
+        assert remote.observation_space(agent) == local.observation_space(agent)
+        assert remote.action_space(agent) == local.action_space(agent)
+    episodes = 0
+    assert_identical(local.reset(seed=seed), remote.reset(seed=seed), "reset")
+    for t in range(steps):
+        if not local.agents:
+            episodes += 1
+            assert not remote.agents
+            assert_identical(local.reset(seed=seed + t), remote.reset(seed=seed + t), f"reset at {t}")
+        actions = {a: local.action_space(a).sample() for a in local.agents}
+        assert_identical(local.step(actions), remote.step(actions), f"step {t}")
+        assert remote.agents == local.agents
+    return episodes
+
+
+def test_parallel_env_with_agents_arriving_and_leaving_equals_local(trainer):
+    remote = parallel_env(f"{AGENT_ENVS}:arrivals", max_steps=7)
+    local = Arrivals(max_steps=7)
+    try:
+        assert isinstance(remote, RemoteParallelEnv)
+        assert parallel_side_by_side(local, remote, 200, seed=5) >= 20
+        assert_identical(local.state(), remote.state())
+        assert_identical(local.render(), remote.render())
+        assert remote.num_agents == local.num_agents and remote.max_num_agents == 4
+        local.reset(seed=1)
+        remote.reset(seed=1)
+        parallel_api_test(remote, num_cycles=100)
+    finally:
+        remote.close()
+
+
+def test_multiwalker_equals_local_and_passes_pettingzoos_parallel_api_test(trainer):
+    kwargs = {"n_walkers": 3, "terminate_on_fall": False, "remove_on_fall": True, "max_cycles": 60}
+    remote = parallel_env("pettingzoo.sisl.multiwalker_v9:parallel_env", **kwargs)
+    local = multiwalker_v9.parallel_env(**kwargs)
+    try:
+        parallel_side_by_side(local, remote, 200, seed=2)
+        parallel_api_test(remote, num_cycles=200)
+    finally:
+        remote.close()
+        local.close()
+
+
+def test_one_frame_per_step_whatever_the_number_of_agents(trainer):
+    remote = parallel_env("pettingzoo.sisl.multiwalker_v9:parallel_env", n_walkers=5)
+    try:
+        remote.reset(seed=0)
+        conn = trainer.links.conn
+        before = conn.counters.frames_sent
+        for _ in range(10):
+            remote.step({a: remote.action_space(a).sample() * 0 for a in remote.agents})
+        assert conn.counters.frames_sent - before == 10
+    finally:
+        remote.close()
+
+
+# -- PettingZoo: AEC envs ----------------------------------------------------------------------------
+
+
+def aec_side_by_side(local: Any, remote: RemoteAECEnv, steps: int, seed: int) -> int:
+    def turn(e: Any) -> tuple:
+        seen = {a: e.observe(a) for a in e.agents}  # every agent's view, not only the selected one's
+        last = e.last() if e.agents else None
+        return (e.agents, e.agent_selection, last, e.rewards, e._cumulative_rewards, e.terminations,
+                e.truncations, e.infos, seen)  # fmt: skip
+
+    local.reset(seed=seed)
+    remote.reset(seed=seed)
+    games = 0
+    for t in range(steps):
+        assert_identical(turn(local), turn(remote), f"turn {t}")
+        if not local.agents:
+            games += 1
+            local.reset(seed=seed + t)
+            remote.reset(seed=seed + t)
+            continue
+        obs, _, terminated, truncated, _ = local.last()
+        if terminated or truncated:
+            action = None
+        else:
+            mask = obs["action_mask"] if isinstance(obs, dict) and "action_mask" in obs else None
+            action = local.action_space(local.agent_selection).sample(mask)
+        local.step(action)
+        remote.step(action)
+    return games
+
+
+def test_classic_aec_env_equals_local_and_passes_pettingzoos_api_test(trainer):
+    remote = env("pettingzoo.classic.tictactoe_v3:env")
+    local = tictactoe_v3.env()
+    try:
+        assert isinstance(remote, RemoteAECEnv)
+        assert aec_side_by_side(local, remote, 200, seed=4) >= 10
+        api_test(remote, num_cycles=100)
+        remote.reset(seed=0)
+        conn = trainer.links.conn
+        before = conn.counters.frames_sent
+        for agent in remote.agent_iter(5):  # the loop PettingZoo teaches: one frame per turn
+            obs, _, terminated, truncated, _ = remote.last()
+            remote.step(None if terminated or truncated else int(np.flatnonzero(obs["action_mask"])[0]))
+        assert conn.counters.frames_sent - before == 5
+    finally:
+        remote.close()
+
+
+def test_a_parallel_factory_becomes_an_aec_env_through_pettingzoos_conversion(trainer):
+    remote = env(f"{AGENT_ENVS}:arrivals", max_steps=6)
+    local = parallel_to_aec(Arrivals(max_steps=6))
+    try:
+        assert aec_side_by_side(local, remote, 200, seed=9) >= 5
+    finally:
+        remote.close()
+
+
+def test_an_aec_env_pettingzoo_cannot_parallelize_is_refused_with_what_to_do(trainer):
+    with pytest.raises(UnsupportedError, match=r"remoterl_ray\.pettingzoo\.env"):
+        parallel_env("pettingzoo.classic.tictactoe_v3:env")
+
+
+def test_a_factory_off_the_allowlist_is_refused(trainer):
+    with pytest.raises(RegistrationRefusedError, match="allowlist"):
+        parallel_env("pettingzoo.classic.rps_v2:parallel_env")
+
+
+def test_without_a_trainer_there_is_no_silent_local_env(monkeypatch):
+    monkeypatch.setattr("remoterl_ray.pettingzoo.current_session", lambda: None)
+    with pytest.raises(RuntimeError, match="remoterl_ray.init"):
+        parallel_env(f"{AGENT_ENVS}:arrivals")
+
+
+# -- losing a simulator ------------------------------------------------------------------------------
+
+
+def test_a_lost_simulator_ends_its_episodes_and_rllib_recreates_the_env(relay, keys):
+    pool = SimulatorPool(relay, keys.take())
+    pool.start(2, allow=MULTI_AGENT_ALLOW)
+    settings = trainer_settings(pool.key, relay.url, num_workers=2, num_env_runners=2, timeout=30.0,
+                                resume_window=1.0)  # fmt: skip
+    config = runner_config(MultiAgentCartPole, {"num_agents": 2}).fault_tolerance(
+        restart_failed_sub_environments=True
+    )
+    runner = RemoteMultiAgentEnvRunner(config=use_remote_env_runners(config, settings))
+    try:
+        runner.sample(num_timesteps=20, random_actions=True)
+        pool.procs[0].kill()
+        episodes = runner.sample(num_timesteps=40, random_actions=True)
+        assert sum(e.env_steps() for e in episodes) >= 40
+        assert runner.env.remote._remote.sizes == [NUM_ENVS]  # recreated on the simulator still online
+    finally:
+        runner.stop()
+        pool.stop()
+
+
+def test_a_lost_simulator_fails_a_pettingzoo_step_with_a_typed_error(relay, keys):
+    pool = SimulatorPool(relay, keys.take())
+    pool.start(1, allow=MULTI_AGENT_ALLOW)
+    assert init_trainer(relay, pool.key, resume_window=1.0)
+    try:
+        remote = parallel_env(f"{AGENT_ENVS}:arrivals")
+        remote.reset(seed=0)
+        pool.procs[0].kill()
+        with pytest.raises(SimulatorLostError):
+            for _ in range(5):
+                remote.step({a: 0 if a != "base" else np.zeros(2, np.int64) for a in remote.agents})
+    finally:
+        remoterl_ray.shutdown()
+        pool.stop()
+
+
+def test_a_relay_restart_mid_episode_resumes_the_multi_agent_episode():
+    with CrashableRelay("ma-resume", 0) as crashable:
+        crashable.pool.start(1, allow=MULTI_AGENT_ALLOW)
+        assert init_trainer(crashable.relay, crashable.key)
+        try:
+            remote = parallel_env(f"{AGENT_ENVS}:arrivals", max_steps=50)
+            local = Arrivals(max_steps=50)
+            assert_identical(local.reset(seed=8), remote.reset(seed=8))
+            for t in range(20):
+                if t == 6:
+                    crashable.crash()
+                actions = seeded_actions({a: local.action_space(a) for a in local.possible_agents}, local.agents, t)
+                local_step, remote_step = local.step(actions), remote.step(actions)
+                assert not any(RECONNECTED in info for info in remote_step[4].values()), "resumed, not made again"
+                assert_identical(local_step, remote_step, f"step {t}")
+            remote.close()
+        finally:
+            remoterl_ray.shutdown()
