@@ -94,11 +94,11 @@ class SimulatorPool:
 
 
 @contextmanager
-def serving(relay: LocalRelay, keys: Keys, count: int) -> Iterator[str]:
+def serving(relay: LocalRelay, keys: Keys, count: int, allow: tuple[str, ...] = TEST_ENVS_ALLOW) -> Iterator[str]:
     """A fresh workspace (key) with ``count`` simulators online; stopped on exit."""
     key = keys.take()
     pool = SimulatorPool(relay, key)
-    pool.start(count)
+    pool.start(count, allow=allow)
     try:
         yield key
     finally:

@@ -14,13 +14,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
-from attackers import Refuse, ScriptedSimulator, greeted
+from attackers import Refuse, ScriptedSimulator, greeted, open_channel, request
 from conftest import SimulatorPool, init_trainer, local_gym, new_key
 from remoterl_ray.local import start_relay
-from remoterl_ray.protocol import codec
 from remoterl_ray.protocol.errors import ErrorCode, ProtocolError, RegistrationRefusedError
-from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, Op, pack, unpack_header
-from remoterl_ray.protocol.messages import Hello, Open, encode_control, parse_control
+from remoterl_ray.protocol.frames import Op
+from remoterl_ray.protocol.messages import Hello
 from remoterl_ray.simulator.hosted import Hosted
 from remoterl_ray.simulator.vectors import make_vector
 from remoterl_ray.trainer.batching import MAX_INFO_FILL
@@ -55,26 +54,6 @@ def vector_description(num_envs: int, vector_kwargs: dict[str, Any] | None = Non
 def session_for(relay: Any, key: str, **kwargs: Any) -> TrainerSession:
     settings = TrainerSettings(relay_url=relay.url, api_key=key, timeout=20, make_timeout=20, **kwargs)
     return TrainerSession(settings)
-
-
-def request(ws: Any, op: int, channel: int, seq: int, arg: object, timeout: float = 30) -> dict:
-    """One request from a raw trainer; the simulator's answer (or error record)."""
-    ws.send(pack(Kind.REQUEST, op, channel, seq, codec.packb(arg)))
-    deadline = time.monotonic() + timeout
-    while True:
-        frame = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
-        header = unpack_header(frame)
-        if header.seq == seq and header.kind in (Kind.RESPONSE, Kind.ERROR):
-            value = codec.unpackb(memoryview(frame)[HEADER_SIZE:])
-            return value if header.kind == Kind.ERROR else {"code": "ok", "value": value}
-
-
-def open_channel(ws: Any, seq: int) -> int:
-    ws.send(pack(Kind.CONTROL, Op.NONE, 0, seq, encode_control(Open(envs=1))))
-    while True:
-        frame = ws.recv(timeout=30)
-        if unpack_header(frame).seq == seq:
-            return parse_control(memoryview(frame)[HEADER_SIZE:]).shards[0].channel
 
 
 def peak_rss_mb(pid: int) -> float:

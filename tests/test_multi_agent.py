@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from attackers import ScriptedSimulator, greeted, open_channel, request
 from conftest import TEST_ENVS_ALLOW, CrashableRelay, SimulatorPool, init_trainer
 from identical import assert_identical
 from pettingzoo.classic import tictactoe_v3
@@ -28,7 +29,15 @@ from remoterl_agent_envs import Arrivals, ArrivalsMultiAgent, make_rps
 import remoterl_ray
 from remoterl_ray.api import trainer_settings
 from remoterl_ray.pettingzoo import RemoteAECEnv, RemoteParallelEnv, env, parallel_env
-from remoterl_ray.protocol.errors import RegistrationRefusedError, SimulatorLostError, UnsupportedError
+from remoterl_ray.protocol.errors import (
+    ErrorCode,
+    ProtocolError,
+    RegistrationRefusedError,
+    SimulatorLostError,
+    UnsupportedError,
+)
+from remoterl_ray.protocol.frames import Op
+from remoterl_ray.protocol.messages import Hello
 from remoterl_ray.rllib import RemoteMultiAgentEnvRunner, use_remote_env_runners
 from remoterl_ray.rllib.multi_agent import RemoteVectorMultiAgentEnv
 from remoterl_ray.trainer.remote_env import RECONNECTED
@@ -39,6 +48,7 @@ MULTI_AGENT_ALLOW = (
     AGENT_ENVS,
     f"{AGENT_ENVS}:arrivals",
     f"{AGENT_ENVS}:make_rps",
+    f"{AGENT_ENVS}:single_agent",
     "ray.rllib.examples.envs.classes.multi_agent",
     "pettingzoo.classic.tictactoe_v3:env",
     "pettingzoo.sisl.multiwalker_v9:parallel_env",
@@ -379,3 +389,199 @@ def test_a_relay_restart_mid_episode_resumes_the_multi_agent_episode():
             remote.close()
         finally:
             remoterl_ray.shutdown()
+
+
+# -- attacks: a hostile simulator, a hostile trainer ---------------------------------------------------
+
+
+def agents_description(**agents: Any) -> dict[str, Any]:
+    """What a real simulator describes for one Arrivals env, with ``agents`` fields replaced."""
+    from remoterl_ray.simulator.agents import HostedAgents
+
+    hosted = HostedAgents([Arrivals()])
+    description = hosted.describe()
+    description["agents"].update(agents)
+    return description
+
+
+def scripted(relay, key: str, description: dict, step_answer: Any = None) -> ScriptedSimulator:
+    """A simulator that makes nothing: it describes ``description`` and answers every
+    reset and step of a one-env shard with what a test gives."""
+    good_obs = Arrivals().reset(seed=0)[0]
+
+    def answer(op: int, channel: int, req: Any) -> Any:
+        if op in (Op.MAKE, Op.MAKE_VEC):
+            return description
+        if op == Op.RESET:
+            return [[good_obs, {"base": {}, "scout_0": {}}, ["base", "scout_0"]]]
+        if op == Op.STEP:
+            return step_answer
+        return None
+
+    return ScriptedSimulator(relay, key, answer)
+
+
+BAD_DESCRIPTIONS = {
+    "repeated agent": {"possible_agents": ["base", "base", "scout_1", "scout_2"]},
+    "bool agent id": {"possible_agents": [True, "scout_0", "scout_1", "scout_2"]},
+    "tuple agent id": {"possible_agents": [["a", 1], "scout_0", "scout_1", "scout_2"]},
+    "too many agents": {"possible_agents": [f"a{i}" for i in range(5000)]},
+    "spaces short": {"action_spaces": []},
+    "live agents per env": {"agents": [["base"], ["base"]]},
+    "unknown live agent": {"agents": [["intruder"]]},
+    "unknown kind": {"kind": "swarm"},
+}
+
+
+@pytest.mark.parametrize("fields", BAD_DESCRIPTIONS.values(), ids=BAD_DESCRIPTIONS.keys())
+def test_a_malformed_multi_agent_description_is_a_coded_error(relay, keys, fields):
+    key = keys.take()
+    sim = scripted(relay, key, agents_description(**fields))
+    try:
+        assert init_trainer(relay, key)
+        with pytest.raises(ProtocolError) as caught:
+            parallel_env(f"{AGENT_ENVS}:arrivals")
+        assert caught.value.code is ErrorCode.BAD_PAYLOAD
+    finally:
+        remoterl_ray.shutdown()
+        sim.close()
+
+
+def test_a_description_of_the_wrong_kind_is_a_coded_error(relay, keys):
+    import gymnasium as gym
+
+    key = keys.take()
+    description = agents_description()
+    sim = scripted(relay, key, description)
+    try:
+        assert init_trainer(relay, key)
+        with pytest.raises(ProtocolError, match="single-agent") as caught:
+            gym.make("CartPole-v1")  # a single-agent make answered with a multi-agent env
+        assert caught.value.code is ErrorCode.BAD_PAYLOAD
+        with pytest.raises(ProtocolError, match="aec make") as caught:
+            env(f"{AGENT_ENVS}:arrivals")  # an AEC make answered with a parallel env
+    finally:
+        remoterl_ray.shutdown()
+        sim.close()
+
+
+BAD_STEPS = {
+    "unknown agent's observation": [[{"intruder": 1.0}, {}, {}, {}, {}, []]],
+    "rewards not numbers": [[{}, {"base": "lots"}, {}, {}, {}, ["base"]]],
+    "flags not a map": [[{}, {}, [True], {}, {}, ["base"]]],
+    "unknown live agent": [[{}, {}, {}, {}, {}, ["intruder"]]],
+    "four maps": [[{}, {}, {}, {}, ["base"]]],
+    "entries per env": [None, None],
+}
+
+
+@pytest.mark.parametrize("answer", BAD_STEPS.values(), ids=BAD_STEPS.keys())
+def test_a_malformed_multi_agent_step_is_a_coded_error(relay, keys, answer):
+    key = keys.take()
+    sim = scripted(relay, key, agents_description(), step_answer=answer)
+    try:
+        assert init_trainer(relay, key)
+        remote = parallel_env(f"{AGENT_ENVS}:arrivals")
+        remote.reset(seed=0)
+        with pytest.raises(ProtocolError) as caught:
+            remote.step({"base": np.zeros(2, np.int64), "scout_0": 0})
+        assert caught.value.code is ErrorCode.BAD_PAYLOAD
+    finally:
+        remoterl_ray.shutdown()
+        sim.close()
+
+
+@pytest.fixture(scope="module")
+def raw_trainer(relay, pool) -> Iterator[Any]:
+    """A raw trainer connection of the module's workspace (real simulators behind it)."""
+    ws = greeted(relay, Hello(role="trainer", api_key=pool.key), source="127.0.0.1")
+    yield ws
+    ws.close()
+
+
+_seqs = iter(range(1000, 100_000))
+
+
+def made(ws: Any, arg: dict, op: int = Op.MAKE_VEC) -> tuple[int, dict]:
+    channel = open_channel(ws, next(_seqs))
+    return channel, request(ws, op, channel, next(_seqs), arg)
+
+
+ARRIVALS = {"id": "arrivals", "agents": "parallel", "num_envs": 2, "factory": {"target": f"{AGENT_ENVS}:arrivals"}}
+BAD_MAKES = {
+    "unknown kind": ({**ARRIVALS, "agents": "swarm"}, Op.MAKE_VEC, "bad_payload"),
+    "aec on a vector make": ({**ARRIVALS, "agents": "aec"}, Op.MAKE_VEC, "bad_payload"),
+    "parallel on a single make": (ARRIVALS, Op.MAKE, "bad_payload"),
+    "no factory": ({**ARRIVALS, "factory": None}, Op.MAKE_VEC, "bad_payload"),
+    "factory off the allowlist": ({**ARRIVALS, "factory": {"target": "os:system", "kwargs": {}}}, Op.MAKE_VEC,
+                                  "register_refused"),
+    "code in the kwargs": ({**ARRIVALS, "factory": {"target": f"{AGENT_ENVS}:arrivals",
+                                                    "kwargs": {"entry_point": "os:system"}}}, Op.MAKE_VEC,
+                           "bad_payload"),
+    "a function of an allowed module the allowlist does not name": (
+        {**ARRIVALS, "factory": {"target": f"{AGENT_ENVS}:_base_space"}}, Op.MAKE_VEC, "register_refused"),
+    "a factory making no multi-agent env": (
+        {**ARRIVALS, "factory": {"target": f"{AGENT_ENVS}:single_agent"}}, Op.MAKE_VEC, "env_error"),
+    "too many envs": ({**ARRIVALS, "num_envs": 10_000}, Op.MAKE_VEC, "capacity"),
+}
+
+
+@pytest.mark.parametrize("arg,op,code", BAD_MAKES.values(), ids=BAD_MAKES.keys())
+def test_a_hostile_multi_agent_make_is_refused_with_a_code(raw_trainer, arg, op, code):
+    _, answer = made(raw_trainer, arg, op)
+    assert answer["code"] == code, answer
+    _, answer = made(raw_trainer, ARRIVALS)  # and the simulator still makes what is allowed
+    assert answer["code"] == "ok" and answer["value"]["agents"]["possible_agents"][0] == "base"
+
+
+BAD_CALLS = {
+    "step not a list": (Op.STEP, {"step": {}}, "bad_payload"),
+    "step entries short": (Op.STEP, [None], "bad_payload"),
+    "step entry not a map": (Op.STEP, [7, None], "bad_payload"),
+    "step entry of neither kind": (Op.STEP, [{"jump": {}}, None], "bad_payload"),
+    "actions not a map": (Op.STEP, [{"step": [1, 2]}, None], "bad_payload"),
+    "reset seed not an int": (Op.RESET, [{"seed": "x"}, None], "bad_payload"),
+    "reset options not a map": (Op.RESET, [{"options": [1]}, None], "bad_payload"),
+    "a private attribute": (Op.ATTR, {"do": "get", "name": "_rng"}, "unsupported"),
+    "an env index out of range": (Op.ATTR, {"do": "call", "name": "state", "index": 5}, "bad_payload"),
+    "an index that is no int": (Op.ATTR, {"do": "call", "name": "state", "index": True}, "bad_payload"),
+    "reflection": (Op.ATTR, {"do": "call", "name": "__getattribute__", "args": ["_rng"]}, "unsupported"),
+}
+
+
+@pytest.mark.parametrize("op,arg,code", BAD_CALLS.values(), ids=BAD_CALLS.keys())
+def test_hostile_multi_agent_requests_get_coded_errors_and_the_env_stays(raw_trainer, op, arg, code):
+    channel, answer = made(raw_trainer, ARRIVALS)
+    assert answer["code"] == "ok"
+    assert request(raw_trainer, op, channel, next(_seqs), arg)["code"] == code
+    answer = request(raw_trainer, Op.RESET, channel, next(_seqs), [{"seed": 1}, None])
+    assert answer["code"] == "ok" and answer["value"][1] is None and answer["value"][0][2] == ["base", "scout_0"]
+    assert request(raw_trainer, Op.CLOSE, channel, next(_seqs), None)["code"] == "ok"
+
+
+def test_observe_of_an_unknown_agent_is_a_coded_error(raw_trainer):
+    arg = {"id": "tictactoe", "agents": "aec", "factory": {"target": "pettingzoo.classic.tictactoe_v3:env"}}
+    channel, answer = made(raw_trainer, arg, Op.MAKE)
+    assert answer["code"] == "ok" and answer["value"]["agents"]["kind"] == "aec"
+    request(raw_trainer, Op.RESET, channel, next(_seqs), {"seed": 0})
+    observe = {"do": "call", "name": "observe", "args": ["player_9"]}
+    assert request(raw_trainer, Op.ATTR, channel, next(_seqs), observe)["code"] == "bad_payload"
+    step = request(raw_trainer, Op.STEP, channel, next(_seqs), {"action": 4})
+    assert step["code"] == "ok" and step["value"]["selected"] == "player_2"
+
+
+def test_a_simulator_keeping_env_attributes_to_itself_still_answers_pettingzoos_own_calls(relay, keys):
+    pool = SimulatorPool(relay, keys.take())
+    pool.start(1, allow=MULTI_AGENT_ALLOW, extra_args=("--no-env-attributes",))
+    ws = greeted(relay, Hello(role="trainer", api_key=pool.key), source="127.0.0.1")
+    try:
+        channel, answer = made(ws, ARRIVALS)
+        assert answer["code"] == "ok"
+        request(ws, Op.RESET, channel, next(_seqs), [{"seed": 1}, None])
+        state = request(ws, Op.ATTR, channel, next(_seqs), {"do": "call", "name": "state"})
+        assert state["code"] == "ok" and state["value"].tolist() == [0, 2]
+        got = request(ws, Op.ATTR, channel, next(_seqs), {"do": "get", "name": "max_steps"})
+        assert got["code"] == "unsupported" and "--no-env-attributes" in got["message"]
+    finally:
+        ws.close()
+        pool.stop()

@@ -7,23 +7,31 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import ray
 import torch
-from conftest import TEST_ENVS_MODULE, CrashableRelay, SimulatorPool, init_trainer, serving
+from conftest import TEST_ENVS_ALLOW, TEST_ENVS_MODULE, CrashableRelay, SimulatorPool, init_trainer, serving
 from ray import tune
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.env.env_errors import StepFailedRecreateEnvError
+from ray.rllib.examples.envs.classes.multi_agent import MultiAgentCartPole
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 import remoterl_ray
 from remoterl_ray.api import trainer_settings
 from remoterl_ray.protocol.errors import SimulatorLostError, UnsupportedError
-from remoterl_ray.rllib import EnvCreator, FirstReadyEnvRunner, RemoteEnvRunner, use_remote_env_runners
+from remoterl_ray.rllib import (
+    EnvCreator,
+    FirstReadyEnvRunner,
+    RemoteEnvRunner,
+    RemoteMultiAgentEnvRunner,
+    use_remote_env_runners,
+)
 from remoterl_ray.trainer.remote_vector_env import RemoteVectorEnv
 
 NUM_ENVS = 4
@@ -231,10 +239,12 @@ def test_two_env_runners_over_two_simulators(ray_cluster, relay, keys):
         ray.get([r.stop.remote() for r in runners], timeout=60)
 
 
-def trained_after_init(relay, keys, config: AlgorithmConfig, runner_cls: type) -> tuple[dict, list[dict]]:
+def trained_after_init(
+    relay, keys, config: AlgorithmConfig, runner_cls: type, allow: tuple[str, ...] = TEST_ENVS_ALLOW
+) -> tuple[dict, list[dict]]:
     """``config`` built after ``init`` on two simulators and trained twice: the last
     result and the simulators' rows on the relay."""
-    with serving(relay, keys, 2) as key:
+    with serving(relay, keys, 2, allow) as key:
         assert init_trainer(relay, key, num_workers=2, num_env_runners=2)
         try:
             algo = config.build_algo()
@@ -289,6 +299,56 @@ def test_off_policy_and_async_algorithms_train_on_first_ready_env_runners(ray_cl
     assert result["env_runners"]["num_env_steps_sampled_lifetime"] >= 256
     assert result["env_runners"]["remoterl"]["simulators"] == 2
     assert sum(p["env_steps"] for p in simulators) >= 256
+
+
+# -- multi-agent: RLlib's multi-agent CartPole with two policies ----------------------------------
+
+MULTI_AGENT_ALLOW = (*TEST_ENVS_ALLOW, "ray.rllib.examples.envs.classes.multi_agent")
+
+
+def multi_agent_cartpole(**training: Any) -> PPOConfig:
+    """An unchanged multi-agent config, as RLlib's own multi-agent CartPole example writes it."""
+    training = {"train_batch_size_per_learner": 256, "minibatch_size": 64, "num_epochs": 1, **training}
+    return (
+        PPOConfig()
+        .environment(MultiAgentCartPole, env_config={"num_agents": 2})
+        .multi_agent(policies={"p0", "p1"}, policy_mapping_fn=lambda agent_id, episode, **kw: f"p{agent_id}")
+        .env_runners(num_env_runners=2)
+        .training(**training)
+    )
+
+
+def test_multi_agent_ppo_with_two_policies_trains_on_remote_env_runners(ray_cluster, relay, keys):
+    result, simulators = trained_after_init(
+        relay, keys, multi_agent_cartpole(), RemoteMultiAgentEnvRunner, MULTI_AGENT_ALLOW
+    )
+    runners = result["env_runners"]
+    assert runners["num_env_steps_sampled_lifetime"] >= 512
+    assert set(runners["module_episode_returns_mean"]) == {"p0", "p1"}  # both policies' agents acted
+    assert runners["remoterl"]["simulators"] == 2
+    assert set(result["learners"]) >= {"p0", "p1"}
+    assert sum(p["env_steps"] for p in simulators) >= 512
+
+
+def test_multi_agent_tune_grid_runs_on_remote_env_runners(ray_cluster, relay, keys, tmp_path):
+    with serving(relay, keys, 2, MULTI_AGENT_ALLOW) as key:
+        assert init_trainer(relay, key, num_workers=2, num_env_runners=2)
+        try:
+            config = multi_agent_cartpole(lr=tune.grid_search([1e-3, 1e-4]))
+            tuner = tune.Tuner(
+                "PPO",
+                param_space=config,
+                run_config=tune.RunConfig(stop={"training_iteration": 2}, storage_path=str(tmp_path), verbose=0),
+            )
+            results = tuner.fit()
+        finally:
+            remoterl_ray.shutdown()
+    assert not results.errors
+    assert len(results) == 2
+    for result in results:
+        assert result.metrics["training_iteration"] == 2
+        assert result.metrics["env_runners"]["remoterl"]["simulators"] == 2
+        assert set(result.metrics["env_runners"]["module_episode_returns_mean"]) == {"p0", "p1"}
 
 
 def test_tune_experiment_runs_on_remote_env_runners(ray_cluster, relay, keys, tmp_path):

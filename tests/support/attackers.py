@@ -20,7 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 from remoterl_ray.local import rss_mb
 from remoterl_ray.protocol import codec
 from remoterl_ray.protocol.frames import HEADER_SIZE, Kind, Op, pack, unpack_header
-from remoterl_ray.protocol.messages import Hello, Welcome, control_frame, parse_control
+from remoterl_ray.protocol.messages import Hello, Open, Welcome, control_frame, encode_control, parse_control
 
 UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -175,6 +175,26 @@ class ScriptedSimulator:
         self._thread.join(10)
 
 
+def request(ws: Any, op: int, channel: int, seq: int, arg: object, timeout: float = 30) -> dict:
+    """One request from a raw trainer; the simulator's answer (or error record)."""
+    ws.send(pack(Kind.REQUEST, op, channel, seq, codec.packb(arg)))
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+        header = unpack_header(frame)
+        if header.seq == seq and header.kind in (Kind.RESPONSE, Kind.ERROR):
+            value = codec.unpackb(memoryview(frame)[HEADER_SIZE:])
+            return value if header.kind == Kind.ERROR else {"code": "ok", "value": value}
+
+
+def open_channel(ws: Any, seq: int) -> int:
+    ws.send(pack(Kind.CONTROL, Op.NONE, 0, seq, encode_control(Open(envs=1))))
+    while True:
+        frame = ws.recv(timeout=30)
+        if unpack_header(frame).seq == seq:
+            return parse_control(memoryview(frame)[HEADER_SIZE:]).shards[0].channel
+
+
 def forged_answer(op: int, channel: int, seq: int, value: Any) -> bytes:
     return pack(Kind.RESPONSE, op, channel, seq, codec.packb(value))
 
@@ -188,6 +208,8 @@ __all__ = [
     "forged_answer",
     "greeted",
     "nested_tuples",
+    "open_channel",
+    "request",
     "rss_mb",
     "tcp",
     "websocket",

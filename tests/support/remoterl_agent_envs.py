@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
@@ -123,3 +124,8 @@ class ArrivalsMultiAgent(MultiAgentEnv):
 def make_rps(config: dict) -> ParallelPettingZooEnv:
     """Rock-paper-scissors through RLlib's ``ParallelPettingZooEnv`` wrapper (a module-level creator)."""
     return ParallelPettingZooEnv(rps_v2.parallel_env(**dict(config)))
+
+
+def single_agent(**kwargs: Any) -> gym.Env:
+    """A factory that makes a single-agent env: not what a multi-agent make may host."""
+    return gym.make("CartPole-v1", **kwargs)
