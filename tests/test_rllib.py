@@ -349,31 +349,6 @@ def test_multi_agent_tune_grid_runs_on_remote_env_runners(ray_cluster, relay, ke
         assert result.metrics["training_iteration"] == 2
         assert result.metrics["env_runners"]["remoterl"]["simulators"] == 2
         assert set(result.metrics["env_runners"]["module_episode_returns_mean"]) == {"p0", "p1"}
-
-
-def test_tune_experiment_runs_on_remote_env_runners(ray_cluster, relay, keys, tmp_path):
-    with serving(relay, keys, 1) as key:
-        assert init_trainer(relay, key, num_workers=1, num_env_runners=4)
-        try:
-            config = (
-                PPOConfig()
-                .environment("CartPole-v1")
-                .env_runners(num_env_runners=1, num_envs_per_env_runner=2)
-                .training(lr=tune.grid_search([1e-3, 1e-4]), train_batch_size_per_learner=128, minibatch_size=64,
-                          num_epochs=1)
-            )
-            tuner = tune.Tuner(
-                "PPO",
-                param_space=config,
-                run_config=tune.RunConfig(stop={"training_iteration": 1}, storage_path=str(tmp_path), verbose=0),
-            )
-            results = tuner.fit()
-        finally:
-            remoterl_ray.shutdown()
-    assert not results.errors
-    assert len(results) == 2
-    for result in results:
-        assert result.metrics["env_runners"]["remoterl"]["simulators"] == 1
     logged = "".join(p.read_text(errors="ignore") for p in Path(tmp_path).rglob("*.json"))
     assert logged and key not in logged, "the API key must not be written to Tune's logs"
 

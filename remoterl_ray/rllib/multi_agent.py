@@ -14,7 +14,6 @@ simulator, an autoreset travelling in the same frame as the other envs' steps.
 
 from __future__ import annotations
 
-from copy import deepcopy
 from typing import Any
 
 import gymnasium as gym
@@ -134,7 +133,8 @@ class RemoteVectorMultiAgentEnv(VectorMultiAgentEnv):
         self._autoreset_envs = np.logical_or(
             np.array([t[ALL] for t in terminations]), np.array([t.get(ALL, False) for t in truncations])
         )
-        return deepcopy(observations), np.copy(rewards), np.copy(terminations), np.copy(truncations), np.copy(infos)
+        # RLlib deep-copies its envs' observations; these were just decoded and are nobody else's.
+        return observations, np.copy(rewards), np.copy(terminations), np.copy(truncations), np.copy(infos)
 
     def render(self) -> tuple[Any, ...]:
         return tuple(self.remote.render(lambda: self.reset()))

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from ..protocol.descriptions import AgentSpaces
 from ..protocol.errors import ErrorCode, ProtocolError
 from ..protocol.frames import Op
@@ -25,7 +27,7 @@ from .shards import SKIP, Serving, Shards
 
 ALL = "__all__"  # RLlib: the key of terminateds and truncateds that ends the whole episode
 COMMON = "__common__"  # RLlib: the infos key shared by all agents
-_SCALARS = (bool, int, float)
+_NUMBERS = (bool, int, float, np.bool_, np.number)
 
 
 def _converters(spaces: dict[Any, Any]) -> dict[Any, ValueConverter] | None:
@@ -58,9 +60,11 @@ class Agents:
 
     def per_agent(self, value: Any, what: str, extra: str | None = None) -> dict[Any, Any]:
         """A map keyed by possible agents (and ``extra``, RLlib's ``__all__`` or ``__common__``)."""
-        if not isinstance(value, dict) or not all(k in self._known or k == extra for k in value):
-            raise malformed(f"{what} must be a map keyed by the env's agents")
-        return value
+        if isinstance(value, dict) and (
+            self._known.issuperset(value) or (extra in value and len(value.keys() - self._known) == 1)
+        ):
+            return value
+        raise malformed(f"{what} must be a map keyed by the env's agents")
 
     def obs_in(self, value: Any) -> dict[Any, Any]:
         return _convert(self._obs_values, self.per_agent(value, "observations"), "from_wire")
@@ -81,7 +85,7 @@ class Agents:
         obs, rewards, terminated, truncated, infos, live = value
         for name, item in (("rewards", rewards), ("terminations", terminated), ("truncations", truncated)):
             self.per_agent(item, name, ALL)
-            if not all(isinstance(v, _SCALARS) or hasattr(v, "dtype") for v in item.values()):
+            if not all(isinstance(v, _NUMBERS) for v in item.values()):
                 raise malformed(f"{name} must hold numbers")
         return (
             self.obs_in(obs), rewards, terminated, truncated, self.per_agent(infos, "infos", COMMON), self.live(live)
