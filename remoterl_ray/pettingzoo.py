@@ -25,6 +25,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the message is the point
     raise ImportError("remoterl_ray.pettingzoo needs PettingZoo: pip install 'remoterl-ray[pettingzoo]'") from exc
 
+from .protocol.errors import EnvsMadeAgainError
 from .trainer.configure import current_session
 from .trainer.remote_agents import AgentEnvs, AgentTurns
 from .trainer.session import TrainerSession
@@ -127,8 +128,11 @@ class RemoteAECEnv(AECEnv):
 
     def step(self, action: Any) -> None:
         turn = self._remote.step(action, self.agent_selection)
-        if turn is None:  # made again on a new connection: the episode is over, as after a reset
-            turn = self._remote.reset(None, None)
+        if turn is None:  # an AEC loop has no way to hear of a truncation it did not step into
+            raise EnvsMadeAgainError(
+                f"the relay connection of {self!r} was lost and its env made again on a new one: "
+                "this episode is over; reset() the env to play on"
+            )
         self._take(turn)
 
     def observe(self, agent: Any) -> Any:

@@ -8,6 +8,7 @@ and on PettingZoo's own API test helpers, which run here against the remote envs
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,7 @@ import remoterl_ray
 from remoterl_ray.api import trainer_settings
 from remoterl_ray.pettingzoo import RemoteAECEnv, RemoteParallelEnv, env, parallel_env
 from remoterl_ray.protocol.errors import (
+    EnvsMadeAgainError,
     ErrorCode,
     ProtocolError,
     RegistrationRefusedError,
@@ -40,6 +42,7 @@ from remoterl_ray.protocol.frames import Op
 from remoterl_ray.protocol.messages import Hello
 from remoterl_ray.rllib import RemoteMultiAgentEnvRunner, use_remote_env_runners
 from remoterl_ray.rllib.multi_agent import RemoteVectorMultiAgentEnv
+from remoterl_ray.trainer.remote_agents import AgentEnvs
 from remoterl_ray.trainer.remote_env import RECONNECTED
 
 AGENT_ENVS = "remoterl_agent_envs"
@@ -49,6 +52,7 @@ MULTI_AGENT_ALLOW = (
     f"{AGENT_ENVS}:arrivals",
     f"{AGENT_ENVS}:make_rps",
     f"{AGENT_ENVS}:single_agent",
+    f"{AGENT_ENVS}:not_multi_agent",
     "ray.rllib.examples.envs.classes.multi_agent",
     "pettingzoo.classic.tictactoe_v3:env",
     "pettingzoo.sisl.multiwalker_v9:parallel_env",
@@ -472,6 +476,10 @@ BAD_STEPS = {
     "unknown live agent": [[{}, {}, {}, {}, {}, ["intruder"]]],
     "four maps": [[{}, {}, {}, {}, ["base"]]],
     "entries per env": [None, None],
+    "unhashable live agent": [[{}, {}, {}, {}, {}, [["base"]]]],
+    "repeated live agents": [[{}, {}, {}, {}, {}, ["base", "base"]]],
+    "rewards making lists for missing agents": [[{}, defaultdict(list, {"base": 1.0}), {}, {}, {}, ["base"]]],
+    "an info that is no map": [[{}, {}, {}, {}, {"base": 5}, ["base"]]],
 }
 
 
@@ -585,3 +593,131 @@ def test_a_simulator_keeping_env_attributes_to_itself_still_answers_pettingzoos_
     finally:
         ws.close()
         pool.stop()
+
+
+BAD_TURNS = {
+    "unhashable selected agent": {"selected": ["player_1"]},
+    "rewards not numbers": {"rewards": {"player_1": "x"}},
+    "an info that is no map": {"infos": {"player_1": 3}},
+}
+
+
+@pytest.mark.parametrize("fields", BAD_TURNS.values(), ids=BAD_TURNS.keys())
+def test_a_malformed_aec_turn_is_a_coded_error(relay, keys, fields):
+    from remoterl_ray.simulator.agents import HostedTurns
+
+    hosted = HostedTurns(tictactoe_v3.env())
+    hosted.reset({"seed": 0})
+    description, turn = hosted.describe(), {**hosted.turn(), **fields}
+    key = keys.take()
+
+    def answer(op: int, channel: int, req: Any) -> Any:
+        return description if op == Op.MAKE else turn
+
+    sim = ScriptedSimulator(relay, key, answer)
+    try:
+        assert init_trainer(relay, key)
+        with pytest.raises(ProtocolError) as caught:
+            env("pettingzoo.classic.tictactoe_v3:env").reset(seed=0)
+        assert caught.value.code is ErrorCode.BAD_PAYLOAD
+    finally:
+        remoterl_ray.shutdown()
+        sim.close()
+
+
+def test_a_description_of_fewer_envs_than_the_shard_is_a_coded_error(relay, keys):
+    key = keys.take()
+    sim = scripted(relay, key, agents_description())  # describes one env, whatever the shard
+    try:
+        assert init_trainer(relay, key)
+        with pytest.raises(ProtocolError, match="1 envs for a shard of 3") as caught:
+            AgentEnvs(remoterl_ray.current_session(), "arrivals", 3, {"factory": {"target": f"{AGENT_ENVS}:arrivals"}})
+        assert caught.value.code is ErrorCode.BAD_PAYLOAD
+    finally:
+        remoterl_ray.shutdown()
+        sim.close()
+
+
+def test_an_rllib_step_without_all_is_a_coded_error(relay, keys):
+    key = keys.take()
+    sim = scripted(relay, key, agents_description(), step_answer=[[{}, {}, {}, {}, {}, ["base"]]])
+    try:
+        assert init_trainer(relay, key)
+        remote = AgentEnvs(remoterl_ray.current_session(), "arrivals", 1, {"factory": {"target": "x:y"}})
+        remote.reset([0], None)
+        with pytest.raises(ProtocolError, match="__all__"):
+            remote.step([{"step": {}}], all_key=True)
+    finally:
+        remoterl_ray.shutdown()
+        sim.close()
+
+
+def test_framework_methods_of_a_multi_agent_env_are_not_the_envs_to_call(raw_trainer):
+    """RLlib's ``MultiAgentEnv.to_base_env(remote_envs=True)`` would start Ray and actors on the
+    simulator; ``with_agent_groups`` builds other envs. Only what the env's own class defines
+    (and PettingZoo's and RLlib's calls that drive an env) may be called."""
+    creator = {"target": f"{AGENT_ENVS}:ArrivalsMultiAgent", "env_config": {}}
+    channel, answer = made(raw_trainer, {"id": "arrivals", "agents": "parallel", "num_envs": 1, "creator": creator})
+    assert answer["code"] == "ok"
+    for name, kwargs in (("to_base_env", {"remote_envs": True, "num_envs": 100}), ("with_agent_groups", {})):
+        call = {"do": "call", "name": name, "kwargs": kwargs}
+        refused = request(raw_trainer, Op.ATTR, channel, next(_seqs), call)
+        assert refused["code"] == "unsupported" and "base class" in refused["message"], refused
+    ids = request(raw_trainer, Op.ATTR, channel, next(_seqs), {"do": "call", "name": "get_agent_ids"})
+    assert ids["code"] == "ok" and ids["value"] == set() or ids["code"] == "unsupported"  # a set is no data
+    assert request(raw_trainer, Op.CLOSE, channel, next(_seqs), None)["code"] == "ok"
+
+
+def test_an_env_refused_for_its_kind_is_closed_and_pettingzoo_classes_are_no_registration(relay, keys):
+    pool = SimulatorPool(relay, keys.take())
+    pool.start(1, allow=MULTI_AGENT_ALLOW)
+    ws = greeted(relay, Hello(role="trainer", api_key=pool.key), source="127.0.0.1")
+    try:
+        channel, answer = made(ws, ARRIVALS)
+        count = {"do": "call", "name": "refused_closed"}
+        assert request(ws, Op.ATTR, channel, next(_seqs), count)["value"] == 0
+        refused = {**ARRIVALS, "num_envs": 2, "factory": {"target": f"{AGENT_ENVS}:not_multi_agent"}}
+        _, answer = made(ws, refused)
+        assert answer["code"] == "env_error" and answer["remote_type"] == "TypeError"
+        assert request(ws, Op.ATTR, channel, next(_seqs), count)["value"] == 1  # built, refused and closed
+        # A PettingZoo env class is an env class for multi-agent makes only, not for a Gymnasium registration.
+        registration = {"id": "Arrivals-v0", "entry_point": f"{AGENT_ENVS}:Arrivals"}
+        other = open_channel(ws, next(_seqs))
+        assert request(ws, Op.REGISTER, other, next(_seqs), registration)["code"] == "register_refused"
+    finally:
+        ws.close()
+        pool.stop()
+
+
+def test_envs_made_again_report_their_episodes_truncated_and_an_aec_loop_is_told():
+    """The relay crashes and the simulator of some envs is gone for good: after the resume
+    window they are made again on the other simulator. A vector step reports each of
+    them truncated, also those a single env's call did not reach, and an AEC step raises."""
+    with CrashableRelay("ma-made-again", 0) as site:
+        (first,) = site.pool.start(1, allow=MULTI_AGENT_ALLOW)
+        assert init_trainer(site.relay, site.key, connect_timeout=5, simulator_wait=20, resume_window=2,
+                            num_workers=1, num_env_runners=2)  # fmt: skip
+        game = env("pettingzoo.classic.tictactoe_v3:env")  # on the first simulator, the one to go
+        site.pool.start(1, allow=MULTI_AGENT_ALLOW)
+        assert remoterl_ray.current_session().links.wait_for_simulators(2, 20) == 2
+        call = {"target": "ray.rllib.examples.envs.classes.multi_agent:MultiAgentCartPole",
+                "env_config": {"num_agents": 2}, "worker_index": 0, "num_workers": 0}  # fmt: skip
+        vector = RemoteVectorMultiAgentEnv(AgentEnvs(remoterl_ray.current_session(), "ma", 4, {"creator": call}), "ma")
+        assert vector.remote._remote.sizes == [2, 2]
+        vector.reset(seed=0)
+        game.reset(seed=0)
+        first.kill()
+        site.crash()
+        obs, infos = vector.envs[0].reset(seed=3)  # one env's call meets the envs made again
+        assert set(obs) == {0, 1}
+        obs, rewards, terminateds, truncateds, infos = vector.step([{0: 0, 1: 0}] * 4)
+        for i in range(1, 4):  # the others lost their episodes: truncated, at their new first observations
+            assert truncateds[i] == {0: True, 1: True, "__all__": True} and not terminateds[i]["__all__"]
+            assert infos[i][0][RECONNECTED] and rewards[i] == {0: 0.0, 1: 0.0}
+        assert not truncateds[0]["__all__"]  # env 0 was reset after it was made again: it stepped
+        with pytest.raises(EnvsMadeAgainError):
+            game.step(0)
+        game.reset(seed=1)
+        game.step(4)  # plays on after a reset
+        vector.close()
+        game.close()

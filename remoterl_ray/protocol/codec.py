@@ -151,6 +151,9 @@ def _shape_header(shape: tuple[int, ...]) -> bytes:
 # The factories a defaultdict may name on the wire, by index: builtin types whose call takes no
 # argument and builds an empty or zero value. The index is all that travels; nothing else is looked up.
 DEFAULT_FACTORIES: tuple[type, ...] = (int, float, bool, str, bytes, list, dict, tuple)
+# Listed with a make's codecs by a trainer that reads ext 6 (added within protocol version 2): a
+# simulator sends defaultdicts as plain maps to a trainer that does not list it.
+READS_DEFAULTDICT = "defaultdict"
 _FACTORY_INDEX = {factory: index for index, factory in enumerate(DEFAULT_FACTORIES)}
 _NO_FACTORY = 255  # defaultdict(None): missing keys raise KeyError, as in a dict
 
@@ -202,9 +205,14 @@ def _default(obj: Any) -> Any:
     raise EncodeError(f"values of type {type(obj).__module__}.{type(obj).__qualname__} cannot be sent")
 
 
-def _compressing(policy: Compression) -> Any:
-    """``_default`` for a channel that compresses: arrays ``policy`` takes go as ext 5
-    when that makes them smaller enough; everything else as ``_default`` sends it."""
+def _default_plain_maps(obj: Any) -> Any:
+    """``_default`` for a peer that does not read ext 6: every defaultdict as a plain map."""
+    return dict(obj) if type(obj) is defaultdict else _default(obj)
+
+
+def _compressing(policy: Compression, base: Any = _default) -> Any:
+    """``base`` for a channel that compresses: arrays ``policy`` takes go as ext 5
+    when that makes them smaller enough; everything else as ``base`` sends it."""
     codec_byte = bytes([policy.codec])
 
     def default(obj: Any) -> Any:
@@ -214,7 +222,7 @@ def _compressing(policy: Compression) -> Any:
             packed = compressing.compress(policy.codec, memoryview(raw.reshape(-1).view(np.uint8)))
             if compressing.worth_sending(raw.nbytes, len(packed)):
                 return _ext(EXT_PACKED, codec_byte + header + packed)
-        return _default(obj)
+        return base(obj)
 
     return default
 
@@ -308,24 +316,26 @@ def _list_hook(items: list[Any]) -> Any:
 _local = threading.local()
 
 
-def _packer(compression: Compression | None) -> msgpack.Packer:
-    """One reusable packer per thread and compression (``_default`` never packs re-entrantly)."""
+def _packer(compression: Compression | None, plain_maps: bool) -> msgpack.Packer:
+    """One reusable packer per thread, compression and map rule (``_default`` never packs re-entrantly)."""
     packers = getattr(_local, "packers", None)
     if packers is None:
         packers = _local.packers = {}
-    packer = packers.get(compression)
+    packer = packers.get((compression, plain_maps))
     if packer is None:
-        default = _default if compression is None else _compressing(compression)
-        packer = packers[compression] = msgpack.Packer(
+        base = _default_plain_maps if plain_maps else _default
+        default = base if compression is None else _compressing(compression, base)
+        packer = packers[(compression, plain_maps)] = msgpack.Packer(
             default=default, strict_types=True, use_bin_type=True, autoreset=True
         )
     return packer
 
 
-def packb(obj: Any, compression: Compression | None = None) -> bytes:
+def packb(obj: Any, compression: Compression | None = None, *, plain_maps: bool = False) -> bytes:
     """Encode ``obj``, its large arrays compressed as ``compression`` says (None:
-    raw); raises :class:`EncodeError` for values that cannot travel."""
-    packer = _packer(compression)
+    raw); raises :class:`EncodeError` for values that cannot travel. ``plain_maps``:
+    for a peer that does not list ``READS_DEFAULTDICT``, defaultdicts go as maps."""
+    packer = _packer(compression, plain_maps)
     try:
         return packer.pack(obj)
     except EncodeError:
@@ -337,7 +347,8 @@ def packb(obj: Any, compression: Compression | None = None) -> bytes:
 
 
 def packb_items(
-    items: list[Any] | tuple[Any, ...], max_bytes: int, compression: Compression | None = None
+    items: list[Any] | tuple[Any, ...], max_bytes: int, compression: Compression | None = None, *,
+    plain_maps: bool = False,
 ) -> bytes:
     """``packb(list(items))``, built item by item so that it stops, with
     ``FrameTooLargeError``, as soon as it passes ``max_bytes`` (a list of many
@@ -345,7 +356,7 @@ def packb_items(
     parts = [msgpack.Packer().pack_array_header(len(items))]
     size = len(parts[0])
     for item in items:
-        parts.append(packb(item, compression))
+        parts.append(packb(item, compression, plain_maps=plain_maps))
         size += len(parts[-1])
         if size > max_bytes:
             raise FrameTooLargeError(f"answer passes {max_bytes} bytes after {len(parts) - 1} of {len(items)} items")

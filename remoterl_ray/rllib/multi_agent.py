@@ -146,7 +146,7 @@ class RemoteVectorMultiAgentEnv(VectorMultiAgentEnv):
         )
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
-        return tuple(env.get_wrapper_attr(name) for env in self.envs)
+        return self.call(name)  # as RLlib's: a method is called, an attribute read
 
     def close_extras(self, **kwargs: Any) -> None:
         self.remote.close()

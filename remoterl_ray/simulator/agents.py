@@ -32,12 +32,11 @@ from ..protocol.replay import AnswerMemory
 from ..protocol.space_values import ValueConverter, sample_converter
 from ..protocol.spaces import space_to_wire
 from .allowlist import Allowlist
-from .attributes import public_name
+from .attributes import API_CALLS, check_env_method, public_name
 from .creators import CreatorContext, creator_ints
 from .entry_points import plain_kwargs, resolve_entry_point
 
 KINDS = ("parallel", "aec")
-API_CALLS = frozenset({"observe", "state"})  # PettingZoo's own methods: always callable, as ``reset`` is
 
 
 def _is_aec(env: Any) -> bool:
@@ -166,19 +165,21 @@ def attribute(env: Any, arg: dict[str, Any], *, allow_any: bool) -> Any:
             "this simulator does not let trainers call env methods or get and set env attributes "
             "(it was started with --no-env-attributes)"
         )
-    if action == "get":
-        return getattr(env, name)
+    if action not in ("get", "has", "set", "call"):
+        raise ProtocolError("malformed attribute request", code=ErrorCode.BAD_PAYLOAD)
     if action == "has":
         return hasattr(env, name)
     if action == "set":
         setattr(env, name, arg.get("value"))
         return None
-    if action == "call":
-        args = arg.get("args") or []
-        if not isinstance(args, list):
-            raise ProtocolError("call arguments must be a list", code=ErrorCode.BAD_PAYLOAD)
-        return getattr(env, name)(*args, **plain_kwargs(arg.get("kwargs"), "call kwargs"))
-    raise ProtocolError("malformed attribute request", code=ErrorCode.BAD_PAYLOAD)
+    check_env_method([env], name)
+    value = getattr(env, name)
+    if action == "get" or not callable(value):  # "call" of a plain attribute reads it, as RLlib's vector env does
+        return value
+    args = arg.get("args") or []
+    if not isinstance(args, list):
+        raise ProtocolError("call arguments must be a list", code=ErrorCode.BAD_PAYLOAD)
+    return value(*args, **plain_kwargs(arg.get("kwargs"), "call kwargs"))
 
 
 class HostedAgents:
@@ -195,6 +196,7 @@ class HostedAgents:
         self.memory = AnswerMemory() if token is not None else None
         self.peer_max_message = peer_max_message
         self.compression: Compression | None = None
+        self.reads_defaultdicts = False  # set at make, as for ``Hosted``
         self.spaces = AgentSpaces(envs[0])
 
     def agree_compression(self, asked: Any, readable: Any) -> None:
@@ -275,6 +277,7 @@ class HostedTurns:
         self.memory = AnswerMemory() if token is not None else None
         self.peer_max_message = peer_max_message
         self.compression: Compression | None = None
+        self.reads_defaultdicts = False
         self.spaces = AgentSpaces(env)
 
     agree_compression = HostedAgents.agree_compression
@@ -345,7 +348,7 @@ def _builder(allowlist: Allowlist, arg: dict[str, Any], first_index: int) -> tup
         if not isinstance(creator, dict):
             raise ProtocolError("creator must be a map", code=ErrorCode.BAD_PAYLOAD)
         env_config = plain_kwargs(creator.get("env_config"), "creator env_config")
-        make = resolve_entry_point(allowlist, creator.get("target"), what="env creator")
+        make = resolve_entry_point(allowlist, creator.get("target"), what="env creator", agents=True)
         worker_index, num_workers = creator_ints(creator)
 
         def build(i: int) -> Any:
@@ -359,7 +362,7 @@ def _builder(allowlist: Allowlist, arg: dict[str, Any], first_index: int) -> tup
     if not isinstance(factory, dict):
         raise ProtocolError("a multi-agent make names a creator or a factory", code=ErrorCode.BAD_PAYLOAD)
     kwargs = plain_kwargs(factory.get("kwargs"), "factory kwargs")
-    make = resolve_entry_point(allowlist, factory.get("target"), what="env factory")
+    make = resolve_entry_point(allowlist, factory.get("target"), what="env factory", agents=True)
     return str(factory.get("target")), lambda i: make(**kwargs)
 
 
@@ -385,7 +388,12 @@ def make_agents(
     envs: list[Any] = []
     try:
         for i in range(num_envs):
-            envs.append(as_kind(build(i), kind, target))
+            env = build(i)
+            try:
+                envs.append(as_kind(env, kind, target))
+            except BaseException:
+                envs.append(env)  # closed below with the others
+                raise
         if kind == "aec":
             return HostedTurns(envs[0], token=token, peer_max_message=peer_max_message)
         return HostedAgents(envs, token=token, peer_max_message=peer_max_message)

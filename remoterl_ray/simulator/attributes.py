@@ -56,6 +56,46 @@ def public_name(value: Any) -> str:
     return value
 
 
+# Where the base classes of multi-agent envs live: their methods (RLlib's ``to_base_env``, which
+# starts Ray actors, or ``with_agent_groups``) are the framework's, not the env author's public API.
+FRAMEWORK_MODULES = ("ray.rllib.env.", "pettingzoo.utils.")
+# Calls a trainer drives an env with (PettingZoo's observe and state, RLlib's get_agent_ids): answered
+# by framework base classes too, and under --no-env-attributes.
+API_CALLS = frozenset({"observe", "state", "get_agent_ids"})
+_MAX_CHAIN = 32
+
+
+def _wrapped(env: Any) -> list[Any]:
+    """``env`` and the envs its wrappers wrap (Gymnasium's and PettingZoo's keep them in ``env``)."""
+    chain = [env]
+    while len(chain) < _MAX_CHAIN and "env" in getattr(chain[-1], "__dict__", {}):
+        chain.append(chain[-1].__dict__["env"])
+    return chain
+
+
+def _framework_method(obj: Any, name: str) -> bool:
+    for cls in type(obj).__mro__:
+        member = vars(cls).get(name)
+        if member is not None:
+            routine = not isinstance(member, property) and (callable(member) or isinstance(member, classmethod))
+            return routine and cls.__module__.startswith(FRAMEWORK_MODULES)
+    return False
+
+
+def check_env_method(envs: list[Any], name: str) -> None:
+    """Refuse ``name`` if, on any of ``envs`` or what they wrap, it is a method a multi-agent
+    framework's base class defines and the env's own classes do not override."""
+    if name in API_CALLS:
+        return
+    for env in envs:
+        for obj in _wrapped(env):
+            if _framework_method(obj, name):
+                raise UnsupportedError(
+                    f"{name!r} is a method of {type(obj).__mro__[0].__module__.split('.')[0]}'s env base class, "
+                    "not of the env itself: trainers may call only methods the env's own classes define"
+                )
+
+
 def _indices(value: Any, num_envs: int) -> list[int]:
     """Distinct env indices of the shard (repeats would multiply the answer)."""
     if (
@@ -69,15 +109,16 @@ def _indices(value: Any, num_envs: int) -> list[int]:
 
 
 def encode_attribute_result(
-    result: Any, arg: dict[str, Any], max_bytes: int, compression: Compression | None = None
+    result: Any, arg: dict[str, Any], max_bytes: int, compression: Compression | None = None, *,
+    plain_maps: bool = False,
 ) -> bytes:
     """The answer's payload: data only, encoded once (compressed as the channel
     agreed), and a per-env list refused as soon as it passes ``max_bytes`` (not
     after encoding all of it)."""
     try:
         if isinstance(result, list):
-            return codec.packb_items(result, max_bytes, compression)
-        return codec.packb(result, compression)
+            return codec.packb_items(result, max_bytes, compression, plain_maps=plain_maps)
+        return codec.packb(result, compression, plain_maps=plain_maps)
     except codec.EncodeError as exc:
         raise UnsupportedError(
             f"the result of {arg.get('do')} {arg.get('name')!r} cannot be sent to the trainer: {exc.message} "
@@ -96,6 +137,8 @@ def handle_attribute(env: Any, arg: dict[str, Any], *, vector: bool, num_envs: i
         raise ProtocolError("call arguments must be a list", code=ErrorCode.BAD_PAYLOAD)
     kwargs = plain_kwargs(arg.get("kwargs"), "call kwargs")
     value = arg.get("value")
+    if action in ("call", "get"):  # a vector get_attr calls what it finds
+        check_env_method([env, *(getattr(env, "envs", None) or ())], name)
     if not vector:
         if action == "get":
             return env.get_wrapper_attr(name)

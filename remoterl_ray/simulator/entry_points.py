@@ -36,8 +36,11 @@ EnvFactory = Callable[..., gym.Env]
 _MISSING = object()
 
 
-def resolve_entry_point(allowlist: Allowlist, target: object, *, what: str = "entry point") -> EnvFactory:
-    """The env class or named function ``target`` names, or ``RegistrationRefusedError``."""
+def resolve_entry_point(
+    allowlist: Allowlist, target: object, *, what: str = "entry point", agents: bool = False
+) -> EnvFactory:
+    """The env class or named function ``target`` names, or ``RegistrationRefusedError``
+    (``agents``: a multi-agent make, where PettingZoo env classes count as env classes too)."""
     if not isinstance(target, str):
         raise RegistrationRefusedError(f"{what} must be a 'module:attr' string, got {target!r:.100}")
     parts = split_target(target)
@@ -55,21 +58,22 @@ def resolve_entry_point(allowlist: Allowlist, target: object, *, what: str = "en
             f"or add the same to {ENV_VAR}"
         )
     obj = vars(_import(module_name, target, what)).get(attr, _MISSING)  # vars: no module __getattr__ runs
-    if is_env_class(obj):
+    if is_env_class(obj, agents=agents):
         return obj
     if named and inspect.isfunction(obj):
         return obj
     raise RegistrationRefusedError(_refusal(target, what, obj, named=named, module_name=module_name))
 
 
-def is_env_class(obj: object) -> bool:
-    """A ``gymnasium.Env`` subclass that can be built from data (a ``Wrapper`` needs an env object),
-    or a PettingZoo env class (if PettingZoo is imported here; an env class in an allowed module has imported it)."""
+def is_env_class(obj: object, *, agents: bool = False) -> bool:
+    """A ``gymnasium.Env`` subclass that can be built from data (a ``Wrapper`` needs an env object);
+    with ``agents``, a PettingZoo env class too (if PettingZoo is imported here, as a module
+    defining such a class has done)."""
     if not isinstance(obj, type):
         return False
     if issubclass(obj, gym.Env):
         return not issubclass(obj, gym.Wrapper)
-    pettingzoo = sys.modules.get("pettingzoo.utils.env")
+    pettingzoo = sys.modules.get("pettingzoo.utils.env") if agents else None
     if pettingzoo is None:
         return False
     wrappers = sys.modules.get("pettingzoo.utils.wrappers")

@@ -189,6 +189,7 @@ class Hosted:
         self.memory = AnswerMemory() if token is not None else None  # answers to give again after a resume
         self.peer_max_message = peer_max_message
         self.compression: Compression | None = None  # agreed at make (``negotiate``)
+        self.reads_defaultdicts = False  # the trainer reads ext 6 (it listed codec.READS_DEFAULTDICT at make)
         # Samples the codec cannot carry as they are (Graph, registered user spaces); None: nothing to do.
         if vector:
             self.obs_values = batch_converter(env.single_observation_space)
@@ -353,10 +354,11 @@ class EnvTable:
         result = self.handle(op, channel, arg)
         hosted = self.by_channel.get(channel)
         compression = None if hosted is None or op in (Op.MAKE, Op.MAKE_VEC, Op.SPACES) else hosted.compression
+        plain_maps = hosted is None or not hosted.reads_defaultdicts
         if op == Op.ATTR:
             return encode_attribute_result(result, arg, max(max_bytes, hosted.peer_max_message if hosted else 0),
-                                           compression)  # fmt: skip
-        return codec.packb(result, compression)
+                                           compression, plain_maps=plain_maps)  # fmt: skip
+        return codec.packb(result, compression, plain_maps=plain_maps)
 
     def handle(self, op: int, channel: int, arg: Any) -> Any:
         """Run one request; returns the answer value."""
@@ -456,6 +458,7 @@ class EnvTable:
             )  # fmt: skip
             try:
                 hosted.agree_compression(arg.get("compression"), arg.get("codecs", []))
+                hosted.reads_defaultdicts = _reads_defaultdicts(arg)
                 return hosted.describe(self.max_message)
             except BaseException:
                 self.close(channel)
@@ -491,6 +494,7 @@ class EnvTable:
                 env, vector=vector, num_envs=num_envs, mode=mode, token=token, peer_max_message=peer_max_message
             )
             hosted.agree_compression(arg.get("compression"), arg.get("codecs", []))
+            hosted.reads_defaultdicts = _reads_defaultdicts(arg)
             description = hosted.describe(self.max_message)
         except RemoteRLError:
             env.close()
@@ -509,6 +513,12 @@ class EnvTable:
         for channel in list(self.by_channel) + list(self.registrations.by_channel):
             self.close(channel)
         self.expire(-1.0)
+
+
+def _reads_defaultdicts(arg: dict[str, Any]) -> bool:
+    """The trainer listed ext 6 among what it reads (codecs: a short list of names)."""
+    codecs = arg.get("codecs")
+    return isinstance(codecs, list) and codec.READS_DEFAULTDICT in codecs[:8]
 
 
 def _close_quietly(hosted: Hosted) -> None:

@@ -17,17 +17,18 @@ from typing import Any
 import numpy as np
 
 from ..protocol.descriptions import AgentSpaces
-from ..protocol.errors import ErrorCode, ProtocolError
+from ..protocol.errors import ErrorCode, ProtocolError, RelayUnavailableError
 from ..protocol.frames import Op
 from ..protocol.space_values import ValueConverter, sample_converter
 from .answers import malformed
 from .remote_env import RECONNECTED
 from .session import TrainerSession
-from .shards import SKIP, Serving, Shards
+from .shards import SKIP, Shards
 
 ALL = "__all__"  # RLlib: the key of terminateds and truncateds that ends the whole episode
 COMMON = "__common__"  # RLlib: the infos key shared by all agents
 _NUMBERS = (bool, int, float, np.bool_, np.number)
+_FACTORIES = (None, int, float, bool, dict)  # what a defaultdict in an answer may make for a missing agent
 
 
 def _converters(spaces: dict[Any, Any]) -> dict[Any, ValueConverter] | None:
@@ -53,18 +54,44 @@ class Agents:
         self._obs_values = _converters(self.observation_spaces)
         self._action_values = _converters(self.action_spaces)
 
+    def is_agent(self, value: Any) -> bool:
+        """``value`` is one of the env's agents (checked by type first: a hostile list is unhashable)."""
+        return type(value) in (str, int) and value in self._known
+
     def live(self, value: Any) -> list[Any]:
-        if not isinstance(value, list) or not self._known.issuperset(value):
-            raise malformed("the live agents must be a list of possible agents")
+        if (
+            not isinstance(value, list)
+            or len(value) > len(self._known)
+            or not all(self.is_agent(aid) for aid in value)
+            or len(set(value)) != len(value)
+        ):
+            raise malformed("the live agents must be a list of distinct possible agents")
         return value
 
     def per_agent(self, value: Any, what: str, extra: str | None = None) -> dict[Any, Any]:
-        """A map keyed by possible agents (and ``extra``, RLlib's ``__all__`` or ``__common__``)."""
-        if isinstance(value, dict) and (
-            self._known.issuperset(value) or (extra in value and len(value.keys() - self._known) == 1)
+        """A map keyed by possible agents (and ``extra``, RLlib's ``__all__`` or ``__common__``).
+        A defaultdict may only make numbers or maps for missing agents (its factory is data too)."""
+        if (
+            isinstance(value, dict)
+            and (self._known.issuperset(value) or (extra in value and len(value.keys() - self._known) == 1))
+            and getattr(value, "default_factory", None) in _FACTORIES
         ):
             return value
         raise malformed(f"{what} must be a map keyed by the env's agents")
+
+    def numbers(self, value: Any, what: str, extra: str | None = None) -> dict[Any, Any]:
+        """A per-agent map of rewards or flags."""
+        self.per_agent(value, what, extra)
+        if not all(isinstance(v, _NUMBERS) for v in value.values()):
+            raise malformed(f"{what} must hold numbers")
+        return value
+
+    def infos(self, value: Any) -> dict[Any, Any]:
+        """Per-agent infos: a map per agent (and RLlib's ``__common__``)."""
+        self.per_agent(value, "infos", COMMON)
+        if not all(isinstance(v, dict) for v in value.values()):
+            raise malformed("each agent's info must be a map")
+        return value
 
     def obs_in(self, value: Any) -> dict[Any, Any]:
         return _convert(self._obs_values, self.per_agent(value, "observations"), "from_wire")
@@ -77,19 +104,36 @@ class Agents:
     def reset_answer(self, value: Any) -> tuple[dict[Any, Any], dict[Any, Any], list[Any]]:
         if not isinstance(value, list) or len(value) != 3:
             raise malformed("a multi-agent reset answers [observations, infos, agents]")
-        return self.obs_in(value[0]), self.per_agent(value[1], "infos", COMMON), self.live(value[2])
+        return self.obs_in(value[0]), self.infos(value[1]), self.live(value[2])
 
-    def step_answer(self, value: Any) -> tuple[Any, ...]:
+    def step_answer(self, value: Any, *, all_key: bool) -> tuple[Any, ...]:
+        """A step's five maps and the live agents (``all_key``: RLlib's, whose terminations
+        must say ``__all__``, as its vector env reads it)."""
         if not isinstance(value, list) or len(value) != 6:
             raise malformed("a multi-agent step answers five maps and the live agents")
         obs, rewards, terminated, truncated, infos, live = value
-        for name, item in (("rewards", rewards), ("terminations", terminated), ("truncations", truncated)):
-            self.per_agent(item, name, ALL)
-            if not all(isinstance(v, _NUMBERS) for v in item.values()):
-                raise malformed(f"{name} must hold numbers")
-        return (
-            self.obs_in(obs), rewards, terminated, truncated, self.per_agent(infos, "infos", COMMON), self.live(live)
-        )
+        self.numbers(rewards, "rewards")
+        for name, flags in (("terminations", terminated), ("truncations", truncated)):
+            self.numbers(flags, name, ALL)
+        if all_key and ALL not in terminated:
+            raise malformed("an RLlib env's terminations must hold '__all__'")
+        return self.obs_in(obs), rewards, terminated, truncated, self.infos(infos), self.live(live)
+
+
+_RESET_ANEW = {"reset": {"seed": None, "options": None}}
+
+
+def _truncated(obs: dict[Any, Any], infos: dict[Any, Any], all_key: bool) -> tuple[Any, ...]:
+    """A step of an env that was made again: the old episode ends, truncated, at the new one's
+    first observations (as a single-agent ``RemoteEnv`` reports it)."""
+    flags = {aid: False for aid in obs}
+    return (
+        obs,
+        {aid: 0.0 for aid in obs},
+        flags | ({ALL: False} if all_key else {}),
+        {aid: True for aid in obs} | ({ALL: True} if all_key else {}),
+        {aid: {**infos.get(aid, {}), RECONNECTED: True} for aid in obs},
+    )
 
 
 class AgentEnvs:
@@ -106,6 +150,7 @@ class AgentEnvs:
         self.render_mode = description.render_mode
         self.num_envs = num_envs
         self.agents = self._made_agents()
+        self._lost: set[int] = set()  # envs made again on a new connection and not reset since
 
     def _made_agents(self) -> list[list[Any]]:
         return [self.spaces.live(list(live)) for m in self._remote.made for live in m.description.agents.agents]
@@ -134,71 +179,62 @@ class AgentEnvs:
 
     def reset(self, seeds: list[Any], options: Any) -> list[tuple[dict[Any, Any], dict[Any, Any]] | None]:
         """Reset the envs whose seed entry is not SKIP; their (observations, infos)."""
-        def entries() -> list[Any]:
-            return [None if s is SKIP else {"seed": s, "options": options} for s in seeds]
 
-        answers = self._joined(self._remote.request_anew(Op.RESET, self._per_shard(entries()), lambda: self._per_shard(entries())))
+        def per_shard() -> list[Any]:
+            return self._per_shard([None if s is SKIP else {"seed": s, "options": options} for s in seeds])
+
+        generation = self._remote.generation
+        answers = self._joined(self._remote.request_anew(Op.RESET, per_shard(), per_shard))
+        if self._remote.generation != generation:  # made again: the envs not reset here lost their episodes
+            self._made_again()
         out: list[Any] = []
-        for i, (entry, answer) in enumerate(zip(entries(), answers)):
-            if entry is None:
+        for i, (seed, answer) in enumerate(zip(seeds, answers)):
+            if seed is SKIP:
                 out.append(None)
                 continue
             if answer is None:
                 raise malformed("an env asked to reset did not answer")
             obs, infos, self.agents[i] = self.spaces.reset_answer(answer)
+            self._lost.discard(i)
             out.append((obs, infos))
         return out
 
+    def _made_again(self) -> None:
+        """Every env is new: each one's next step reports its old episode truncated."""
+        self.agents = self._made_agents()
+        self._lost = set(range(self.num_envs))
+
     def step(self, entries: list[Any], *, all_key: bool) -> list[tuple[Any, ...] | None]:
         """Per env: None, ``{"step": actions}`` or ``{"reset": {...}}``. Each answer is a
-        step's five maps or a reset's two; if the envs were made again meanwhile, every
-        asked env is reset and its episode reported truncated (``all_key``: with RLlib's
-        ``__all__``)."""
-        wire = [
-            {"step": self.spaces.actions_out(e["step"])} if e is not None and "step" in e else e for e in entries
-        ]
-        answers = self._remote.request(Op.STEP, self._per_shard(wire))
-        if answers is None:
-            return self._truncated_by_reconnect(entries, all_key)
+        step's five maps or a reset's two. An env made again on a new connection (during
+        this call or before) is reset instead of stepped, and its episode reported
+        truncated (``all_key``: with RLlib's ``__all__``)."""
+        for _ in range(2):
+            lost = {i for i, e in enumerate(entries) if e is not None and "step" in e and i in self._lost}
+            wire = [
+                _RESET_ANEW if i in lost else {"step": self.spaces.actions_out(e["step"])} if e and "step" in e else e
+                for i, e in enumerate(entries)
+            ]
+            answers = self._remote.request(Op.STEP, self._per_shard(wire))
+            if answers is not None:
+                break
+            self._made_again()
+        else:
+            raise RelayUnavailableError(f"the relay connection of {self._remote.env_id!r} was lost twice in one call")
         out: list[Any] = []
         for i, (entry, answer) in enumerate(zip(entries, self._joined(answers))):
             if entry is None:
                 out.append(None)
             elif answer is None:
                 raise malformed("an env asked to step did not answer")
-            elif "step" in entry:
-                *result, self.agents[i] = self.spaces.step_answer(answer)
+            elif "step" in entry and i not in lost:
+                *result, self.agents[i] = self.spaces.step_answer(answer, all_key=all_key)
                 out.append(tuple(result))
             else:
                 obs, infos, self.agents[i] = self.spaces.reset_answer(answer)
-                out.append((obs, infos))
+                self._lost.discard(i)
+                out.append(_truncated(obs, infos, all_key) if i in lost else (obs, infos))
         return out
-
-    def _truncated_by_reconnect(self, entries: list[Any], all_key: bool) -> list[Any]:
-        seeds = [SKIP if e is None else None for e in entries]
-        self.agents = self._made_agents()
-        out: list[Any] = []
-        for entry, result in zip(entries, self.reset(seeds, None)):
-            if entry is None or result is None:
-                out.append(None)
-                continue
-            obs, infos = result
-            if "reset" in entry:
-                out.append((obs, infos))
-                continue
-            ended = {aid: True for aid in obs}
-            out.append((
-                obs,
-                {aid: 0.0 for aid in obs},
-                {aid: False for aid in obs} | ({ALL: False} if all_key else {}),
-                ended | ({ALL: True} if all_key else {}),
-                {aid: {**infos.get(aid, {}), RECONNECTED: True} for aid in obs},
-            ))  # fmt: skip
-        return out
-
-    @property
-    def made_again(self) -> bool:
-        return self._remote.state is Serving.MADE_AGAIN
 
     def shard_of(self, index: int) -> tuple[int, int]:
         """Which shard hosts env ``index``, and where in it."""
@@ -246,11 +282,12 @@ class AgentTurns:
         spaces = self.spaces
         live = spaces.live(value.get("agents"))
         selected = value.get("selected")
-        if selected is not None and selected not in spaces.observation_spaces:
+        if selected is not None and not spaces.is_agent(selected):
             raise malformed("the selected agent must be one of the env's agents")
         turn = {"agents": live, "selected": selected}
-        for key in ("rewards", "cumulative", "terminations", "truncations", "infos"):
-            turn[key] = spaces.per_agent(value.get(key), key)
+        for key in ("rewards", "cumulative", "terminations", "truncations"):
+            turn[key] = spaces.numbers(value.get(key), key)
+        turn["infos"] = spaces.infos(value.get("infos"))
         turn["observed"] = value.get("observed") is True and selected is not None
         observation = value.get("observation")
         turn["observation"] = spaces.obs_in({selected: observation})[selected] if turn["observed"] else None

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..protocol import codec
 from ..protocol.compression import AVAILABLE
+from ..protocol.codec import READS_DEFAULTDICT
 from ..protocol.errors import ErrorCode, NoSimulatorError, ProtocolError, RemoteRLError
 from ..protocol.descriptions import EnvDescription, parse_description
 from ..protocol.frames import Kind, Op
@@ -46,6 +47,9 @@ class Registration:
 
     def to_wire(self) -> dict[str, Any]:
         return {"id": self.id, "entry_point": self.entry_point, "kwargs": self.kwargs, "spec": self.spec}
+
+
+READABLE = [*AVAILABLE, READS_DEFAULTDICT]  # what this trainer reads: compression codecs, ext 6
 
 
 @dataclass(frozen=True)
@@ -212,7 +216,7 @@ class TrainerSession:
             for shard in shards:
                 if registration is not None:
                     requests.append((Kind.REQUEST, Op.REGISTER, shard.channel, codec.packb(registration.to_wire())))
-                arg = dict(make_arg, id=env_id, codecs=AVAILABLE, max_message=self.settings.max_message)
+                arg = dict(make_arg, id=env_id, codecs=READABLE, max_message=self.settings.max_message)
                 arg.setdefault("compression", self.settings.compression)
                 if shard.token is not None:
                     arg["resume"] = shard.token  # the simulator keeps the envs for a resume under it
@@ -230,11 +234,16 @@ class TrainerSession:
                 if r.op in (Op.MAKE, Op.MAKE_VEC)
             ]
             kind = make_arg.get("agents")
-            for description in descriptions:  # what was made is the kind of env asked for
+            for shard, description in zip(shards, descriptions):  # what was made is what was asked for
                 made_kind = None if description.agents is None else description.agents.kind
                 if made_kind != kind:
                     raise ProtocolError(
                         f"simulator described a {made_kind or 'single-agent'} env for a {kind or 'single-agent'} make",
+                        code=ErrorCode.BAD_PAYLOAD,
+                    )
+                if description.num_envs != (shard.envs if vector else 1):
+                    raise ProtocolError(
+                        f"simulator described {description.num_envs} envs for a shard of {shard.envs}",
                         code=ErrorCode.BAD_PAYLOAD,
                     )
             conn.limit_channels({s.channel: d.max_message for s, d in zip(shards, descriptions)})

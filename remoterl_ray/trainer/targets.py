@@ -16,7 +16,8 @@ _SCRIPTS = frozenset({"__main__", "__mp_main__"})
 def importable_name(obj: object) -> str | None:
     """``"module:attr"`` if ``obj`` is that very attribute of an imported
     module other than ``__main__``, else None (lambdas, nested functions,
-    methods, partials, names rebound since). The simulator reads the
+    methods, partials, names rebound since). A class a factory function made
+    is named by a module-level binding of it. The simulator reads the
     module's namespace the same way (``vars``, no module ``__getattr__``), so
     a name that passes here resolves to the same object there."""
     module = getattr(obj, "__module__", None)
@@ -36,8 +37,15 @@ def importable_name(obj: object) -> str | None:
 def _exported_name(cls: type) -> str | None:
     """Where a class made by a factory function (RLlib's ``MultiAgentCartPole =
     make_multi_agent("CartPole-v1")``) is bound at module level: the first such
-    name, by module name, among imported modules other than ``__main__``."""
-    for module_name in sorted(name for name in list(sys.modules) if name not in _SCRIPTS):
+    name among imported modules other than ``__main__``, modules of the package that
+    made the class first, then by module name (so an unrelated module that imports
+    the class does not decide)."""
+    package = cls.__module__.partition(".")[0]
+
+    def order(name: str) -> tuple[bool, str]:
+        return (name != package and not name.startswith(package + "."), name)
+
+    for module_name in sorted((name for name in list(sys.modules) if name not in _SCRIPTS), key=order):
         namespace = getattr(sys.modules.get(module_name), "__dict__", None)
         if not isinstance(namespace, dict):
             continue

@@ -129,3 +129,28 @@ def make_rps(config: dict) -> ParallelPettingZooEnv:
 def single_agent(**kwargs: Any) -> gym.Env:
     """A factory that makes a single-agent env: not what a multi-agent make may host."""
     return gym.make("CartPole-v1", **kwargs)
+
+
+REFUSED_CLOSED = 0  # envs a simulator built for a multi-agent make, refused, and closed
+
+
+class NotMultiAgent(gym.Env):
+    """Made by a factory of a multi-agent make: refused, and it must be closed."""
+
+    observation_space = spaces.Discrete(2)
+    action_space = spaces.Discrete(2)
+
+    def close(self) -> None:
+        global REFUSED_CLOSED
+        REFUSED_CLOSED += 1
+
+
+def not_multi_agent() -> NotMultiAgent:
+    return NotMultiAgent()
+
+
+def refused_closed(env: Any = None) -> int:
+    return REFUSED_CLOSED
+
+
+Arrivals.refused_closed = refused_closed  # a public method: what a trainer reads the count with
