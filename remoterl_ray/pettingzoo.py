@@ -46,24 +46,40 @@ def _factory(target: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"factory": {"target": target, "kwargs": kwargs}}
 
 
-class RemoteParallelEnv(ParallelEnv):
-    """A PettingZoo ``ParallelEnv`` whose env lives on a simulator."""
+class _Mirrored:
+    """What both remote PettingZoo envs hold here: the simulator's metadata, agents and spaces."""
 
-    def __init__(self, target: str, **kwargs: Any) -> None:
-        self._remote = AgentEnvs(_session(), target, 1, _factory(target, kwargs))
-        spaces = self._remote.spaces
-        self.metadata = self._remote.metadata
-        self.render_mode = self._remote.render_mode
-        self.possible_agents = list(spaces.possible_agents)
-        self.observation_spaces = spaces.observation_spaces
-        self.action_spaces = spaces.action_spaces
-        self.agents = list(self._remote.agents[0])
+    _remote: AgentEnvs | AgentTurns
+
+    def _mirror(self, remote: AgentEnvs | AgentTurns) -> None:
+        self._remote = remote
+        self.metadata = remote.metadata
+        self.render_mode = remote.render_mode
+        self.possible_agents = list(remote.spaces.possible_agents)
+        self.observation_spaces = remote.spaces.observation_spaces
+        self.action_spaces = remote.spaces.action_spaces
 
     def observation_space(self, agent: Any) -> Any:
         return self.observation_spaces[agent]
 
     def action_space(self, agent: Any) -> Any:
         return self.action_spaces[agent]
+
+    def close(self) -> None:
+        remote = getattr(self, "_remote", None)
+        if remote is not None:
+            remote.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._remote.name}>"
+
+
+class RemoteParallelEnv(_Mirrored, ParallelEnv):
+    """A PettingZoo ``ParallelEnv`` whose env lives on a simulator."""
+
+    def __init__(self, target: str, **kwargs: Any) -> None:
+        self._mirror(AgentEnvs(_session(), target, 1, _factory(target, kwargs)))
+        self.agents = list(self._remote.agents[0])
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         obs, infos = self._remote.reset([seed], options)[0]
@@ -81,36 +97,16 @@ class RemoteParallelEnv(ParallelEnv):
     def state(self) -> Any:
         return self._remote.attribute(0, {"do": "call", "name": "state"})
 
-    def close(self) -> None:
-        remote = getattr(self, "_remote", None)
-        if remote is not None:
-            remote.close()
 
-    def __repr__(self) -> str:
-        return f"<RemoteParallelEnv {self._remote._remote.env_id}>"
-
-
-class RemoteAECEnv(AECEnv):
+class RemoteAECEnv(_Mirrored, AECEnv):
     """A PettingZoo ``AECEnv`` whose env lives on a simulator. The selected agent's
     observation comes with each turn; others are asked for when observed."""
 
     def __init__(self, target: str, **kwargs: Any) -> None:
         super().__init__()
-        self._remote = AgentTurns(_session(), target, _factory(target, kwargs))
-        spaces = self._remote.spaces
-        self.metadata = self._remote.metadata
-        self.render_mode = self._remote.render_mode
-        self.possible_agents = list(spaces.possible_agents)
-        self.observation_spaces = spaces.observation_spaces
-        self.action_spaces = spaces.action_spaces
+        self._mirror(AgentTurns(_session(), target, _factory(target, kwargs)))
         self.agents = list(self._remote.agents)
         self._seen: tuple[Any, Any] | None = None  # (agent, observation) of the turn
-
-    def observation_space(self, agent: Any) -> Any:
-        return self.observation_spaces[agent]
-
-    def action_space(self, agent: Any) -> Any:
-        return self.action_spaces[agent]
 
     def _take(self, turn: dict[str, Any]) -> None:
         self.agents = turn["agents"]
@@ -145,14 +141,6 @@ class RemoteAECEnv(AECEnv):
 
     def state(self) -> Any:
         return self._remote.attribute({"do": "call", "name": "state"})
-
-    def close(self) -> None:
-        remote = getattr(self, "_remote", None)
-        if remote is not None:
-            remote.close()
-
-    def __repr__(self) -> str:
-        return f"<RemoteAECEnv {self._remote._remote.env_id}>"
 
 
 def parallel_env(target: str, **kwargs: Any) -> RemoteParallelEnv:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -408,9 +409,9 @@ def agents_description(**agents: Any) -> dict[str, Any]:
     return description
 
 
-def scripted(relay, key: str, description: dict, step_answer: Any = None) -> ScriptedSimulator:
-    """A simulator that makes nothing: it describes ``description`` and answers every
-    reset and step of a one-env shard with what a test gives."""
+def scripted(description: dict, step_answer: Any = None) -> Any:
+    """Answers of a simulator that makes nothing: it describes ``description`` and answers
+    every reset and step of a one-env shard with what a test gives."""
     good_obs = Arrivals().reset(seed=0)[0]
 
     def answer(op: int, channel: int, req: Any) -> Any:
@@ -422,7 +423,26 @@ def scripted(relay, key: str, description: dict, step_answer: Any = None) -> Scr
             return step_answer
         return None
 
-    return ScriptedSimulator(relay, key, answer)
+    return answer
+
+
+@contextmanager
+def hostile_simulator(relay, keys, answer: Any) -> Iterator[None]:
+    """A trainer initialized on a fresh workspace whose one simulator answers with ``answer``."""
+    key = keys.take()
+    sim = ScriptedSimulator(relay, key, answer)
+    try:
+        assert init_trainer(relay, key)
+        yield
+    finally:
+        remoterl_ray.shutdown()
+        sim.close()
+
+
+def expect_bad_payload(call: Any, match: str | None = None) -> None:
+    with pytest.raises(ProtocolError, match=match) as caught:
+        call()
+    assert caught.value.code is ErrorCode.BAD_PAYLOAD
 
 
 BAD_DESCRIPTIONS = {
@@ -439,34 +459,16 @@ BAD_DESCRIPTIONS = {
 
 @pytest.mark.parametrize("fields", BAD_DESCRIPTIONS.values(), ids=BAD_DESCRIPTIONS.keys())
 def test_a_malformed_multi_agent_description_is_a_coded_error(relay, keys, fields):
-    key = keys.take()
-    sim = scripted(relay, key, agents_description(**fields))
-    try:
-        assert init_trainer(relay, key)
-        with pytest.raises(ProtocolError) as caught:
-            parallel_env(f"{AGENT_ENVS}:arrivals")
-        assert caught.value.code is ErrorCode.BAD_PAYLOAD
-    finally:
-        remoterl_ray.shutdown()
-        sim.close()
+    with hostile_simulator(relay, keys, scripted(agents_description(**fields))):
+        expect_bad_payload(lambda: parallel_env(f"{AGENT_ENVS}:arrivals"))
 
 
 def test_a_description_of_the_wrong_kind_is_a_coded_error(relay, keys):
     import gymnasium as gym
 
-    key = keys.take()
-    description = agents_description()
-    sim = scripted(relay, key, description)
-    try:
-        assert init_trainer(relay, key)
-        with pytest.raises(ProtocolError, match="single-agent") as caught:
-            gym.make("CartPole-v1")  # a single-agent make answered with a multi-agent env
-        assert caught.value.code is ErrorCode.BAD_PAYLOAD
-        with pytest.raises(ProtocolError, match="aec make") as caught:
-            env(f"{AGENT_ENVS}:arrivals")  # an AEC make answered with a parallel env
-    finally:
-        remoterl_ray.shutdown()
-        sim.close()
+    with hostile_simulator(relay, keys, scripted(agents_description())):
+        expect_bad_payload(lambda: gym.make("CartPole-v1"), "single-agent")  # answered with a multi-agent env
+        expect_bad_payload(lambda: env(f"{AGENT_ENVS}:arrivals"), "aec make")  # answered with a parallel env
 
 
 BAD_STEPS = {
@@ -485,18 +487,10 @@ BAD_STEPS = {
 
 @pytest.mark.parametrize("answer", BAD_STEPS.values(), ids=BAD_STEPS.keys())
 def test_a_malformed_multi_agent_step_is_a_coded_error(relay, keys, answer):
-    key = keys.take()
-    sim = scripted(relay, key, agents_description(), step_answer=answer)
-    try:
-        assert init_trainer(relay, key)
+    with hostile_simulator(relay, keys, scripted(agents_description(), step_answer=answer)):
         remote = parallel_env(f"{AGENT_ENVS}:arrivals")
         remote.reset(seed=0)
-        with pytest.raises(ProtocolError) as caught:
-            remote.step({"base": np.zeros(2, np.int64), "scout_0": 0})
-        assert caught.value.code is ErrorCode.BAD_PAYLOAD
-    finally:
-        remoterl_ray.shutdown()
-        sim.close()
+        expect_bad_payload(lambda: remote.step({"base": np.zeros(2, np.int64), "scout_0": 0}))
 
 
 @pytest.fixture(scope="module")
@@ -609,47 +603,25 @@ def test_a_malformed_aec_turn_is_a_coded_error(relay, keys, fields):
     hosted = HostedTurns(tictactoe_v3.env())
     hosted.reset({"seed": 0})
     description, turn = hosted.describe(), {**hosted.turn(), **fields}
-    key = keys.take()
 
     def answer(op: int, channel: int, req: Any) -> Any:
         return description if op == Op.MAKE else turn
 
-    sim = ScriptedSimulator(relay, key, answer)
-    try:
-        assert init_trainer(relay, key)
-        with pytest.raises(ProtocolError) as caught:
-            env("pettingzoo.classic.tictactoe_v3:env").reset(seed=0)
-        assert caught.value.code is ErrorCode.BAD_PAYLOAD
-    finally:
-        remoterl_ray.shutdown()
-        sim.close()
+    with hostile_simulator(relay, keys, answer):
+        expect_bad_payload(lambda: env("pettingzoo.classic.tictactoe_v3:env").reset(seed=0))
 
 
 def test_a_description_of_fewer_envs_than_the_shard_is_a_coded_error(relay, keys):
-    key = keys.take()
-    sim = scripted(relay, key, agents_description())  # describes one env, whatever the shard
-    try:
-        assert init_trainer(relay, key)
-        with pytest.raises(ProtocolError, match="1 envs for a shard of 3") as caught:
-            AgentEnvs(remoterl_ray.current_session(), "arrivals", 3, {"factory": {"target": f"{AGENT_ENVS}:arrivals"}})
-        assert caught.value.code is ErrorCode.BAD_PAYLOAD
-    finally:
-        remoterl_ray.shutdown()
-        sim.close()
+    with hostile_simulator(relay, keys, scripted(agents_description())):  # describes one env, whatever the shard
+        make = {"factory": {"target": f"{AGENT_ENVS}:arrivals"}}
+        expect_bad_payload(lambda: AgentEnvs(remoterl_ray.current_session(), "arrivals", 3, make), "1 envs for a shard of 3")
 
 
 def test_an_rllib_step_without_all_is_a_coded_error(relay, keys):
-    key = keys.take()
-    sim = scripted(relay, key, agents_description(), step_answer=[[{}, {}, {}, {}, {}, ["base"]]])
-    try:
-        assert init_trainer(relay, key)
+    with hostile_simulator(relay, keys, scripted(agents_description(), step_answer=[[{}, {}, {}, {}, {}, ["base"]]])):
         remote = AgentEnvs(remoterl_ray.current_session(), "arrivals", 1, {"factory": {"target": "x:y"}})
         remote.reset([0], None)
-        with pytest.raises(ProtocolError, match="__all__"):
-            remote.step([{"step": {}}], all_key=True)
-    finally:
-        remoterl_ray.shutdown()
-        sim.close()
+        expect_bad_payload(lambda: remote.step([{"step": {}}], all_key=True), "__all__")
 
 
 def test_framework_methods_of_a_multi_agent_env_are_not_the_envs_to_call(raw_trainer):

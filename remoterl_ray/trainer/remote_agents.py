@@ -142,6 +142,7 @@ class AgentEnvs:
     called with keyword arguments)."""
 
     def __init__(self, session: TrainerSession, name: str, num_envs: int, make: dict[str, Any]) -> None:
+        self.name = name
         self._remote = Shards(session, name, num_envs, {**make, "agents": "parallel"}, vector=True)
         description = self._remote.description
         assert description.agents is not None  # the session checked the kind made
@@ -220,7 +221,7 @@ class AgentEnvs:
                 break
             self._made_again()
         else:
-            raise RelayUnavailableError(f"the relay connection of {self._remote.env_id!r} was lost twice in one call")
+            raise RelayUnavailableError(f"the relay connection of {self.name!r} was lost twice in one call")
         out: list[Any] = []
         for i, (entry, answer) in enumerate(zip(entries, self._joined(answers))):
             if entry is None:
@@ -263,6 +264,7 @@ class AgentTurns:
     """One PettingZoo AEC env on a simulator; each answer is the turn that follows."""
 
     def __init__(self, session: TrainerSession, name: str, make: dict[str, Any]) -> None:
+        self.name = name
         self._remote = Shards(session, name, 1, {**make, "agents": "aec"}, vector=False)
         description = self._remote.description
         assert description.agents is not None
