@@ -49,7 +49,7 @@ class Keys:
     """Pre-issued keys on the session relay, one per purpose."""
 
     def __init__(self) -> None:
-        self.pool = [new_key(f"k{i}") for i in range(48)]
+        self.pool = [new_key(f"k{i}") for i in range(128)]
         self._next = 0
 
     def take(self) -> str:
