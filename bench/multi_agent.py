@@ -15,12 +15,13 @@ first); rounds alternate local and remote so drift hits both.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import remoterl_ray
+from training import remote_over_local  # bench/, beside this script
+
 from remoterl_ray.demo import local_simulators
 
 TARGET = 400.0
@@ -102,12 +103,8 @@ def main() -> None:
             per_agent = ", ".join(f"{aid}: {value:.0f}" for aid, value in sorted(r.returns.items()))
             print(f"{'remote' if remote else 'local':<7} {r.seconds:>8.1f} {r.iterations:>6} {r.env_steps:>10,} "
                   f"{r.env_steps / r.seconds:>12,.0f}  {per_agent}")
-    local = statistics.median(r.seconds for r in results[False])
-    remote_s = statistics.median(r.seconds for r in results[True])
-    rate = statistics.median(r.env_steps / r.seconds for r in results[True]) / statistics.median(
-        r.env_steps / r.seconds for r in results[False])
-    print(f"remote/local wall time to target {remote_s / local:.2f}x (target <= 1.2x); "
-          f"remote/local env-steps/s {rate:.2f}x")
+    wall, rate = remote_over_local(results)
+    print(f"remote/local wall time to target {wall:.2f}x (target <= 1.2x); remote/local env-steps/s {rate:.2f}x")
     ray.shutdown()
 
 

@@ -39,6 +39,17 @@ def run(framework: str, remote: bool, *, timesteps: int, target: float) -> Train
             remoterl_ray.shutdown()
 
 
+def remote_over_local(results: dict[bool, list]) -> tuple[float, float]:
+    """Remote over local, of the median wall time to the target and of the median env-steps/s
+    (``results[remote]``: runs with ``seconds`` and ``env_steps``)."""
+    def median(remote: bool, value) -> float:
+        return statistics.median(value(r) for r in results[remote])
+
+    wall = median(True, lambda r: r.seconds) / median(False, lambda r: r.seconds)
+    rate = median(True, lambda r: r.env_steps / r.seconds) / median(False, lambda r: r.env_steps / r.seconds)
+    return wall, rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frameworks", nargs="+", default=["sb3", "rllib"], choices=["sb3", "rllib"])
@@ -64,11 +75,8 @@ def main() -> None:
                 path = "remote" if remote else "local"
                 print(f"{framework:<9} {path:<7} {r.seconds:>8.1f} {r.env_steps:>10,} "
                       f"{r.env_steps / r.seconds:>12,.0f} {r.mean_return:>7.1f}")
-        local = statistics.median(r.seconds for r in results[False])
-        remote_s = statistics.median(r.seconds for r in results[True])
-        rate = statistics.median(r.env_steps / r.seconds for r in results[True]) / statistics.median(
-            r.env_steps / r.seconds for r in results[False])
-        print(f"{framework}: remote/local wall time to target {remote_s / local:.2f}x (target <= 1.25x); "
+        wall, rate = remote_over_local(results)
+        print(f"{framework}: remote/local wall time to target {wall:.2f}x (target <= 1.25x); "
               f"remote/local env-steps/s {rate:.2f}x\n")
 
 

@@ -600,7 +600,7 @@ BAD_TURNS = {
 def test_a_malformed_aec_turn_is_a_coded_error(relay, keys, fields):
     from remoterl_ray.simulator.agents import HostedTurns
 
-    hosted = HostedTurns(tictactoe_v3.env())
+    hosted = HostedTurns([tictactoe_v3.env()])
     hosted.reset({"seed": 0})
     description, turn = hosted.describe(), {**hosted.turn(), **fields}
 

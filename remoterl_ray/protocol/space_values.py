@@ -63,6 +63,22 @@ def sample_converter(space: spaces.Space) -> ValueConverter | None:
     return _guarded(_single(space, 0))
 
 
+def agent_converters(spaces_by_agent: dict[Any, spaces.Space]) -> dict[Any, ValueConverter] | None:
+    """Sample converters of a multi-agent env's agents that need one; ``None`` when none does."""
+    out = {aid: c for aid, space in spaces_by_agent.items() if (c := sample_converter(space)) is not None}
+    return out or None
+
+
+def convert_agents(
+    converters: dict[Any, ValueConverter] | None, values: dict[Any, Any], way: str
+) -> dict[Any, Any]:
+    """A per-agent map of samples through ``agent_converters``' converters (``way``: ``"to_wire"``
+    or ``"from_wire"``); the map itself when no agent needs one."""
+    if converters is None or not isinstance(values, dict):
+        return values
+    return {aid: getattr(converters[aid], way)(v) if aid in converters else v for aid, v in values.items()}
+
+
 def batch_converter(space: spaces.Space, num_envs: int | None = None) -> ValueConverter | None:
     """Converter for batched samples of a vector env whose *single* space is ``space``,
     in Gymnasium's layout (``batch_space(space, n)``): arrays for Box, Discrete,

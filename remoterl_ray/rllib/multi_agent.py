@@ -40,7 +40,6 @@ class RemoteAgentEnv(MultiAgentEnv):
         remote = vector.remote
         self._vector, self._index = vector, index
         self.possible_agents = list(remote.spaces.possible_agents)
-        self.agents = list(remote.agents[index])
         self.observation_spaces = remote.spaces.observation_spaces
         self.action_spaces = remote.spaces.action_spaces
         self.metadata = remote.metadata

@@ -29,10 +29,10 @@ from ..protocol.compression import Compression, negotiate
 from ..protocol.errors import ErrorCode, ProtocolError, UnsupportedError
 from ..protocol.limits import MAX_AGENTS, MAX_MESSAGE
 from ..protocol.replay import AnswerMemory
-from ..protocol.space_values import ValueConverter, sample_converter
+from ..protocol.space_values import agent_converters, convert_agents
 from ..protocol.spaces import space_to_wire
 from .allowlist import Allowlist
-from .attributes import API_CALLS, check_env_method, public_name
+from .attributes import API_CALLS, call_arguments, check_env_method, public_name
 from .creators import CreatorContext, creator_ints
 from .entry_points import plain_kwargs, resolve_entry_point
 
@@ -110,9 +110,8 @@ class AgentSpaces:
             )
         self.observation = {aid: agent_space(env, "observation", aid) for aid in self.possible_agents}
         self.action = {aid: agent_space(env, "action", aid) for aid in self.possible_agents}
-        self._obs_values = {aid: sample_converter(s) for aid, s in self.observation.items()}
-        self._action_values = {aid: sample_converter(s) for aid, s in self.action.items()}
-        self.converts = any(v is not None for v in (*self._obs_values.values(), *self._action_values.values()))
+        self._obs_values = agent_converters(self.observation)
+        self._action_values = agent_converters(self.action)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -123,18 +122,10 @@ class AgentSpaces:
 
     def obs_out(self, obs: Any) -> Any:
         """A map of observations as it travels."""
-        if not self.converts or not isinstance(obs, dict):
-            return obs
-        return {aid: _convert(self._obs_values.get(aid), value, "to_wire") for aid, value in obs.items()}
+        return convert_agents(self._obs_values, obs, "to_wire")
 
     def action_in(self, actions: Any) -> Any:
-        if not self.converts or not isinstance(actions, dict):
-            return actions
-        return {aid: _convert(self._action_values.get(aid), value, "from_wire") for aid, value in actions.items()}
-
-
-def _convert(converter: ValueConverter | None, value: Any, way: str) -> Any:
-    return value if converter is None else getattr(converter, way)(value)
+        return convert_agents(self._action_values, actions, "from_wire")
 
 
 def _reset_arg(arg: Any) -> tuple[Any, Any]:
@@ -176,28 +167,27 @@ def attribute(env: Any, arg: dict[str, Any], *, allow_any: bool) -> Any:
     value = getattr(env, name)
     if action == "get" or not callable(value):  # "call" of a plain attribute reads it, as RLlib's vector env does
         return value
-    args = arg.get("args") or []
-    if not isinstance(args, list):
-        raise ProtocolError("call arguments must be a list", code=ErrorCode.BAD_PAYLOAD)
-    return value(*args, **plain_kwargs(arg.get("kwargs"), "call kwargs"))
+    args, kwargs = call_arguments(arg)
+    return value(*args, **kwargs)
 
 
-class HostedAgents:
-    """``num_envs`` parallel multi-agent envs on one channel (``EnvTable`` hosts it as
-    it hosts a ``Hosted``: same fields and ops)."""
+class _HostedKind:
+    """Multi-agent envs of one kind on one channel (``EnvTable`` hosts them as it hosts a
+    ``Hosted``: same fields and ops); ``envs[0]`` is what spaces and metadata come from."""
 
-    vector = True
+    kind: str
+    vector: bool
 
     def __init__(self, envs: list[Any], *, token: str | None = None, peer_max_message: int = 0) -> None:
         self.envs = envs
-        self.env = envs[0]  # what attribute requests and renders reach
+        self.env = envs[0]
         self.num_envs = len(envs)
         self.token = token
         self.memory = AnswerMemory() if token is not None else None
         self.peer_max_message = peer_max_message
         self.compression: Compression | None = None
         self.reads_defaultdicts = False  # set at make, as for ``Hosted``
-        self.spaces = AgentSpaces(envs[0])
+        self.spaces = AgentSpaces(self.env)
 
     def agree_compression(self, asked: Any, readable: Any) -> None:
         observation = spaces.Tuple(tuple(self.spaces.observation.values()))
@@ -205,11 +195,7 @@ class HostedAgents:
 
     def describe(self, max_message: int = MAX_MESSAGE) -> dict[str, Any]:
         return {
-            "agents": {
-                "kind": "parallel",
-                **self.spaces.to_wire(),
-                "agents": [self._live(env) for env in self.envs],
-            },
+            "agents": {"kind": self.kind, **self.spaces.to_wire(), "agents": [agent_ids(e, "agents") for e in self.envs]},
             "metadata": wire_safe(dict(getattr(self.env, "metadata", {}) or {})),
             "render_mode": getattr(self.env, "render_mode", None),
             "num_envs": self.num_envs,
@@ -217,19 +203,26 @@ class HostedAgents:
             "max_message": max_message,
         }
 
-    def _live(self, env: Any) -> list[Any]:
-        return agent_ids(env, "agents")
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class HostedAgents(_HostedKind):
+    """``num_envs`` parallel multi-agent envs on one channel."""
+
+    kind, vector = "parallel", True
 
     def _reset(self, env: Any, arg: Any) -> list[Any]:
         seed, options = _reset_arg(arg)
         obs, infos = env.reset(seed=seed, options=options)
-        return [self.spaces.obs_out(obs), infos, self._live(env)]
+        return [self.spaces.obs_out(obs), infos, agent_ids(env, "agents")]
 
     def _step(self, env: Any, actions: Any) -> list[Any]:
         if not isinstance(actions, dict):
             raise ProtocolError("a step entry's actions must be a map of agent ids", code=ErrorCode.BAD_PAYLOAD)
         obs, rewards, terminated, truncated, infos = env.step(self.spaces.action_in(actions))
-        return [self.spaces.obs_out(obs), rewards, terminated, truncated, infos, self._live(env)]
+        return [self.spaces.obs_out(obs), rewards, terminated, truncated, infos, agent_ids(env, "agents")]
 
     def reset(self, arg: Any) -> list[Any]:
         """Per env: None (left alone) or ``{"seed", "options"}``; answers ``[obs, infos, agents]``."""
@@ -260,37 +253,11 @@ class HostedAgents:
     def render(self) -> list[Any]:
         return [env.render() for env in self.envs]
 
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
 
-
-class HostedTurns:
+class HostedTurns(_HostedKind):
     """One PettingZoo ``AECEnv``: agents act in turn."""
 
-    vector = False
-    num_envs = 1
-
-    def __init__(self, env: Any, *, token: str | None = None, peer_max_message: int = 0) -> None:
-        self.env = env
-        self.token = token
-        self.memory = AnswerMemory() if token is not None else None
-        self.peer_max_message = peer_max_message
-        self.compression: Compression | None = None
-        self.reads_defaultdicts = False
-        self.spaces = AgentSpaces(env)
-
-    agree_compression = HostedAgents.agree_compression
-
-    def describe(self, max_message: int = MAX_MESSAGE) -> dict[str, Any]:
-        return {
-            "agents": {"kind": "aec", **self.spaces.to_wire(), "agents": [agent_ids(self.env, "agents")]},
-            "metadata": wire_safe(dict(getattr(self.env, "metadata", {}) or {})),
-            "render_mode": getattr(self.env, "render_mode", None),
-            "num_envs": 1,
-            "compression": None if self.compression is None else self.compression.to_wire(),
-            "max_message": max_message,
-        }
+    kind, vector = "aec", False
 
     def turn(self) -> dict[str, Any]:
         """What the trainer's ``last()``, ``agents`` and per-agent maps read after a reset or step."""
@@ -335,9 +302,6 @@ class HostedTurns:
 
     def render(self) -> Any:
         return self.env.render()
-
-    def close(self) -> None:
-        self.env.close()
 
 
 def _builder(allowlist: Allowlist, arg: dict[str, Any], first_index: int) -> tuple[str, Any]:
@@ -395,7 +359,7 @@ def make_agents(
                 envs.append(env)  # closed below with the others
                 raise
         if kind == "aec":
-            return HostedTurns(envs[0], token=token, peer_max_message=peer_max_message)
+            return HostedTurns(envs, token=token, peer_max_message=peer_max_message)
         return HostedAgents(envs, token=token, peer_max_message=peer_max_message)
     except BaseException:
         for env in envs:

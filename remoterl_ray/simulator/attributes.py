@@ -96,6 +96,14 @@ def check_env_method(envs: list[Any], name: str) -> None:
                 )
 
 
+def call_arguments(arg: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """A call request's positional arguments (a list) and keyword arguments (plain data)."""
+    args = arg.get("args") or []
+    if not isinstance(args, list):
+        raise ProtocolError("call arguments must be a list", code=ErrorCode.BAD_PAYLOAD)
+    return args, plain_kwargs(arg.get("kwargs"), "call kwargs")
+
+
 def _indices(value: Any, num_envs: int) -> list[int]:
     """Distinct env indices of the shard (repeats would multiply the answer)."""
     if (
@@ -132,10 +140,7 @@ def handle_attribute(env: Any, arg: dict[str, Any], *, vector: bool, num_envs: i
     if action not in _ACTIONS or scope not in _SCOPES:
         raise ProtocolError("malformed attribute request", code=ErrorCode.BAD_PAYLOAD)
     name = public_name(arg.get("name"))
-    args = arg.get("args") or []
-    if not isinstance(args, list):
-        raise ProtocolError("call arguments must be a list", code=ErrorCode.BAD_PAYLOAD)
-    kwargs = plain_kwargs(arg.get("kwargs"), "call kwargs")
+    args, kwargs = call_arguments(arg)
     value = arg.get("value")
     if action in ("call", "get"):  # a vector get_attr calls what it finds
         check_env_method([env, *(getattr(env, "envs", None) or ())], name)

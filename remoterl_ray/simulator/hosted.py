@@ -35,7 +35,6 @@ from ..protocol.errors import (
     NoSimulatorError,
     ProtocolError,
     RegistrationRefusedError,
-    RemoteRLError,
     UnknownEnvError,
     exception_type_name,
 )
@@ -440,7 +439,7 @@ class EnvTable:
             raise ProtocolError("that resume token is taken", code=ErrorCode.BAD_PAYLOAD)
         env_id = _env_id(arg)
         kwargs = _kwargs(arg)
-        num_envs, mode = 1, None
+        num_envs = 1
         if vector:
             num_envs = arg.get("num_envs")
             if not isinstance(num_envs, int) or num_envs < 1:
@@ -452,17 +451,33 @@ class EnvTable:
             )
         kind = arg.get("agents")
         if kind is not None:
-            self.by_channel[channel] = hosted = make_agents(
+            hosted: Hosted | HostedAgents | HostedTurns = make_agents(
                 self.allowlist, arg, kind=kind, vector=vector, num_envs=num_envs, token=token,
                 peer_max_message=peer_max_message,
             )  # fmt: skip
+        else:
+            env, mode = self._make_env(channel, arg, env_id, kwargs, vector=vector, num_envs=num_envs)
             try:
-                hosted.agree_compression(arg.get("compression"), arg.get("codecs", []))
-                hosted.reads_defaultdicts = _reads_defaultdicts(arg)
-                return hosted.describe(self.max_message)
+                hosted = Hosted(
+                    env, vector=vector, num_envs=num_envs, mode=mode, token=token, peer_max_message=peer_max_message
+                )
             except BaseException:
-                self.close(channel)
+                env.close()
                 raise
+        try:
+            hosted.agree_compression(arg.get("compression"), arg.get("codecs", []))
+            hosted.reads_defaultdicts = _reads_defaultdicts(arg)
+            description = hosted.describe(self.max_message)
+        except BaseException:
+            _close_quietly(hosted)
+            raise
+        self.by_channel[channel] = hosted
+        return description
+
+    def _make_env(
+        self, channel: int, arg: dict[str, Any], env_id: str, kwargs: dict[str, Any], *, vector: bool, num_envs: int
+    ) -> tuple[Any, str | None]:
+        """The single-agent env or vector env shard a make asks for, and the mode it was made in."""
         spec = self.spec_for(channel, env_id)
         try:
             if vector and arg.get("creator") is not None:
@@ -475,8 +490,9 @@ class EnvTable:
                 )
                 if arg.get("per_env_infos") is True:
                     answer_infos_per_env(env)
-            elif vector:
-                env, mode = make_vector(
+                return env, None
+            if vector:
+                return make_vector(
                     spec,
                     num_envs,
                     mode=arg.get("vectorization_mode"),
@@ -485,22 +501,9 @@ class EnvTable:
                     per_env_infos=arg.get("per_env_infos") is True,
                     allow_processes=self.allow_processes,
                 )
-            else:
-                env = gym.make(spec, **kwargs)
+            return gym.make(spec, **kwargs), None
         except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv) as exc:  # NameNotFound etc. derive from it
             raise UnknownEnvError(str(exc), remote_type=exception_type_name(type(exc))) from None
-        try:
-            hosted = Hosted(
-                env, vector=vector, num_envs=num_envs, mode=mode, token=token, peer_max_message=peer_max_message
-            )
-            hosted.agree_compression(arg.get("compression"), arg.get("codecs", []))
-            hosted.reads_defaultdicts = _reads_defaultdicts(arg)
-            description = hosted.describe(self.max_message)
-        except RemoteRLError:
-            env.close()
-            raise
-        self.by_channel[channel] = hosted
-        return description
 
     def close(self, channel: int) -> None:
         """Close the channel's env and forget its registrations (on close, detach or failure)."""

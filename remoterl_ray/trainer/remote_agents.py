@@ -19,7 +19,7 @@ import numpy as np
 from ..protocol.descriptions import AgentSpaces
 from ..protocol.errors import ErrorCode, ProtocolError, RelayUnavailableError
 from ..protocol.frames import Op
-from ..protocol.space_values import ValueConverter, sample_converter
+from ..protocol.space_values import agent_converters, convert_agents
 from .answers import malformed
 from .remote_env import RECONNECTED
 from .session import TrainerSession
@@ -31,28 +31,16 @@ _NUMBERS = (bool, int, float, np.bool_, np.number)
 _FACTORIES = (None, int, float, bool, dict)  # what a defaultdict in an answer may make for a missing agent
 
 
-def _converters(spaces: dict[Any, Any]) -> dict[Any, ValueConverter] | None:
-    out = {aid: c for aid, space in spaces.items() if (c := sample_converter(space)) is not None}
-    return out or None
-
-
-def _convert(converters: dict[Any, ValueConverter] | None, values: dict[Any, Any], way: str) -> dict[Any, Any]:
-    if converters is None:
-        return values
-    return {aid: getattr(converters[aid], way)(v) if aid in converters else v for aid, v in values.items()}
-
-
 class Agents:
     """A multi-agent env's agents and spaces, and the checks its answers pass."""
 
     def __init__(self, spaces: AgentSpaces) -> None:
-        self.kind = spaces.kind
         self.possible_agents = list(spaces.possible_agents)
         self.observation_spaces = dict(spaces.observation_spaces)
         self.action_spaces = dict(spaces.action_spaces)
         self._known = frozenset(self.possible_agents)
-        self._obs_values = _converters(self.observation_spaces)
-        self._action_values = _converters(self.action_spaces)
+        self._obs_values = agent_converters(self.observation_spaces)
+        self._action_values = agent_converters(self.action_spaces)
 
     def is_agent(self, value: Any) -> bool:
         """``value`` is one of the env's agents (checked by type first: a hostile list is unhashable)."""
@@ -94,12 +82,12 @@ class Agents:
         return value
 
     def obs_in(self, value: Any) -> dict[Any, Any]:
-        return _convert(self._obs_values, self.per_agent(value, "observations"), "from_wire")
+        return convert_agents(self._obs_values, self.per_agent(value, "observations"), "from_wire")
 
     def actions_out(self, actions: Any) -> Any:
         if not isinstance(actions, dict):
             raise TypeError(f"actions must be a map of agent ids to actions, got {type(actions).__name__}")
-        return _convert(self._action_values, actions, "to_wire")
+        return convert_agents(self._action_values, actions, "to_wire")
 
     def reset_answer(self, value: Any) -> tuple[dict[Any, Any], dict[Any, Any], list[Any]]:
         if not isinstance(value, list) or len(value) != 3:
@@ -136,29 +124,36 @@ def _truncated(obs: dict[Any, Any], infos: dict[Any, Any], all_key: bool) -> tup
     )
 
 
-class AgentEnvs:
-    """``num_envs`` parallel multi-agent envs over the simulators. ``make`` names the
-    env: ``{"creator": ...}`` (an RLlib creator) or ``{"factory": ...}`` (a function
-    called with keyword arguments)."""
+class _MultiAgent:
+    """Multi-agent envs of one kind made on the simulators. ``make`` names the env:
+    ``{"creator": ...}`` (an RLlib creator) or ``{"factory": ...}`` (a function called
+    with keyword arguments)."""
 
-    def __init__(self, session: TrainerSession, name: str, num_envs: int, make: dict[str, Any]) -> None:
+    def __init__(self, session: TrainerSession, name: str, num_envs: int, make: dict[str, Any], kind: str) -> None:
         self.name = name
-        self._remote = Shards(session, name, num_envs, {**make, "agents": "parallel"}, vector=True)
+        self._remote = Shards(session, name, num_envs, {**make, "agents": kind}, vector=kind == "parallel")
         description = self._remote.description
         assert description.agents is not None  # the session checked the kind made
         self.spaces = Agents(description.agents)
         self.metadata = dict(description.metadata)
         self.render_mode = description.render_mode
+
+    def _made_agents(self) -> list[list[Any]]:
+        """Each env's live agents, as the simulators described them when they made the envs."""
+        return [self.spaces.live(list(live)) for m in self._remote.made for live in m.description.agents.agents]
+
+    def close(self) -> None:
+        self._remote.close()
+
+
+class AgentEnvs(_MultiAgent):
+    """``num_envs`` parallel multi-agent envs over the simulators."""
+
+    def __init__(self, session: TrainerSession, name: str, num_envs: int, make: dict[str, Any]) -> None:
+        super().__init__(session, name, num_envs, make, "parallel")
         self.num_envs = num_envs
         self.agents = self._made_agents()
         self._lost: set[int] = set()  # envs made again on a new connection and not reset since
-
-    def _made_agents(self) -> list[list[Any]]:
-        return [self.spaces.live(list(live)) for m in self._remote.made for live in m.description.agents.agents]
-
-    @property
-    def closed(self) -> bool:
-        return self._remote.closed
 
     def _per_shard(self, entries: list[Any]) -> list[Any]:
         """The entries cut into one request per shard (``SKIP``: nothing for that shard)."""
@@ -256,26 +251,13 @@ class AgentEnvs:
         answers = self._remote.request_reset(Op.RENDER, lambda: [None] * len(self._remote.sizes), reset)
         return self._joined(answers)
 
-    def close(self) -> None:
-        self._remote.close()
 
-
-class AgentTurns:
+class AgentTurns(_MultiAgent):
     """One PettingZoo AEC env on a simulator; each answer is the turn that follows."""
 
     def __init__(self, session: TrainerSession, name: str, make: dict[str, Any]) -> None:
-        self.name = name
-        self._remote = Shards(session, name, 1, {**make, "agents": "aec"}, vector=False)
-        description = self._remote.description
-        assert description.agents is not None
-        self.spaces = Agents(description.agents)
-        self.metadata = dict(description.metadata)
-        self.render_mode = description.render_mode
-        self.agents = self.spaces.live(list(description.agents.agents[0]))
-
-    @property
-    def closed(self) -> bool:
-        return self._remote.closed
+        super().__init__(session, name, 1, make, "aec")
+        self.agents = self._made_agents()[0]
 
     def turn(self, value: Any) -> dict[str, Any]:
         """A reset's or step's answer, checked: the turn the trainer's env now shows."""
@@ -318,6 +300,3 @@ class AgentTurns:
 
     def render(self, reset: Callable[[], Any]) -> Any:
         return self._remote.request_reset(Op.RENDER, lambda: [None], reset)[0]
-
-    def close(self) -> None:
-        self._remote.close()
