@@ -18,6 +18,7 @@ import pytest
 from attackers import ScriptedSimulator, greeted, open_channel, request
 from conftest import TEST_ENVS_ALLOW, CrashableRelay, SimulatorPool, init_trainer
 from identical import assert_identical
+from gymnasium import spaces as gym_spaces
 from pettingzoo.classic import tictactoe_v3
 from pettingzoo.sisl import multiwalker_v9
 from pettingzoo.test import api_test, parallel_api_test
@@ -31,6 +32,7 @@ from remoterl_agent_envs import Arrivals, ArrivalsMultiAgent, make_rps
 import remoterl_ray
 from remoterl_ray.api import trainer_settings
 from remoterl_ray.pettingzoo import RemoteAECEnv, RemoteParallelEnv, env, parallel_env
+from remoterl_ray.protocol import codec
 from remoterl_ray.protocol.errors import (
     EnvsMadeAgainError,
     ErrorCode,
@@ -41,6 +43,7 @@ from remoterl_ray.protocol.errors import (
 )
 from remoterl_ray.protocol.frames import Op
 from remoterl_ray.protocol.messages import Hello
+from remoterl_ray.protocol.spaces import space_to_wire
 from remoterl_ray.rllib import RemoteMultiAgentEnvRunner, use_remote_env_runners
 from remoterl_ray.rllib.multi_agent import RemoteVectorMultiAgentEnv
 from remoterl_ray.trainer.remote_agents import AgentEnvs
@@ -454,6 +457,10 @@ BAD_DESCRIPTIONS = {
     "live agents per env": {"agents": [["base"], ["base"]]},
     "unknown live agent": {"agents": [["intruder"]]},
     "unknown kind": {"kind": "swarm"},
+    # a few bytes that would build four 8000x8000 float64 Boxes (2 GiB of bounds): past max_space_bytes
+    "spaces past the space budget": {
+        "observation_spaces": [space_to_wire(gym_spaces.Box(0.0, 1.0, (8000, 8000), np.float64))] * 4
+    },
 }
 
 
@@ -609,6 +616,33 @@ def test_a_malformed_aec_turn_is_a_coded_error(relay, keys, fields):
 
     with hostile_simulator(relay, keys, answer):
         expect_bad_payload(lambda: env("pettingzoo.classic.tictactoe_v3:env").reset(seed=0))
+
+
+def test_renders_of_the_wrong_count_are_a_coded_error(relay, keys):
+    answer = scripted(agents_description())
+
+    def renders(op: int, channel: int, req: Any) -> Any:
+        return [np.zeros((2, 2, 3), np.uint8)] * 3 if op == Op.RENDER else answer(op, channel, req)
+
+    with hostile_simulator(relay, keys, renders):
+        remote = parallel_env(f"{AGENT_ENVS}:arrivals")
+        remote.reset(seed=0)
+        expect_bad_payload(remote.render, "1 entries")
+
+
+def test_a_simulator_sends_defaultdicts_only_to_a_trainer_that_reads_them(raw_trainer):
+    """multiwalker answers its rewards in a defaultdict(int): as one to a trainer that lists
+    ext 6 among what it reads, as a plain map to one from before (which would refuse ext 6)."""
+    make = {"id": "walkers", "agents": "parallel", "num_envs": 1,
+            "factory": {"target": "pettingzoo.sisl.multiwalker_v9:parallel_env", "kwargs": {"n_walkers": 2}}}  # fmt: skip
+    for codecs, expected in (([], dict), (["lz4", codec.READS_DEFAULTDICT], defaultdict)):
+        channel, answer = made(raw_trainer, {**make, "codecs": codecs})
+        assert answer["code"] == "ok"
+        request(raw_trainer, Op.RESET, channel, next(_seqs), [{"seed": 0}])
+        actions = {f"walker_{i}": np.zeros(4, np.float32) for i in range(2)}
+        step = request(raw_trainer, Op.STEP, channel, next(_seqs), [{"step": actions}])
+        assert step["code"] == "ok" and type(step["value"][0][1]) is expected
+        request(raw_trainer, Op.CLOSE, channel, next(_seqs), None)
 
 
 def test_a_description_of_fewer_envs_than_the_shard_is_a_coded_error(relay, keys):

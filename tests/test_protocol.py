@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections import defaultdict
 
 import msgpack
 import numpy as np
@@ -11,6 +12,7 @@ from gymnasium import spaces
 from remoterl_testenvs import all_spaces
 
 from remoterl_ray.protocol import codec
+from remoterl_ray.protocol.compression import Codec, Compression, Scope
 from remoterl_ray.protocol.errors import (
     AuthenticationError,
     ErrorCode,
@@ -108,6 +110,65 @@ def _ext(code, data):
 def test_codec_rejects_malformed_payloads_with_a_coded_error(payload):
     with pytest.raises(codec.DecodeError) as info:
         codec.unpackb(payload)
+    assert info.value.code is ErrorCode.BAD_PAYLOAD
+
+
+# -- ext 6: defaultdicts -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", [*codec.DEFAULT_FACTORIES, None])
+def test_a_defaultdict_roundtrips_with_its_factory(factory):
+    value = defaultdict(factory, {"a": np.float64(1.5), 2: defaultdict(int, {"x": 1})})
+    back = roundtrip(value)
+    assert type(back) is defaultdict and back.default_factory is factory
+    assert_same(dict(value), dict(back))
+    assert type(back[2]) is defaultdict and back[2].default_factory is int
+
+
+def test_a_defaultdict_whose_factory_is_code_travels_as_a_plain_map():
+    back = roundtrip(defaultdict(lambda: 7, {"k": 1}))
+    assert type(back) is dict and back == {"k": 1}
+
+
+def test_plain_maps_send_every_defaultdict_as_a_map_for_a_peer_without_ext_6():
+    value = [defaultdict(int, {"a": 1}), {"nested": defaultdict(list, {"b": [1]})}]
+    for compression in (None, Compression(Codec.LZ4, Scope.ALL)):
+        back = codec.unpackb(codec.packb(value, compression, plain_maps=True))
+        assert type(back[0]) is dict and type(back[1]["nested"]) is dict and back == [{"a": 1}, {"nested": {"b": [1]}}]
+        assert b"\xd4\x06" not in codec.packb(value, compression, plain_maps=True)
+
+
+def _marked(index_byte: bytes, *items: object) -> bytes:
+    return msgpack.packb([msgpack.ExtType(codec.EXT_DEFAULTDICT, index_byte), *items])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _marked(bytes([8]), {}),  # a factory index past the builtin types
+        _marked(bytes([254]), {}),
+        _marked(b"", {}),  # no factory byte
+        _marked(b"\x00\x00", {}),  # two
+        _marked(b"\x00"),  # no map after the marker
+        _marked(b"\x00", {}, {}),  # two maps
+        _marked(b"\x00", [1, 2]),  # a list, not a map
+        msgpack.packb([1, msgpack.ExtType(codec.EXT_DEFAULTDICT, b"\x00"), {}]),  # the marker not at the head
+        msgpack.packb({"k": msgpack.ExtType(codec.EXT_DEFAULTDICT, b"\x00")}),  # as a map value
+        msgpack.packb(msgpack.ExtType(codec.EXT_DEFAULTDICT, b"\x00")),  # alone
+    ],
+)
+def test_a_malformed_defaultdict_is_a_coded_error(payload):
+    with pytest.raises(codec.DecodeError) as info:
+        codec.unpackb(payload)
+    assert info.value.code is ErrorCode.BAD_PAYLOAD
+
+
+def test_defaultdicts_nested_past_the_depth_limit_are_refused_before_anything_is_built():
+    value: object = {}
+    for _ in range(100):
+        value = [msgpack.ExtType(codec.EXT_DEFAULTDICT, b"\x00"), {"d": value}]
+    with pytest.raises(codec.DecodeError, match="deeper") as info:
+        codec.unpackb(msgpack.packb(value))
     assert info.value.code is ErrorCode.BAD_PAYLOAD
 
 
