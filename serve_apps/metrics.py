@@ -3,7 +3,14 @@
 Ray exports application metrics from every node's metrics agent (Prometheus
 format, prefixed ``ray_``), next to Ray's and Serve's own; point Prometheus
 at the nodes as Ray's docs describe. Each replica adds what it metered in the
-last second, so the totals are exact across replicas and regions.
+last second, so the totals are exact across replicas and regions. The names
+and labels are the embedded relay's ``/metrics`` ones (``remoterl_ray.relay.metrics``)
+with the prefix, so one Grafana dashboard (``serve_apps/grafana/``) reads both.
+
+Round trips reach Ray's histogram once a second as the bucket counts that grew:
+each counted sample is observed at its bucket's middle, so bucket counts are
+exact and the ``_sum`` is close. Per-simulator quantiles are on the dashboard only
+(simulators come and go; Ray would keep each one's series for good).
 """
 
 from __future__ import annotations
@@ -13,7 +20,12 @@ from collections import Counter as Tally
 from ray.util import metrics
 
 from remoterl_ray.accounts.store import UsageDelta
+from remoterl_ray.relay.latency import PROMETHEUS_BOUNDS
+from remoterl_ray.relay.metrics import op_name
 from remoterl_ray.relay.switchboard import Switchboard
+
+# Where a sample of each bucket is observed: inside it, so Ray counts it in the same bucket.
+_MIDDLES = [(lo + hi) / 2 for lo, hi in zip((0.0, *PROMETHEUS_BOUNDS), PROMETHEUS_BOUNDS)] + [PROMETHEUS_BOUNDS[-1] * 2]
 
 
 class RelayMetrics:
@@ -28,7 +40,18 @@ class RelayMetrics:
             "remoterl_relay_connection_seconds", "Connection time of trainers and simulators.", (*keys, "role")
         )
         self.peers = metrics.Gauge("remoterl_relay_peers", "Trainers and simulators online.", (*keys, "role"))
+        self.round_trips = metrics.Histogram(
+            "remoterl_relay_round_trip_seconds",
+            "Request forwarded to a simulator until its answer is forwarded back (from headers).",
+            boundaries=list(PROMETHEUS_BOUNDS),
+            tag_keys=(*keys, "op"),
+        )
+        self.refusals = metrics.Counter(
+            "remoterl_relay_refusals", "Frames and hellos refused, by error code.", (*keys, "code")
+        )
         self._online: set[tuple[str, str]] = set()
+        self._counted: dict[tuple[str, int], list[int]] = {}  # round-trip bucket counts already observed
+        self._refused: dict[tuple[str, str], int] = {}
 
     def observe(self, deltas: list[UsageDelta], board: Switchboard) -> None:
         for d in deltas:
@@ -47,3 +70,18 @@ class RelayMetrics:
         for (workspace, role), count in online.items():
             self.peers.set(count, {**self._tags, "workspace": workspace, "role": role})
         self._online = set(online)
+        self._observe_round_trips(board)
+        for (workspace, code), n in list(board.refusals.items()):
+            grew = n - self._refused.get((workspace, code), 0)
+            if grew:
+                self.refusals.inc(grew, {**self._tags, "workspace": workspace, "code": code})
+                self._refused[(workspace, code)] = n
+
+    def _observe_round_trips(self, board: Switchboard) -> None:
+        for key, histogram in list(board.latency.items()):
+            seen = self._counted.setdefault(key, [0] * len(histogram.counts))
+            tags = {**self._tags, "workspace": key[0], "op": op_name(key[1])}
+            for i, n in enumerate(histogram.counts):
+                for _ in range(n - seen[i]):
+                    self.round_trips.observe(_MIDDLES[i], tags)
+                seen[i] = n

@@ -108,6 +108,7 @@ class Relay:
             limiter=settings.limiter,
             **settings.peer_limits(),
             observer=RelayMetrics(args.region, replica),
+            metrics_endpoint=False,
             directory=directory,
         )
         return create_app(config)

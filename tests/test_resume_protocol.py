@@ -165,7 +165,7 @@ def opened_pair(board: Switchboard, trainer, sim) -> int:
         return (await board.open(trainer, Open(envs=2))).shards
 
     [shard] = asyncio.run(go())
-    board.route(sim, Kind.RESPONSE, Op.MAKE_VEC, shard.channel)  # the simulator made the envs
+    board.route(sim, Kind.RESPONSE, Op.MAKE_VEC, shard.channel, 0)  # the simulator made the envs
     return shard
 
 
@@ -335,10 +335,10 @@ def test_a_request_on_a_channel_just_paused_is_told_so_not_called_unknown():
     shard = opened_pair(board, trainer, sim)
     asyncio.run(board.leave(sim))
     with pytest.raises(Exception) as raised:
-        board.route(trainer, Kind.REQUEST, Op.STEP, shard.channel)
+        board.route(trainer, Kind.REQUEST, Op.STEP, shard.channel, 0)
     assert raised.value.code is ErrorCode.CHANNEL_PAUSED
     with pytest.raises(Exception) as raised:
-        board.route(trainer, Kind.REQUEST, Op.STEP, shard.channel + 1000)
+        board.route(trainer, Kind.REQUEST, Op.STEP, shard.channel + 1000, 0)
     assert raised.value.code is ErrorCode.UNKNOWN_CHANNEL
 
 

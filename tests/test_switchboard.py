@@ -599,12 +599,12 @@ def test_chunks_follow_the_channel_rules_of_whole_frames_and_count_one_step():
     asyncio.run(board.join(other))
     channel = asyncio.run(board.open(trainer, Open(envs=2, per_simulator=2))).shards[0].channel
     with pytest.raises(RemoteRLError) as refused:
-        board.route(other, Kind.REQUEST, Op.STEP | MORE, channel)
+        board.route(other, Kind.REQUEST, Op.STEP | MORE, channel, 0)
     assert refused.value.code is ErrorCode.UNKNOWN_CHANNEL
     with pytest.raises(ProtocolError):
-        board.route(sim, Kind.REQUEST, Op.STEP | MORE, channel)
+        board.route(sim, Kind.REQUEST, Op.STEP | MORE, channel, 0)
     with pytest.raises(ProtocolError):  # a trainer's answer
-        board.route(other, Kind.RESPONSE, Op.STEP | MORE, channel)
+        board.route(other, Kind.RESPONSE, Op.STEP | MORE, channel, 0)
     for op in (Op.STEP | MORE, Op.STEP | MORE, Op.STEP):
-        assert board.route(trainer, Kind.REQUEST, op, channel) is sim
+        assert board.route(trainer, Kind.REQUEST, op, channel, 0) is sim
     assert trainer.env_steps == sim.env_steps == 2  # one step of 2 envs, in three chunks

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -114,10 +114,10 @@ class Accounting:
         backend: AccountsBackend | None = None,
         prices: Prices | None = None,
         limiter: FailureLimiter | None = None,
-        observer: UsageObserver | None = None,
+        observers: Sequence[UsageObserver] = (),
     ) -> None:
         self.keys = keys
-        self.observer = observer
+        self.observers = tuple(observers)
         self.backend = backend
         self.prices = prices or Prices()
         self.limiter = limiter or FailureLimiter()
@@ -257,9 +257,9 @@ class Accounting:
                 stored = False
                 self._pending = deltas + self._pending  # kept for the next try
                 log.warning("usage not stored yet (kept for the next try)", exc_info=True)
-        if stored and self.observer is not None:
+        for observer in self.observers if stored else ():
             try:
-                self.observer.observe(deltas, board)
+                observer.observe(deltas, board)
             except Exception:
                 log.warning("usage observer failed", exc_info=True)
         await self.refresh()

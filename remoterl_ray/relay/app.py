@@ -8,9 +8,10 @@ Routes:
   ``/v1/regions``  every region and its endpoint (discovery);
   ``/v1/route``    this process's own address, when clients may dial it directly;
   ``/v1/cluster``  the same counters gathered across replicas and regions;
+  ``/metrics``     Prometheus text (``metrics.py``; off under Serve, where Ray exports them);
   ``/dashboard``   the operator dashboard (``dashboard.py``).
 
-``/v1/stats`` and ``/v1/cluster`` need an admin token once the relay has one.
+``/v1/stats``, ``/v1/cluster`` and ``/metrics`` need an admin token once the relay has one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 
 from ..protocol.frames import DEFAULT_MAX_FRAME
 from ..protocol.messages import CAP_RECONNECT, Reconnect, control_frame
@@ -33,6 +34,7 @@ from .dashboard import AdminGate, dashboard_router
 from .directory import Directory, LocalDirectory
 from .http_errors import add_error_handlers
 from .http_guard import HttpGuard
+from .metrics import CONTENT_TYPE, RelayTotals, relay_registry, scrape
 from .peer_driver import PeerDriver
 from .ratelimit import FailureLimiter
 from .switchboard import Switchboard
@@ -54,6 +56,7 @@ class RelayConfig:
     accounts_interval: float = 1.0  # seconds between usage flushes (what a crash can lose at most)
     limiter: Callable[[], FailureLimiter] = FailureLimiter  # refused hellos (and, apart, admin tokens) per address
     observer: UsageObserver | None = None  # sees each second's counts (Ray metrics under Serve)
+    metrics_endpoint: bool = True  # /metrics (Serve turns it off: Ray's agents export the replicas' metrics)
     directory: Directory = field(default_factory=LocalDirectory)
 
 
@@ -62,7 +65,9 @@ def create_app(config: RelayConfig) -> FastAPI:
         raise ValueError("a relay needs API keys (an accounts store or --api-key), or open mode")
     board = Switchboard(max_channels_per_trainer=config.max_channels_per_trainer)
     directory = config.directory
-    accounting = Accounting(config.keys, config.accounts, config.prices, config.limiter(), config.observer)
+    totals = RelayTotals()
+    observers = [o for o in (config.observer, totals if config.metrics_endpoint else None) if o is not None]
+    accounting = Accounting(config.keys, config.accounts, config.prices, config.limiter(), observers)
     admin = AdminAuth(config.admin_tokens)
     gate = AdminGate(admin, config.limiter(), local_stats=config.local_stats)
 
@@ -143,6 +148,15 @@ def create_app(config: RelayConfig) -> FastAPI:
     async def cluster(request: Request) -> dict[str, object]:
         gate.operator(request, loopback_without_tokens=True)
         return await directory.cluster_stats(board)
+
+    registry = relay_registry(board, totals, directory.region)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        if not config.metrics_endpoint:
+            raise HTTPException(404, "this relay's metrics are exported through Ray's metrics agents")
+        gate.operator(request, loopback_without_tokens=True)
+        return Response(scrape(registry), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
     app.include_router(dashboard_router(board, accounting, gate, lambda: directory.cluster_stats(board)))
 

@@ -164,6 +164,7 @@ class PeerDriver:
     async def refuse(self, ws: WebSocket, source: str, refused: _Refused) -> None:
         """Tell a refused peer why (if it still listens) and close: one short log line, never a traceback."""
         peer_log.info(refused.error.code.value, "refused a connection from %s: %s", source, refused.error)
+        self.board.refused("", refused.error.code)
         try:
             await self.send_bytes(ws, error_frame(refused.error.to_wire()))
             await ws.close(refused.close_code, close_reason(refused.error))
@@ -269,6 +270,7 @@ class PeerDriver:
                         continue
                     except RemoteRLError as exc:
                         event = protocol.refuse(exc, event.op, event.channel, event.seq)
+                self.board.refused(peer.workspace, event.error.code)
                 await peer.send(event.frame)
                 if isinstance(event.error, FrameTooLargeError) and peer.role == "simulator":
                     # Fail the trainer's request now instead of letting it time out.
@@ -294,7 +296,7 @@ class PeerDriver:
         if event is None:
             return False
         try:
-            target = self.board.route(peer, event.kind, event.op, event.channel)
+            target = self.board.route(peer, event.kind, event.op, event.channel, event.seq)
         except RemoteRLError:
             return False  # refused by the pump, as any frame the peer may not send
         peer.received(data)

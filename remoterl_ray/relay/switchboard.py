@@ -35,10 +35,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..protocol.errors import ErrorCode, NoSimulatorError, ProtocolError, RemoteRLError
-from ..protocol.frames import Kind, Op
+from ..protocol.frames import MORE, Kind, Op
 from ..protocol.limits import MAX_CLAIMS_PER_PEER
 from ..protocol.messages import (
     CAP_RESUME,
@@ -56,6 +56,7 @@ from ..protocol.messages import (
     error_frame,
     resume_batches,
 )
+from .latency import LatencyHistogram, LatencyWindow, rounded_ms
 
 log = logging.getLogger("remoterl.relay")
 
@@ -79,6 +80,14 @@ class Presence(Enum):
     MOVING = "moving"  # asked to reconnect elsewhere: still forwards, gets no new channels (mark_moving)
     GONE = "gone"  # left, or a send to it failed: nothing is sent to it again
     CUT_OFF = "cut off"  # closed by the relay (a rule broken, an operator): its channels end, never resume
+
+
+class Asked(NamedTuple):
+    """A channel's request on its way to the simulator: its answer (same seq) is timed."""
+
+    seq: int
+    op: int
+    at: float  # time.monotonic() when it was forwarded
 
 
 @dataclass(eq=False)
@@ -111,6 +120,7 @@ class Peer:
     presence: Presence = Presence.ONLINE
     write_now: WriteFn | None = None  # the embedded server's connection writes at once, without ASGI
     flow: Any = None  # the embedded server's flow control for this connection (``guarded_server.Flow``)
+    latency: LatencyWindow = field(default_factory=LatencyWindow)  # a simulator's step round trips
 
     @property
     def alive(self) -> bool:
@@ -165,8 +175,9 @@ class Peer:
         self.presence = Presence.GONE
         return False
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """Counters only; a simulator's step latency (ms) over the last minute."""
+        out = {
             "id": self.id,
             "role": self.role,
             "name": self.name,
@@ -181,6 +192,9 @@ class Peer:
             "hosted_envs": self.hosted_envs,
             "resumes": self.resumes,
         }
+        if self.role == "simulator":
+            out["latency"] = rounded_ms(self.latency, time.monotonic() if now is None else now)
+        return out
 
 
 class Seat(Enum):
@@ -219,6 +233,8 @@ class Channel:
     placing: Placement | None = None  # the open still placing it: its trainer has not been told yet
     token: str | None = None  # resume token, when both ends resume
     made: bool = False  # its simulator answered the make: there are envs to suspend when it pauses
+    asked: Asked | None = None  # the last request forwarded, until its answer comes back
+    latency: LatencyWindow = field(default_factory=LatencyWindow)  # its step round trips
 
     def other_end(self, peer: Peer) -> Peer:
         return self.simulator if peer is self.trainer else self.trainer
@@ -375,6 +391,11 @@ class Switchboard:
         self._mine: dict[tuple[str, str], int] = {}  # (trainer id, simulator id) -> that trainer's envs there
         self._channel_ids = itertools.count(1)
         self._join_order = itertools.count(1)
+        # Metrics (never a payload): round trips per (workspace, op), refused frames and hellos
+        # per (workspace, error code; "" before a hello names one). Keys are bounded: workspaces
+        # have keys, ops and codes are enums.
+        self.latency: dict[tuple[str, int], LatencyHistogram] = {}
+        self.refusals: dict[tuple[str, str], int] = {}
 
     # -- membership -------------------------------------------------------
 
@@ -834,11 +855,14 @@ class Switchboard:
 
     # -- the data path ----------------------------------------------------
 
-    def route(self, peer: Peer, kind: int, op: int, channel_id: int) -> Peer | None:
+    def route(self, peer: Peer, kind: int, op: int, channel_id: int, seq: int) -> Peer | None:
         """Where a REQUEST/RESPONSE/ERROR frame from ``peer`` goes: the other end of its
         channel (a step counted), None for a late answer on a channel already released
         (dropped), as for every frame of a peer cut off or gone. Raises for a frame
-        ``peer`` may not send, before counting anything."""
+        ``peer`` may not send, before counting anything.
+
+        A request's last (or only) frame starts a clock; the answer's last frame with
+        the same ``seq`` stops it: the round trip through the simulator, from headers."""
         if not peer.alive:
             return None
         channel = self.channels.get(channel_id)
@@ -854,6 +878,8 @@ class Switchboard:
             if op == Op.STEP:
                 peer.env_steps += channel.envs
                 channel.simulator.env_steps += channel.envs
+            if op < MORE:
+                channel.asked = Asked(seq, op, time.monotonic())
             return channel.simulator
         if peer.role != "simulator":
             raise ProtocolError("only simulators send responses")
@@ -861,11 +887,32 @@ class Switchboard:
             return None
         if op == Op.MAKE or op == Op.MAKE_VEC:
             channel.made = kind == Kind.RESPONSE  # its envs exist on the simulator (and outlive a pause)
+        asked = channel.asked
+        if asked is not None and asked.seq == seq and op < MORE:
+            channel.asked = None
+            self._timed(channel, asked.op, asked.at)
         return channel.trainer
+
+    def _timed(self, channel: Channel, op: int, since: float) -> None:
+        now = time.monotonic()
+        seconds = now - since
+        if op == Op.STEP:
+            channel.latency.add(seconds, now)
+            channel.simulator.latency.add(seconds, now)
+        key = (channel.trainer.workspace, op)
+        histogram = self.latency.get(key)
+        if histogram is None:
+            histogram = self.latency[key] = LatencyHistogram()
+        histogram.add(seconds)
+
+    def refused(self, workspace: str, code: ErrorCode) -> None:
+        """Count a refused frame or hello (``workspace`` "" before a hello named one)."""
+        key = (workspace, code.value)
+        self.refusals[key] = self.refusals.get(key, 0) + 1
 
     async def forward(self, peer: Peer, frame: bytes, kind: int, op: int, channel_id: int, seq: int) -> None:
         """Route a REQUEST/RESPONSE/ERROR frame to the other end of its channel."""
-        target = self.route(peer, kind, op, channel_id)
+        target = self.route(peer, kind, op, channel_id, seq)
         if target is not None:
             if target.write_now is not None:
                 peer.forward_to(target, frame)
@@ -915,11 +962,22 @@ class Switchboard:
         return out
 
     def stats(self) -> dict[str, Any]:
+        """Every peer's counters; a simulator's with its step latency, overall and per channel."""
+        now = time.monotonic()
+        per_channel: dict[str, dict[str, Any]] = {}
+        for channel in self.channels.values():
+            q = rounded_ms(channel.latency, now)
+            if q is not None:
+                per_channel.setdefault(channel.simulator.id, {})[str(channel.id)] = q
+
+        def simulator(peer: Peer) -> dict[str, Any]:
+            return {**peer.snapshot(now), "channel_latency": per_channel.get(peer.id, {})}
+
         return {
             "workspaces": {
                 name: {
-                    "trainers": [p.snapshot() for p in ws.trainers.values()],
-                    "simulators": [p.snapshot() for p in ws.simulators.values()],
+                    "trainers": [p.snapshot(now) for p in ws.trainers.values()],
+                    "simulators": [simulator(p) for p in ws.simulators.values()],
                 }
                 for name, ws in self.workspaces.items()
             },
