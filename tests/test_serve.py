@@ -219,9 +219,10 @@ def test_accounts_are_shared_by_every_replica_and_region(serve_cluster: ServeClu
             session.close()
 
     snapshot = serve_cluster.http("/near/dashboard/api/snapshot")
-    regions = snapshot["cluster"]["regions"]
-    assert {"near", "far"} <= set(regions) and len(regions["near"]["replicas"]) == 3
+    places = snapshot["places"]  # peers per region and replica, every replica listed
+    assert {"near", "far"} <= {p["region"] for p in places} and sum(p["region"] == "near" for p in places) == 3
     assert set(teams) <= set(snapshot["workspaces"])
+    regions = serve_cluster.http("/near/v1/cluster")["regions"]
     (first, (first_key, _, first_proc)), (second, (_, _, second_proc)) = list(teams.items())[:2]
     # A revoked key is cut off on whichever replica holds it; a disconnect reaches any replica.
     store.revoke(store.identify(first_key)[0].key_id)

@@ -1,10 +1,12 @@
 """The operator dashboard (``/dashboard``) and the admin endpoints.
 
 The page is one static HTML file; it logs in with an admin token, then an
-``EventSource`` on ``/dashboard/events`` gets a snapshot every second: who is
-online per region, replica and workspace, with connection time, byte and
-step counters and steps/s; each workspace's plan, usage and block state; the
-audit log. Only counters and names: the relay never holds a payload to show.
+``EventSource`` on ``/dashboard/events`` gets a snapshot every second
+(``overview.py``): peers per region and replica, each workspace's plan, usage,
+block state and steps/s over the last minutes, the slowest simulators' step
+latency, the busiest peers (``?focus=WORKSPACE``: that workspace's) and the
+audit log. The page draws its charts itself (SVG, no CDN). Only counters, round
+trips and names: the relay never holds a payload to show.
 
 Actions (``POST /dashboard/api/actions``) go through the accounts backend, so
 under Ray Serve a disconnect reaches whichever replica holds the peer, and
@@ -22,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.requests import HTTPConnection
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
@@ -33,6 +35,7 @@ from ..protocol.errors import ErrorCode
 from .accounting import Accounting
 from .admin import COOKIE, COOKIE_SECONDS, AdminAuth
 from .http_errors import error_response
+from .overview import Trends, overview
 from .ratelimit import FailureLimiter
 from .switchboard import Switchboard
 
@@ -140,19 +143,20 @@ def dashboard_router(
     page = resources.files(__package__).joinpath("dashboard.html").read_text(encoding="utf-8")
     policy = page_policy(page)
     admin, operator = gate.admin, gate.operator
+    trends = Trends()  # one history for every operator watching
 
-    async def snapshot() -> dict[str, Any]:
+    async def snapshot(focus: str | None) -> dict[str, Any]:
         state = accounting.state
-        workspaces: dict[str, dict[str, Any]] = {}
+        accounts: dict[str, dict[str, Any]] = {}
         for name, plan in state.plans.items():
-            workspaces[name] = {
+            accounts[name] = {
                 "plan": plan,
                 "used_bytes": state.used_bytes.get(name, 0),
                 "included_bytes": accounting.prices.included_bytes(plan),
                 "blocked": name in state.blocked,
             }
         audit = await accounting.backend.audit_log(20) if accounting.backend is not None else []
-        return {"at": time.time(), "cluster": await cluster(), "workspaces": workspaces, "audit": audit}
+        return {**overview(await cluster(), accounts, trends, time.time(), focus), "audit": audit}
 
     @router.get("/dashboard", response_class=HTMLResponse)
     async def dashboard_page() -> HTMLResponse:
@@ -196,18 +200,18 @@ def dashboard_router(
         return response
 
     @router.get("/dashboard/api/snapshot")
-    async def snapshot_once(request: Request) -> dict[str, Any]:
+    async def snapshot_once(request: Request, focus: str | None = Query(None, max_length=200)) -> dict[str, Any]:
         operator(request)
-        return await snapshot()
+        return await snapshot(focus)
 
     @router.get("/dashboard/events")
-    async def events(request: Request) -> StreamingResponse:
+    async def events(request: Request, focus: str | None = Query(None, max_length=200)) -> StreamingResponse:
         who = operator(request)
 
         async def stream() -> AsyncIterator[str]:
             yield f"event: hello\ndata: {json.dumps({'operator': who})}\n\n"
             while not await request.is_disconnected():
-                yield f"data: {json.dumps(await snapshot())}\n\n"
+                yield f"data: {json.dumps(await snapshot(focus), separators=(',', ':'))}\n\n"
                 await asyncio.sleep(EVENT_SECONDS)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
