@@ -1,7 +1,9 @@
 """The operator dashboard in a real headless Chromium (Debian's), driven by Playwright.
 
 Log in (a wrong token first), watch simulators and a stepping trainer appear,
-disconnect a simulator, block its workspace and see a new trainer refused.
+disconnect a simulator, block its workspace and see a new trainer refused;
+watch the charts draw from live data and a far simulator (behind a delaying
+proxy) stand out against its workspace's median.
 Set REMOTERL_SCREENSHOT=docs/dashboard.png to refresh the docs' screenshot.
 """
 
@@ -20,6 +22,7 @@ import remoterl_ray
 from conftest import TEST_ENVS_MODULE, sim_env
 from remoterl_ray.local import LocalProcess, LocalRelay, start_relay, start_simulator
 from remoterl_ray.protocol.errors import WorkspaceBlockedError
+from latency_proxy import LatencyProxy
 from test_accounts import create_key, wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -99,9 +102,6 @@ def test_operator_logs_in_watches_disconnects_and_blocks(relay, page, trainer_cl
             "() => [...document.querySelectorAll('tr[data-role=trainer][data-workspace=robots] td.num')]"
             ".some((td, i) => i === 3 && parseFloat(td.textContent) > 0)"
         )
-        shot = os.environ.get("REMOTERL_SCREENSHOT")
-        if shot:
-            page.screenshot(path=shot, full_page=True)
         stop.set()  # one trainer session per process: the next init replaces this one
         stepper.join(10)
 
@@ -129,6 +129,73 @@ def test_operator_logs_in_watches_disconnects_and_blocks(relay, page, trainer_cl
         remoterl_ray.shutdown()
         for sim in sims:
             sim.stop()
+
+
+FAR = 0.03  # seconds the proxy holds each chunk, each way: the far simulator's steps take 60 ms more
+
+
+def test_charts_draw_live_data_and_the_far_simulator_stands_out(relay, page, trainer_cleanup):
+    relay, db = relay
+    _, key = create_key(db, "fleet", "free")
+    sims: list[LocalProcess] = []
+    stop = threading.Event()
+    with LatencyProxy(relay.host, relay.port, FAR) as far:
+        try:
+            for name, url in (("near-1", relay.url), ("near-2", relay.url), ("far", f"ws://127.0.0.1:{far.port}")):
+                sims.append(start_simulator(url, key, allow=(TEST_ENVS_MODULE,), env=sim_env(), extra_args=("--name", name)))
+            online = relay.wait_for(None, "simulator", 3, workspace="fleet")
+            far_id = next(p["id"] for p in online if p["name"] == "far")
+            assert remoterl_ray.init(key, relay_url=relay.url, simulator_wait=10.0)
+            envs = [gym.make(f"{TEST_ENVS_MODULE}:Counter-v0") for _ in range(3)]  # one on each (least loaded first)
+            for env in envs:
+                env.reset(seed=0)
+
+            def step_all() -> None:
+                while not stop.is_set():
+                    for env in envs:
+                        if any(env.step(1)[2:4]):
+                            env.reset()
+
+            stepper = threading.Thread(target=step_all, daemon=True)
+            stepper.start()
+
+            # Steps/s: the workspace's line rises above the axis as samples arrive, one a second.
+            line = "#throughput-chart polyline[data-series='workspace:fleet']"
+            page.wait_for_function(
+                f"""() => {{
+                  const line = document.querySelector("{line}");
+                  if (!line) return false;
+                  const ys = line.getAttribute("points").split(" ").map((p) => parseFloat(p.split(",")[1]));
+                  const axis = parseFloat(document.querySelector("#throughput-chart line.axis").getAttribute("y1"));
+                  return ys.length >= 5 && ys.some((y) => y < axis - 0.1);  // above zero: steps counted
+                }}"""
+            )
+            # Step latency: the far simulator is flagged, the near ones are not; the table agrees.
+            page.wait_for_selector(f"#latency-chart g[data-peer='{far_id}'][data-slow=true]")
+            flags = page.eval_on_selector_all(
+                "#latency-chart g[data-workspace=fleet]", "rows => rows.map(r => [r.dataset.peer, r.dataset.slow])"
+            )
+            assert dict(flags) == {p["id"]: str(p["id"] == far_id).lower() for p in online}, flags
+            page.wait_for_selector(f"tr.slow[data-peer='{far_id}']")
+            assert page.locator("#places-chart g[data-region=local] rect.simulators").count() == 1
+            assert page.locator("#traffic-chart g[data-workspace=fleet]").count() == 1
+            shot = os.environ.get("REMOTERL_SCREENSHOT")
+            if shot:
+                page.screenshot(path=shot, full_page=True)
+
+            # Details on demand: one workspace's peers only, then everyone's again.
+            page.select_option("#focus", "fleet")
+            page.wait_for_function("() => document.querySelector('#shown').textContent.includes('of 4 peers')")
+            assert set(page.eval_on_selector_all("tr[data-peer]", "rows => rows.map(r => r.dataset.workspace)")) == {"fleet"}
+            page.select_option("#focus", "")
+            page.wait_for_function("() => document.querySelector('#focus').value === ''")
+        finally:
+            stop.set()
+            if "stepper" in locals():
+                stepper.join(10)
+            remoterl_ray.shutdown()
+            for sim in sims:
+                sim.stop()
 
 
 def test_logout_returns_to_the_login_form(relay, page):

@@ -80,9 +80,10 @@ class Trends:
 
     def view(self, workspaces: list[str], simulators: list[PeerRow]) -> dict[str, Any]:
         samples = list(self.samples)
+        lines = {w: [round(s[1].get(w, 0.0), 1) for s in samples] for w in workspaces}
         return {
             "times": [round(t, 1) for t, _, _ in samples],
-            "workspaces": {w: [round(s[1].get(w, 0.0), 1) for s in samples] for w in workspaces},
+            "workspaces": {w: values for w, values in lines.items() if any(values)},  # idle ones draw no line
             "simulators": [
                 {
                     "id": r.stats["id"],
