@@ -36,7 +36,10 @@ PROMETHEUS_BOUNDS: tuple[float, ...] = (
 def bucket_of(seconds: float) -> int:
     if seconds <= FLOOR_SECONDS:
         return 0
-    return min(TOP_BUCKET, int(math.log2(seconds / FLOOR_SECONDS) * BUCKETS_PER_OCTAVE))
+    return min(TOP_BUCKET, int(_log2(seconds * _PER_FLOOR) * BUCKETS_PER_OCTAVE))
+
+
+_log2, _PER_FLOOR = math.log2, 1.0 / FLOOR_SECONDS
 
 
 def value_of(bucket: int) -> float:
@@ -53,15 +56,17 @@ class LatencyWindow:
         self._slices: list[tuple[int, dict[int, int]]] = []  # (slice number, bucket -> count), oldest first
 
     def add(self, seconds: float, now: float) -> None:
-        number = int(now // SLICE_SECONDS)
+        self.add_bucket(bucket_of(seconds), int(now // SLICE_SECONDS))
+
+    def add_bucket(self, bucket: int, number: int) -> None:
+        """Count a sample already bucketed, in time slice ``number`` (``now // SLICE_SECONDS``)."""
         slices = self._slices
         if not slices or slices[-1][0] != number:
             slices.append((number, {}))
             if len(slices) > SLICES:
                 del slices[0]
         counts = slices[-1][1]
-        b = bucket_of(seconds)
-        counts[b] = counts.get(b, 0) + 1
+        counts[bucket] = counts.get(bucket, 0) + 1
 
     def quantiles(self, now: float | None = None) -> tuple[float, float, int] | None:
         """(p50, p99, samples) in seconds over the window, or None without samples."""

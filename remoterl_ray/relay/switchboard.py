@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..protocol.errors import ErrorCode, NoSimulatorError, ProtocolError, RemoteRLError
 from ..protocol.frames import MORE, Kind, Op
@@ -56,9 +56,10 @@ from ..protocol.messages import (
     error_frame,
     resume_batches,
 )
-from .latency import LatencyHistogram, LatencyWindow, rounded_ms
+from .latency import SLICE_SECONDS, LatencyHistogram, LatencyWindow, bucket_of, rounded_ms
 
 log = logging.getLogger("remoterl.relay")
+monotonic = time.monotonic  # the data path's clock: round trips are timed by it
 
 SendFn = Callable[[bytes], Awaitable[None]]
 CloseFn = Callable[[int, str], Awaitable[None]]
@@ -82,12 +83,6 @@ class Presence(Enum):
     CUT_OFF = "cut off"  # closed by the relay (a rule broken, an operator): its channels end, never resume
 
 
-class Asked(NamedTuple):
-    """A channel's request on its way to the simulator: its answer (same seq) is timed."""
-
-    seq: int
-    op: int
-    at: float  # time.monotonic() when it was forwarded
 
 
 @dataclass(eq=False)
@@ -233,7 +228,7 @@ class Channel:
     placing: Placement | None = None  # the open still placing it: its trainer has not been told yet
     token: str | None = None  # resume token, when both ends resume
     made: bool = False  # its simulator answered the make: there are envs to suspend when it pauses
-    asked: Asked | None = None  # the last request forwarded, until its answer comes back
+    asked: tuple[int, int, float] | None = None  # the last request forwarded (seq, op, monotonic time), until answered
     latency: LatencyWindow = field(default_factory=LatencyWindow)  # its step round trips
 
     def other_end(self, peer: Peer) -> Peer:
@@ -879,7 +874,7 @@ class Switchboard:
                 peer.env_steps += channel.envs
                 channel.simulator.env_steps += channel.envs
             if op < MORE:
-                channel.asked = Asked(seq, op, time.monotonic())
+                channel.asked = (seq, op, monotonic())
             return channel.simulator
         if peer.role != "simulator":
             raise ProtocolError("only simulators send responses")
@@ -888,17 +883,18 @@ class Switchboard:
         if op == Op.MAKE or op == Op.MAKE_VEC:
             channel.made = kind == Kind.RESPONSE  # its envs exist on the simulator (and outlive a pause)
         asked = channel.asked
-        if asked is not None and asked.seq == seq and op < MORE:
+        if asked is not None and asked[0] == seq and op < MORE:
             channel.asked = None
-            self._timed(channel, asked.op, asked.at)
+            self._timed(channel, asked[1], asked[2])
         return channel.trainer
 
     def _timed(self, channel: Channel, op: int, since: float) -> None:
-        now = time.monotonic()
+        now = monotonic()
         seconds = now - since
         if op == Op.STEP:
-            channel.latency.add(seconds, now)
-            channel.simulator.latency.add(seconds, now)
+            bucket, number = bucket_of(seconds), int(now // SLICE_SECONDS)
+            channel.latency.add_bucket(bucket, number)
+            channel.simulator.latency.add_bucket(bucket, number)
         key = (channel.trainer.workspace, op)
         histogram = self.latency.get(key)
         if histogram is None:
