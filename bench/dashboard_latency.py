@@ -58,14 +58,9 @@ class Watcher:
                     continue
                 now = time.monotonic()
                 snap = json.loads(line[6:])
-                ids = {
-                    peer["id"]
-                    for region in snap.get("cluster", {}).get("regions", {}).values()
-                    for replica in region["replicas"].values()
-                    for ws in replica["workspaces"].values()
-                    for role in ("trainers", "simulators")
-                    for peer in ws[role]
-                }
+                if "peers" not in snap:  # the hello event
+                    continue
+                ids = {peer["id"] for peer in snap["peers"]}  # all of them: a handful here
                 with self._lock:
                     for peer in ids - self.online:
                         self.first.setdefault(peer, now)

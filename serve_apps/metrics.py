@@ -7,10 +7,14 @@ last second, so the totals are exact across replicas and regions. The names
 and labels are the embedded relay's ``/metrics`` ones (``remoterl_ray.relay.metrics``)
 with the prefix, so one Grafana dashboard (``serve_apps/grafana/``) reads both.
 
-Round trips reach Ray's histogram once a second as the bucket counts that grew:
-each counted sample is observed at its bucket's middle, so bucket counts are
-exact and the ``_sum`` is close. Per-simulator quantiles are on the dashboard only
-(simulators come and go; Ray would keep each one's series for good).
+Round trips are exported as a histogram's series (``_bucket`` with ``le``,
+``_sum``, ``_count``) holding each replica's cumulative counts, set once a
+second from the switchboard's histogram: exact, and a few calls per second.
+Ray's own ``Histogram`` takes one call per sample (about 6 µs each, on the
+replica's event loop), so it is not used; PromQL (``rate``,
+``histogram_quantile``) and Grafana's heatmaps read these series the same way.
+Per-simulator quantiles are on the dashboard only (simulators come and go; Ray
+would keep each one's series for good).
 """
 
 from __future__ import annotations
@@ -20,12 +24,9 @@ from collections import Counter as Tally
 from ray.util import metrics
 
 from remoterl_ray.accounts.store import UsageDelta
-from remoterl_ray.relay.latency import PROMETHEUS_BOUNDS
 from remoterl_ray.relay.metrics import op_name
 from remoterl_ray.relay.switchboard import Switchboard
 
-# Where a sample of each bucket is observed: inside it, so Ray counts it in the same bucket.
-_MIDDLES = [(lo + hi) / 2 for lo, hi in zip((0.0, *PROMETHEUS_BOUNDS), PROMETHEUS_BOUNDS)] + [PROMETHEUS_BOUNDS[-1] * 2]
 
 
 class RelayMetrics:
@@ -40,17 +41,16 @@ class RelayMetrics:
             "remoterl_relay_connection_seconds", "Connection time of trainers and simulators.", (*keys, "role")
         )
         self.peers = metrics.Gauge("remoterl_relay_peers", "Trainers and simulators online.", (*keys, "role"))
-        self.round_trips = metrics.Histogram(
-            "remoterl_relay_round_trip_seconds",
-            "Request forwarded to a simulator until its answer is forwarded back (from headers).",
-            boundaries=list(PROMETHEUS_BOUNDS),
-            tag_keys=(*keys, "op"),
-        )
+        about = "Request forwarded to a simulator until its answer is forwarded back (from headers)"
+        round_trips = "remoterl_relay_round_trip_seconds"
+        self.round_trip_buckets = metrics.Gauge(f"{round_trips}_bucket", f"{about}: samples <= le.", (*keys, "op", "le"))
+        self.round_trip_sum = metrics.Gauge(f"{round_trips}_sum", f"{about}: their sum.", (*keys, "op"))
+        self.round_trip_count = metrics.Gauge(f"{round_trips}_count", f"{about}: samples.", (*keys, "op"))
         self.refusals = metrics.Counter(
             "remoterl_relay_refusals", "Frames and hellos refused, by error code.", (*keys, "code")
         )
         self._online: set[tuple[str, str]] = set()
-        self._counted: dict[tuple[str, int], list[int]] = {}  # round-trip bucket counts already observed
+        self._counted: dict[tuple[str, int], int] = {}  # each round-trip histogram's samples when last set
         self._refused: dict[tuple[str, str], int] = {}
 
     def observe(self, deltas: list[UsageDelta], board: Switchboard) -> None:
@@ -79,9 +79,12 @@ class RelayMetrics:
 
     def _observe_round_trips(self, board: Switchboard) -> None:
         for key, histogram in list(board.latency.items()):
-            seen = self._counted.setdefault(key, [0] * len(histogram.counts))
+            cumulative = histogram.cumulative()
+            if self._counted.get(key) == cumulative[-1][1]:
+                continue  # nothing new since the last second
+            self._counted[key] = cumulative[-1][1]
             tags = {**self._tags, "workspace": key[0], "op": op_name(key[1])}
-            for i, n in enumerate(histogram.counts):
-                for _ in range(n - seen[i]):
-                    self.round_trips.observe(_MIDDLES[i], tags)
-                seen[i] = n
+            for le, n in cumulative:
+                self.round_trip_buckets.set(n, {**tags, "le": le})
+            self.round_trip_sum.set(histogram.sum, tags)
+            self.round_trip_count.set(cumulative[-1][1], tags)

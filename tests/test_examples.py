@@ -120,6 +120,13 @@ def test_dashboard_latency_benchmark_smoke_run():
         assert re.search(rf"^{label} +\d+\.\d+ +\d+\.\d+", out, re.M), out
 
 
+def test_dashboard_events_benchmark_smoke_run():
+    out = run_bench("dashboard_events.py", "10", "100")
+    rows = re.findall(r"^ +(\d+) +([\d,]+) B", out, re.M)
+    assert [n for n, _ in rows] == ["10", "100"], out
+    assert all(int(size.replace(",", "")) < 64_000 for _, size in rows), out
+
+
 def test_async_stepping_benchmark_smoke_run():
     out = run_bench("async_stepping.py", "--quick", "--rllib")
     assert "recv / (near alone + far alone)" in out and "lockstep" in out

@@ -21,7 +21,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+import remoterl_ray
 from remoterl_ray.accounts.store import AccountStore
+from remoterl_ray.protocol.errors import AuthenticationError
 from remoterl_ray.local import LocalProcess, free_port, start_simulator
 from remoterl_ray.relay.auth import workspace_for_key
 from remoterl_ray.trainer.remote_env import RemoteEnv
@@ -30,6 +32,7 @@ from remoterl_ray.trainer.session import TrainerSession
 from remoterl_ray.trainer.settings import TrainerSettings
 
 from conftest import idle_peers, new_key, sim_env, trainer_steps_once
+from test_grafana_dashboard import dashboard, queried_metrics
 from latency_proxy import LatencyProxy
 
 ray = pytest.importorskip("ray")
@@ -267,6 +270,26 @@ def test_relay_counters_are_exported_as_ray_metrics(serve_cluster: ServeCluster)
     names = {line.split("{")[0] for line in lines}
     assert any("bytes" in n for n in names) and any("peers" in n for n in names), names
     assert any('direction="in"' in line and 'region="near"' in line for line in lines)
+
+    # Every metric the Grafana dashboard queries (prefix "ray_") is exported: refusals too.
+    with pytest.raises(AuthenticationError):
+        remoterl_ray.init("rl-no-such-key-0000000000", role="trainer", relay_url=serve_cluster.url("near"),
+                          connect_timeout=10)  # fmt: skip
+    assert not remoterl_ray.is_initialized()
+    wanted_names = queried_metrics(dashboard(), "ray_")
+
+    def missing() -> set[str]:
+        exported = {line.split("{")[0].split(" ")[0] for line in scrape().splitlines() if not line.startswith("#")}
+        exported |= {name.removesuffix(suffix) for name in exported for suffix in ("_bucket", "_sum", "_count")}
+        return wanted_names - exported
+
+    while gone := missing():
+        assert time.monotonic() < deadline + 60, f"not exported: {sorted(gone)}"
+        time.sleep(2)
+    step_buckets = [line for line in scrape().splitlines()
+                    if line.startswith("ray_remoterl_relay_round_trip_seconds_bucket{") and wanted in line
+                    and 'op="step"' in line and 'le="+Inf"' in line]  # fmt: skip
+    assert step_buckets and float(step_buckets[0].rsplit(" ", 1)[1]) >= 1, step_buckets
 
 
 def test_simulator_chooses_the_nearest_region(serve_cluster: ServeCluster) -> None:
