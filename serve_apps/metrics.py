@@ -55,7 +55,7 @@ class RelayMetrics:
 
     def observe(self, deltas: list[UsageDelta], board: Switchboard) -> None:
         for d in deltas:
-            tags = {**self._tags, "workspace": d.workspace}
+            tags = {**self._tags, "workspace": board.metric_workspace(d.workspace)}
             if d.bytes_in:
                 self.bytes.inc(d.bytes_in, {**tags, "direction": "in"})
             if d.bytes_out:
@@ -64,7 +64,7 @@ class RelayMetrics:
                 self.steps.inc(d.steps, tags)
             if d.connection_seconds:
                 self.seconds.inc(d.connection_seconds, {**tags, "role": d.role})
-        online = Tally((p.workspace, p.role) for p in board.peers())
+        online = Tally((board.metric_workspace(p.workspace), p.role) for p in board.peers())
         for workspace, role in self._online - set(online):  # went to zero: say so, once
             self.peers.set(0, {**self._tags, "workspace": workspace, "role": role})
         for (workspace, role), count in online.items():

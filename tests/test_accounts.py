@@ -62,6 +62,18 @@ def usage(db: Path, *args: str) -> dict:
     return json.loads(cli("usage", "--json", *args, db=db).stdout)
 
 
+def operator_relay(root: Path, operator: str, token: str, workspace: str) -> tuple[LocalRelay, Path]:
+    """A relay with an accounts store in ``root`` (``workspace`` has a key in it) and one
+    admin token; the caller stops it."""
+    config = root / "relay.yaml"
+    config.write_text(f"admin_tokens:\n  {operator}: {token}\n")
+    db = root / "relay.db"
+    create_key(db, workspace)  # the store exists before the relay opens it
+    relay = start_relay(extra_args=("--config", str(config), "--db", str(db)))
+    relay.admin_token = token
+    return relay, db
+
+
 def wait_until(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while True:

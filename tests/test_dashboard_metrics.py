@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 import remoterl_ray
 from attackers import websocket
 from conftest import TEST_ENVS_MODULE, idle_peers, sim_env
-from remoterl_ray.local import LocalRelay, start_relay, start_simulator
+from remoterl_ray.local import LocalRelay, start_simulator
 from remoterl_ray.relay.overview import FOCUS_ROWS, MAX_EVENT_BYTES, PEER_ROWS
-from test_accounts import create_key, wait_until
+from test_accounts import create_key, operator_relay, wait_until
 from test_grafana_dashboard import dashboard, queried_metrics
 
 TOKEN = "metrics-admin-token-0123456789"
@@ -36,13 +36,7 @@ STEPS = 40
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory) -> Iterator[tuple[LocalRelay, Path]]:
-    root = tmp_path_factory.mktemp("metrics")
-    config = root / "relay.yaml"
-    config.write_text(f"admin_tokens:\n  mo: {TOKEN}\n")
-    db = root / "relay.db"
-    create_key(db, "warmup")  # the store exists before the relay opens it
-    relay = start_relay(extra_args=("--config", str(config), "--db", str(db)))
-    relay.admin_token = TOKEN
+    relay, db = operator_relay(tmp_path_factory.mktemp("metrics"), "mo", TOKEN, "warmup")
     yield relay, db
     relay.stop()
 

@@ -11,6 +11,7 @@ dashboard against a running relay's scrape as well.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -147,10 +148,10 @@ def test_the_panels_cover_throughput_traffic_latency_peers_and_refusals():
 def test_the_embedded_relay_exports_every_name_the_dashboard_queries():
     """Against the embedded relay's collector on an empty switchboard: every family is
     described (``# TYPE``) even with no sample yet."""
-    from remoterl_ray.relay.metrics import RelayTotals, relay_registry, scrape
+    from remoterl_ray.relay.metrics import RelayCollector, RelayTotals, scrape
     from remoterl_ray.relay.switchboard import Switchboard
 
-    text = scrape(relay_registry(Switchboard(), RelayTotals(), "local")).decode()
+    text = asyncio.run(scrape(RelayCollector(Switchboard(), RelayTotals(), "local"))).decode()
     exported = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
     missing = queried_metrics(dashboard(), "") - exported
     assert not missing, f"queried but not exported: {sorted(missing)} (exported: {sorted(exported)})"

@@ -111,3 +111,32 @@ def test_refusals_are_counted_by_workspace_and_code():
     board.refused("w", ErrorCode.UNKNOWN_CHANNEL)
     board.refused("", ErrorCode.AUTH_FAILED)
     assert board.refusals == {("w", "unknown_channel"): 2, ("", "auth_failed"): 1}
+
+
+def test_a_key_farm_cannot_grow_the_metrics_past_their_workspace_cap():
+    """Open mode makes a workspace per key: past the cap, they share one label."""
+    from remoterl_ray.accounts.store import UsageDelta
+    from remoterl_ray.relay.metrics import RelayTotals
+    from remoterl_ray.relay.switchboard import MAX_METRIC_WORKSPACES, OTHER_WORKSPACES
+
+    board, totals = Switchboard(), RelayTotals()
+    farm = [f"key-{i}" for i in range(MAX_METRIC_WORKSPACES + 300)]
+    for workspace in farm:
+        board.refused(workspace, ErrorCode.UNKNOWN_CHANNEL)
+    totals.observe([UsageDelta("k", w, "trainer", bytes_in=10, steps=1) for w in farm], board)
+    labels = {w for w, _ in board.refusals}
+    assert len(labels) == MAX_METRIC_WORKSPACES + 1 and OTHER_WORKSPACES in labels
+    assert board.refusals[(OTHER_WORKSPACES, "unknown_channel")] == 300  # counted, not lost
+    assert set(totals.steps) == labels and totals.steps[OTHER_WORKSPACES] == 300
+    assert board.metric_workspace(farm[0]) == farm[0]  # the first ones keep their own series
+
+
+def test_per_channel_figures_are_only_for_v1_stats():
+    """The view published every second carries no per-channel windows (thousands per trainer)."""
+    board, trainer, sim, channel = board_with_channel()
+    board.route(trainer, Kind.REQUEST, Op.STEP, channel, 1)
+    board.route(sim, Kind.RESPONSE, Op.STEP, channel, 1)
+    [published] = board.stats()["workspaces"]["w"]["simulators"]
+    assert "channel_latency" not in published and published["latency"]["n"] == 1
+    [full] = board.stats(per_channel=True)["workspaces"]["w"]["simulators"]
+    assert full["channel_latency"][str(channel)]["n"] == 1

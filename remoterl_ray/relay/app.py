@@ -34,7 +34,7 @@ from .dashboard import AdminGate, dashboard_router
 from .directory import Directory, LocalDirectory
 from .http_errors import add_error_handlers
 from .http_guard import HttpGuard
-from .metrics import CONTENT_TYPE, RelayTotals, relay_registry, scrape
+from .metrics import CONTENT_TYPE, RelayCollector, RelayTotals, scrape
 from .peer_driver import PeerDriver
 from .ratelimit import FailureLimiter
 from .switchboard import Switchboard
@@ -130,7 +130,7 @@ def create_app(config: RelayConfig) -> FastAPI:
     @app.get("/v1/stats")
     async def stats(request: Request) -> dict[str, object]:
         gate.operator(request, loopback_without_tokens=True)
-        return board.stats()
+        return board.stats(per_channel=True)
 
     @app.get("/v1/regions")
     async def regions() -> dict[str, object]:
@@ -149,14 +149,14 @@ def create_app(config: RelayConfig) -> FastAPI:
         gate.operator(request, loopback_without_tokens=True)
         return await directory.cluster_stats(board)
 
-    registry = relay_registry(board, totals, directory.region)
+    collector = RelayCollector(board, totals, directory.region)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         if not config.metrics_endpoint:
             raise HTTPException(404, "this relay's metrics are exported through Ray's metrics agents")
         gate.operator(request, loopback_without_tokens=True)
-        return Response(scrape(registry), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+        return Response(await scrape(collector), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
     app.include_router(dashboard_router(board, accounting, gate, lambda: directory.cluster_stats(board)))
 

@@ -211,7 +211,7 @@ def dashboard_router(
         async def stream() -> AsyncIterator[str]:
             yield f"event: hello\ndata: {json.dumps({'operator': who})}\n\n"
             while not await request.is_disconnected():
-                yield f"data: {json.dumps(await snapshot(focus), separators=(',', ':'))}\n\n"
+                yield f"data: {json.dumps(await snapshot(focus), separators=(',', ':'), ensure_ascii=False)}\n\n"
                 await asyncio.sleep(EVENT_SECONDS)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})

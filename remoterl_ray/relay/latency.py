@@ -48,12 +48,16 @@ def value_of(bucket: int) -> float:
 
 
 class LatencyWindow:
-    """Quantiles of the samples of the last ``SLICES * SLICE_SECONDS`` seconds."""
+    """Quantiles of the samples of the last ``SLICES * SLICE_SECONDS`` seconds.
 
-    __slots__ = ("_slices",)
+    Counts are kept per slice and, merged, for the whole window (a slice leaving
+    the window is subtracted), so a quantile is one walk over the buckets in use."""
+
+    __slots__ = ("_slices", "_merged")
 
     def __init__(self) -> None:
         self._slices: list[tuple[int, dict[int, int]]] = []  # (slice number, bucket -> count), oldest first
+        self._merged: dict[int, int] = {}  # bucket -> count over the slices kept
 
     def add(self, seconds: float, now: float) -> None:
         self.add_bucket(bucket_of(seconds), int(now // SLICE_SECONDS))
@@ -62,20 +66,28 @@ class LatencyWindow:
         """Count a sample already bucketed, in time slice ``number`` (``now // SLICE_SECONDS``)."""
         slices = self._slices
         if not slices or slices[-1][0] != number:
+            self._expire(number)
             slices.append((number, {}))
-            if len(slices) > SLICES:
-                del slices[0]
         counts = slices[-1][1]
         counts[bucket] = counts.get(bucket, 0) + 1
+        merged = self._merged
+        merged[bucket] = merged.get(bucket, 0) + 1
+
+    def _expire(self, number: int) -> None:
+        """Drop the slices that are out of the window at slice ``number``."""
+        slices, merged = self._slices, self._merged
+        while slices and slices[0][0] <= number - SLICES:
+            for b, n in slices.pop(0)[1].items():
+                left = merged[b] - n
+                if left:
+                    merged[b] = left
+                else:
+                    del merged[b]
 
     def quantiles(self, now: float | None = None) -> tuple[float, float, int] | None:
         """(p50, p99, samples) in seconds over the window, or None without samples."""
-        oldest = int((time.monotonic() if now is None else now) // SLICE_SECONDS) - SLICES + 1
-        merged: dict[int, int] = {}
-        for number, counts in self._slices:
-            if number >= oldest:
-                for b, n in counts.items():
-                    merged[b] = merged.get(b, 0) + n
+        self._expire(int((time.monotonic() if now is None else now) // SLICE_SECONDS))
+        merged = self._merged
         total = sum(merged.values())
         if not total:
             return None

@@ -12,11 +12,12 @@ from the accounting deltas each second (:class:`RelayTotals` is a
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from ..accounts.store import UsageDelta
@@ -24,6 +25,7 @@ from ..protocol.frames import Op
 from .switchboard import Switchboard
 
 PREFIX = "remoterl_relay_"
+MAX_SIMULATOR_SERIES = 1000  # simulators with quantile series of their own (the dashboard shows the rest)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -45,13 +47,14 @@ class RelayTotals:
 
     def observe(self, deltas: list[UsageDelta], board: Switchboard) -> None:
         for d in deltas:
+            workspace = board.metric_workspace(d.workspace)
             for direction, n in (("in", d.bytes_in), ("out", d.bytes_out)):
                 if n:
-                    self.bytes[(d.workspace, direction)] = self.bytes.get((d.workspace, direction), 0) + n
+                    self.bytes[(workspace, direction)] = self.bytes.get((workspace, direction), 0) + n
             if d.steps and d.role == "trainer":
-                self.steps[d.workspace] = self.steps.get(d.workspace, 0) + d.steps
+                self.steps[workspace] = self.steps.get(workspace, 0) + d.steps
             if d.connection_seconds:
-                key = (d.workspace, d.role)
+                key = (workspace, d.role)
                 self.seconds[key] = self.seconds.get(key, 0.0) + d.connection_seconds
 
 
@@ -80,9 +83,13 @@ class RelayCollector:
         for (workspace, role), s in totals.seconds.items():
             seconds.add_metric([*place, workspace, role], s)
         peers = self._family(GaugeMetricFamily, "peers", "Trainers and simulators online.", ["workspace", "role"])
+        online: dict[tuple[str, str], int] = {}
         for name, ws in board.workspaces.items():
-            peers.add_metric([*place, name, "trainer"], len(ws.trainers))
-            peers.add_metric([*place, name, "simulator"], len(ws.simulators))
+            label = board.metric_workspace(name)
+            for role, n in (("trainer", len(ws.trainers)), ("simulator", len(ws.simulators))):
+                online[(label, role)] = online.get((label, role), 0) + n
+        for (label, role), n in online.items():
+            peers.add_metric([*place, label, role], n)
         round_trips = self._family(
             HistogramMetricFamily, "round_trip_seconds",
             "Request forwarded to a simulator until its answer is forwarded back (from headers).",
@@ -99,22 +106,30 @@ class RelayCollector:
             "Step round trip of each simulator online, p50 and p99 over the last minute.",
             ["workspace", "simulator", "quantile"],
         )  # fmt: skip
-        now = time.monotonic()
-        for name, ws in board.workspaces.items():
-            for sim in ws.simulators.values():
-                q = sim.latency.quantiles(now)
-                if q is not None:
-                    quantiles.add_metric([*place, name, sim.id, "0.5"], q[0])
-                    quantiles.add_metric([*place, name, sim.id, "0.99"], q[1])
+        now, shown = time.monotonic(), 0
+        for sim in (s for ws in board.workspaces.values() for s in ws.simulators.values()):
+            if shown == MAX_SIMULATOR_SERIES:
+                break
+            q = sim.latency.quantiles(now)
+            if q is not None:
+                shown += 1
+                label = board.metric_workspace(sim.workspace)
+                quantiles.add_metric([*place, label, sim.id, "0.5"], q[0])
+                quantiles.add_metric([*place, label, sim.id, "0.99"], q[1])
         return iter((bytes_, steps, seconds, peers, round_trips, refusals, quantiles))
 
 
-def scrape(registry: CollectorRegistry) -> bytes:
-    """The Prometheus text of one scrape."""
-    return generate_latest(registry)
+class _Read:
+    """Families already read, for ``generate_latest`` to format."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
 
 
-def relay_registry(board: Switchboard, totals: RelayTotals, region: str) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(RelayCollector(board, totals, region))
-    return registry
+async def scrape(collector: RelayCollector) -> bytes:
+    """The Prometheus text of one scrape: read on the event loop (the board is the
+    loop's), formatted in a worker thread (the bulk of the work, with many series)."""
+    return await asyncio.to_thread(generate_latest, _Read(list(collector.collect())))  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ told apart) and at least ``SLOW_MARGIN_MS`` above it.
 
 from __future__ import annotations
 
+import heapq
 import statistics
 from collections import deque
 from collections.abc import Iterator
@@ -22,11 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 PEER_ROWS = 50  # peer rows without a focus: the busiest first
-FOCUS_ROWS = 500  # rows of the focused workspace
+FOCUS_ROWS = 200  # rows of the focused workspace
 LATENCY_ROWS = 24  # simulators in the latency chart: the slowest first
 TREND_WORKSPACES = 8  # workspace lines in the throughput chart: the busiest
 TREND_SIMULATORS = 6  # simulator lines: the busiest (of the focus, if any)
 TREND_POINTS = 180  # seconds of history at one sample a second
+TREND_KEPT = 64  # simulators whose rate a sample keeps: the busiest (6 are drawn)
+NAME_CHARS = 64  # of a peer's name (clients choose them; the page shows fewer)
 WORKSPACE_ROWS = 100  # workspaces listed: those with peers online first, then by traffic
 MAX_EVENT_BYTES = 64_000  # what the caps above keep an event under (tested at 1,000 peers)
 SLOW_FACTOR = 2.0
@@ -69,14 +72,15 @@ class Trends:
         if self.samples and at - self.samples[-1][0] < 0.9:
             return
         workspaces: dict[str, float] = {}
-        simulators: dict[str, float] = {}
+        simulators: list[tuple[float, str]] = []
         for r in rows:
             rate = r.stats.get("steps_per_s", 0.0)
             if r.role == "trainer":
                 workspaces[r.workspace] = workspaces.get(r.workspace, 0.0) + rate
             elif rate:  # idle simulators take no room
-                simulators[r.stats["id"]] = rate
-        self.samples.append((at, workspaces, simulators))
+                simulators.append((rate, r.stats["id"]))
+        busiest = heapq.nlargest(TREND_KEPT, simulators)
+        self.samples.append((at, workspaces, {peer: rate for rate, peer in busiest}))
 
     def view(self, workspaces: list[str], simulators: list[PeerRow]) -> dict[str, Any]:
         samples = list(self.samples)
@@ -87,7 +91,7 @@ class Trends:
             "simulators": [
                 {
                     "id": r.stats["id"],
-                    "name": r.stats.get("name", ""),
+                    "name": r.stats.get("name", "")[:NAME_CHARS],
                     "workspace": r.workspace,
                     "values": [round(s[2].get(r.stats["id"], 0.0), 1) for s in samples],
                 }
@@ -115,7 +119,7 @@ def mark_slow(rows: list[PeerRow]) -> tuple[dict[str, float], set[str]]:
 def _row(r: PeerRow, slow: set[str]) -> dict[str, Any]:
     s = r.stats
     return {
-        "id": s["id"], "name": s.get("name", ""), "region": r.region, "replica": r.replica,
+        "id": s["id"], "name": s.get("name", "")[:NAME_CHARS], "region": r.region, "replica": r.replica,
         "workspace": r.workspace, "role": r.role, "connected_at": s.get("connected_at"),
         "bytes_in": s.get("bytes_in", 0), "bytes_out": s.get("bytes_out", 0), "env_steps": s.get("env_steps", 0),
         "steps_per_s": s.get("steps_per_s", 0.0), "resumes": s.get("resumes", 0),

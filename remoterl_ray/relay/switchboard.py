@@ -68,6 +68,8 @@ WriteFn = Callable[[bytes], None]
 # Channels one trainer connection may hold: its state on the relay stays bounded,
 # and one release message (at most 4096 channels) can still close them all.
 DEFAULT_MAX_CHANNELS_PER_TRAINER = 4096
+MAX_METRIC_WORKSPACES = 256  # workspaces with series of their own in the relay's metrics
+OTHER_WORKSPACES = "(others)"  # the workspace label of the rest (not a name a key can have)
 
 
 async def _no_close(code: int, reason: str) -> None:
@@ -387,10 +389,12 @@ class Switchboard:
         self._channel_ids = itertools.count(1)
         self._join_order = itertools.count(1)
         # Metrics (never a payload): round trips per (workspace, op), refused frames and hellos
-        # per (workspace, error code; "" before a hello names one). Keys are bounded: workspaces
-        # have keys, ops and codes are enums.
+        # per (workspace, error code; "" before a hello names one). Bounded: ops and codes are
+        # enums, and past MAX_METRIC_WORKSPACES workspaces (open mode makes one per key) the
+        # rest count together as OTHER_WORKSPACES (metric_workspace).
         self.latency: dict[tuple[str, int], LatencyHistogram] = {}
         self.refusals: dict[tuple[str, str], int] = {}
+        self._labelled: set[str] = set()
 
     # -- membership -------------------------------------------------------
 
@@ -895,15 +899,25 @@ class Switchboard:
             bucket, number = bucket_of(seconds), int(now // SLICE_SECONDS)
             channel.latency.add_bucket(bucket, number)
             channel.simulator.latency.add_bucket(bucket, number)
-        key = (channel.trainer.workspace, op)
+        key = (self.metric_workspace(channel.trainer.workspace), op)
         histogram = self.latency.get(key)
         if histogram is None:
             histogram = self.latency[key] = LatencyHistogram()
         histogram.add(seconds)
 
+    def metric_workspace(self, workspace: str) -> str:
+        """The ``workspace`` label of ``workspace``'s metrics: its own name for the first
+        ``MAX_METRIC_WORKSPACES`` seen, then ``OTHER_WORKSPACES``."""
+        if workspace in self._labelled:
+            return workspace
+        if len(self._labelled) < MAX_METRIC_WORKSPACES:
+            self._labelled.add(workspace)
+            return workspace
+        return OTHER_WORKSPACES
+
     def refused(self, workspace: str, code: ErrorCode) -> None:
         """Count a refused frame or hello (``workspace`` "" before a hello named one)."""
-        key = (workspace, code.value)
+        key = (self.metric_workspace(workspace), code.value)
         self.refusals[key] = self.refusals.get(key, 0) + 1
 
     async def forward(self, peer: Peer, frame: bytes, kind: int, op: int, channel_id: int, seq: int) -> None:
@@ -957,17 +971,22 @@ class Switchboard:
             }
         return out
 
-    def stats(self) -> dict[str, Any]:
-        """Every peer's counters; a simulator's with its step latency, overall and per channel."""
+    def stats(self, *, per_channel: bool = False) -> dict[str, Any]:
+        """Every peer's counters; a simulator's with its step latency, and with
+        ``per_channel`` (``/v1/stats``: thousands of windows, so not every second) each
+        of its channels' too."""
         now = time.monotonic()
-        per_channel: dict[str, dict[str, Any]] = {}
-        for channel in self.channels.values():
+        channels: dict[str, dict[str, Any]] = {}
+        for channel in self.channels.values() if per_channel else ():
             q = rounded_ms(channel.latency, now)
             if q is not None:
-                per_channel.setdefault(channel.simulator.id, {})[str(channel.id)] = q
+                channels.setdefault(channel.simulator.id, {})[str(channel.id)] = q
 
         def simulator(peer: Peer) -> dict[str, Any]:
-            return {**peer.snapshot(now), "channel_latency": per_channel.get(peer.id, {})}
+            snapshot = peer.snapshot(now)
+            if per_channel:
+                snapshot["channel_latency"] = channels.get(peer.id, {})
+            return snapshot
 
         return {
             "workspaces": {
