@@ -177,7 +177,11 @@ def test_charts_draw_live_data_and_the_far_simulator_stands_out(relay, page, sim
             assert page.locator("#places-chart g[data-region=local] rect.simulators").count() == 1
             assert page.locator("#traffic-chart g[data-workspace=fleet]").count() == 1
             shot = os.environ.get("REMOTERL_SCREENSHOT")
-            if shot:
+            if shot:  # for the docs: some history first
+                page.wait_for_function(
+                    "() => document.querySelector(\"#throughput-chart polyline[data-series='workspace:fleet']\")"
+                    ".getAttribute('points').split(' ').length >= 25", timeout=60_000
+                )
                 page.screenshot(path=shot, full_page=True)
 
             # Details on demand: one workspace's peers only, then everyone's again.
