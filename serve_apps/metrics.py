@@ -19,52 +19,46 @@ would keep each one's series for good).
 
 from __future__ import annotations
 
-from collections import Counter as Tally
-
 from ray.util import metrics
 
 from remoterl_ray.accounts.store import UsageDelta
-from remoterl_ray.relay.metrics import op_name
+from remoterl_ray.relay.metrics import (
+    PEERS_HELP,
+    PREFIX,
+    REFUSALS_HELP,
+    ROUND_TRIPS,
+    ROUND_TRIPS_HELP,
+    USAGE_COUNTERS,
+    op_name,
+    peers_online,
+    usage_increments,
+)
 from remoterl_ray.relay.switchboard import Switchboard
-
 
 
 class RelayMetrics:
     def __init__(self, region: str, replica: str) -> None:
         self._tags = {"region": region, "replica": replica}
-        keys = ("region", "replica", "workspace")
-        self.bytes = metrics.Counter(
-            "remoterl_relay_bytes", "Bytes through the relay, by direction (in: from peers).", (*keys, "direction")
-        )
-        self.steps = metrics.Counter("remoterl_relay_env_steps", "Env steps trainers took through the relay.", keys)
-        self.seconds = metrics.Counter(
-            "remoterl_relay_connection_seconds", "Connection time of trainers and simulators.", (*keys, "role")
-        )
-        self.peers = metrics.Gauge("remoterl_relay_peers", "Trainers and simulators online.", (*keys, "role"))
-        about = "Request forwarded to a simulator until its answer is forwarded back (from headers)"
-        round_trips = "remoterl_relay_round_trip_seconds"
-        self.round_trip_buckets = metrics.Gauge(f"{round_trips}_bucket", f"{about}: samples <= le.", (*keys, "op", "le"))
-        self.round_trip_sum = metrics.Gauge(f"{round_trips}_sum", f"{about}: their sum.", (*keys, "op"))
-        self.round_trip_count = metrics.Gauge(f"{round_trips}_count", f"{about}: samples.", (*keys, "op"))
-        self.refusals = metrics.Counter(
-            "remoterl_relay_refusals", "Frames and hellos refused, by error code.", (*keys, "code")
-        )
+        place = ("region", "replica")
+        self.usage = {
+            name: metrics.Counter(PREFIX + name, doc, (*place, *labels)) for name, (doc, labels) in USAGE_COUNTERS.items()
+        }
+        self._usage_labels = {name: labels for name, (_, labels) in USAGE_COUNTERS.items()}
+        self.peers = metrics.Gauge(PREFIX + "peers", PEERS_HELP, (*place, "workspace", "role"))
+        round_trips = PREFIX + ROUND_TRIPS
+        keys = (*place, "workspace", "op")
+        self.round_trip_buckets = metrics.Gauge(f"{round_trips}_bucket", f"{ROUND_TRIPS_HELP} Samples <= le.", (*keys, "le"))
+        self.round_trip_sum = metrics.Gauge(f"{round_trips}_sum", f"{ROUND_TRIPS_HELP} Their sum.", keys)
+        self.round_trip_count = metrics.Gauge(f"{round_trips}_count", f"{ROUND_TRIPS_HELP} Samples.", keys)
+        self.refusals = metrics.Counter(PREFIX + "refusals", REFUSALS_HELP, (*place, "workspace", "code"))
         self._online: set[tuple[str, str]] = set()
         self._counted: dict[tuple[str, int], int] = {}  # each round-trip histogram's samples when last set
         self._refused: dict[tuple[str, str], int] = {}
 
     def observe(self, deltas: list[UsageDelta], board: Switchboard) -> None:
-        for d in deltas:
-            tags = {**self._tags, "workspace": board.metric_workspace(d.workspace)}
-            if d.bytes_in:
-                self.bytes.inc(d.bytes_in, {**tags, "direction": "in"})
-            if d.bytes_out:
-                self.bytes.inc(d.bytes_out, {**tags, "direction": "out"})
-            if d.steps and d.role == "trainer":
-                self.steps.inc(d.steps, tags)
-            if d.connection_seconds:
-                self.seconds.inc(d.connection_seconds, {**tags, "role": d.role})
-        online = Tally((board.metric_workspace(p.workspace), p.role) for p in board.peers())
+        for name, values, amount in usage_increments(deltas, board):
+            self.usage[name].inc(amount, {**self._tags, **dict(zip(self._usage_labels[name], values))})
+        online = {key: n for key, n in peers_online(board).items() if n}
         for workspace, role in self._online - set(online):  # went to zero: say so, once
             self.peers.set(0, {**self._tags, "workspace": workspace, "role": role})
         for (workspace, role), count in online.items():

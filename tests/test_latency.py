@@ -127,7 +127,8 @@ def test_a_key_farm_cannot_grow_the_metrics_past_their_workspace_cap():
     labels = {w for w, _ in board.refusals}
     assert len(labels) == MAX_METRIC_WORKSPACES + 1 and OTHER_WORKSPACES in labels
     assert board.refusals[(OTHER_WORKSPACES, "unknown_channel")] == 300  # counted, not lost
-    assert set(totals.steps) == labels and totals.steps[OTHER_WORKSPACES] == 300
+    steps = {values[0]: n for values, n in totals.counts["env_steps"].items()}
+    assert set(steps) == labels and steps[OTHER_WORKSPACES] == 300
     assert board.metric_workspace(farm[0]) == farm[0]  # the first ones keep their own series
 
 

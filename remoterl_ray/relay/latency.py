@@ -33,13 +33,13 @@ PROMETHEUS_BOUNDS: tuple[float, ...] = (
 )  # fmt: skip
 
 
+_log2, _PER_FLOOR = math.log2, 1.0 / FLOOR_SECONDS
+
+
 def bucket_of(seconds: float) -> int:
     if seconds <= FLOOR_SECONDS:
         return 0
     return min(TOP_BUCKET, int(_log2(seconds * _PER_FLOOR) * BUCKETS_PER_OCTAVE))
-
-
-_log2, _PER_FLOOR = math.log2, 1.0 / FLOOR_SECONDS
 
 
 def value_of(bucket: int) -> float:

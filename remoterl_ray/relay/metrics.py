@@ -37,25 +37,53 @@ def op_name(op: int) -> str:
         return "other"
 
 
+# The counters fed by the per-second usage deltas: name -> (help, labels after region, replica).
+# Ray's exporter (serve_apps/metrics.py) builds its counters from the same table.
+USAGE_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "bytes": ("Bytes through the relay (in: from peers).", ("workspace", "direction")),
+    "env_steps": ("Env steps trainers took through the relay.", ("workspace",)),
+    "connection_seconds": ("Connection time of trainers and simulators.", ("workspace", "role")),
+}
+PEERS_HELP = "Trainers and simulators online."
+ROUND_TRIPS = "round_trip_seconds"
+ROUND_TRIPS_HELP = "Request forwarded to a simulator until its answer is forwarded back (from headers)."
+REFUSALS_HELP = "Frames and hellos refused, by error code."
+
+
+def usage_increments(deltas: list[UsageDelta], board: Switchboard) -> Iterator[tuple[str, tuple[str, ...], float]]:
+    """What a second's deltas add to ``USAGE_COUNTERS``: (counter, label values, amount)."""
+    for d in deltas:
+        workspace = board.metric_workspace(d.workspace)
+        if d.bytes_in:
+            yield "bytes", (workspace, "in"), d.bytes_in
+        if d.bytes_out:
+            yield "bytes", (workspace, "out"), d.bytes_out
+        if d.steps and d.role == "trainer":
+            yield "env_steps", (workspace,), d.steps
+        if d.connection_seconds:
+            yield "connection_seconds", (workspace, d.role), d.connection_seconds
+
+
+def peers_online(board: Switchboard) -> dict[tuple[str, str], int]:
+    """Peers online per (workspace label, role)."""
+    online: dict[tuple[str, str], int] = {}
+    for name, ws in board.workspaces.items():
+        label = board.metric_workspace(name)
+        for role, n in (("trainer", len(ws.trainers)), ("simulator", len(ws.simulators))):
+            online[(label, role)] = online.get((label, role), 0) + n
+    return online
+
+
 class RelayTotals:
     """Sums of the per-second usage deltas: the monotonic counters of ``/metrics``."""
 
     def __init__(self) -> None:
-        self.bytes: dict[tuple[str, str], int] = {}  # (workspace, direction)
-        self.steps: dict[str, int] = {}
-        self.seconds: dict[tuple[str, str], float] = {}  # (workspace, role)
+        self.counts: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in USAGE_COUNTERS}
 
     def observe(self, deltas: list[UsageDelta], board: Switchboard) -> None:
-        for d in deltas:
-            workspace = board.metric_workspace(d.workspace)
-            for direction, n in (("in", d.bytes_in), ("out", d.bytes_out)):
-                if n:
-                    self.bytes[(workspace, direction)] = self.bytes.get((workspace, direction), 0) + n
-            if d.steps and d.role == "trainer":
-                self.steps[workspace] = self.steps.get(workspace, 0) + d.steps
-            if d.connection_seconds:
-                key = (workspace, d.role)
-                self.seconds[key] = self.seconds.get(key, 0.0) + d.connection_seconds
+        for name, labels, amount in usage_increments(deltas, board):
+            counts = self.counts[name]
+            counts[labels] = counts.get(labels, 0) + amount
 
 
 class RelayCollector:
@@ -65,46 +93,30 @@ class RelayCollector:
         self.board, self.totals = board, totals
         self.place = [region, replica]
 
-    def _family(self, kind: type, name: str, doc: str, labels: list[str], **extra: Any) -> Any:
-        return kind(PREFIX + name, doc, labels=["region", "replica", *labels], **extra)
+    def _family(self, kind: type, name: str, doc: str, labels: tuple[str, ...]) -> Any:
+        return kind(PREFIX + name, doc, labels=["region", "replica", *labels])
 
     def collect(self) -> Iterator[Metric]:
-        place, totals, board = self.place, self.totals, self.board
-        bytes_ = self._family(CounterMetricFamily, "bytes", "Bytes through the relay (in: from peers).",
-                              ["workspace", "direction"])  # fmt: skip
-        for (workspace, direction), n in totals.bytes.items():
-            bytes_.add_metric([*place, workspace, direction], n)
-        steps = self._family(CounterMetricFamily, "env_steps", "Env steps trainers took through the relay.",
-                             ["workspace"])  # fmt: skip
-        for workspace, n in totals.steps.items():
-            steps.add_metric([*place, workspace], n)
-        seconds = self._family(CounterMetricFamily, "connection_seconds", "Connection time of trainers and simulators.",
-                               ["workspace", "role"])  # fmt: skip
-        for (workspace, role), s in totals.seconds.items():
-            seconds.add_metric([*place, workspace, role], s)
-        peers = self._family(GaugeMetricFamily, "peers", "Trainers and simulators online.", ["workspace", "role"])
-        online: dict[tuple[str, str], int] = {}
-        for name, ws in board.workspaces.items():
-            label = board.metric_workspace(name)
-            for role, n in (("trainer", len(ws.trainers)), ("simulator", len(ws.simulators))):
-                online[(label, role)] = online.get((label, role), 0) + n
-        for (label, role), n in online.items():
+        place, board = self.place, self.board
+        families = []
+        for name, (doc, labels) in USAGE_COUNTERS.items():
+            family = self._family(CounterMetricFamily, name, doc, labels)
+            for values, n in self.totals.counts[name].items():
+                family.add_metric([*place, *values], n)
+            families.append(family)
+        peers = self._family(GaugeMetricFamily, "peers", PEERS_HELP, ("workspace", "role"))
+        for (label, role), n in peers_online(board).items():
             peers.add_metric([*place, label, role], n)
-        round_trips = self._family(
-            HistogramMetricFamily, "round_trip_seconds",
-            "Request forwarded to a simulator until its answer is forwarded back (from headers).",
-            ["workspace", "op"],
-        )  # fmt: skip
+        round_trips = self._family(HistogramMetricFamily, ROUND_TRIPS, ROUND_TRIPS_HELP, ("workspace", "op"))
         for (workspace, op), h in board.latency.items():
             round_trips.add_metric([*place, workspace, op_name(op)], h.cumulative(), h.sum)
-        refusals = self._family(CounterMetricFamily, "refusals", "Frames and hellos refused, by error code.",
-                                ["workspace", "code"])  # fmt: skip
+        refusals = self._family(CounterMetricFamily, "refusals", REFUSALS_HELP, ("workspace", "code"))
         for (workspace, code), n in board.refusals.items():
             refusals.add_metric([*place, workspace, code], n)
         quantiles = self._family(
             GaugeMetricFamily, "simulator_step_seconds",
             "Step round trip of each simulator online, p50 and p99 over the last minute.",
-            ["workspace", "simulator", "quantile"],
+            ("workspace", "simulator", "quantile"),
         )  # fmt: skip
         now, shown = time.monotonic(), 0
         for sim in (s for ws in board.workspaces.values() for s in ws.simulators.values()):
@@ -116,7 +128,7 @@ class RelayCollector:
                 label = board.metric_workspace(sim.workspace)
                 quantiles.add_metric([*place, label, sim.id, "0.5"], q[0])
                 quantiles.add_metric([*place, label, sim.id, "0.99"], q[1])
-        return iter((bytes_, steps, seconds, peers, round_trips, refusals, quantiles))
+        return iter((*families, peers, round_trips, refusals, quantiles))
 
 
 class _Read:
