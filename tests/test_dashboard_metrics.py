@@ -19,10 +19,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import remoterl_ray
-from attackers import websocket
+from attackers import websocket, welcomed
 from conftest import TEST_ENVS_MODULE, idle_peers, sim_env
-from remoterl_ray.local import LocalRelay, start_simulator
+from remoterl_ray.local import LocalRelay, start_relay, start_simulator
+from remoterl_ray.protocol.frames import Kind, Op, pack
+from remoterl_ray.protocol.messages import Hello
 from remoterl_ray.relay.overview import FOCUS_ROWS, MAX_EVENT_BYTES, PEER_ROWS
+from remoterl_ray.relay.switchboard import MAX_METRIC_WORKSPACES, OTHER_WORKSPACES
 from test_accounts import create_key, operator_relay, wait_until
 from test_grafana_dashboard import dashboard, queried_metrics
 
@@ -148,3 +151,29 @@ def test_a_thousand_idle_simulators_keep_the_event_small(relay):
     assert len(event["peers"]) == PEER_ROWS and len(data) < MAX_EVENT_BYTES, len(data)
     assert focused["focus"] == "crowd" and len(focused["peers"]) == FOCUS_ROWS
     assert {p["workspace"] for p in focused["peers"]} == {"crowd"}
+
+
+def test_a_key_farm_in_open_mode_cannot_grow_the_metrics():
+    """Open mode makes a workspace per key: 300 keys, each sending a frame the relay
+    refuses, leave MAX_METRIC_WORKSPACES labels of their own and one for the rest."""
+    relay = start_relay(open_mode=True, admin_token=TOKEN)
+    try:
+        for i in range(MAX_METRIC_WORKSPACES + 44):
+            ws, _ = welcomed(relay, Hello(role="trainer", api_key=f"farm-key-{i:04d}-0123456789"), "127.0.0.4")
+            with ws:
+                ws.send(pack(Kind.REQUEST, Op.STEP, 999_999, 1))  # no such channel: refused, counted
+                ws.recv(timeout=10)
+        text = scrape(relay)
+        refused = samples(text, "remoterl_relay_refusals_total", code="unknown_channel")
+        labels = {labels["workspace"] for labels, _ in refused}
+        assert len(labels) == MAX_METRIC_WORKSPACES + 1 and OTHER_WORKSPACES in labels
+        assert sum(n for _, n in refused) == MAX_METRIC_WORKSPACES + 44  # every refusal counted
+    finally:
+        relay.stop()
+
+
+def test_the_dashboard_refuses_an_oversized_focus(relay):
+    relay, _ = relay
+    with admin(relay) as client:
+        assert client.get("/dashboard/api/snapshot", params={"focus": "w" * 201}).status_code == 422
+        assert client.get("/dashboard/events", params={"focus": "w" * 201}).status_code == 422

@@ -93,6 +93,19 @@ def test_only_the_answer_with_the_asked_seq_stops_the_clock():
     assert sim.latency.quantiles()[2] == 1  # the simulator's window holds steps only
 
 
+def test_another_simulator_cannot_stop_or_skew_a_channels_clock():
+    """A simulator answering another's channel with the asked seq is dropped, untimed;
+    the real answer still stops the clock."""
+    board, trainer, sim, channel = board_with_channel()
+    intruder = peer("simulator", "x")
+    asyncio.run(board.join(intruder))
+    board.route(trainer, Kind.REQUEST, Op.STEP, channel, 5)
+    assert board.route(intruder, Kind.RESPONSE, Op.STEP, channel, 5) is None
+    assert steps_timed(board) == 0 and intruder.latency.quantiles() is None
+    assert board.route(sim, Kind.RESPONSE, Op.STEP, channel, 5) is trainer
+    assert steps_timed(board) == 1
+
+
 def test_a_chunked_request_is_timed_from_its_last_chunk_and_a_newer_request_replaces_it():
     board, trainer, sim, channel = board_with_channel()
     board.route(trainer, Kind.REQUEST, Op.STEP | MORE, channel, 1)
